@@ -1,0 +1,69 @@
+"""The ``dip`` command: one sub-command per module in :data:`COMMANDS`.
+
+Each command module defines ``register(subparsers)`` which adds its parser and sets
+``func(args) -> int | None``. :class:`dip.errors.BadInput` (and argparse usage errors) end the
+process with exit code 2 and a one-line message on stderr, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dip.errors import BadInput
+
+# (module under dip.cli, one-line summary) in the order ``dip --help`` lists them.
+COMMANDS: tuple[str, ...] = (
+    "cmd_models",
+    "cmd_workload",
+    "cmd_cost",
+    "cmd_profile",
+    "cmd_simulate",
+    "cmd_plan",
+    "cmd_train",
+    "cmd_bench",
+    "cmd_demo",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line with exit code 2."""
+
+    def error(self, message: str):  # noqa: D401
+        sys.stderr.write(f"dip {self.prog.split(' ', 1)[-1] if ' ' in self.prog else ''}: error: {message}\n".replace("  ", " "))
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dip", description="DIP: dynamic interleaved pipelines for multimodal model training.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"dip.cli.{name}")
+        except ModuleNotFoundError as exc:  # a command whose module is not built yet
+            if exc.name == f"dip.cli.{name}":
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        rc = args.func(args)
+    except BadInput as exc:
+        msg = " ".join(str(exc).split("\n")[0].split())
+        sys.stderr.write(f"dip {args.command}: error: {msg}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

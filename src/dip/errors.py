@@ -1,0 +1,19 @@
+"""Errors the CLI turns into one-line messages with exit code 2."""
+from __future__ import annotations
+
+
+class BadInput(ValueError):
+    """Invalid user input (unknown name, impossible configuration, malformed file).
+
+    The message is one line that names the field and, where there is a finite set, the allowed values.
+    """
+
+
+class Infeasible(BadInput):
+    """No plan satisfies the constraints (e.g. memory); the message names the rank and the shortfall."""
+
+
+def choices_error(field: str, value: object, allowed) -> BadInput:
+    """``BadInput`` for a value outside a finite set, listing the allowed values."""
+    allowed = list(allowed)
+    return BadInput(f"unknown {field} {value!r}; valid {field}s: {', '.join(map(str, allowed))}")
