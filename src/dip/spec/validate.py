@@ -119,7 +119,7 @@ def validate_parallel(model: ModelSpec, parallel: ParallelSpec | None = None,
         chunks = p.pp * k
         if m.layers < chunks:
             raise BadInput(f"module {label} has {m.layers} layers, fewer than its {chunks} pipeline chunks "
-                           f"(pp {p.pp} x {k} segments)")
+                           f"(pp {p.pp} x {k} segment{'s' if k > 1 else ''})")
     if gpus is not None and gpus != p.gpus:
         raise BadInput(f"gpus {gpus} != tp {p.tp} x pp {p.pp} x dp {p.dp} = {p.gpus}")
 

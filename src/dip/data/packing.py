@@ -1,0 +1,203 @@
+"""Greedy packing of samples into micro-batches, as in the paper (§2.2, §7.1).
+
+* **VLM / text** (:func:`pack_sequences`): each sample is ``text + images * tokens_per_image``
+  LM tokens; samples are packed next-fit, in order, into micro-batches of at most
+  ``context_length`` tokens (8192) and ``max_images_per_microbatch`` images (48). A sample that alone
+  exceeds either limit is split (:func:`split_sample`) into consecutive pieces at those limits, each
+  packed as its own sample (its own attention block); images are never cut, nothing is dropped.
+* **T2V** (:func:`pack_clips`): every clip, with its caption, is one unit; within windows of
+  ``window`` units the clips are sorted by aspect-ratio bucket and duration, then grouped next-fit into
+  micro-batches of at most ``max_clips_per_microbatch`` clips (8), ``max_video_seconds`` of video
+  (16 s) and ``context_length`` caption tokens, never mixing aspect buckets. Each caption is one
+  sample (``text_lens``) and ``clip_sample`` maps a clip to its caption. A caption longer than
+  ``context_length`` is truncated to it; a sample with several videos repeats its caption per clip.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from dip.data.meta import BatchMeta, MicroBatchMeta
+from dip.data.samples import ModelClip, Sample, fit_clip, tokens_per_image, video_module
+from dip.errors import BadInput
+from dip.spec.model import ModelSpec
+
+DEFAULT_WINDOW = 512
+SECONDS_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class PackLimits:
+    """Per-micro-batch limits of a model (see :class:`dip.spec.model.ModelSpec`)."""
+
+    context_length: int
+    tokens_per_image: int = 0
+    max_images: int = 0
+    max_clips: int = 0
+    max_seconds: float = 0.0
+
+    @classmethod
+    def for_model(cls, model: ModelSpec) -> "PackLimits":
+        return cls(
+            context_length=model.context_length,
+            tokens_per_image=tokens_per_image(model),
+            max_images=model.max_images_per_microbatch,
+            max_clips=model.max_clips_per_microbatch,
+            max_seconds=model.max_video_seconds,
+        )
+
+
+def split_sample(sample: Sample, limits: PackLimits) -> list[Sample]:
+    """Cut a sample into pieces of at most ``context_length`` tokens and ``max_images`` images.
+
+    The sample is laid out as an interleaved document ``T0 I T1 I ... I Tn``: its ``n`` images spread
+    evenly through the text (``n + 1`` equal text segments). The layout is walked in order and a piece
+    is closed when the next token or image would break a limit. A sample within limits is returned
+    unchanged; otherwise the pieces' text and image counts sum to the sample's.
+    """
+    tpi, ctx = limits.tokens_per_image, limits.context_length
+    n = sample.image_count
+    if n and tpi <= 0:
+        raise BadInput("sample has images but the model has no image encoder")
+    if n and (tpi > ctx or limits.max_images < 1):
+        raise BadInput(f"one image ({tpi} tokens) does not fit a micro-batch of {ctx} tokens / {limits.max_images} images")
+    if sample.text_tokens + n * tpi <= ctx and n <= limits.max_images:
+        return [sample]
+    pieces: list[Sample] = []
+    text = images = 0
+
+    def flush() -> None:
+        nonlocal text, images
+        if text or images:
+            pieces.append(Sample(text, images))
+        text = images = 0
+
+    base, extra = divmod(sample.text_tokens, n + 1)
+    for seg in range(n + 1):
+        remaining = base + (1 if seg < extra else 0)
+        while remaining:
+            room = ctx - text - images * tpi
+            if room <= 0:
+                flush()
+                continue
+            take = min(room, remaining)
+            text += take
+            remaining -= take
+        if seg < n:
+            if images + 1 > limits.max_images or text + (images + 1) * tpi > ctx:
+                flush()
+            images += 1
+    flush()
+    return pieces
+
+
+def pack_sequences(samples: Iterable[Sample], limits: PackLimits) -> list[MicroBatchMeta]:
+    """Next-fit greedy packing of VLM or text samples (see module doc)."""
+    out: list[MicroBatchMeta] = []
+    texts: list[int] = []
+    imgs: list[int] = []
+    tokens = images = 0
+    tpi, ctx = limits.tokens_per_image, limits.context_length
+
+    def flush() -> None:
+        nonlocal tokens, images
+        if texts:
+            out.append(MicroBatchMeta(text_lens=tuple(texts), image_counts=tuple(imgs) if tpi else ()))
+        texts.clear()
+        imgs.clear()
+        tokens = images = 0
+
+    for sample in samples:
+        if sample.clips:
+            raise BadInput("sample has videos but the model packs text/image sequences only")
+        for piece in split_sample(sample, limits):
+            size = piece.text_tokens + piece.image_count * tpi
+            if texts and (tokens + size > ctx or images + piece.image_count > limits.max_images):
+                flush()
+            texts.append(piece.text_tokens)
+            imgs.append(piece.image_count)
+            tokens += size
+            images += piece.image_count
+    flush()
+    return out
+
+
+@dataclass(frozen=True)
+class ClipUnit:
+    """One clip ready for grouping: normalised clip plus its caption length."""
+
+    clip: ModelClip
+    caption_tokens: int
+
+
+def clip_units(samples: Iterable[Sample], model: ModelSpec) -> list[ClipUnit]:
+    """Normalise every clip of every sample (captions truncated to ``context_length``)."""
+    dit = video_module(model)
+    units: list[ClipUnit] = []
+    for sample in samples:
+        if sample.image_count:
+            raise BadInput("sample has images but the model has no image encoder")
+        if not sample.clips:
+            raise BadInput("text-to-video sample has no video clip")
+        caption = min(sample.text_tokens, model.context_length)
+        for clip in sample.clips:
+            units.append(ClipUnit(fit_clip(clip, dit, model.max_video_seconds), caption))
+    return units
+
+
+def group_clips(units: Sequence[ClipUnit], limits: PackLimits, window: int = DEFAULT_WINDOW) -> list[MicroBatchMeta]:
+    """Group clip units into micro-batches (sorted per window by aspect bucket and duration)."""
+    out: list[MicroBatchMeta] = []
+    for start in range(0, len(units), max(1, window)):
+        chunk = sorted(units[start:start + window], key=lambda u: (u.clip.aspect, u.clip.seconds, u.clip.tokens))
+        group: list[ClipUnit] = []
+        for unit in chunk:
+            if group and not _fits(group, unit, limits):
+                out.append(_clip_microbatch(group))
+                group = []
+            group.append(unit)
+        if group:
+            out.append(_clip_microbatch(group))
+    return out
+
+
+def pack_clips(samples: Iterable[Sample], model: ModelSpec, window: int = DEFAULT_WINDOW) -> list[MicroBatchMeta]:
+    """T2V packing (see module doc)."""
+    return group_clips(clip_units(samples, model), PackLimits.for_model(model), window)
+
+
+def _fits(group: list[ClipUnit], unit: ClipUnit, limits: PackLimits) -> bool:
+    return (
+        len(group) < limits.max_clips
+        and unit.clip.aspect == group[0].clip.aspect
+        and sum(u.clip.seconds for u in group) + unit.clip.seconds <= limits.max_seconds + SECONDS_EPS
+        and sum(u.caption_tokens for u in group) + unit.caption_tokens <= limits.context_length
+    )
+
+
+def _clip_microbatch(group: list[ClipUnit]) -> MicroBatchMeta:
+    return MicroBatchMeta(
+        text_lens=tuple(u.caption_tokens for u in group),
+        clip_tokens=tuple(u.clip.tokens for u in group),
+        clip_seconds=tuple(u.clip.seconds for u in group),
+        clip_sample=tuple(range(len(group))),
+    )
+
+
+def pack(model: ModelSpec, samples: Iterable[Sample], window: int = DEFAULT_WINDOW) -> list[MicroBatchMeta]:
+    """Pack ``samples`` with the packer of ``model.workload`` ("vlm", "t2v" or "text")."""
+    if model.workload == "t2v":
+        return pack_clips(samples, model, window)
+    if model.workload in ("vlm", "text"):
+        return pack_sequences(samples, PackLimits.for_model(model))
+    raise BadInput(f"unknown workload {model.workload!r} of model {model.name}; valid workloads: vlm, t2v, text")
+
+
+def to_batches(microbatches: Sequence[MicroBatchMeta], per_batch: int, first_index: int = 0) -> list[BatchMeta]:
+    """Cut micro-batches into global batches of ``per_batch``; a last partial batch is kept."""
+    if per_batch < 1:
+        raise BadInput(f"microbatches per batch must be >= 1, got {per_batch}")
+    return [
+        BatchMeta(microbatches=tuple(microbatches[i:i + per_batch]), index=first_index + k)
+        for k, i in enumerate(range(0, len(microbatches), per_batch))
+    ]

@@ -1,0 +1,264 @@
+"""Parametric sample generators for the paper's data sources (§2.2, §7.1).
+
+Each source is a dataclass whose parameters sit next to the published statistic they reproduce.
+Numbers marked *(inferred)* are arithmetic on published aggregates; *(assumed)* marks a choice where
+no statistic is published, picked to match the qualitative description. Draws use a seeded
+:class:`numpy.random.Generator`, so a source is deterministic given its generator.
+
+Token counts assume about 1.3 LM tokens per English word *(assumed)*.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from dip.data.samples import Clip, Sample
+from dip.errors import BadInput, choices_error
+
+
+def lognormal(rng: np.random.Generator, mean: float, sigma: float, n: int, low: float, high: float) -> np.ndarray:
+    """``n`` log-normal draws with arithmetic mean ``mean`` (before clipping to ``[low, high]``)."""
+    mu = math.log(mean) - sigma * sigma / 2
+    return np.clip(rng.lognormal(mu, sigma, n), low, high)
+
+
+@dataclass(frozen=True)
+class SampleSource:
+    """Base of all sources: ``kind`` is the workload it feeds ("vlm", "t2v" or "text")."""
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+
+    def draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Obelics(SampleSource):
+    """OBELICS interleaved web documents (Laurençon et al., NeurIPS 2023).
+
+    Published: 141M documents, 353M images, 115B text tokens, i.e. about 2.5 images and 816 text tokens
+    per document *(inferred)*; documents without images or with more than 30 were filtered out. DIP
+    (§2.2) measures 0.4 to 3115 text tokens per image. Model: ``1 + Geometric`` images per document
+    (mean ``mean_images``, at most ``max_images``) and log-normal text tokens *per image*
+    (mean ``mean_tokens_per_image`` = 816 / 2.5, clipped to the published range), so text per
+    document averages ~816 tokens with a very long tail.
+    """
+
+    kind: ClassVar[str] = "vlm"
+    name: ClassVar[str] = "obelics"
+    mean_images: float = 2.5
+    max_images: int = 30
+    mean_tokens_per_image: float = 340.0
+    sigma_tokens_per_image: float = 1.1
+    min_tokens_per_image: float = 0.4
+    max_tokens_per_image: float = 3115.0
+
+    def draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
+        images = np.minimum(rng.geometric(1 / self.mean_images, n), self.max_images)
+        per_image = lognormal(rng, self.mean_tokens_per_image, self.sigma_tokens_per_image, n,
+                              self.min_tokens_per_image, self.max_tokens_per_image)
+        return [Sample(int(round(t * k)), int(k)) for t, k in zip(per_image, images)]
+
+
+@dataclass(frozen=True)
+class Laion2B(SampleSource):
+    """LAION-2B(en) image-caption pairs (Schuhmann et al., NeurIPS 2022).
+
+    DIP (§2.2): 16.4 text tokens per image on average; one image per sample. Model: log-normal caption
+    length with mean ``mean_tokens`` (short alt-texts, long tail up to ``max_tokens``).
+    """
+
+    kind: ClassVar[str] = "vlm"
+    name: ClassVar[str] = "laion-2b"
+    mean_tokens: float = 16.4
+    sigma_tokens: float = 0.6
+    max_tokens: int = 256
+
+    def draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
+        tokens = lognormal(rng, self.mean_tokens, self.sigma_tokens, n, 1, self.max_tokens)
+        return [Sample(int(round(t)), 1) for t in tokens]
+
+
+@dataclass(frozen=True)
+class ScienceQA(SampleSource):
+    """ScienceQA multimodal multiple-choice questions (Lu et al., NeurIPS 2022).
+
+    Published: 21,208 questions with lecture and explanation; one context image per sample as used
+    in DIP. Question, choices, lecture and solution together are a few hundred tokens: model is a
+    log-normal with mean ``mean_tokens`` *(assumed)*.
+    """
+
+    kind: ClassVar[str] = "vlm"
+    name: ClassVar[str] = "scienceqa"
+    mean_tokens: float = 250.0
+    sigma_tokens: float = 0.45
+    max_tokens: int = 2048
+
+    def draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
+        tokens = lognormal(rng, self.mean_tokens, self.sigma_tokens, n, 16, self.max_tokens)
+        return [Sample(int(round(t)), 1) for t in tokens]
+
+
+@dataclass(frozen=True)
+class WebText(SampleSource):
+    """Text-only web documents for text-only models and language phases of dynamic workloads.
+
+    Model *(assumed)*: log-normal document length with mean ``mean_tokens`` (OBELICS' ~816 text
+    tokens per web document is the reference) and a long tail, so a few long documents hold a large
+    share of the tokens, as WLB-LLM reports for pre-training corpora.
+    """
+
+    kind: ClassVar[str] = "text"
+    name: ClassVar[str] = "web-text"
+    mean_tokens: float = 900.0
+    sigma_tokens: float = 1.2
+    max_tokens: int = 65536
+
+    def draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
+        tokens = lognormal(rng, self.mean_tokens, self.sigma_tokens, n, 8, self.max_tokens)
+        return [Sample(int(round(t))) for t in tokens]
+
+
+@dataclass(frozen=True)
+class VideoSource(SampleSource):
+    """Base of video-caption sources: one clip per sample.
+
+    Clip duration is log-normal (``median_seconds``, ``sigma_seconds``) clipped to
+    ``[min_seconds, max_seconds]``; caption tokens are log-normal (``mean_caption_tokens``,
+    ``sigma_caption``); frame size is drawn from ``resolutions`` ((width, height, probability)).
+    """
+
+    kind: ClassVar[str] = "t2v"
+    median_seconds: float = 5.0
+    sigma_seconds: float = 0.7
+    min_seconds: float = 2.0
+    max_seconds: float = 60.0
+    mean_caption_tokens: float = 20.0
+    sigma_caption: float = 0.4
+    fps: float = 30.0
+    resolutions: tuple[tuple[int, int, float], ...] = ((1280, 720, 1.0),)
+
+    def draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
+        seconds = np.clip(rng.lognormal(math.log(self.median_seconds), self.sigma_seconds, n),
+                          self.min_seconds, self.max_seconds)
+        caption = lognormal(rng, self.mean_caption_tokens, self.sigma_caption, n, 4, 4096)
+        probs = np.array([p for _, _, p in self.resolutions], dtype=float)
+        which = rng.choice(len(self.resolutions), size=n, p=probs / probs.sum())
+        out = []
+        for s, c, r in zip(seconds, caption, which):
+            w, h, _ = self.resolutions[r]
+            out.append(Sample(int(round(c)), 0, (Clip(float(round(s, 3)), self.fps, w, h),)))
+        return out
+
+
+@dataclass(frozen=True)
+class ShareGPT4Video(VideoSource):
+    """ShareGPT4Video (Chen et al., NeurIPS 2024 D&B): 40K videos of various lengths and sources
+    with dense GPT-4V captions (several hundred words).
+
+    Model *(assumed)*: durations with median 14 s (about half longer than the 16 s cut, so many
+    clips are cut to 16 s), long captions averaging ~360 tokens; mostly landscape HD, some portrait.
+    """
+
+    name: ClassVar[str] = "sharegpt4video"
+    median_seconds: float = 14.0
+    sigma_seconds: float = 0.6
+    min_seconds: float = 2.0
+    mean_caption_tokens: float = 360.0
+    sigma_caption: float = 0.3
+    resolutions: tuple[tuple[int, int, float], ...] = ((1920, 1080, 0.5), (1280, 720, 0.35), (720, 1280, 0.15))
+
+
+@dataclass(frozen=True)
+class InternVid(VideoSource):
+    """InternVid (Wang et al., ICLR 2024): 234M clips from 7.1M YouTube videos, 4.1B caption words.
+
+    Published: 85% of clips last 0-10 s; about half the captions have 10-20 words, a third fewer than
+    10 and 11% more than 20; 85% of videos are 720p. Model: median 5 s, sigma 0.7 (P(<10 s) = 84%),
+    clips shorter than ``min_seconds`` dropped; caption words log-normal with median ~12 words
+    (P(<10) = 1/3, P(>20) = 11%), i.e. ~17 tokens on average.
+    """
+
+    name: ClassVar[str] = "internvid"
+    median_seconds: float = 5.0
+    sigma_seconds: float = 0.7
+    min_seconds: float = 2.0
+    mean_caption_tokens: float = 17.0
+    sigma_caption: float = 0.42
+    resolutions: tuple[tuple[int, int, float], ...] = ((1280, 720, 0.85), (854, 480, 0.1), (640, 480, 0.05))
+
+
+@dataclass(frozen=True)
+class MMTrail2M(VideoSource):
+    """MMTrail-2M (Chi et al., 2024): 2.1M movie-trailer clips, 8.2K hours, with LLaVA video captions
+    merged with music and frame descriptions.
+
+    Published: 8.2K hours over 2.1M clips is ~14 s per clip on average *(inferred)*. Model: median
+    12.5 s, sigma 0.5 (mean ~14 s before the 16 s cut); captions longer than InternVid's, ~150 tokens
+    on average *(assumed)*; cinematic landscape frames.
+    """
+
+    name: ClassVar[str] = "mmtrail-2m"
+    median_seconds: float = 12.5
+    sigma_seconds: float = 0.5
+    min_seconds: float = 2.0
+    mean_caption_tokens: float = 150.0
+    sigma_caption: float = 0.4
+    fps: float = 24.0
+    resolutions: tuple[tuple[int, int, float], ...] = ((1920, 1080, 0.6), (1920, 800, 0.25), (1280, 720, 0.15))
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """A weighted mixture of sources; ``weights`` are fractions of packed micro-batches.
+
+    Each source is packed on its own and packed micro-batches are blended, as Megatron's blended
+    datasets blend sequences that are already packed per dataset.
+    """
+
+    name: str
+    kind: str
+    components: tuple[tuple[str, float], ...]
+
+
+SOURCES: dict[str, SampleSource] = {
+    s.name: s for s in (Obelics(), Laion2B(), ScienceQA(), WebText(), ShareGPT4Video(), InternVid(), MMTrail2M())
+}
+
+MIXTURES: dict[str, Mixture] = {
+    # Default VLM mix (paper §7.1: OBELICS, LAION, ScienceQA; weights not published, assumed):
+    # half interleaved documents, a third caption pairs, the rest instruction-style QA.
+    "vlm-default": Mixture("vlm-default", "vlm", (("obelics", 0.5), ("laion-2b", 0.35), ("scienceqa", 0.15))),
+    # Default T2V mix (paper §7.1: ShareGPT4Video, InternVid, MMTrail; weights assumed): InternVid
+    # is by far the largest, ShareGPT4Video the smallest.
+    "t2v-default": Mixture("t2v-default", "t2v", (("sharegpt4video", 0.2), ("internvid", 0.5), ("mmtrail-2m", 0.3))),
+    "text-default": Mixture("text-default", "text", (("web-text", 1.0),)),
+}
+
+DEFAULT_MIXTURE: dict[str, str] = {"vlm": "vlm-default", "t2v": "t2v-default", "text": "text-default"}
+
+
+def source_names() -> list[str]:
+    return [*SOURCES, *MIXTURES]
+
+
+def resolve(name: str | None, workload: str) -> Mixture:
+    """The mixture named ``name`` (a single source is a one-component mixture) for ``workload``."""
+    if name is None:
+        if workload not in DEFAULT_MIXTURE:
+            raise choices_error("workload", workload, DEFAULT_MIXTURE)
+        return MIXTURES[DEFAULT_MIXTURE[workload]]
+    if name in MIXTURES:
+        mix = MIXTURES[name]
+    elif name in SOURCES:
+        mix = Mixture(name, SOURCES[name].kind, ((name, 1.0),))
+    else:
+        raise choices_error("source", name, source_names())
+    if mix.kind != workload:
+        valid = [n for n in source_names() if (MIXTURES[n].kind if n in MIXTURES else SOURCES[n].kind) == workload]
+        raise BadInput(f"source {name!r} feeds {mix.kind} models, not {workload}; valid sources: {', '.join(valid)}")
+    return mix

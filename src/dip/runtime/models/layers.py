@@ -1,0 +1,139 @@
+"""Shared building blocks: norms, rotary embeddings, block-diagonal masks, attention and MLPs."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale."""
+
+    is_norm = True
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def segment_ids(seq_lens: Sequence[int], device: torch.device | None = None) -> Tensor:
+    """``[sum(seq_lens)]`` index of the block each position belongs to."""
+    lens = torch.as_tensor(list(seq_lens), dtype=torch.long, device=device)
+    return torch.repeat_interleave(torch.arange(len(lens), device=device), lens)
+
+
+def positions_in_blocks(seq_lens: Sequence[int], device: torch.device | None = None) -> Tensor:
+    """Positions restarting at 0 at the start of every block."""
+    return torch.cat([torch.arange(n, device=device) for n in seq_lens]) if seq_lens else \
+        torch.zeros(0, dtype=torch.long, device=device)
+
+
+def block_mask(seq_lens: Sequence[int], causal: bool, device: torch.device | None = None) -> Tensor:
+    """Boolean ``[T, T]`` mask (True = attend): full (or causal) within each block, nothing across."""
+    seg = segment_ids(seq_lens, device)
+    mask = seg[:, None] == seg[None, :]
+    if causal:
+        idx = torch.arange(len(seg), device=device)
+        mask &= idx[:, None] >= idx[None, :]
+    return mask
+
+
+def cross_mask(q_lens: Sequence[int], kv_lens: Sequence[int], device: torch.device | None = None) -> Tensor:
+    """Boolean ``[Tq, Tk]`` mask: query block i attends to key block i only."""
+    if any(n <= 0 for n in kv_lens):
+        raise ValueError("every query block needs at least one key (a clip with an empty caption?)")
+    return segment_ids(q_lens, device)[:, None] == segment_ids(kv_lens, device)[None, :]
+
+
+def rope_tables(positions: Tensor, head_dim: int, dtype: torch.dtype, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """(cos, sin) ``[T, head_dim]`` for rotate-half rotary embeddings."""
+    half = head_dim // 2
+    inv = 1.0 / (base ** (torch.arange(half, dtype=torch.float64, device=positions.device) / half))
+    ang = positions.to(torch.float64)[:, None] * inv[None, :]
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x [heads, T, head_dim]``."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """SDPA of ``q [H, Tq, D]`` over ``k, v [KV, Tk, D]`` (GQA: kv heads repeated) with a boolean mask."""
+    if k.shape[0] != q.shape[0]:
+        rep = q.shape[0] // k.shape[0]
+        k, v = k.repeat_interleave(rep, dim=0), v.repeat_interleave(rep, dim=0)
+    return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask)[0]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped-query heads, optional RoPE and optional cross-attention."""
+
+    def __init__(self, hidden: int, heads: int, kv_heads: int, kv_dim: int | None = None, bias: bool = False):
+        super().__init__()
+        if hidden % heads or heads % kv_heads:
+            raise ValueError(f"hidden {hidden}, heads {heads}, kv_heads {kv_heads} do not divide")
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
+        kv_dim = kv_dim or hidden
+        self.q = nn.Linear(hidden, heads * self.head_dim, bias=bias)
+        self.k = nn.Linear(kv_dim, kv_heads * self.head_dim, bias=bias)
+        self.v = nn.Linear(kv_dim, kv_heads * self.head_dim, bias=bias)
+        self.o = nn.Linear(heads * self.head_dim, hidden, bias=bias)
+
+    def forward(self, x: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor] | None = None,
+                kv: Tensor | None = None, recompute_core: bool = False) -> Tensor:
+        src = x if kv is None else kv
+        q = self.q(x).view(x.shape[0], self.heads, self.head_dim).transpose(0, 1)
+        k = self.k(src).view(src.shape[0], self.kv_heads, self.head_dim).transpose(0, 1)
+        v = self.v(src).view(src.shape[0], self.kv_heads, self.head_dim).transpose(0, 1)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if recompute_core:
+            out = checkpoint(attention_core, q, k, v, mask, use_reentrant=False)
+        else:
+            out = attention_core(q, k, v, mask)
+        return self.o(out.transpose(0, 1).reshape(x.shape[0], self.heads * self.head_dim))
+
+
+class GeluMLP(nn.Module):
+    """fc1 -> GELU (tanh) -> fc2."""
+
+    def __init__(self, dim: int, hidden: int, out: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, out or dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding ``[n, dim]`` of timesteps ``t [n]`` (scaled to 0..1000)."""
+    half = dim // 2
+    freqs = torch.exp(-torch.log(torch.tensor(max_period, dtype=torch.float64)) *
+                      torch.arange(half, dtype=torch.float64) / half).to(device=t.device, dtype=t.dtype)
+    args = (t * 1000.0)[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

@@ -1,0 +1,193 @@
+"""Accelerator and interconnect specifications for the analytical cost model.
+
+Datasheet numbers (peak dense bf16 FLOP/s, HBM bandwidth, NVLink, inter-node network, PCIe) plus the
+efficiency factors of the latency model ``max(a_f*flops/F, a_m*bytes/B_mem, a_n*net/B_net)``:
+
+* ``alphas[op_class]`` (>= 1 on real hardware) multiplies the dominant term of each operator class:
+  ``gemm`` and ``attention`` scale the FLOP term, ``elementwise`` the memory term of every operator,
+  ``collective`` (TP all-reduce) and ``p2p`` (pipeline send/recv) the network term, ``offload`` the
+  PCIe term of activation offloading;
+* :class:`GemmCurve` makes GEMM efficiency fall for small shapes:
+  ``efficiency(m, n, k) = 1 / (alpha_gemm * (1 + m0/m + n0/n + k0/k))``; attention kernels get the same
+  shape penalty in their query and key lengths (``attn_s0``).
+
+The ``cpu`` preset is a measured calibration (``dip profile``) shipped in ``dip/cost/calibrations``;
+:func:`get_hardware` also accepts a path to any calibration JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
+from typing import Any
+
+from dip.errors import BadInput, choices_error
+
+OP_CLASSES: tuple[str, ...] = ("gemm", "attention", "elementwise", "collective", "p2p", "offload")
+GB = 1e9
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class GemmCurve:
+    """Shape penalty of GEMMs (m x k times k x n): efficiency ~ 1 / (1 + m0/m + n0/n + k0/k)."""
+
+    m0: float = 0.0
+    n0: float = 0.0
+    k0: float = 0.0
+
+    def penalty(self, m: float, n: float, k: float) -> float:
+        """Factor >= 1 by which a GEMM of this shape is slower than an infinitely large one."""
+        return 1.0 + self.m0 / max(m, 1.0) + self.n0 / max(n, 1.0) + self.k0 / max(k, 1.0)
+
+
+def default_alphas(**changes: float) -> dict[str, float]:
+    """Efficiency factors calibrated on Hopper (H800, TP 8) against the paper's per-layer timings."""
+    alphas = {"gemm": 1.2, "attention": 1.9, "elementwise": 1.25, "collective": 1.2, "p2p": 1.25, "offload": 1.25}
+    alphas.update(changes)
+    return alphas
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    """One accelerator type and its links. Bandwidths are bytes/s per GPU per direction."""
+
+    name: str
+    peak_flops: float
+    mem_bw: float
+    mem_bytes: float
+    nvlink_bw: float
+    nvlink_latency_s: float
+    net_bw: float
+    net_latency_s: float
+    host_bw: float
+    gpus_per_node: int = 8
+    alphas: dict[str, float] = field(default_factory=default_alphas, hash=False)
+    gemm_curve: GemmCurve = GemmCurve(m0=2048.0, n0=128.0, k0=128.0)
+    attn_s0: float = 256.0
+    kernel_overhead_s: float = 5e-6
+    description: str = field(default="", compare=False)
+
+    def alpha(self, op_class: str) -> float:
+        return float(self.alphas.get(op_class, 1.0))
+
+    def gemm_efficiency(self, m: float, n: float, k: float) -> float:
+        """Fraction of ``peak_flops`` a GEMM of shape (m, n, k) achieves."""
+        return 1.0 / (self.alpha("gemm") * self.gemm_curve.penalty(m, n, k))
+
+    def link(self, group_size: int) -> tuple[float, float]:
+        """(bandwidth, latency) of a collective over ``group_size`` consecutive GPUs."""
+        if group_size <= self.gpus_per_node:
+            return self.nvlink_bw, self.nvlink_latency_s
+        return self.net_bw, self.net_latency_s
+
+    def p2p_seconds(self, nbytes: float, same_node: bool = False) -> float:
+        """Time of one point-to-point transfer (pipeline send/recv)."""
+        if nbytes <= 0:
+            return 0.0
+        bw, lat = (self.nvlink_bw, self.nvlink_latency_s) if same_node else (self.net_bw, self.net_latency_s)
+        return lat + self.alpha("p2p") * nbytes / bw
+
+    def with_(self, **changes: Any) -> "HardwareSpec":
+        return replace(self, **changes)
+
+    # -- serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["alphas"] = dict(self.alphas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HardwareSpec":
+        data = dict(data)
+        data.pop("format", None)
+        data.pop("measurements", None)
+        data.pop("fit", None)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInput(f"hardware calibration has unknown fields: {', '.join(unknown)}")
+        missing = [f for f in ("name", "peak_flops", "mem_bw", "mem_bytes", "nvlink_bw", "nvlink_latency_s",
+                               "net_bw", "net_latency_s", "host_bw") if f not in data]
+        if missing:
+            raise BadInput(f"hardware calibration is missing fields: {', '.join(missing)}")
+        curve = data.get("gemm_curve", {})
+        if isinstance(curve, dict):
+            data["gemm_curve"] = GemmCurve(**{k: float(v) for k, v in curve.items()})
+        data["alphas"] = default_alphas(**{k: float(v) for k, v in (data.get("alphas") or {}).items()})
+        spec = cls(**data)
+        if spec.peak_flops <= 0 or spec.mem_bw <= 0:
+            raise BadInput("hardware calibration needs positive peak_flops and mem_bw")
+        return spec
+
+    def save(self, path: str, extra: dict[str, Any] | None = None) -> None:
+        """Write this spec as calibration JSON (``extra`` keys such as measurements are kept aside)."""
+        from dip.cli.common import write_atomic
+
+        payload = {"format": "dip-hardware-v1", **self.to_dict(), **(extra or {})}
+        write_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str) -> "HardwareSpec":
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except OSError as exc:
+            raise BadInput(f"hardware file {path!r} cannot be read: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"hardware file {path!r} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+        if not isinstance(data, dict):
+            raise BadInput(f"hardware file {path!r} must hold a JSON object")
+        return cls.from_dict(data)
+
+
+def _hopper(name: str, peak: float, mem_bw: float, mem: float, nvlink: float, net: float, desc: str,
+            **changes: Any) -> HardwareSpec:
+    return HardwareSpec(name=name, peak_flops=peak, mem_bw=mem_bw, mem_bytes=mem, nvlink_bw=nvlink,
+                        nvlink_latency_s=3e-6, net_bw=net, net_latency_s=8e-6, host_bw=64 * GB,
+                        description=desc, **changes)
+
+
+PRESETS: dict[str, HardwareSpec] = {
+    "H800": _hopper("H800", 989e12, 3.35e12, 80 * GIB, 200 * GB, 25 * GB,
+                    "H800 SXM: H100 compute, NVLink 200 GB/s per direction, 8x200 Gb/s RoCE per node"),
+    "H100-SXM": _hopper("H100-SXM", 989e12, 3.35e12, 80 * GIB, 450 * GB, 50 * GB,
+                        "H100 SXM: 989 TFLOPS bf16 dense, 3.35 TB/s HBM3, NVLink 450 GB/s per direction, 400 Gb/s IB"),
+    "H20": _hopper("H20", 148e12, 4.0e12, 96 * GIB, 450 * GB, 50 * GB,
+                   "H20: 148 TFLOPS bf16 dense, 96 GB HBM3 at 4.0 TB/s, NVLink 450 GB/s per direction",
+                   gemm_curve=GemmCurve(m0=1200.0, n0=96.0, k0=96.0)),
+    "A100-80G": HardwareSpec(
+        name="A100-80G", peak_flops=312e12, mem_bw=2.04e12, mem_bytes=80 * GIB, nvlink_bw=300 * GB,
+        nvlink_latency_s=4e-6, net_bw=25 * GB, net_latency_s=8e-6, host_bw=32 * GB,
+        alphas=default_alphas(gemm=1.2, attention=1.8),
+        gemm_curve=GemmCurve(m0=1536.0, n0=128.0, k0=128.0), kernel_overhead_s=5e-6,
+        description="A100 SXM 80 GB: 312 TFLOPS bf16 dense, 2.04 TB/s HBM2e, NVLink 300 GB/s per direction"),
+}
+CALIBRATED: tuple[str, ...] = ("cpu",)
+
+
+def calibration_path(name: str) -> str:
+    """Path of a calibration JSON shipped with the package (``dip/cost/calibrations/<name>.json``)."""
+    return str(resources.files("dip.cost").joinpath("calibrations", f"{name}.json"))
+
+
+def list_hardware() -> list[str]:
+    """Names accepted by :func:`get_hardware` (besides calibration file paths)."""
+    return [*PRESETS, *CALIBRATED]
+
+
+def get_hardware(name_or_path: str | HardwareSpec) -> HardwareSpec:
+    """A preset by (case-insensitive) name, ``cpu`` (shipped calibration) or a calibration JSON path."""
+    if isinstance(name_or_path, HardwareSpec):
+        return name_or_path
+    key = str(name_or_path).strip()
+    for name, spec in PRESETS.items():
+        if name.lower() == key.lower():
+            return spec
+    for name in CALIBRATED:
+        if name == key.lower():
+            return HardwareSpec.load(calibration_path(name))
+    if key.lower().endswith(".json") or os.sep in key or os.path.isfile(key):
+        return HardwareSpec.load(key)
+    raise choices_error("hardware", name_or_path, [*list_hardware(), "<calibration.json>"])
