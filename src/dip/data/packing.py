@@ -1,10 +1,12 @@
 """Greedy packing of samples into micro-batches, as in the paper (§2.2, §7.1).
 
 * **VLM / text** (:func:`pack_sequences`): each sample is ``text + images * tokens_per_image``
-  LM tokens; samples are packed next-fit, in order, into micro-batches of at most
-  ``context_length`` tokens (8192) and ``max_images_per_microbatch`` images (48). A sample that alone
-  exceeds either limit is split (:func:`split_sample`) into consecutive pieces at those limits, each
-  packed as its own sample (its own attention block); images are never cut, nothing is dropped.
+  LM tokens, laid out as an interleaved document (:func:`layout`). Samples are concatenated in order
+  and the stream is cut into micro-batches filled up to ``context_length`` tokens (8192) and
+  ``max_images_per_microbatch`` images (48), as in the paper's examples (10 images + 6502 text tokens
+  = 169 + 8023 = 8192). Text is split at a micro-batch boundary; an image is never split: when it
+  does not fit (or would be image 49) the micro-batch closes a little short. The parts of a split
+  sample are separate samples (attention blocks) of their micro-batches; nothing is dropped.
 * **T2V** (:func:`pack_clips`): every clip, with its caption, is one unit; within windows of
   ``window`` units the clips are sorted by aspect-ratio bucket and duration, then grouped next-fit into
   micro-batches of at most ``max_clips_per_microbatch`` clips (8), ``max_video_seconds`` of video
@@ -47,79 +49,90 @@ class PackLimits:
         )
 
 
-def split_sample(sample: Sample, limits: PackLimits) -> list[Sample]:
-    """Cut a sample into pieces of at most ``context_length`` tokens and ``max_images`` images.
-
-    The sample is laid out as an interleaved document ``T0 I T1 I ... I Tn``: its ``n`` images spread
-    evenly through the text (``n + 1`` equal text segments). The layout is walked in order and a piece
-    is closed when the next token or image would break a limit. A sample within limits is returned
-    unchanged; otherwise the pieces' text and image counts sum to the sample's.
-    """
-    tpi, ctx = limits.tokens_per_image, limits.context_length
+def layout(sample: Sample) -> list[tuple[str, int]]:
+    """A sample as an interleaved document ``T0 I T1 I ... I Tn``: its ``n`` images spread evenly
+    through the text (``n + 1`` text segments differing by at most one token)."""
     n = sample.image_count
-    if n and tpi <= 0:
-        raise BadInput("sample has images but the model has no image encoder")
-    if n and (tpi > ctx or limits.max_images < 1):
-        raise BadInput(f"one image ({tpi} tokens) does not fit a micro-batch of {ctx} tokens / {limits.max_images} images")
-    if sample.text_tokens + n * tpi <= ctx and n <= limits.max_images:
-        return [sample]
-    pieces: list[Sample] = []
-    text = images = 0
-
-    def flush() -> None:
-        nonlocal text, images
-        if text or images:
-            pieces.append(Sample(text, images))
-        text = images = 0
-
     base, extra = divmod(sample.text_tokens, n + 1)
+    out: list[tuple[str, int]] = []
     for seg in range(n + 1):
-        remaining = base + (1 if seg < extra else 0)
-        while remaining:
-            room = ctx - text - images * tpi
-            if room <= 0:
-                flush()
-                continue
-            take = min(room, remaining)
-            text += take
-            remaining -= take
+        length = base + (1 if seg < extra else 0)
+        if length:
+            out.append(("text", length))
         if seg < n:
-            if images + 1 > limits.max_images or text + (images + 1) * tpi > ctx:
-                flush()
-            images += 1
-    flush()
-    return pieces
+            out.append(("image", 1))
+    return out
+
+
+class _SequencePacker:
+    """State of :func:`pack_sequences`: the open micro-batch and the open piece of a sample."""
+
+    def __init__(self, limits: PackLimits):
+        self.limits = limits
+        self.out: list[MicroBatchMeta] = []
+        self.texts: list[int] = []
+        self.images: list[int] = []
+        self.tokens = self.image_total = 0
+        self.piece_text = self.piece_images = 0
+
+    def close_piece(self) -> None:
+        if self.piece_text or self.piece_images:
+            self.texts.append(self.piece_text)
+            self.images.append(self.piece_images)
+        self.piece_text = self.piece_images = 0
+
+    def close_microbatch(self) -> None:
+        self.close_piece()
+        if self.texts:
+            counts = tuple(self.images) if self.limits.tokens_per_image else ()
+            self.out.append(MicroBatchMeta(text_lens=tuple(self.texts), image_counts=counts))
+        self.texts, self.images = [], []
+        self.tokens = self.image_total = 0
+
+    def add_text(self, length: int) -> None:
+        while length:
+            room = self.limits.context_length - self.tokens
+            if room <= 0:
+                self.close_microbatch()
+                continue
+            take = min(room, length)
+            self.piece_text += take
+            self.tokens += take
+            length -= take
+
+    def add_image(self) -> None:
+        tpi = self.limits.tokens_per_image
+        if self.tokens + tpi > self.limits.context_length or self.image_total + 1 > self.limits.max_images:
+            self.close_microbatch()
+        self.piece_images += 1
+        self.image_total += 1
+        self.tokens += tpi
+
+    def add(self, sample: Sample) -> None:
+        for kind, length in layout(sample):
+            if kind == "text":
+                self.add_text(length)
+            else:
+                self.add_image()
+        self.close_piece()
 
 
 def pack_sequences(samples: Iterable[Sample], limits: PackLimits) -> list[MicroBatchMeta]:
-    """Next-fit greedy packing of VLM or text samples (see module doc)."""
-    out: list[MicroBatchMeta] = []
-    texts: list[int] = []
-    imgs: list[int] = []
-    tokens = images = 0
-    tpi, ctx = limits.tokens_per_image, limits.context_length
-
-    def flush() -> None:
-        nonlocal tokens, images
-        if texts:
-            out.append(MicroBatchMeta(text_lens=tuple(texts), image_counts=tuple(imgs) if tpi else ()))
-        texts.clear()
-        imgs.clear()
-        tokens = images = 0
-
+    """Greedy fill of VLM or text samples into micro-batches (see module doc)."""
+    tpi = limits.tokens_per_image
+    packer = _SequencePacker(limits)
     for sample in samples:
         if sample.clips:
             raise BadInput("sample has videos but the model packs text/image sequences only")
-        for piece in split_sample(sample, limits):
-            size = piece.text_tokens + piece.image_count * tpi
-            if texts and (tokens + size > ctx or images + piece.image_count > limits.max_images):
-                flush()
-            texts.append(piece.text_tokens)
-            imgs.append(piece.image_count)
-            tokens += size
-            images += piece.image_count
-    flush()
-    return out
+        if sample.image_count:
+            if tpi <= 0:
+                raise BadInput("sample has images but the model has no image encoder")
+            if tpi > limits.context_length or limits.max_images < 1:
+                raise BadInput(f"one image ({tpi} tokens) does not fit a micro-batch of "
+                               f"{limits.context_length} tokens / {limits.max_images} images")
+        packer.add(sample)
+    packer.close_microbatch()
+    return packer.out
 
 
 @dataclass(frozen=True)

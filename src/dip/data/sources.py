@@ -42,18 +42,19 @@ class Obelics(SampleSource):
 
     Published: 141M documents, 353M images, 115B text tokens, i.e. about 2.5 images and 816 text tokens
     per document *(inferred)*; documents without images or with more than 30 were filtered out. DIP
-    (§2.2) measures 0.4 to 3115 text tokens per image. Model: ``1 + Geometric`` images per document
-    (mean ``mean_images``, at most ``max_images``) and log-normal text tokens *per image*
-    (mean ``mean_tokens_per_image`` = 816 / 2.5, clipped to the published range), so text per
-    document averages ~816 tokens with a very long tail.
+    (§2.2) measures 0.4 to 3115 text tokens per image. Model: geometric images per document (mean
+    ``mean_images``, at most ``max_images``) times log-normal text tokens *per image*, clipped to the
+    published range. ``sigma_tokens_per_image`` = 1.5 puts that range at about -3.7 and +2.2 sigma;
+    ``mean_tokens_per_image`` is set so that after clipping it averages 816 / 2.5 = 326, i.e. ~816
+    text tokens per document, with a very long tail (median ~240).
     """
 
     kind: ClassVar[str] = "vlm"
     name: ClassVar[str] = "obelics"
     mean_images: float = 2.5
     max_images: int = 30
-    mean_tokens_per_image: float = 340.0
-    sigma_tokens_per_image: float = 1.1
+    mean_tokens_per_image: float = 375.0
+    sigma_tokens_per_image: float = 1.5
     min_tokens_per_image: float = 0.4
     max_tokens_per_image: float = 3115.0
 
@@ -87,9 +88,10 @@ class Laion2B(SampleSource):
 class ScienceQA(SampleSource):
     """ScienceQA multimodal multiple-choice questions (Lu et al., NeurIPS 2022).
 
-    Published: 21,208 questions with lecture and explanation; one context image per sample as used
-    in DIP. Question, choices, lecture and solution together are a few hundred tokens: model is a
-    log-normal with mean ``mean_tokens`` *(assumed)*.
+    Published: 21,208 questions with lecture and explanation, 48.7% of them with an image context.
+    DIP uses it as image data (tokens per image, Fig. 4a), so by default every sample has one image
+    (``image_probability`` = 1; 0.487 gives the full set, zero-inflated). Question, choices, lecture
+    and solution together are a few hundred tokens: log-normal with mean ``mean_tokens`` *(assumed)*.
     """
 
     kind: ClassVar[str] = "vlm"
@@ -97,10 +99,12 @@ class ScienceQA(SampleSource):
     mean_tokens: float = 250.0
     sigma_tokens: float = 0.45
     max_tokens: int = 2048
+    image_probability: float = 1.0
 
     def draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
         tokens = lognormal(rng, self.mean_tokens, self.sigma_tokens, n, 16, self.max_tokens)
-        return [Sample(int(round(t)), 1) for t in tokens]
+        images = rng.random(n) < self.image_probability
+        return [Sample(int(round(t)), int(k)) for t, k in zip(tokens, images)]
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,8 @@ class VideoSource(SampleSource):
     """Base of video-caption sources: one clip per sample.
 
     Clip duration is log-normal (``median_seconds``, ``sigma_seconds``) clipped to
-    ``[min_seconds, max_seconds]``; caption tokens are log-normal (``mean_caption_tokens``,
-    ``sigma_caption``); frame size is drawn from ``resolutions`` ((width, height, probability)).
+    ``[min_seconds, max_seconds]`` (the packer later cuts it to the model's ``max_video_seconds``);
+    caption tokens are log-normal (``mean_caption_tokens``, ``sigma_caption``); frame size is drawn from ``resolutions`` ((width, height, probability)).
     """
 
     kind: ClassVar[str] = "t2v"
@@ -179,14 +183,16 @@ class InternVid(VideoSource):
 
     Published: 85% of clips last 0-10 s; about half the captions have 10-20 words, a third fewer than
     10 and 11% more than 20; 85% of videos are 720p. Model: median 5 s, sigma 0.7 (P(<10 s) = 84%),
-    clips shorter than ``min_seconds`` dropped; caption words log-normal with median ~12 words
+    durations below ``min_seconds`` = 1.5 s raised to it (*assumed* minimum clip length; it sets the
+    lightest T2V micro-batches, eight ~1.5 s clips, and so the heaviest / lightest FLOPs ratio of
+    ~4.15 over 100 T2V-S micro-batches of Fig. 4d); caption words log-normal with median ~12 words
     (P(<10) = 1/3, P(>20) = 11%), i.e. ~17 tokens on average.
     """
 
     name: ClassVar[str] = "internvid"
     median_seconds: float = 5.0
     sigma_seconds: float = 0.7
-    min_seconds: float = 2.0
+    min_seconds: float = 1.5
     mean_caption_tokens: float = 17.0
     sigma_caption: float = 0.42
     resolutions: tuple[tuple[int, int, float], ...] = ((1280, 720, 0.85), (854, 480, 0.1), (640, 480, 0.05))

@@ -47,7 +47,8 @@ def _check_counts(batches: int, seed: int, microbatches: int) -> None:
         raise BadInput(f"seed must be an integer >= 0, got {seed}")
 
 
-def source_microbatches(model: ModelSpec, source: SampleSource, n: int, rng: np.random.Generator) -> list[MicroBatchMeta]:
+def source_microbatches(model: ModelSpec, source: SampleSource, n: int,
+                        rng: np.random.Generator) -> list[MicroBatchMeta]:
     """``n`` packed micro-batches drawn from one source."""
     if model.workload == "t2v":
         samples = source.draw(rng, n * model.max_clips_per_microbatch)
@@ -55,13 +56,14 @@ def source_microbatches(model: ModelSpec, source: SampleSource, n: int, rng: np.
         return [groups[k] for k in sorted(rng.choice(len(groups), size=n, replace=False))]
     limits = PackLimits.for_model(model)
     samples: list[Sample] = []
-    draw = max(16, n * 8)
+    draw = max(16, n * 4)
     while True:
         samples += source.draw(rng, draw)
         packed = pack_sequences(samples, limits)
         if len(packed) > n:  # the last micro-batch may still be open: keep only closed ones
             return packed[:n]
-        draw *= 2
+        per_microbatch = len(samples) / max(1, len(packed) - 1)
+        draw = max(16, int((n + 2 - len(packed)) * per_microbatch * 1.2))
 
 
 def generate_batch(model: ModelSpec, mixture: Mixture, seed: int, index: int, microbatches: int) -> BatchMeta:
@@ -172,7 +174,8 @@ def generate_dynamic_batches(model: ModelSpec, seed: int, microbatches: int = 64
     _check_counts(1, seed, microbatches)
     _check_model(model)
     if model.workload != "vlm":
-        raise BadInput(f"dynamic workloads bound image counts; model {model.name} has workload {model.workload}, not vlm")
+        raise BadInput(f"dynamic workloads bound image counts; model {model.name} has workload "
+                       f"{model.workload}, not vlm")
     tpi = tokens_per_image(model)
     cap = min(model.max_images_per_microbatch, model.context_length // tpi)
     scale = model.max_images_per_microbatch / PAPER_MAX_IMAGES

@@ -1,0 +1,81 @@
+"""``dip profile``: time real torch blocks and write a calibrated hardware JSON for ``--hardware``."""
+from __future__ import annotations
+
+import argparse
+
+from dip.cli.common import check_writable, emit, positive_int
+from dip.errors import BadInput
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="profile real torch layers and fit the cost model (calibration JSON)",
+                       description="Time forward/backward of ViT, decoder and DiT blocks over token counts, fit "
+                                   "the cost model's efficiency factors and write a hardware calibration JSON.")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--model", help="model preset whose modules are profiled (default: ViT-5B, Qwen2-32B, DiT-5B)")
+    p.add_argument("--modules", nargs="+", help="module names or kinds (vit, decoder, dit) to profile")
+    p.add_argument("--sizes", nargs="+", type=int, help="token counts (default cpu: 128..2048, cuda: 1024..16384)")
+    p.add_argument("--hidden-scale", type=float, help="narrow the blocks by this factor (default cpu 0.125, cuda 1)")
+    p.add_argument("--block", type=int, help="longest attention block in tokens (default cpu 1024, cuda 4096)")
+    p.add_argument("--rounds", type=int, default=3, help="round-robin timing passes; fastest kept (default 3)")
+    p.add_argument("--name", help="hardware name stored in the file (default: the device)")
+    p.add_argument("--out", required=True, help="calibration JSON to write")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def _modules(model_name: str | None, selectors: list[str] | None):
+    from dip.cost.profile import REFERENCE_MODULES
+
+    if model_name:
+        from dip.spec.presets import get_model
+
+        modules = tuple(get_model(model_name).modules)
+    else:
+        modules = REFERENCE_MODULES
+    if not selectors:
+        return modules
+    chosen = [m for m in modules if m.name in selectors or m.kind in selectors]
+    unknown = [s for s in selectors if not any(s in (m.name, m.kind) for m in modules)]
+    if unknown:
+        from dip.errors import choices_error
+
+        raise choices_error("module", unknown[0], [*(m.name for m in modules), "vit", "decoder", "dit"])
+    return tuple(chosen)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    check_writable(args.out)
+    device = args.device.lower()
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BadInput("device cuda is not available on this machine; use --device cpu")
+    elif device != "cpu":
+        raise BadInput(f"unknown device {args.device!r}; valid devices: cpu, cuda, cuda:N")
+    cuda = device.startswith("cuda")
+    sizes = [positive_int("--sizes", s) for s in (args.sizes or ([1024, 2048, 4096, 8192, 16384] if cuda
+                                                                 else [128, 256, 512, 1024, 2048]))]
+    block = positive_int("--block", args.block if args.block is not None else (4096 if cuda else 1024))
+    rounds = positive_int("--rounds", args.rounds)
+    if args.hidden_scale is not None and not 0 < args.hidden_scale <= 1:
+        raise BadInput(f"--hidden-scale must be in (0, 1], got {args.hidden_scale}")
+    modules = _modules(args.model, args.modules)
+
+    from dip.cost.profile import calibrate
+
+    hw, record = calibrate(modules, sizes, device, args.hidden_scale, block, args.name, rounds=rounds)
+    hw.save(args.out, extra=record)
+    fit = record["fit"]
+    summary = {"out": args.out, "name": hw.name, "device": device, "peak_flops": hw.peak_flops, "mem_bw": hw.mem_bw,
+               "alphas": dict(hw.alphas), "gemm_curve": {"m0": hw.gemm_curve.m0, "n0": hw.gemm_curve.n0,
+                                                         "k0": hw.gemm_curve.k0},
+               "attn_s0": hw.attn_s0, "kernel_overhead_s": hw.kernel_overhead_s,
+               "rms_log_error": fit["rms_log_error"], "points": len(record["measurements"])}
+    text = (f"wrote {args.out}: {hw.name} peak {hw.peak_flops / 1e12:.3f} TFLOP/s, mem {hw.mem_bw / 1e9:.1f} GB/s, "
+            f"alpha gemm {hw.alpha('gemm'):.2f} attention {hw.alpha('attention'):.2f} "
+            f"elementwise {hw.alpha('elementwise'):.2f}, fit rms log error {fit['rms_log_error']:.3f} "
+            f"over {len(record['measurements'])} points")
+    emit(summary, args.json, text)
+    return 0

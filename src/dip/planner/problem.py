@@ -1,0 +1,172 @@
+"""The scheduling problem of one batch as flat arrays: tasks, dependencies, candidates, segments.
+
+Built once per batch from a :class:`~dip.planner.partitioner.Partition`:
+
+* the simulator's :class:`~dip.sim.TaskGraph` (task ids, dependency CSR, per-edge p2p delays) with the
+  fastest costs, which also gives the order-independent lower bound;
+* per stage pair the memory candidates (:mod:`dip.planner.candidates`);
+* the *segment items* MCTS orders. A pipeline segment is one pass (F or B) of one unit over the ``P``
+  consecutive chunks ``kP .. kP+P-1`` of a module. Segments of one module inside one micro-batch
+  (all its sub-microbatches and all ``K_i`` segments) form one item: they share a priority and keep a
+  fixed order (further-along segment first, then unit order).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dip.data.meta import BatchMeta, work_for
+from dip.errors import BadInput
+from dip.planner.candidates import CandidateBuilder, StageCandidates, pack_candidates, DEFAULT_CANDIDATES
+from dip.planner.partitioner import Partition
+from dip.schedule.ir import Flow, Unit
+from dip.sim import StageCosts, TaskGraph, stage_costs
+from dip.sim.topology import Topology
+from dip.spec.model import ModelSpec
+
+F, B = 0, 1
+SEQ_SPAN = 1 << 20
+
+
+@dataclass(frozen=True)
+class Item:
+    """A set of segments sharing one priority: pass ``direction`` (0 = F, 1 = B) of ``group`` for ``mb``."""
+
+    group: str
+    mb: int
+    direction: int
+
+    def __str__(self) -> str:
+        return f"{self.group}:{'FB'[self.direction]}{self.mb}"
+
+
+@dataclass
+class PlanProblem:
+    """Everything the search needs about one batch, mostly as numpy arrays (see module docstring)."""
+
+    model: ModelSpec
+    partition: Partition
+    batch: BatchMeta
+    units: dict[str, tuple[Unit, ...]]
+    flows: tuple[Flow, ...]
+    costs: StageCosts
+    tg: TaskGraph
+    topology: Topology
+    cand: StageCandidates
+    static: np.ndarray
+    limit: float
+    stage_rank: np.ndarray
+    succ_delay: np.ndarray
+    items: list[Item]
+    task_item: np.ndarray
+    task_seq: np.ndarray
+    default_sequence: np.ndarray
+    dp: int = 1
+    lower_bound: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_ranks(self) -> int:
+        return self.tg.num_ranks
+
+    @property
+    def num_tasks(self) -> int:
+        return self.tg.num_tasks
+
+    @property
+    def cap(self) -> np.ndarray:
+        """Activation bytes each rank may hold (limit minus static memory)."""
+        return self.limit - self.static
+
+    def priorities(self, sequence: np.ndarray) -> np.ndarray:
+        """Per-task priority key (lower runs first) for an item ``sequence`` (item ids, first = highest)."""
+        pos = np.empty(len(self.items), np.int64)
+        pos[sequence] = np.arange(len(sequence))
+        return pos[self.task_item] * SEQ_SPAN + self.task_seq
+
+    def task_durations(self, choice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(duration, activation bytes) per task for candidate ``choice[stage]``."""
+        f, b, mem = self.cand.pick(choice)
+        s, op = self.tg.task_stage, self.tg.task_op
+        return np.where(op == F, f[s], b[s]), mem[s]
+
+
+def build_problem(model: ModelSpec, partition: Partition, batch: BatchMeta, cost_model, hardware,
+                  memory_limit_bytes: float | None = None, candidates: int = DEFAULT_CANDIDATES,
+                  dp: int | None = None) -> PlanProblem:
+    """Units, costs, task graph, candidates and segment items of ``batch`` under ``partition``."""
+    graph = partition.graph
+    units, flows = partition.units(model, batch)
+    if not any(units.values()):
+        raise BadInput("the batch has no micro-batches to schedule")
+    costs = stage_costs(graph, units, flows, model, cost_model, batch)
+    topo = Topology.from_hardware(hardware, tp=costs.tp)
+    tg = TaskGraph.build(graph, units, flows, costs, topo, split=False)
+    builder = CandidateBuilder(cost_model, candidates)
+    unit_of = {g: {u.index: u for u in us} for g, us in units.items()}
+    mbs = batch.microbatches
+    per_stage = []
+    works: dict[tuple[str, int], object] = {}
+    for chunk, unit in costs.keys:
+        c = graph.chunks[chunk]
+        work = works.get((c.parts[0].module, unit))
+        if work is None:
+            u = unit_of[c.group][unit]
+            module = model.module(c.parts[0].module)
+            work = works[(module.name, unit)] = work_for(
+                model, module, mbs[u.mb], slice(u.start, u.stop) if u.stop > u.start else None)
+        per_stage.append(builder.for_stage(c, work))
+    cand = pack_candidates(per_stage)
+    ranks = np.asarray(graph.stage_to_rank(), np.int64)
+    stage_rank = ranks[np.asarray([k[0] for k in costs.keys], np.int64)]
+    order = np.argsort(tg.pred_idx, kind="stable")
+    succ_delay = tg.pred_delay[order].astype(np.float64)
+    items, task_item, task_seq, default = _segment_items(graph, units, tg, costs)
+    limit = float(hardware.mem_bytes if memory_limit_bytes is None else memory_limit_bytes)
+    lb = max(tg.busiest_rank_bound(), tg.critical_path_bound())
+    return PlanProblem(
+        model=model, partition=partition, batch=batch, units=units, flows=flows, costs=costs, tg=tg,
+        topology=topo, cand=cand, static=np.asarray(costs.static_bytes, float), limit=limit,
+        stage_rank=stage_rank, succ_delay=succ_delay, items=items, task_item=task_item, task_seq=task_seq,
+        default_sequence=default, dp=int(dp or model.parallel.dp or 1), lower_bound=float(lb),
+    )
+
+
+def _segment_items(graph, units, tg: TaskGraph, costs: StageCosts):
+    """Items, per-task item id and in-item order, and the default item sequence."""
+    pp = graph.num_ranks
+    group_pos = {g: k for k, g in enumerate(graph.groups)}
+    unit_mb = {(g, u.index): u.mb for g, us in units.items() for u in us}
+    ids: dict[tuple[str, int, int], int] = {}
+    n = tg.num_tasks
+    task_item = np.zeros(n, np.int64)
+    keys = []
+    for t, a in enumerate(tg.actions):
+        c = graph.chunks[a.chunk]
+        direction = F if tg.task_op[t] == 0 else B
+        key = (c.group, unit_mb[(c.group, a.unit)], direction)
+        if key not in ids:
+            ids[key] = len(ids)
+        task_item[t] = ids[key]
+        seg = c.index // pp
+        # further-along segment first: deeper segments for F, shallower for B; then unit order
+        keys.append((ids[key], -seg if direction == F else seg, a.unit, c.index))
+    order = sorted(range(n), key=lambda t: keys[t])
+    task_seq = np.zeros(n, np.int64)
+    last_item, k = -1, 0
+    for t in order:
+        if keys[t][0] != last_item:
+            last_item, k = keys[t][0], 0
+        task_seq[t] = k
+        k += 1
+    items = [Item(g, mb, d) for (g, mb, d) in ids]
+    ngroups = len(graph.groups)
+
+    def default_key(i: int) -> tuple[int, int, int]:
+        it = items[i]
+        gp = group_pos[it.group]
+        return (it.mb, it.direction, gp if it.direction == F else ngroups - gp)
+
+    default = np.asarray(sorted(range(len(items)), key=default_key), np.int64)
+    return items, task_item, task_seq, default

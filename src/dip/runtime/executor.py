@@ -1,0 +1,241 @@
+"""The per-rank interpreter over a lowered program (see ``docs/runtime.md``).
+
+One :class:`Executor` per process holds its stage chunks (built once) and a handler registry
+``op -> handler(action, ctx)``; :meth:`Executor.run_step` walks one step's program:
+
+* a communication batch (consecutive SEND/RECV actions) is prepared action by action and posted at
+  once (``BATCH`` handler); receive buffers are allocated there, just in time, from the shape plan;
+* a compute action waits for exactly the receives it consumes, just before it runs;
+* sends stay outstanding until a bounded point: beyond ``max_outstanding_sends`` the ones posted up
+  to the batch a compute just waited on are drained, and every send is drained at the end of the step;
+* a message between two chunks of this rank is handed over locally (a detached leaf with
+  ``requires_grad``), never sent;
+* every wait has a timeout whose error names the rank, the action and the peer.
+
+Every action's start and end (seconds since the step started) are recorded.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from dip.data.meta import BatchMeta
+from dip.runtime.comm import P2P, SendQueue, unpack, wait
+from dip.runtime.handlers import DEFAULT_HANDLERS, Handler
+from dip.runtime.shapes import MessageSpecs
+from dip.runtime.stage import PartUnit, StageChunk, UnitState, module_edge
+from dip.schedule.deps import DependencyIndex
+from dip.schedule.ir import Action, Op, Plan, Unit
+from dip.schedule.lowering import Program, comm_batches
+from dip.spec.model import Edge
+
+
+@dataclass(frozen=True, slots=True)
+class ActionTime:
+    """Measured start and end (seconds since the step began) of one action on one rank."""
+
+    action: Action
+    start: float
+    end: float
+
+
+@dataclass
+class StepResult:
+    """What one rank measured in one step: its summed loss and the timeline of its actions."""
+
+    rank: int
+    loss_sum: float
+    elapsed_s: float
+    actions: list[ActionTime]
+
+
+@dataclass
+class StepContext:
+    """Everything a handler may touch during one step on one rank."""
+
+    rank: int
+    plan: Plan
+    program: Program
+    deps: DependencyIndex
+    batch: BatchMeta
+    provider: Any
+    stages: dict[int, StageChunk]
+    specs: MessageSpecs
+    step_seed: int
+    mb_offset: int
+    loss_scale: float
+    rank_map: Callable[[int], int]
+    group: dist.ProcessGroup | None
+    timeout_s: float
+    device: torch.device
+    sends: SendQueue
+    recvs: dict[tuple, tuple[P2P | None, tuple]] = field(default_factory=dict)
+    outbox: dict[tuple, dict[str, Tensor]] = field(default_factory=dict)
+    local: dict[tuple, dict[str, Tensor]] = field(default_factory=dict)
+    states: dict[tuple[int, int], UnitState] = field(default_factory=dict)
+    pending: list[P2P] = field(default_factory=list)
+    batch_no: int = 0
+    reduced: set[int] = field(default_factory=set)
+    loss_parts: list[Tensor] = field(default_factory=list)
+    data_cache: dict[tuple, Any] = field(default_factory=dict)
+    edges: dict[tuple[int, int], Edge] = field(default_factory=dict)
+
+    def global_rank(self, pp_rank: int) -> int:
+        return self.rank_map(pp_rank)
+
+    def take(self, key: tuple, action: Action) -> dict[str, Tensor]:
+        """The tensors of message ``key`` for ``action``: a local hand-off, or a posted receive (waited on now)."""
+        got = self.local.pop(key, None)
+        if got is not None:
+            return got
+        entry = self.recvs.pop(key, None)
+        if entry is None:
+            raise RuntimeError(f"rank {self.rank}: {action} needs message {_key_text(key)}, "
+                               f"which was neither received nor handed over locally before it")
+        p, specs = entry
+        if p is None:
+            return {s.name: torch.zeros(s.shape, dtype=_dtype(s.dtype), device=self.device) for s in specs}
+        wait(p, self.rank, self.timeout_s)
+        self.sends.trim(p.batch)
+        return {s.name: t for s, t in zip(specs, unpack(p.buffer, specs))}
+
+    def emit(self, key: tuple, tensors: dict[str, Tensor], backward: bool) -> None:
+        """Hand ``tensors`` to the consumer of message ``key``: locally on this rank, else to its SEND."""
+        if self.plan.graph.chunks[key[2]].rank == self.rank:
+            if backward:
+                self.local[key] = {n: t.detach() for n, t in tensors.items()}
+            else:
+                self.local[key] = {n: t.detach().requires_grad_(t.is_floating_point()) for n, t in tensors.items()}
+        else:
+            self.outbox[key] = tensors
+
+    def pop_state(self, action: Action) -> UnitState:
+        state = self.states.pop((action.chunk, action.unit), None)
+        if state is None:
+            raise RuntimeError(f"rank {self.rank}: {action} runs before the forward of chunk {action.chunk} "
+                               f"unit {action.unit}")
+        return state
+
+    def add_loss(self, loss: Tensor) -> None:
+        self.loss_parts.append(loss.detach())
+
+    def edge(self, src_chunk: int, dst_chunk: int) -> Edge:
+        key = (src_chunk, dst_chunk)
+        got = self.edges.get(key)
+        if got is None:
+            g = self.plan.graph
+            got = self.edges[key] = module_edge(self.provider.spec, g.chunks[src_chunk].parts[-1].module,
+                                                g.chunks[dst_chunk].parts[0].module)
+        return got
+
+    def part_unit(self, module: str, unit: Unit) -> PartUnit:
+        return PartUnit(module, self.mb_offset + unit.mb, unit.start, unit.stop)
+
+    def data_of(self, module: str, pu: PartUnit) -> Any:
+        """The unit's local inputs (made once per step and shared by every chunk of the module)."""
+        key = (module, pu.mb, pu.start, pu.stop)
+        got = self.data_cache.get(key)
+        if got is None:
+            mb = self.batch.microbatches[pu.mb - self.mb_offset]
+            got = self.data_cache[key] = self.provider.unit_data(mb, pu.mb, module, pu.start, pu.stop, self.step_seed)
+        return got
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[name]
+
+
+def _key_text(key: tuple) -> str:
+    src, su, dst, du, backward = key
+    return f"{'gradient' if backward else 'activation'} chunk {src}.{su} -> chunk {dst}.{du}"
+
+
+class Executor:
+    """Interpreter of lowered programs on one pipeline rank (``rank`` = its position in the pipeline).
+
+    ``stages`` are this rank's chunks by chunk id; ``rank_map`` turns a pipeline rank into a global
+    rank of ``group`` (data-parallel replicas run disjoint pipelines in one process group).
+    """
+
+    def __init__(self, rank: int, provider: Any, stages: Mapping[int, StageChunk], *,
+                 rank_map: Callable[[int], int] | None = None, group: dist.ProcessGroup | None = None,
+                 timeout_s: float = 120.0, device: torch.device | str = "cpu", max_outstanding_sends: int = 64,
+                 handlers: Mapping[str, Handler] | None = None):
+        self.rank = rank
+        self.provider = provider
+        self.stages = dict(stages)
+        self.rank_map = rank_map or (lambda r: r)
+        self.group = group
+        self.timeout_s = float(timeout_s)
+        self.device = torch.device(device)
+        self.max_outstanding_sends = max_outstanding_sends
+        self.handlers: dict[str, Handler] = dict(DEFAULT_HANDLERS)
+        self.handlers.update(handlers or {})
+
+    def register(self, op: str | Op, handler: Handler) -> None:
+        """Override the handler of ``op`` (``"F"``, ``"SEND_F"``, ..., or ``"BATCH"`` for posting)."""
+        self.handlers[op.value if isinstance(op, Op) else str(op)] = handler
+
+    def context(self, plan: Plan, program: Program, batch: BatchMeta, step_seed: int, mb_offset: int,
+                loss_scale: float) -> StepContext:
+        return StepContext(
+            rank=self.rank, plan=plan, program=program, deps=DependencyIndex(plan), batch=batch,
+            provider=self.provider, stages=self.stages, specs=MessageSpecs(plan, batch, self.provider),
+            step_seed=step_seed, mb_offset=mb_offset, loss_scale=loss_scale, rank_map=self.rank_map,
+            group=self.group, timeout_s=self.timeout_s, device=self.device,
+            sends=SendQueue(self.rank, self.timeout_s, self.max_outstanding_sends),
+        )
+
+    def run_step(self, plan: Plan, program: Program, batch: BatchMeta, *, step_seed: int, loss_scale: float,
+                 mb_offset: int = 0) -> StepResult:
+        """Run this rank's program of one step; the loss gradient is ``loss_sum * loss_scale``."""
+        missing = sorted({c.id for c in plan.graph.rank_chunks(self.rank)} - set(self.stages))
+        if missing:
+            raise RuntimeError(f"rank {self.rank}: the plan places chunks {missing} here, but they were not built")
+        ctx = self.context(plan, program, batch, step_seed, mb_offset, loss_scale)
+        acts = program.actions.get(self.rank, [])
+        batch_at = {b.start: b for b in comm_batches(program, self.rank)}
+        handlers = self.handlers
+        times: list[ActionTime] = []
+        clock = time.perf_counter
+        t0 = clock()
+        i = 0
+        while i < len(acts):
+            b = batch_at.get(i)
+            if b is not None:
+                start = clock()
+                for a in b.actions:
+                    handlers[a.op.value](a, ctx)
+                handlers["BATCH"](b.actions, ctx)
+                end = clock()
+                times += [ActionTime(a, start - t0, end - t0) for a in b.actions]
+                i = b.stop
+                continue
+            a = acts[i]
+            start = clock()
+            handlers[a.op.value](a, ctx)
+            times.append(ActionTime(a, start - t0, clock() - t0))
+            i += 1
+        ctx.sends.drain()
+        self._check_finished(ctx)
+        loss = float(torch.stack(ctx.loss_parts).sum()) if ctx.loss_parts else 0.0
+        return StepResult(self.rank, loss, clock() - t0, times)
+
+    def _check_finished(self, ctx: StepContext) -> None:
+        left = []
+        if ctx.states:
+            left.append(f"units without a finished backward: {sorted(ctx.states)}")
+        if ctx.recvs:
+            left.append(f"receives nobody consumed: {[_key_text(k) for k in ctx.recvs]}")
+        if ctx.outbox:
+            left.append(f"outputs never sent: {[_key_text(k) for k in ctx.outbox]}")
+        if ctx.local:
+            left.append(f"local hand-offs nobody consumed: {[_key_text(k) for k in ctx.local]}")
+        if left:
+            raise RuntimeError(f"rank {self.rank}: step ended with " + "; ".join(left))

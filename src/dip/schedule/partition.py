@@ -1,0 +1,171 @@
+"""Layer partitions for the baseline schedules.
+
+* :func:`mixed_partition` (Megatron-LM, nnScaler*, the textbook schedules on real models): the layers of
+  all modules, concatenated in topological order (``vit`` then ``llm``; ``llm`` then ``dit``), are cut
+  into ``pp * v`` contiguous chunks that balance a per-layer weight (parameters by default). One group
+  ``"all"``; chunk ``c`` on rank ``c mod pp``; a chunk may hold layers of several modules.
+* :func:`separated_even_partition` (Optimus): one group per module, module ``i`` cut into
+  ``pp * K_i`` chunks with near-equal layer counts.
+
+The cut is an exact linear partition: first the smallest possible maximum chunk weight, then, among the
+cuts that reach it, the one with the smallest sum of squared chunk weights (so chunks that are not the
+bottleneck are balanced too).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from dip.errors import BadInput
+from dip.schedule.ir import Chunk, ChunkPart, StageGraph
+from dip.schedule.units import chain_channels, module_graph, split_evenly
+from dip.spec.model import ModelSpec
+from dip.spec.params import layer_params, post_params, pre_params
+
+MIXED_GROUP = "all"
+
+
+@dataclass(frozen=True)
+class LayerSlot:
+    """Layer ``layer`` of ``module`` in the concatenated layer list of a model."""
+
+    module: str
+    layer: int
+
+
+def model_layers(model: ModelSpec) -> list[LayerSlot]:
+    """All transformer layers of ``model``, modules in topological order."""
+    return [LayerSlot(m.name, i) for m in model.modules for i in range(m.layers)]
+
+
+def param_weights(model: ModelSpec) -> list[float]:
+    """Per-layer parameter counts; a module's pre part counts on its first layer, its post part on its last."""
+    out: list[float] = []
+    for m in model.modules:
+        per_layer = layer_params(m)
+        for i in range(m.layers):
+            w = per_layer
+            if i == 0:
+                w += pre_params(m)
+            if i == m.layers - 1:
+                w += post_params(m)
+            out.append(float(w))
+    return out
+
+
+def linear_partition(weights: Sequence[float], parts: int) -> list[tuple[int, int]]:
+    """Cut ``weights`` into ``parts`` non-empty contiguous ranges minimising the largest range sum
+    (ties: smallest sum of squared range sums). Returns ``[(start, stop), ...]``."""
+    n = len(weights)
+    if parts < 1 or parts > n:
+        raise BadInput(f"cannot cut {n} layers into {parts} non-empty chunks")
+    prefix = [0.0]
+    for w in weights:
+        prefix.append(prefix[-1] + float(w))
+    bound = _min_max_cut(prefix, parts)
+    return _min_square_cut(prefix, parts, bound * (1 + 1e-12) + 1e-12)
+
+
+def _min_max_cut(prefix: list[float], parts: int) -> float:
+    n = len(prefix) - 1
+    inf = float("inf")
+    best = [inf] * (n + 1)  # best[j]: min over cuts of the first j items into k ranges of the max sum
+    for j in range(1, n + 1):
+        best[j] = prefix[j]
+    for k in range(2, parts + 1):
+        new = [inf] * (n + 1)
+        for j in range(k, n - (parts - k) + 1):
+            cur = inf
+            for i in range(k - 1, j):
+                cand = max(best[i], prefix[j] - prefix[i])
+                if cand < cur:
+                    cur = cand
+            new[j] = cur
+        best = new
+    return best[n]
+
+
+def _min_square_cut(prefix: list[float], parts: int, bound: float) -> list[tuple[int, int]]:
+    n = len(prefix) - 1
+    inf = float("inf")
+    cost = [[inf] * (n + 1) for _ in range(parts + 1)]
+    back = [[-1] * (n + 1) for _ in range(parts + 1)]
+    cost[0][0] = 0.0
+    for k in range(1, parts + 1):
+        for j in range(k, n - (parts - k) + 1):
+            for i in range(k - 1, j):
+                if cost[k - 1][i] == inf:
+                    continue
+                s = prefix[j] - prefix[i]
+                if s > bound:
+                    continue
+                cand = cost[k - 1][i] + s * s
+                if cand < cost[k][j]:
+                    cost[k][j], back[k][j] = cand, i
+    ranges: list[tuple[int, int]] = []
+    j = n
+    for k in range(parts, 0, -1):
+        i = back[k][j]
+        ranges.append((i, j))
+        j = i
+    return ranges[::-1]
+
+
+def _parts_of(layers: Sequence[LayerSlot], start: int, stop: int) -> tuple[ChunkPart, ...]:
+    """Contiguous runs of ``layers[start:stop]`` as one :class:`ChunkPart` per module."""
+    parts: list[ChunkPart] = []
+    run_start = start
+    for k in range(start + 1, stop + 1):
+        if k == stop or layers[k].module != layers[run_start].module:
+            a, b = layers[run_start], layers[k - 1]
+            parts.append(ChunkPart(a.module, a.layer, b.layer + 1))
+            run_start = k
+    return tuple(parts)
+
+
+def mixed_partition(model: ModelSpec, pp: int, chunks_per_rank: int = 1,
+                    weights: str | Sequence[float] = "params") -> StageGraph:
+    """One group of ``pp * chunks_per_rank`` chunks over the concatenated layers of all modules,
+    balancing ``weights`` ("params" or one number per layer of :func:`model_layers`)."""
+    layers = model_layers(model)
+    n = pp * chunks_per_rank
+    if pp < 1 or chunks_per_rank < 1:
+        raise BadInput(f"pp and chunks per rank must be >= 1, got pp {pp}, chunks {chunks_per_rank}")
+    if len(layers) < n:
+        raise BadInput(f"pp {pp} x {chunks_per_rank} chunks per rank needs at least {n} layers; "
+                       f"model {model.name} has {len(layers)}")
+    if isinstance(weights, str):
+        if weights != "params":
+            raise BadInput(f"unknown partition weights {weights!r}; valid: params or a list of per-layer costs")
+        w = param_weights(model)
+    else:
+        w = [float(x) for x in weights]
+        if len(w) != len(layers):
+            raise BadInput(f"{len(w)} layer weights given for {len(layers)} layers of model {model.name}")
+    chunks = [Chunk(c, MIXED_GROUP, c, c % pp, _parts_of(layers, a, b))
+              for c, (a, b) in enumerate(linear_partition(w, n))]
+    return StageGraph(tuple(chunks), tuple(chain_channels(chunks)), pp)
+
+
+def separated_even_partition(model: ModelSpec, pp: int, segments: Mapping[str, int]) -> StageGraph:
+    """One group per module; module ``i`` cut into ``pp * segments[i]`` chunks (default 1 segment)
+    with near-equal layer counts, chunk ``j`` of a module on rank ``j mod pp``."""
+    layouts: dict[str, list[tuple[int, int]]] = {}
+    for m in model.modules:
+        k = int(segments.get(m.name, 1))
+        if k < 1:
+            raise BadInput(f"segments of module {m.name} must be >= 1, got {k}")
+        if m.layers < pp * k:
+            raise BadInput(f"pp {pp} x {k} segments needs at least {pp * k} layers; module {m.name} has {m.layers}")
+        layouts[m.name] = split_evenly(m.layers, pp * k)
+    return module_graph(model, pp, layouts)
+
+
+def max_chunks_per_rank(total_layers: int, pp: int, limit: int) -> int:
+    """The largest ``v <= limit`` with ``pp * v <= total_layers`` (at least 1)."""
+    return max(1, min(limit, total_layers // max(pp, 1)))
+
+
+def group_chain(graph: StageGraph, group: str) -> list[int]:
+    """Chunk ids of ``group`` in chain order."""
+    return [c.id for c in graph.group_chunks(group)]

@@ -1,0 +1,95 @@
+"""Gantt chart of a simulated plan (PNG, matplotlib Agg).
+
+One row per rank, one colour per module, one shade per pass (``F`` light, ``B``/``I`` darker, ``W``
+darkest); under it the memory timeline (static + activations) of every rank. The title gives the
+iteration time and bubble fraction.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from dip.cli.common import write_atomic
+from dip.schedule.ir import Plan
+from dip.sim.simulate import SimResult
+
+PASS_SHADE = {0: 0.55, 1: 0.0, 2: 0.0, 3: -0.35}  # op code -> + lighten / - darken
+PASS_NAMES = {0: "F", 1: "B", 2: "I", 3: "W"}
+
+
+def _shade(rgb, amount: float):
+    rgb = np.asarray(rgb[:3], float)
+    return tuple(rgb + (1.0 - rgb) * amount) if amount >= 0 else tuple(rgb * (1.0 + amount))
+
+
+def _module_colors(plan: Plan) -> dict[str, tuple]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    names: list[str] = []
+    for c in plan.graph.chunks:
+        name = "+".join(c.modules)
+        if name not in names:
+            names.append(name)
+    return {name: cmap(k % 10) for k, name in enumerate(names)}
+
+
+def write_gantt_png(path: str, plan: Plan, result: SimResult, label: str = "", dpi: int = 120) -> None:
+    """Draw ``result`` (simulated from ``plan``) to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    tg = result.taskgraph
+    n_ranks = plan.num_ranks
+    colors = _module_colors(plan)
+    chunk_module = ["+".join(c.modules) for c in plan.graph.chunks]
+    task_chunk = np.fromiter((a.chunk for a in tg.actions), np.int64, tg.num_tasks)
+    fig, (ax, mem_ax) = plt.subplots(2, 1, figsize=(14, 1.2 + 0.45 * n_ranks + 2.5), sharex=True,
+                                     gridspec_kw={"height_ratios": [max(n_ranks, 2), 3]})
+    done = ~np.isnan(result.start)
+    groups: dict[tuple[int, str, int], list[tuple[float, float]]] = {}
+    for t in np.nonzero(done)[0]:
+        key = (int(tg.task_rank[t]), chunk_module[task_chunk[t]], int(tg.task_op[t]))
+        groups.setdefault(key, []).append((float(result.start[t]), float(result.end[t] - result.start[t])))
+    for (rank, module, op), bars in groups.items():
+        ax.broken_barh(bars, (rank - 0.4, 0.8), facecolors=_shade(colors[module], PASS_SHADE[op]),
+                       edgecolor="black" if len(bars) < 400 else "none", linewidth=0.2)
+    ax.set_yticks(range(n_ranks), [f"rank {r}" for r in range(n_ranks)])
+    ax.set_ylim(n_ranks - 0.5, -0.5)
+    ops_used = sorted({op for (_, _, op) in groups})
+    handles = [Patch(color=c, label=m) for m, c in colors.items()]
+    grey = (0.45, 0.45, 0.45, 1.0)
+    handles += [Patch(color=_shade(grey, PASS_SHADE[op]), label=PASS_NAMES[op]) for op in ops_used]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    scale, unit = _mem_unit(float(np.max(result.peak_memory_bytes, initial=0.0)))
+    for r in range(n_ranks):
+        times, values = result.memory_timeline(r)
+        end = result.makespan if np.isfinite(result.makespan) else (times[-1] if len(times) else 0.0)
+        mem_ax.step(np.append(times, end), np.append(values, values[-1]) / scale, where="post",
+                    label=f"rank {r}", linewidth=0.9)
+    if np.isfinite(result.memory_limit_bytes):
+        mem_ax.axhline(result.memory_limit_bytes / scale, color="red", linestyle="--", linewidth=0.8, label="limit")
+    mem_ax.set_ylabel(f"memory ({unit})")
+    mem_ax.set_xlabel("time (s)")
+    mem_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, ncol=1 + n_ranks // 9)
+    title = f"{label + ': ' if label else ''}iteration {result.iteration_time:.4g} s, bubble {result.bubble_fraction:.1%}"
+    if result.status != "ok":
+        title += f" ({result.status})"
+    ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def _mem_unit(peak: float) -> tuple[float, str]:
+    if peak >= 2**30:
+        return 2.0**30, "GiB"
+    if peak >= 2**20:
+        return 2.0**20, "MiB"
+    return 1.0, "units" if peak < 1024 else "bytes"
