@@ -72,7 +72,7 @@ def test_draws_are_deterministic_per_generator():
 
 
 def test_resolve_mixtures_and_errors():
-    assert [n for n, _ in resolve(None, "vlm").components] == ["obelics", "laion-2b", "scienceqa"]
+    assert [n for n, _ in resolve(None, "vlm").components] == ["obelics", "laion-2b", "scienceqa", "web-text"]
     assert [n for n, _ in resolve(None, "t2v").components] == ["sharegpt4video", "internvid", "mmtrail-2m"]
     assert resolve("laion-2b", "vlm").components == (("laion-2b", 1.0),)
     with pytest.raises(BadInput, match="valid sources"):

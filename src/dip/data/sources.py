@@ -238,7 +238,10 @@ SOURCES: dict[str, SampleSource] = {
 MIXTURES: dict[str, Mixture] = {
     # Default VLM mix (paper §7.1: OBELICS, LAION, ScienceQA; weights not published, assumed):
     # half interleaved documents, a third caption pairs, the rest instruction-style QA.
-    "vlm-default": Mixture("vlm-default", "vlm", (("obelics", 0.5), ("laion-2b", 0.35), ("scienceqa", 0.15))),
+    # plus a small text-only share, as in LLaVA-1.5's SFT mix (40K text-only ShareGPT conversations of 665K).
+    "vlm-default": Mixture(
+        "vlm-default", "vlm", (("obelics", 0.47), ("laion-2b", 0.33), ("scienceqa", 0.14), ("web-text", 0.06))
+    ),
     # Default T2V mix (paper §7.1: ShareGPT4Video, InternVid, MMTrail; weights assumed): InternVid
     # is by far the largest, ShareGPT4Video the smallest.
     "t2v-default": Mixture("t2v-default", "t2v", (("sharegpt4video", 0.2), ("internvid", 0.5), ("mmtrail-2m", 0.3))),

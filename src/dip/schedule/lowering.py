@@ -8,7 +8,7 @@ Pipeline (each pass is a small pure function over ``dict[rank, list[Action]]``):
 * :func:`add_send_recv` adds one SEND after the producing compute action and one RECV on the
   receiver for every cross-rank :class:`~dip.schedule.deps.Message`. Producer and consumer chunks on
   the same rank hand the tensor over locally: no SEND/RECV.
-* :func:`defer_recvs` moves RECVs towards their consumers under the rank-parity rule.
+* :func:`defer_recvs` moves RECVs towards their consumers (rank-parity or stream-order rule).
 * :func:`comm_batches` says which consecutive SEND/RECVs the runtime issues together.
 
 [Note: message order] On every directed rank pair the sender's SENDs and the receiver's RECVs name
@@ -280,7 +280,7 @@ def add_send_recv(plan: Plan, recv_placement: RecvPlacement = "early") -> Progra
         if not progress:
             _raise_stuck(plan, todo, missing, rank_of)
     program = Program.build(graph, out)
-    return _defer(program, parity=False) if recv_placement == "late" else program
+    return _defer(program, "none") if recv_placement == "late" else program
 
 
 def _raise_stuck(plan: Plan, todo, missing, rank_of) -> None:
@@ -300,48 +300,56 @@ def _raise_stuck(plan: Plan, todo, missing, rank_of) -> None:
 
 # --------------------------------------------------------------------------- receive placement
 
-def defer_recvs(program: Program) -> Program:
-    """Move each RECV to just before the compute action that consumes it, under two rules:
+DeferRule = Literal["parity", "stream"]
 
-    * per-pair order: a RECV moves together with every earlier, still-deferred RECV from the same
-      peer, so the receiver's order on each directed pair does not change;
-    * rank parity (torch's ``_defer_recv_ops``, pytorch#172668): before a SEND to a higher-numbered
-      peer, every deferred RECV from that peer is posted first. The lower rank of a pair thus posts
-      RECV before SEND and the two sides cannot both sit on an unmatched SEND.
+
+def defer_recvs(program: Program, rule: DeferRule = "parity") -> Program:
+    """Move each RECV towards the compute action that consumes it (to just before it, at the latest).
+
+    Always: a RECV moves together with every earlier, still-deferred RECV from the same peer, so the
+    receiver's order on each directed pair does not change. Then ``rule``:
+
+    * ``"parity"`` (torch's ``_defer_recv_ops``, pytorch#172668): before a SEND to a higher-numbered
+      peer, every deferred RECV from that peer is posted first; the lower rank of a pair thus posts
+      RECV before SEND. This is deadlock-free when each directed rank pair has its own communicator
+      (``comm_model="edge"``); with shared communicators a deferred RECV can end up queued behind a
+      SEND whose receiver waits on it (the dry run of :mod:`dip.schedule.validate` reports those).
+    * ``"stream"``: RECVs only move past compute actions, never past another SEND or RECV, so every
+      communicator sees the operations in the order of the input program; from an early placement
+      this keeps the program deadlock-free under every ``comm_model``.
     """
-    return _defer(program, parity=True)
+    if rule not in ("parity", "stream"):
+        raise ValueError(f"unknown defer rule {rule!r}; valid: parity, stream")
+    return _defer(program, rule)
 
 
-def _defer(program: Program, parity: bool) -> Program:
+def _defer(program: Program, rule: str) -> Program:
     result: dict[int, list[Action]] = {}
     for r, acts in program.actions.items():
         new: list[Action] = []
         deferred: list[Action] = []
-
-        def flush(pred) -> None:
-            nonlocal deferred
-            keep = []
-            for d in deferred:
-                (new if pred(d) else keep).append(d)
-            deferred = keep
-
-        for i, a in enumerate(acts):
+        for a in acts:
             if a.op in RECVS:
                 deferred.append(a)
                 continue
-            if a.op in SENDS and parity:
+            flush = [False] * len(deferred)
+            if a.op in SENDS and rule == "stream":
+                flush = [True] * len(deferred)
+            elif a.op in SENDS and rule == "parity" and r < program.peer(a):
                 peer = program.peer(a)
-                if r < peer:
-                    flush(lambda d: program.peer(d) == peer)
-            if a.op in COMPUTE:
-                want = Op.RECV_F if a.op is Op.F else Op.RECV_B if a.op in (Op.B, Op.I) else None
-                last: dict[int, int] = {}
-                for j, d in enumerate(deferred):
-                    if d.op is want and d.chunk == a.chunk and d.unit == a.unit:
-                        last[program.peer(d)] = j
-                if last:
-                    pos = {id(d): j for j, d in enumerate(deferred)}
-                    flush(lambda d: last.get(program.peer(d), -1) >= pos[id(d)])
+                flush = [program.peer(d) == peer for d in deferred]
+            elif a.op in COMPUTE and a.op is not Op.W:
+                want = Op.RECV_F if a.op is Op.F else Op.RECV_B
+                needed = [j for j, d in enumerate(deferred) if d.op is want and (d.chunk, d.unit) == (a.chunk, a.unit)]
+                if needed and rule == "stream":
+                    flush = [j <= max(needed) for j in range(len(deferred))]
+                elif needed:
+                    last = {}
+                    for j in needed:
+                        last[program.peer(deferred[j])] = j
+                    flush = [j <= last.get(program.peer(d), -1) for j, d in enumerate(deferred)]
+            new += [d for d, f in zip(deferred, flush) if f]
+            deferred = [d for d, f in zip(deferred, flush) if not f]
             new.append(a)
         if deferred:
             raise ScheduleError(f"RECVs without a consumer on rank {r}: {' '.join(map(str, deferred))}",
