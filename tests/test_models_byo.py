@@ -72,8 +72,8 @@ def make_data(unit: ByoUnit):
 
 def two_module_model() -> ByoModel:
     """encoder (4 layers, width 8) -> head (5 layers, width 6); the encoder's post sends "features"."""
-    spec = ModelSpec("byo-two", (ModuleSpec("enc", "decoder", 4, 8, 16, 1, 1), ModuleSpec("head", "decoder", 5, 6, 12, 1, 1)),
-                     (Edge("enc", "head", "text_conditioning"),), ParallelSpec(pp=2))
+    modules = (ModuleSpec("enc", "decoder", 4, 8, 16, 1, 1), ModuleSpec("head", "decoder", 5, 6, 12, 1, 1))
+    spec = ModelSpec("byo-two", modules, (Edge("enc", "head", "text_conditioning"),), ParallelSpec(pp=2))
     rows = lambda width: (lambda mb, a, b: (mb.text_tokens, width))  # noqa: E731
     enc = ByoModule(make_block=lambda i: Residual(8), hidden_shape=rows(8), make_pre=lambda: Encode(8), make_post=Emit)
     head = ByoModule(make_block=lambda i: Residual(6), hidden_shape=rows(6), make_pre=lambda: Decode(6), make_post=Loss)
@@ -83,7 +83,8 @@ def two_module_model() -> ByoModel:
 def test_byo_chunks_compose_to_whole_model():
     batch = BatchMeta((MicroBatchMeta((3, 2)), MicroBatchMeta((4,))))
     ref_loss, ref_grads = reference_step(ReferenceModel(two_module_model()), batch, step_seed=2)
-    for cuts, split in [({"enc": [0, 1, 4], "head": [0, 2, 3, 5]}, False), ({"enc": [0, 3, 4], "head": [0, 4, 5]}, True)]:
+    cases = [({"enc": [0, 1, 4], "head": [0, 2, 3, 5]}, False), ({"enc": [0, 3, 4], "head": [0, 4, 5]}, True)]
+    for cuts, split in cases:
         loss, grads = ChunkedModel(two_module_model(), cuts).step(
             batch, step_seed=2, strategies={"enc": ["full", "selective", "offload", "none"]}, split_backward=split)
         torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=0)

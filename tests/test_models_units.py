@@ -72,5 +72,6 @@ def test_split_units_match_reference(name, splits):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=0)
     assert_grads_equal(grads, ref_grads)
     split_module = next(iter(splits))
-    units = {(c.unit.mb, c.unit.start, c.unit.stop) for c in trace if hasattr(c, "unit") and c.unit.module == split_module}
+    units = {(c.unit.mb, c.unit.start, c.unit.stop) for c in trace
+             if hasattr(c, "unit") and c.unit.module == split_module}
     assert len([u for u in units if u[0] == 0]) == splits[split_module]

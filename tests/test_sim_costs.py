@@ -152,3 +152,15 @@ def test_bench_report_small():
     report = bench(get_model("tiny-vlm"), repeats=3, microbatches=8, segments=2)
     assert report["actions"] == report["plan"]["tasks"] > 0
     assert report["actions_per_second"] > 0 and report["status"] == 0
+
+
+def test_bench_cli_json(capsys):
+    import json
+
+    from dip.cli.main import main
+
+    assert main(["bench", "sim", "--json", "--model", "tiny-vlm", "--repeats", "2", "--microbatches", "4",
+                 "--segments", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"actions_per_second", "actions", "seconds_per_simulation", "repeats", "plan"} <= set(report)
+    assert main(["bench", "sim", "--model", "tiny-vlm", "--segments", "9"]) == 2

@@ -1,13 +1,13 @@
 """Trace JSON and Gantt PNG of simulated plans."""
 import json
 
+from test_sim_costs import BATCH, FakeCostModel
+
 from dip.schedule.ir import Plan, order_from_text
 from dip.schedule.units import build_units, linear_stage_graph, module_graph, uniform_units
-from dip.sim import TaskGraph, Topology, list_schedule, simulate, uniform_stage_costs
+from dip.sim import TaskGraph, Topology, list_schedule, simulate, stage_costs, uniform_stage_costs
 from dip.spec import get_model
 from dip.viz import write_chrome_trace, write_gantt_png
-from tests.test_sim_costs import BATCH, FakeCostModel
-from dip.sim import stage_costs
 
 
 def linear_result():

@@ -14,6 +14,7 @@ from typing import Any
 
 from dip.cli.common import emit, positive_int
 from dip.data.meta import BatchMeta
+from dip.errors import BadInput
 from dip.data.workload import generate_batches
 from dip.schedule.ir import Plan
 from dip.schedule.units import build_units, module_graph, split_evenly
@@ -35,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="VLM-L", help="model preset or file (default VLM-L)")
     p.add_argument("--repeats", type=int, default=200, help="timed simulations (default 200)")
     p.add_argument("--microbatches", type=int, default=64, help="micro-batches per global batch (default 64)")
-    p.add_argument("--segments", type=int, default=2, help="pipeline segments per module, K_i (default 2)")
+    p.add_argument("--segments", type=int, default=3, help="pipeline segments per module, K_i (default 3)")
     p.add_argument("--hardware", default="H800", help="hardware preset (default H800)")
     p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
     p.set_defaults(func=run)
@@ -47,6 +48,9 @@ def build_bench_plan(model: ModelSpec, batch: BatchMeta, segments: int, hardware
     from dip.cost import CostModel
 
     pp, tp = model.parallel.pp, model.parallel.tp
+    too_deep = [m.name for m in model.modules if m.layers < segments * pp]
+    if too_deep:
+        raise BadInput(f"--segments {segments} x pp {pp} exceeds the layers of {', '.join(too_deep)}")
     layouts = {m.name: split_evenly(m.layers, segments * pp) for m in model.modules}
     graph = module_graph(model, pp, layouts)
     sizes = {m.name: SUB_MICROBATCH for m in model.modules if m.kind in ("vit", "dit")}
@@ -64,7 +68,7 @@ def build_bench_plan(model: ModelSpec, batch: BatchMeta, segments: int, hardware
                       "list_schedule_seconds": t3 - t2}
 
 
-def bench(model: ModelSpec, repeats: int, microbatches: int = 64, segments: int = 2, hardware: str = "H800",
+def bench(model: ModelSpec, repeats: int, microbatches: int = 64, segments: int = 3, hardware: str = "H800",
           seed: int = 0) -> dict[str, Any]:
     """Run the benchmark and return its report."""
     batch = generate_batches(model, 1, seed, microbatches)[0]

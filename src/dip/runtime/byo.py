@@ -107,7 +107,8 @@ class ByoModel:
     def build_chunk(self, module_name: str, layer_start: int, layer_end: int) -> ChunkModule:
         spec, byo = self.spec.module(module_name), self.modules[module_name]
         if not 0 <= layer_start < layer_end <= spec.layers:
-            raise ValueError(f"bad layer range [{layer_start}, {layer_end}) for {module_name} with {spec.layers} layers")
+            raise ValueError(f"bad layer range [{layer_start}, {layer_end}) for {module_name} "
+                             f"with {spec.layers} layers")
         pre = self._part(module_name, "pre", byo.make_pre) if layer_start == 0 and byo.make_pre else None
         blocks = [self._part(module_name, f"layers.{i}", lambda i=i: byo.make_block(i))
                   for i in range(layer_start, layer_end)]

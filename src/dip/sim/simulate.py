@@ -5,7 +5,8 @@ Two entry points:
 * :func:`simulate` (plan -> :class:`SimResult`): iteration time, bubbles, MFU, per-rank memory peaks
   and OOMs, lower bounds, per-task times for traces. Builds the :class:`TaskGraph` unless given one.
 * :func:`simulate_order_arrays` (task graph + :class:`OrderArrays` -> :class:`FastResult`): the thin
-  per-candidate call of the planner; it runs the numba kernel and converts nothing.
+  per-candidate call of the planner; it runs the numba kernel and converts nothing. Callers that need
+  per-task start/end times can call :func:`dip.sim.kernel.simulate_arrays` with the same arguments.
 
 The step ends with a data-parallel gradient all-reduce when ``dp > 1``: a ring all-reduce of each
 rank's gradient bytes over ``dp`` replicas, not overlapped with the pipeline (the slowest rank's
@@ -45,7 +46,7 @@ def simulate_order_arrays(tg: TaskGraph, arrays: OrderArrays) -> FastResult:
     return FastResult(status, makespan, peak_bytes, peak_held, stuck)
 
 
-@dataclass
+@dataclass(repr=False)
 class SimResult:
     """Everything :func:`simulate` learns about one plan (times in seconds, memory in bytes per GPU)."""
 
@@ -104,6 +105,10 @@ class SimResult:
                 times.append(float(self.end[t]))
                 deltas.append(-float(tg.free[t]))
         return np.asarray(times), np.cumsum(deltas)
+
+    def __repr__(self) -> str:
+        return (f"SimResult({self.status}, iteration {self.iteration_time:.6g} s, "
+                f"bubble {self.bubble_fraction:.3f}, lower bound {self.lower_bound:.6g} s)")
 
     def summary(self) -> dict:
         """JSON-friendly headline numbers."""

@@ -46,9 +46,15 @@ class OrderArrays:
         return cls(ptr, tasks)
 
 
-@dataclass
+@dataclass(repr=False)
 class TaskGraph:
-    """Tasks of a plan structure with CSR dependency arrays (see module docstring)."""
+    """Tasks of a plan structure with CSR dependency arrays (see module docstring).
+
+    Per task t: ``actions[t]``, ``task_stage``/``task_mb``/``task_op`` (0 F, 1 B, 2 I, 3 W)/``task_rank``,
+    ``duration`` (s), ``alloc`` (bytes taken at start), ``free`` (bytes released at end), ``holds``
+    (+1 F, -1 the stage's last backward). Predecessors of t: ``pred_idx[pred_ptr[t]:pred_ptr[t + 1]]``
+    with ``pred_delay`` (s) and ``pred_bytes`` per edge; ``succ_ptr``/``succ_idx`` is the reverse CSR.
+    """
 
     graph: StageGraph
     units: dict[str, tuple[Unit, ...]]
@@ -134,10 +140,10 @@ class TaskGraph:
         task_op = np.fromiter((OP_CODES[a.op] for a in actions), np.int64, n)
         succ_ptr, succ_idx = _reverse_csr(pred_ptr, pred_idx, n)
         tg = cls(graph=graph, units=units, costs=costs, topology=topo, actions=actions, task_stage=stage_of,
-                 task_mb=task_mb, task_op=task_op,
-                 task_rank=task_rank, duration=np.zeros(n), alloc=np.zeros(n), free=np.zeros(n),
-                 holds=np.zeros(n, np.int64), pred_ptr=pred_ptr, pred_idx=pred_idx, pred_delay=np.zeros(len(pred_idx)),
-                 pred_bytes=pred_bytes, succ_ptr=succ_ptr, succ_idx=succ_idx, split=frozenset(split_set))
+                 task_mb=task_mb, task_op=task_op, task_rank=task_rank, duration=np.zeros(n), alloc=np.zeros(n),
+                 free=np.zeros(n), holds=np.zeros(n, np.int64), pred_ptr=pred_ptr, pred_idx=pred_idx,
+                 pred_delay=np.zeros(len(pred_idx)), pred_bytes=pred_bytes, succ_ptr=succ_ptr, succ_idx=succ_idx,
+                 split=frozenset(split_set))
         tg._retime(costs, topo)
         return tg
 
@@ -168,6 +174,10 @@ class TaskGraph:
         src_rank, dst_rank = self.task_rank[self.pred_idx], self.task_rank[dst]
         self.pred_delay[:] = topo.p2p_seconds_array(src_rank, dst_rank, self.pred_bytes)
 
+    def __repr__(self) -> str:
+        return (f"TaskGraph({len(self.graph.chunks)} chunks, {self.num_ranks} ranks, {self.num_tasks} tasks, "
+                f"{len(self.pred_idx)} edges, {len(self.split)} split stages)")
+
     # -- lookups ----------------------------------------------------------------------------------
     @property
     def num_tasks(self) -> int:
@@ -194,6 +204,9 @@ class TaskGraph:
         Raises ValueError for an action the structure lacks (e.g. ``B`` of a split stage) or one
         placed on a rank that does not own its chunk.
         """
+        extra = sorted(set(order) - set(range(self.num_ranks)))
+        if extra:
+            raise ValueError(f"order names ranks {extra}; the stage graph has ranks 0..{self.num_ranks - 1}")
         ids = self.task_ids
         per_rank: list[list[int]] = []
         for r in range(self.num_ranks):

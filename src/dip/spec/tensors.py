@@ -120,10 +120,6 @@ def dit_patch_dim(module: ModuleSpec) -> int:
     return module.latent_channels * module.patch_t * module.patch_hw * module.patch_hw
 
 
-def vit_merged_hidden(module: ModuleSpec) -> int:
-    return module.hidden * module.spatial_merge * module.spatial_merge
-
-
 def image_tokens(model: ModelSpec) -> int:
     """Merged tokens per image of the model's ViT (0 without a ViT)."""
     vits = model.modules_of_kind("vit")

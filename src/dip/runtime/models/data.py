@@ -19,7 +19,7 @@ from torch import Tensor
 from dip.data.meta import MicroBatchMeta, lm_sequence_lens
 from dip.runtime.models import layers
 from dip.runtime.models.seeding import generator, torch_dtype
-from dip.spec.model import ModelSpec
+from dip.spec.model import ModelSpec, ModuleSpec
 from dip.spec.tensors import caption_lens, dit_latent_grid, image_tokens, resolve_range
 
 
@@ -84,26 +84,27 @@ def make_unit_data(model: ModelSpec, mb: MicroBatchMeta, mb_index: int, module_n
     m = model.module(module_name)
     dtype = torch_dtype(dtype)
     a, b = resolve_range(m, mb, start, stop)
+    ident = dict(module=m.name, kind=m.kind, mb_index=mb_index, start=a, stop=b)
     if m.kind == "vit":
-        data = _vit_data(m, mb_index, a, b, step_seed, dtype)
+        data = _vit_data(m, mb_index, a, b, step_seed, dtype, ident)
     elif m.kind == "decoder":
-        data = _decoder_data(model, m, mb, mb_index, step_seed)
+        data = _decoder_data(model, m, mb, mb_index, step_seed, ident)
     elif m.kind == "dit":
-        data = _dit_data(m, mb, mb_index, a, b, step_seed, dtype)
+        data = _dit_data(m, mb, mb_index, a, b, step_seed, dtype, ident)
     else:
         raise ValueError(f"unknown module kind {m.kind!r}")
-    data.module, data.kind, data.mb_index, data.start, data.stop = m.name, m.kind, mb_index, a, b
     return _to_device(data, device) if device is not None else data
 
 
-def _vit_data(m, mb_index: int, a: int, b: int, step_seed: int, dtype) -> UnitData:
+def _vit_data(m: ModuleSpec, mb_index: int, a: int, b: int, step_seed: int, dtype, ident: dict) -> UnitData:
     shape = (m.in_channels, m.image_size, m.image_size)
     pix = [torch.randn(shape, generator=generator(step_seed, mb_index, "image", i)) for i in range(a, b)]
     pixels = torch.stack(pix).to(dtype) if pix else torch.zeros((0, *shape), dtype=dtype)
-    return UnitData("", "", 0, 0, 0, seq_lens=(m.patches_per_image,) * (b - a), pixels=pixels)
+    return UnitData(**ident, seq_lens=(m.patches_per_image,) * (b - a), pixels=pixels)
 
 
-def _decoder_data(model: ModelSpec, m, mb: MicroBatchMeta, mb_index: int, step_seed: int) -> UnitData:
+def _decoder_data(model: ModelSpec, m: ModuleSpec, mb: MicroBatchMeta, mb_index: int, step_seed: int,
+                  ident: dict) -> UnitData:
     tpi = image_tokens(model)
     n_text = mb.text_tokens
     tokens, seq_index, loss_pos, labels, text_pos = [], [], [], [], []
@@ -122,7 +123,7 @@ def _decoder_data(model: ModelSpec, m, mb: MicroBatchMeta, mb_index: int, step_s
     seq_lens = lm_sequence_lens(model, mb)
     long = dict(dtype=torch.long)
     return UnitData(
-        "", "", 0, 0, 0, seq_lens=seq_lens,
+        **ident, seq_lens=seq_lens,
         token_ids=torch.cat(tokens) if tokens else torch.zeros(0, **long),
         seq_index=torch.tensor(seq_index, **long),
         positions=layers.positions_in_blocks(seq_lens),
@@ -132,7 +133,8 @@ def _decoder_data(model: ModelSpec, m, mb: MicroBatchMeta, mb_index: int, step_s
     )
 
 
-def _dit_data(m, mb: MicroBatchMeta, mb_index: int, a: int, b: int, step_seed: int, dtype) -> UnitData:
+def _dit_data(m: ModuleSpec, mb: MicroBatchMeta, mb_index: int, a: int, b: int, step_seed: int, dtype,
+              ident: dict) -> UnitData:
     latents, noise, steps = [], [], []
     for c in range(a, b):
         f, r, w = dit_latent_grid(m, mb.clip_tokens[c])
@@ -143,7 +145,7 @@ def _dit_data(m, mb: MicroBatchMeta, mb_index: int, a: int, b: int, step_seed: i
         steps.append(torch.rand((), generator=g).to(dtype))
     seq_lens = tuple(mb.clip_tokens[a:b])
     return UnitData(
-        "", "", 0, 0, 0, seq_lens=seq_lens, cond_lens=caption_lens(mb, a, b),
+        **ident, seq_lens=seq_lens, cond_lens=caption_lens(mb, a, b),
         latents=latents, noise=noise,
         timesteps=torch.stack(steps) if steps else torch.zeros(0, dtype=dtype),
         positions=layers.positions_in_blocks(seq_lens),

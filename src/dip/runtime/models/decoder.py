@@ -31,7 +31,8 @@ class DecoderPre(nn.Module):
             images = inputs.get("image_embeds")
             if images is None or images.shape != (n_image_rows, self.spec.hidden):
                 got = None if images is None else tuple(images.shape)
-                raise ValueError(f"{self.spec.name}: expected image_embeds {(n_image_rows, self.spec.hidden)}, got {got}")
+                want = (n_image_rows, self.spec.hidden)
+                raise ValueError(f"{self.spec.name}: expected image_embeds {want}, got {got}")
             rows.append(images)
         return torch.cat(rows)[data.seq_index], {}
 

@@ -105,4 +105,5 @@ class DitPost(nn.Module):
         s = self.spec
         targets = [patchify_latent(n - x0, s.patch_t, s.patch_hw) for x0, n in zip(data.latents, data.noise)]
         target = torch.cat(targets) if targets else pred.new_zeros(pred.shape)
-        return {"loss_sum": (pred - target).pow(2).sum()}
+        acc = torch.promote_types(pred.dtype, torch.float32)  # sum low-precision errors in float32
+        return {"loss_sum": (pred.to(acc) - target.to(acc)).pow(2).sum()}

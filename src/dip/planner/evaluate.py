@@ -1,0 +1,128 @@
+"""One search rollout: segment priorities -> interleaving -> memory optimisation -> simulation.
+
+:class:`Evaluator` scores an item sequence (segment priorities) under a :class:`TrackConfig`: which
+durations the interleaver plans with and which activation bytes it tracks against the memory limit.
+The paper's setting is the most memory-efficient candidate for both (``TrackConfig(0.0, "memory")``);
+tracking bytes of faster candidates (``level`` > 0) lets the interleaver keep fewer stages in flight
+instead of recomputing, and planning with the fastest durations matches the final timeline better.
+Every score is the simulator's makespan of the final order with the chosen candidates.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dip.planner.interleave import interleave, rank_orders
+from dip.planner.memory import greedy_select, ilp_select
+from dip.planner.problem import PlanProblem
+from dip.sim.kernel import OK, simulate_arrays
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """``level``: tracked bytes between the most memory-efficient (0) and the fastest (1) candidate;
+    ``durations``: "memory" (most memory-efficient candidate) or "fast" (fastest candidate)."""
+
+    level: float = 0.0
+    durations: str = "memory"
+
+    def __str__(self) -> str:
+        return f"level={self.level:g},durations={self.durations}"
+
+
+PAPER_CONFIG = TrackConfig(0.0, "memory")
+DEFAULT_CONFIGS: tuple[TrackConfig, ...] = (
+    TrackConfig(0.0, "memory"), TrackConfig(0.0, "fast"), TrackConfig(0.5, "fast"), TrackConfig(1.0, "fast"),
+)
+
+
+@dataclass
+class Schedule:
+    """A scored candidate: per-rank order, per-stage memory candidate and simulated times."""
+
+    makespan: float
+    sequence: np.ndarray
+    ptr: np.ndarray
+    tasks: np.ndarray
+    choice: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    peak_bytes: np.ndarray
+    feasible: bool
+    config: TrackConfig
+    items: np.ndarray
+    overflow: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ilp_ranks: int = 0
+
+    @property
+    def score(self) -> float:
+        return self.makespan if self.feasible else math.inf
+
+
+class Evaluator:
+    """Scores item sequences for one :class:`PlanProblem` (see module docstring)."""
+
+    def __init__(self, problem: PlanProblem, ilp: bool = False, ilp_time_limit: float = 0.2):
+        self.p = problem
+        self.ilp = ilp
+        self.ilp_time_limit = ilp_time_limit
+        tg, cand = problem.tg, problem.cand
+        self.cand_t = cand.f + cand.b
+        self.cap = problem.cap.astype(np.float64)
+        self.min_mem = np.zeros(len(cand.count), np.int64)
+        self.fastest = cand.fastest.astype(np.int64)
+        self.is_f = (tg.task_op == 0)
+        self.holds = np.where(self.is_f, 1, -1).astype(np.int64)
+        self._tracks: dict[TrackConfig, tuple[np.ndarray, np.ndarray]] = {}
+        self.calls = 0
+
+    def _track(self, config: TrackConfig) -> tuple[np.ndarray, np.ndarray]:
+        hit = self._tracks.get(config)
+        if hit is None:
+            dur_choice = self.fastest if config.durations == "fast" else self.min_mem
+            duration, _ = self.p.task_durations(dur_choice)
+            act_choice = self.p.cand.at_level(config.level)
+            act = self.p.cand.mem[np.arange(len(act_choice)), act_choice]
+            hit = self._tracks[config] = (duration, act.astype(np.float64))
+        return hit
+
+    def evaluate(self, items: np.ndarray, config: TrackConfig = PAPER_CONFIG, ilp: bool | None = None) -> Schedule:
+        """Interleave with priorities from ``items``, choose memory candidates, simulate."""
+        self.calls += 1
+        p, tg = self.p, self.p.tg
+        prio = p.priorities(items)
+        duration, act = self._track(config)
+        sequence, _, _, _, _ = interleave(p.num_ranks, tg.task_rank, tg.task_op, tg.task_stage, duration, act,
+                                          self.cap, prio, tg.pred_ptr, tg.succ_ptr, tg.succ_idx, p.succ_delay)
+        ptr, tasks = rank_orders(sequence, tg.task_rank, p.num_ranks)
+        return self.finish(sequence, ptr, tasks, config, items, self.ilp if ilp is None else ilp)
+
+    def finish(self, sequence, ptr, tasks, config: TrackConfig, items, ilp: bool) -> Schedule:
+        """Memory optimisation and simulation of a fixed order."""
+        p, cand = self.p, self.p.cand
+        choice, overflow = greedy_select(ptr, tasks, p.tg.task_op, p.tg.task_stage, self.cand_t, cand.mem,
+                                         cand.count, self.cap)
+        ilp_ranks = 0
+        if ilp and overflow.max() <= 0:
+            for r in range(p.num_ranks):
+                better = ilp_select(ptr, tasks, p.tg.task_op, p.tg.task_stage, self.cand_t, cand.mem, cand.count,
+                                    self.cap, r, choice, time_limit=self.ilp_time_limit)
+                if better is not None:
+                    choice = better
+                    ilp_ranks += 1
+        return self.simulate(sequence, ptr, tasks, choice, config, items, overflow, ilp_ranks)
+
+    def simulate(self, sequence, ptr, tasks, choice, config, items, overflow=None, ilp_ranks=0) -> Schedule:
+        p, tg = self.p, self.p.tg
+        duration, act = p.task_durations(choice)
+        alloc = np.where(self.is_f, act, 0.0)
+        free = np.where(self.is_f, 0.0, act)
+        status, makespan, start, end, _, _, peak, _, _, _ = simulate_arrays(
+            ptr, tasks, duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay, tg.succ_ptr, tg.succ_idx,
+            alloc, free, self.holds)
+        fits = bool(np.all(peak <= self.cap * (1 + 1e-9) + 1.0))
+        feasible = status == OK and fits
+        return Schedule(float(makespan), sequence, ptr, tasks, choice, start, end, peak, feasible, config,
+                        np.asarray(items), overflow if overflow is not None else np.zeros(p.num_ranks), ilp_ranks)

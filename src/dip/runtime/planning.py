@@ -1,0 +1,135 @@
+"""What each training step runs: the global batches (one slice per data-parallel replica) and the
+plan of every replica under the chosen schedule, with the simulator's predicted step time.
+
+Only global rank 0 calls these; the results are broadcast to the other ranks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from dip.data.meta import BatchMeta, MicroBatchMeta
+from dip.data.workload import generate_batches
+from dip.errors import BadInput
+from dip.schedule.ir import Plan
+from dip.spec.model import ModelSpec
+
+CPU_HARDWARE = "cpu"
+
+
+@dataclass
+class StepWork:
+    """One step: the replicas' batches (replica ``d`` holds global micro-batches ``d*M .. d*M+M-1``),
+    their plans and the simulator's predicted step time (the slowest replica)."""
+
+    step: int
+    batches: list[BatchMeta]
+    plans: list[Plan]
+    predicted_s: float | None
+    predicted_makespan_s: float | None = None
+
+    @property
+    def global_batch(self) -> BatchMeta:
+        mbs = tuple(mb for b in self.batches for mb in b.microbatches)
+        return BatchMeta(mbs, index=self.step)
+
+
+def text_only(mb: MicroBatchMeta) -> MicroBatchMeta:
+    """The same micro-batch without images (every image's tokens become text)."""
+    return MicroBatchMeta(text_lens=mb.text_lens, image_counts=(0,) * len(mb.text_lens))
+
+
+def make_step_batches(model: ModelSpec, steps: int, dp: int, microbatches: int, seed: int) -> list[list[BatchMeta]]:
+    """``steps`` global batches of ``dp * microbatches`` micro-batches from the model's default workload,
+    cut into ``dp`` replica batches. Batches differ from step to step (image counts, text lengths,
+    clip counts); a VLM run always contains at least one text-only micro-batch."""
+    raw = generate_batches(model, steps, seed, microbatches * dp)
+    out: list[list[BatchMeta]] = []
+    for s, b in enumerate(raw):
+        mbs = list(b.microbatches)
+        if model.is_vlm and s == 0 and not any(mb.images == 0 for bb in raw for mb in bb.microbatches):
+            mbs[-1] = text_only(mbs[-1])
+        out.append([BatchMeta(tuple(mbs[d * microbatches:(d + 1) * microbatches]), index=s) for d in range(dp)])
+    return out
+
+
+def check_schedule(name: str, model: ModelSpec):
+    """The schedule generator ``name`` (BadInput listing the valid names, or when the model is unsupported)."""
+    from dip.schedule.baselines.registry import get_generator
+
+    sched = get_generator(name)
+    sched.supports(model)
+    return sched
+
+
+def check_parallel(model: ModelSpec, nproc: int, pp: int | None, dp: int | None) -> tuple[int, int]:
+    """``(pp, dp)`` for ``nproc`` processes; BadInput when they do not fit the model."""
+    layers = sum(m.layers for m in model.modules)
+    if nproc < 1:
+        raise BadInput(f"nproc must be an integer >= 1, got {nproc}")
+    if pp is None and dp is None:
+        pp, dp = nproc, 1
+    elif pp is None:
+        if dp < 1 or nproc % dp:
+            raise BadInput(f"nproc {nproc} is not a multiple of dp {dp}")
+        pp = nproc // dp
+    elif dp is None:
+        if pp < 1 or nproc % pp:
+            raise BadInput(f"nproc {nproc} is not a multiple of pp {pp}")
+        dp = nproc // pp
+    if pp < 1 or dp < 1:
+        raise BadInput(f"pp and dp must be >= 1, got pp {pp}, dp {dp}")
+    if pp * dp != nproc:
+        raise BadInput(f"nproc {nproc} must equal pp x dp = {pp} x {dp} = {pp * dp}")
+    if pp > layers:
+        raise BadInput(f"nproc {nproc} is more processes than model {model.name} can use: pipeline size {pp} "
+                       f"exceeds its {layers} layers (pp must be <= layers, nproc = pp x dp)")
+    return pp, dp
+
+
+def cost_setup(model: ModelSpec, dtype: str, hardware: str = CPU_HARDWARE):
+    """(cost model, hardware) for planning and prediction (the CPU calibration by default)."""
+    from dip.cost import CostModel
+    from dip.spec.hardware import get_hardware
+
+    hw = get_hardware(hardware)
+    dtype_bytes = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 4)
+    return CostModel(model, hw, tp=1, dtype_bytes=dtype_bytes), hw
+
+
+def plan_replica(schedule: str, model: ModelSpec, batch: BatchMeta, cost_model, hardware) -> tuple[Plan, float | None, float | None]:
+    """The plan of one replica's batch and its simulated (iteration, makespan) seconds."""
+    from dip.schedule.baselines.registry import simulate_schedule
+
+    sim = simulate_schedule(schedule, model, batch, cost_model, hardware)
+    res = sim.result
+    it = float(res.iteration_time) if math.isfinite(res.iteration_time) else None
+    ms = float(res.makespan) if math.isfinite(res.makespan) else None
+    return sim.plan, it, ms
+
+
+def plan_step(step: int, schedule: str, model: ModelSpec, batches: list[BatchMeta], cost_model, hardware) -> StepWork:
+    """Plans (one per replica) and the predicted step time of one step."""
+    plans, its, mss = [], [], []
+    for b in batches:
+        plan, it, ms = plan_replica(schedule, model, b, cost_model, hardware)
+        plans.append(plan)
+        its.append(it)
+        mss.append(ms)
+    pred = max(its) if its and all(x is not None for x in its) else None
+    make = max(mss) if mss and all(x is not None for x in mss) else None
+    return StepWork(step, batches, plans, pred, make)
+
+
+def with_parallel(model: ModelSpec, pp: int, dp: int) -> ModelSpec:
+    return model.with_parallel(pp=pp, dp=dp, tp=1)
+
+
+def layout_of(plan: Plan, rank: int) -> tuple:
+    """What ``rank`` holds under ``plan``: chunk ids with their layer ranges (must not change across steps)."""
+    return tuple((c.id, tuple((p.module, p.layer_start, p.layer_end) for p in c.parts))
+                 for c in plan.graph.rank_chunks(rank))
+
+
+__all__ = ["StepWork", "make_step_batches", "check_schedule", "check_parallel", "cost_setup", "plan_step",
+           "with_parallel", "layout_of", "text_only", "replace"]
