@@ -99,7 +99,8 @@ def bench(model: ModelSpec, repeats: int, microbatches: int = 64, segments: int 
             "microbatches": len(batch), "chunks": len(plan.graph.chunks),
             "chunks_per_module": {m.name: segments * plan.num_ranks for m in model.modules},
             "units": {g: len(us) for g, us in plan.units.items()}, "tasks": tg.num_tasks,
-            "edges": int(len(tg.pred_idx)), "split_backward": True, "order": "list_schedule",
+            "edges": int(len(tg.pred_idx)), "split_backward": True,
+            "order": f"list_schedule(max_inflight={3 * plan.num_ranks * segments})",
         },
     }
 

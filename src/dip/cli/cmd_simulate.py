@@ -137,9 +137,8 @@ def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Plan, Any]:
     batches = generate_batches(model, batches_n, args.seed, microbatches=m)
     check = validator()
     per_batch, first = [], None
-    for k, batch in enumerate(batches):
-        sim = simulate_schedule(sched.name, model, batch, cost_model, hardware, chunks, limit,
-                                check=check if k == 0 else None)
+    for batch in batches:
+        sim = simulate_schedule(sched.name, model, batch, cost_model, hardware, chunks, limit, check=check)
         check_completed(sim.result, sim.plan)
         per_batch.append(batch_row(sim))
         first = first or sim

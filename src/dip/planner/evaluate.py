@@ -27,9 +27,10 @@ class TrackConfig:
 
     level: float = 0.0
     durations: str = "memory"
+    reserve: float = 0.0
 
     def __str__(self) -> str:
-        return f"level={self.level:g},durations={self.durations}"
+        return f"level={self.level:g},durations={self.durations},reserve={self.reserve:g}"
 
 
 PAPER_CONFIG = TrackConfig(0.0, "memory")
@@ -95,7 +96,8 @@ class Evaluator:
         prio = p.priorities(items)
         duration, act = self._track(config)
         sequence, _, _, _, _ = interleave(p.num_ranks, tg.task_rank, tg.task_op, tg.task_stage, duration, act,
-                                          self.cap, prio, tg.pred_ptr, tg.succ_ptr, tg.succ_idx, p.succ_delay)
+                                          self.cap, prio, tg.pred_ptr, tg.succ_ptr, tg.succ_idx, p.succ_delay,
+                                          float(config.reserve))
         ptr, tasks = rank_orders(sequence, tg.task_rank, p.num_ranks)
         return self.finish(sequence, ptr, tasks, config, items, self.ilp if ilp is None else ilp)
 

@@ -13,8 +13,13 @@ order), and ``t_min``, the earliest time the rank can start anything. Each step:
 
 Memory is tracked per rank in real time (activations of forwards whose backward has not run, with the
 bytes of a chosen candidate per stage); while the next forward would exceed the rank's capacity the
-forward queue is disabled. If every rank is blocked that way the smallest forward is forced and the
+forward queue is disabled. If every rank is blocked that way the earliest forward is forced and the
 result is flagged (``forced``): memory cannot be met by this order.
+
+Beyond the paper, ``reserve`` (0 = off) keeps memory for higher-priority forwards: a forward may only
+start if its bytes plus ``reserve`` times the bytes of the rank's not yet scheduled forwards of higher
+priority still fit (a Fenwick tree over the rank's forwards in priority order). Bubble-filling
+forwards of later micro-batches then cannot take the memory the current micro-batch needs.
 
 Complexity: O(p) per step for the rank choice plus O(log n) heap work, O(p·n + n log n) overall.
 """
@@ -73,7 +78,7 @@ def _pop(heap, base, size, h, kf, ki):
 
 @njit(cache=True)
 def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap, prio,
-               pred_ptr, succ_ptr, succ_idx, succ_delay):
+               pred_ptr, succ_ptr, succ_idx, succ_delay, reserve=0.0):
     """Greedy dual-queue interleaving.
 
     ``task_op``: 0 forward, 1 backward; ``stage_act[s]``: bytes a forward of stage ``s`` holds until
@@ -113,6 +118,7 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
     end = np.zeros(n)
     sequence = np.empty(n, np.int64)
     forced = 0
+    fen, fen_base, fen_pos = _reserve_tree(n_ranks, task_rank, task_op, task_stage, stage_act, prio, reserve)
     for step in range(n):
         best_r = -1
         best_t = INF
@@ -122,7 +128,8 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
                 while size[hp] > 0 and t_start[heap[base[hp]]] <= t_last[r]:
                     t = _pop(heap, base, size, hp, t_start, prio)
                     _push(heap, base, size, 4 * r + kind, t, zero, prio)
-            tm = _rank_tmin(r, heap, base, size, t_start, t_last, mem, cap, stage_act, task_stage)
+            tm = _rank_tmin(r, heap, base, size, t_start, t_last, mem, cap, stage_act, task_stage,
+                            fen, fen_base, fen_pos, reserve)
             if tm < best_t:
                 best_t = tm
                 best_r = r
@@ -141,7 +148,8 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
             if best_r < 0:
                 break  # dependency cycle (cannot happen for valid structures)
         r = best_r
-        f_ok = allow_over or _forward_fits(r, heap, base, size, mem, cap, stage_act, task_stage)
+        f_ok = allow_over or _forward_fits(r, heap, base, size, mem, cap, stage_act, task_stage,
+                                           fen, fen_base, fen_pos, reserve)
         has_f = f_ok and size[4 * r] > 0
         has_b = size[4 * r + 1] > 0
         if has_f and has_b:
@@ -171,6 +179,8 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
         sequence[step] = t
         act = stage_act[task_stage[t]]
         if task_op[t] == 0:
+            if reserve > 0.0:
+                _fen_add(fen, fen_base[r], fen_base[r + 1] - fen_base[r], fen_pos[t], -act)
             if mem[r] + act > cap[r] * (1.0 + 1e-12) + 1e-6:
                 forced += 1
             mem[r] += act
@@ -190,7 +200,57 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
 
 
 @njit(cache=True)
-def _forward_fits(r, heap, base, size, mem, cap, stage_act, task_stage):
+def _reserve_tree(n_ranks, task_rank, task_op, task_stage, stage_act, prio, reserve):
+    """Per-rank Fenwick trees over forwards sorted by priority, holding their bytes."""
+    n = task_rank.shape[0]
+    fen_base = np.zeros(n_ranks + 1, np.int64)
+    fen_pos = np.zeros(n, np.int64)
+    if reserve <= 0.0:
+        return np.zeros(1), fen_base, fen_pos
+    for t in range(n):
+        if task_op[t] == 0:
+            fen_base[task_rank[t] + 1] += 1
+    for r in range(n_ranks):
+        fen_base[r + 1] += fen_base[r]
+    fill = fen_base[:-1].copy()
+    fwd = np.empty(fen_base[n_ranks], np.int64)
+    for t in range(n):
+        if task_op[t] == 0:
+            fwd[fill[task_rank[t]]] = t
+            fill[task_rank[t]] += 1
+    fen = np.zeros(fen_base[n_ranks])
+    for r in range(n_ranks):
+        a, b = fen_base[r], fen_base[r + 1]
+        mine = fwd[a:b]
+        order = np.argsort(prio[mine], kind="mergesort")
+        for k in range(b - a):
+            t = mine[order[k]]
+            fen_pos[t] = k
+            _fen_add(fen, a, b - a, k, stage_act[task_stage[t]])
+    return fen, fen_base, fen_pos
+
+
+@njit(cache=True)
+def _fen_add(fen, off, size, pos, value):
+    i = pos + 1
+    while i <= size:
+        fen[off + i - 1] += value
+        i += i & (-i)
+
+
+@njit(cache=True)
+def _fen_prefix(fen, off, pos):
+    """Sum of entries at positions < pos."""
+    total = 0.0
+    i = pos
+    while i > 0:
+        total += fen[off + i - 1]
+        i -= i & (-i)
+    return total
+
+
+@njit(cache=True)
+def _forward_fits(r, heap, base, size, mem, cap, stage_act, task_stage, fen, fen_base, fen_pos, reserve):
     """Whether the next forward of rank ``r`` (ready, else pending) fits in its memory."""
     if size[4 * r] > 0:
         t = heap[base[4 * r]]
@@ -198,13 +258,17 @@ def _forward_fits(r, heap, base, size, mem, cap, stage_act, task_stage):
         t = heap[base[4 * r + 2]]
     else:
         return True
-    return mem[r] + stage_act[task_stage[t]] <= cap[r] * (1.0 + 1e-12) + 1e-6
+    need = mem[r] + stage_act[task_stage[t]]
+    if reserve > 0.0:
+        need += reserve * _fen_prefix(fen, fen_base[r], fen_pos[t])
+    return need <= cap[r] * (1.0 + 1e-12) + 1e-6
 
 
 @njit(cache=True)
-def _rank_tmin(r, heap, base, size, t_start, t_last, mem, cap, stage_act, task_stage):
+def _rank_tmin(r, heap, base, size, t_start, t_last, mem, cap, stage_act, task_stage, fen, fen_base, fen_pos,
+               reserve):
     """Earliest time rank ``r`` can start a stage (inf when it has none it may run)."""
-    f_ok = _forward_fits(r, heap, base, size, mem, cap, stage_act, task_stage)
+    f_ok = _forward_fits(r, heap, base, size, mem, cap, stage_act, task_stage, fen, fen_base, fen_pos, reserve)
     if size[4 * r + 1] > 0 or (f_ok and size[4 * r] > 0):
         return t_last[r]
     tm = INF

@@ -146,6 +146,29 @@ class StepContext:
         return got
 
 
+def _comm_runs(program: Program, rank: int) -> dict[int, tuple[int, list]]:
+    """``{first index of a run of SEND/RECVs: (index after the run, its communication batches)}``."""
+    runs: dict[int, tuple[int, list]] = {}
+    acts = program.actions.get(rank, [])
+    batches = comm_batches(program, rank)
+    k = 0
+    i = 0
+    while i < len(acts):
+        if not acts[i].op.is_comm:
+            i += 1
+            continue
+        stop = i
+        while stop < len(acts) and acts[stop].op.is_comm:
+            stop += 1
+        mine = []
+        while k < len(batches) and batches[k].indices[0] < stop:
+            mine.append(batches[k])
+            k += 1
+        runs[i] = (stop, mine)
+        i = stop
+    return runs
+
+
 def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
             "float16": torch.float16}[name]
@@ -200,22 +223,24 @@ class Executor:
             raise RuntimeError(f"rank {self.rank}: the plan places chunks {missing} here, but they were not built")
         ctx = self.context(plan, program, batch, step_seed, mb_offset, loss_scale)
         acts = program.actions.get(self.rank, [])
-        batch_at = {b.start: b for b in comm_batches(program, self.rank)}
+        runs = _comm_runs(program, self.rank)
         handlers = self.handlers
         times: list[ActionTime] = []
         clock = time.perf_counter
         t0 = clock()
         i = 0
         while i < len(acts):
-            b = batch_at.get(i)
-            if b is not None:
+            run = runs.get(i)
+            if run is not None:
+                stop, batches = run
                 start = clock()
-                for a in b.actions:
-                    handlers[a.op.value](a, ctx)
-                handlers["BATCH"](b.actions, ctx)
+                for b in batches:
+                    for a in b.actions:
+                        handlers[a.op.value](a, ctx)
+                    handlers["BATCH"](b.actions, ctx)
                 end = clock()
-                times += [ActionTime(a, start - t0, end - t0) for a in b.actions]
-                i = b.stop
+                times += [ActionTime(a, start - t0, end - t0) for a in acts[i:stop]]
+                i = stop
                 continue
             a = acts[i]
             start = clock()

@@ -6,7 +6,7 @@ Only global rank 0 calls these; the results are broadcast to the other ranks.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from dip.data.meta import BatchMeta, MicroBatchMeta
 from dip.data.workload import generate_batches
@@ -97,28 +97,26 @@ def cost_setup(model: ModelSpec, dtype: str, hardware: str = CPU_HARDWARE):
     return CostModel(model, hw, tp=1, dtype_bytes=dtype_bytes), hw
 
 
-def plan_replica(schedule: str, model: ModelSpec, batch: BatchMeta, cost_model, hardware) -> tuple[Plan, float | None, float | None]:
-    """The plan of one replica's batch and its simulated (iteration, makespan) seconds."""
+def plan_replica(schedule: str, model: ModelSpec, batch: BatchMeta, cost_model, hardware):
+    """The simulated plan (``SimulatedPlan``: plan, stage costs, simulation result) of one replica's batch."""
     from dip.schedule.baselines.registry import simulate_schedule
 
-    sim = simulate_schedule(schedule, model, batch, cost_model, hardware)
-    res = sim.result
-    it = float(res.iteration_time) if math.isfinite(res.iteration_time) else None
-    ms = float(res.makespan) if math.isfinite(res.makespan) else None
-    return sim.plan, it, ms
+    return simulate_schedule(schedule, model, batch, cost_model, hardware)
 
 
-def plan_step(step: int, schedule: str, model: ModelSpec, batches: list[BatchMeta], cost_model, hardware) -> StepWork:
-    """Plans (one per replica) and the predicted step time of one step."""
-    plans, its, mss = [], [], []
-    for b in batches:
-        plan, it, ms = plan_replica(schedule, model, b, cost_model, hardware)
-        plans.append(plan)
-        its.append(it)
-        mss.append(ms)
-    pred = max(its) if its and all(x is not None for x in its) else None
-    make = max(mss) if mss and all(x is not None for x in mss) else None
-    return StepWork(step, batches, plans, pred, make)
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def plan_step(step: int, schedule: str, model: ModelSpec, batches: list[BatchMeta], cost_model,
+              hardware) -> tuple[StepWork, list]:
+    """Plans (one per replica) and the predicted step time of one step, plus the simulations."""
+    sims = [plan_replica(schedule, model, b, cost_model, hardware) for b in batches]
+    its = [_finite(s.result.iteration_time) for s in sims]
+    mss = [_finite(s.result.makespan) for s in sims]
+    pred = max(its) if all(x is not None for x in its) else None
+    make = max(mss) if all(x is not None for x in mss) else None
+    return StepWork(step, batches, [s.plan for s in sims], pred, make), sims
 
 
 def with_parallel(model: ModelSpec, pp: int, dp: int) -> ModelSpec:
@@ -132,4 +130,4 @@ def layout_of(plan: Plan, rank: int) -> tuple:
 
 
 __all__ = ["StepWork", "make_step_batches", "check_schedule", "check_parallel", "cost_setup", "plan_step",
-           "with_parallel", "layout_of", "text_only", "replace"]
+           "with_parallel", "layout_of", "text_only"]

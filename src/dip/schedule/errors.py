@@ -67,6 +67,7 @@ class ScheduleError(ValueError):
         text = head
         if order is not None:
             mark = (rank, step) if rank is not None and step is not None else None
-            text += "\n\nFull schedule:\n" + format_grid(order, mark, reason)
+            note = reason if len(reason) <= 120 else reason[:117] + "..."
+            text += "\n\nFull schedule:\n" + format_grid(order, mark, note)
         self.grid_text = text
         super().__init__(text)

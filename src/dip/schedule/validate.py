@@ -85,7 +85,7 @@ def _check_compute(plan: Plan, order: Order, deps: DependencyIndex, allow_comm: 
         if key not in expected:
             a = order[r][i]
             why = f" (no {a.chunk}I{a.unit} in the plan)" if a.op is Op.W else (
-                f" ({a.chunk}{a.unit} also has I/W)" if a.op is Op.B else "")
+                f" (chunk {a.chunk} unit {a.unit} also has I/W)" if a.op is Op.B else "")
             raise err(f"unexpected action {a}{why}", r, i, a)
     lost = sorted(expected - set(where), key=lambda k: (rank_of[k[0]], k[0], k[2], k[1].value))
     if lost:

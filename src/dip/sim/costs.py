@@ -30,7 +30,12 @@ GRAD_BYTES_PER_PARAM = 4  # fp32 gradients are all-reduced across data-parallel 
 
 @dataclass
 class StageCosts:
-    """Per-stage pass times and activation bytes, message sizes and per-rank static memory."""
+    """Per-stage pass times and activation bytes, message sizes and per-rank static memory.
+
+    Arrays ``f``, ``i``, ``w`` (seconds) and ``act_bytes`` are indexed like ``keys`` (``stage_index``
+    maps a (chunk, unit) to its position). ``static_bytes`` / ``grad_bytes``: per rank, per GPU.
+    ``flops_total``: model FLOPs of the whole batch (for MFU). ``modules``: chunk -> module label.
+    """
 
     keys: list[StageKey]
     f: np.ndarray
@@ -76,7 +81,7 @@ def uniform_stage_costs(graph: StageGraph, units: Mapping[str, Sequence[Unit]], 
     return StageCosts(
         keys=keys, f=np.full(n, float(f)), i=np.full(n, float(i)), w=np.full(n, float(w)),
         act_bytes=np.full(n, float(act_bytes)), static_bytes=np.zeros(graph.num_ranks),
-        grad_bytes=np.zeros(graph.num_ranks), modules={c.id: c.parts[0].module for c in graph.chunks},
+        grad_bytes=np.zeros(graph.num_ranks), modules={c.id: "+".join(c.modules) for c in graph.chunks},
     )
 
 
@@ -172,7 +177,7 @@ def stage_costs(graph: StageGraph, units: Mapping[str, Sequence[Unit]], flows: S
         static_bytes=_static_bytes(graph, model, cost_model),
         flops_total=batch_flops(cost_model, mbs),
         tp=int(getattr(cost_model, "tp", 1)),
-        modules={c.id: c.parts[-1].module for c in graph.chunks},
+        modules={c.id: "+".join(c.modules) for c in graph.chunks},
     )
     costs.grad_bytes = _grad_bytes(costs.static_bytes)
     return costs

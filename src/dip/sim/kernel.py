@@ -12,6 +12,8 @@ runs its tasks in order, only a rank's head task can be ready, so the worklist h
 per rank. If the worklist empties before all ranks finish, the ranks whose head task still waits are
 deadlocked (it waits on a task that can never finish: later on its own rank, or on a stuck rank).
 
+Both kernels release the GIL, so planner threads can simulate candidates in parallel.
+
 Status codes: ``OK``; ``DEADLOCK`` (``stuck_pos[r]`` = the waiting position of rank r, -1 elsewhere);
 ``DUPLICATE`` / ``BAD_TASK`` (a task id appears twice / is out of range; nothing simulated);
 ``INCOMPLETE`` (all orders ran to the end but some tasks appear in no order).
@@ -26,7 +28,7 @@ STATUS_NAMES = {OK: "ok", DEADLOCK: "deadlock", DUPLICATE: "duplicate task", BAD
                 INCOMPLETE: "tasks missing from the order"}
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def simulate_arrays(order_ptr, order_tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx,
                     alloc, free, holds):
     """Simulate one order.
@@ -129,7 +131,7 @@ def simulate_arrays(order_ptr, order_tasks, duration, pred_ptr, pred_idx, pred_d
     return status, makespan, start, end, rank_busy, rank_end, peak_bytes, peak_time, peak_held, stuck_pos
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def critical_path(duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx):
     """Longest path through the task DAG (durations + edge delays), ignoring rank serialization.
 

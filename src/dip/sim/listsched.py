@@ -49,7 +49,7 @@ class _RankQueues:
 def list_schedule(tg: TaskGraph, max_inflight: int | None = None) -> RankOrder:
     """Per-rank compute order built by greedy list scheduling over ``tg``'s durations and delays."""
     n, n_ranks = tg.num_tasks, tg.num_ranks
-    succ_delay = tg.pred_delay[np.argsort(tg.pred_idx, kind="stable")]
+    succ_delay = tg.succ_delay
     remaining = np.diff(tg.pred_ptr).astype(np.int64)
     ready = np.zeros(n)
     prio_class = _OP_CLASS[tg.task_op]

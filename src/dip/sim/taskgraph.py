@@ -53,7 +53,8 @@ class TaskGraph:
     Per task t: ``actions[t]``, ``task_stage``/``task_mb``/``task_op`` (0 F, 1 B, 2 I, 3 W)/``task_rank``,
     ``duration`` (s), ``alloc`` (bytes taken at start), ``free`` (bytes released at end), ``holds``
     (+1 F, -1 the stage's last backward). Predecessors of t: ``pred_idx[pred_ptr[t]:pred_ptr[t + 1]]``
-    with ``pred_delay`` (s) and ``pred_bytes`` per edge; ``succ_ptr``/``succ_idx`` is the reverse CSR.
+    with ``pred_delay`` (s) and ``pred_bytes`` per edge; ``succ_ptr``/``succ_idx`` is the reverse CSR
+    (edges sorted stably by producer; :attr:`succ_delay` gives their delays).
     """
 
     graph: StageGraph
@@ -186,6 +187,11 @@ class TaskGraph:
     @property
     def num_ranks(self) -> int:
         return self.graph.num_ranks
+
+    @property
+    def succ_delay(self) -> np.ndarray:
+        """Edge delays in successor order: ``succ_idx[e]`` waits ``succ_delay[e]`` after its producer."""
+        return self.pred_delay[np.argsort(self.pred_idx, kind="stable")]
 
     @property
     def task_ids(self) -> dict[Action, int]:

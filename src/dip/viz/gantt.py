@@ -1,7 +1,7 @@
 """Gantt chart of a simulated plan (PNG, matplotlib Agg).
 
 One row per rank, one colour per module, one shade per pass (``F`` light, ``B``/``I`` darker, ``W``
-darkest); under it the memory timeline (static + activations) of every rank. The title gives the
+darkest; small plans carry the micro-batch number in each bar); under it the memory timeline (static + activations) of every rank. The title gives the
 iteration time and bubble fraction.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dip.sim.simulate import SimResult
 
 PASS_SHADE = {0: 0.55, 1: 0.0, 2: 0.0, 3: -0.35}  # op code -> + lighten / - darken
 PASS_NAMES = {0: "F", 1: "B", 2: "I", 3: "W"}
+LABEL_MAX_TASKS = 300
 
 
 def _shade(rgb, amount: float):
@@ -58,6 +59,10 @@ def write_gantt_png(path: str, plan: Plan, result: SimResult, label: str = "", d
     for (rank, module, op), bars in groups.items():
         ax.broken_barh(bars, (rank - 0.4, 0.8), facecolors=_shade(colors[module], PASS_SHADE[op]),
                        edgecolor="black" if len(bars) < 400 else "none", linewidth=0.2)
+    if done.sum() <= LABEL_MAX_TASKS:  # small plans: name the micro-batch inside each bar
+        for t in np.nonzero(done)[0]:
+            ax.text((result.start[t] + result.end[t]) / 2, tg.task_rank[t], str(tg.task_mb[t]),
+                    ha="center", va="center", fontsize=6)
     ax.set_yticks(range(n_ranks), [f"rank {r}" for r in range(n_ranks)])
     ax.set_ylim(n_ranks - 0.5, -0.5)
     ops_used = sorted({op for (_, _, op) in groups})
@@ -71,7 +76,7 @@ def write_gantt_png(path: str, plan: Plan, result: SimResult, label: str = "", d
         end = result.makespan if np.isfinite(result.makespan) else (times[-1] if len(times) else 0.0)
         mem_ax.step(np.append(times, end), np.append(values, values[-1]) / scale, where="post",
                     label=f"rank {r}", linewidth=0.9)
-    if np.isfinite(result.memory_limit_bytes):
+    if np.isfinite(result.memory_limit_bytes) and result.memory_limit_bytes <= 2 * np.max(result.peak_memory_bytes):
         mem_ax.axhline(result.memory_limit_bytes / scale, color="red", linestyle="--", linewidth=0.8, label="limit")
     mem_ax.set_ylabel(f"memory ({unit})")
     mem_ax.set_xlabel("time (s)")

@@ -98,7 +98,11 @@ def _finite(x: float) -> float | None:
 
 def write_chrome_trace(path: str, plan: Plan, result: SimResult, costs: StageCosts | None = None,
                        label: str = "plan", measured: MeasuredRows | None = None) -> None:
-    """Write the trace of ``plan`` (and of ``measured`` per-rank (action, start_s, end_s) rows) to ``path``."""
+    """Write the trace of ``plan`` to ``path``.
+
+    ``measured``: ``{rank: [(action or its text, start_s, end_s), ...]}`` in seconds from the step start
+    (e.g. the runtime's per-action timings), drawn next to the plan.
+    """
     doc = {
         "traceEvents": trace_events(plan, result, costs, measured),
         "displayTimeUnit": "ms",

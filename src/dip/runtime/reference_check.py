@@ -1,0 +1,91 @@
+"""``--check-reference``: the same global batches through the whole model in one process.
+
+Rank 0 keeps a :class:`~dip.runtime.models.ReferenceModel` with its own AdamW (same hyper-parameters).
+Each step it compares the pipelined loss, every parameter's gradient (gathered by canonical name) and,
+after both optimizers stepped, every parameter.
+
+Error measures (max over parameters and steps):
+
+* ``max_grad_rel_err``  = ``||g - g_ref||_inf / (||g_ref||_inf + 1e-6)``
+* ``max_param_rel_err`` = ``||p - p_ref||_inf / (||p_ref||_inf + 1e-6)``
+* ``max_loss_abs_err``  = ``|loss - loss_ref|``
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from dip.data.meta import BatchMeta
+
+EPS = 1e-6
+ADAMW = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
+
+
+def make_optimizer(params) -> torch.optim.Optimizer:
+    """The optimizer of both the pipeline and the reference (AdamW, :data:`ADAMW`)."""
+    return torch.optim.AdamW(list(params), **ADAMW, foreach=False)
+
+
+def rel_err(x: Tensor, ref: Tensor) -> float:
+    return float((x.double() - ref.double()).abs().max() / (ref.double().abs().max() + EPS)) if ref.numel() else 0.0
+
+
+def max_rel_err(got: Mapping[str, Tensor], ref: Mapping[str, Tensor], what: str) -> tuple[float, str]:
+    """Largest relative error over ``ref``'s names and the name where it occurs (a missing name fails)."""
+    missing = sorted(set(ref) - set(got))
+    extra = sorted(set(got) - set(ref))
+    if missing or extra:
+        raise RuntimeError(f"{what}: the pipeline and the reference hold different parameters "
+                           f"(missing {missing[:5]}, unexpected {extra[:5]})")
+    worst, where = 0.0, ""
+    for name, r in ref.items():
+        e = rel_err(got[name].to(r.device), r)
+        if e > worst or not where:
+            worst, where = max(worst, e), name
+    return worst, where
+
+
+@dataclass
+class ReferenceChecker:
+    """Single-process reference on rank 0 (model built from the same seed and dtype)."""
+
+    model: object
+    seed: int
+    dtype: str
+    errors: dict[str, float] = field(default_factory=lambda: {"grad": 0.0, "loss": 0.0, "param": 0.0})
+    worst: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        from dip.runtime.models import ReferenceModel
+
+        self.ref = ReferenceModel(self.model, self.seed, self.dtype)
+        self.params = dict(self.ref.canonical_named_parameters())
+        self.opt = make_optimizer(self.params.values())
+
+    def step(self, batch: BatchMeta, step_seed: int, loss: float, grads: Mapping[str, Tensor]) -> dict[str, float]:
+        """Reference step on ``batch``; compares the loss and gradients, then steps the reference optimizer."""
+        from dip.runtime.models import reference_step
+
+        ref_loss, ref_grads = reference_step(self.ref, batch, step_seed)
+        g_err, g_at = max_rel_err(grads, ref_grads, "gradients")
+        l_err = abs(loss - float(ref_loss))
+        for name, p in self.params.items():
+            p.grad = ref_grads[name].to(p.dtype)
+        self.opt.step()
+        self._note("grad", g_err, g_at)
+        self._note("loss", l_err, "loss")
+        return {"grad_rel_err": g_err, "loss_abs_err": l_err, "reference_loss": float(ref_loss)}
+
+    def compare_params(self, params: Mapping[str, Tensor]) -> float:
+        got = {n: p.detach() for n, p in params.items()}
+        err, at = max_rel_err(got, {n: p.detach() for n, p in self.params.items()}, "parameters")
+        self._note("param", err, at)
+        return err
+
+    def _note(self, kind: str, err: float, where: str) -> None:
+        if err >= self.errors[kind]:
+            self.errors[kind] = err
+            self.worst[kind] = where
