@@ -38,3 +38,36 @@ def fan_out(rows) -> Plan:
     units = {"llm": (Unit("llm", 0, 0),), "dit": (Unit("dit", 0, 0, 0, 1), Unit("dit", 1, 0, 1, 2))}
     flows = (Flow("llm", 0, "dit", 0, "text_conditioning"), Flow("llm", 0, "dit", 1, "text_conditioning"))
     return Plan(graph, units, flows, order_from_text(rows))
+
+
+def random_order(plan: Plan, rng, split_p: float = 0.5) -> Plan:
+    """``plan`` with a random executable compute order: repeatedly run a random ready action (its
+    inputs done) on its chunk's rank; each (chunk, unit) splits its backward with probability ``split_p``."""
+    from dataclasses import replace
+
+    from dip.schedule.deps import DependencyIndex
+    from dip.schedule.ir import Action, Op
+
+    graph = plan.graph
+    keys = []
+    for c in graph.chunks:
+        for u in plan.units[c.group]:
+            keys.append((c.id, Op.F, u.index))
+            if rng.random() < split_p:
+                keys += [(c.id, Op.I, u.index), (c.id, Op.W, u.index)]
+            else:
+                keys.append((c.id, Op.B, u.index))
+    draft: dict[int, list[Action]] = {}
+    for k in keys:
+        draft.setdefault(graph.chunks[k[0]].rank, []).append(Action(*k))
+    deps = DependencyIndex(replace(plan, order=draft))
+    done: set = set()
+    left = list(keys)
+    order: dict[int, list[Action]] = {r: [] for r in range(graph.num_ranks)}
+    while left:
+        ready = [k for k in left if all(i in done for i, _ in deps.inputs(*k))]
+        k = ready[rng.randrange(len(ready))]
+        left.remove(k)
+        done.add(k)
+        order[graph.chunks[k[0]].rank].append(Action(*k))
+    return replace(plan, order=order)

@@ -14,6 +14,7 @@ from dip.schedule.lowering import (
     add_send_recv,
     comm_batches,
     defer_recvs,
+    lower,
     merge_bw,
     message_of,
     split_bw,
@@ -221,3 +222,10 @@ def test_add_send_recv_rejects_misplaced_and_comm_actions():
         add_send_recv(linear(2, 1, {0: "0F0 0SEND_F0:1.0 0B0", 1: "1F0 1B0"}))
     with pytest.raises(ValueError, match="recv_placement"):
         add_send_recv(LIN, "lazy")
+
+
+def test_lower_runs_the_passes_in_order():
+    assert lower(V).text() == add_send_recv(V).text()
+    prog = lower(V, defer="stream", reduce_grad=True)
+    assert prog.text() == add_reduce_grad(defer_recvs(add_send_recv(V), "stream")).text()
+    validate_program(V, prog)

@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from plan_fixtures import fan_in, fan_out, linear
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from plan_fixtures import fan_in, fan_out, linear, random_order
 
 from dip.schedule.errors import ScheduleError, format_grid
 from dip.schedule.ir import Action, order_from_text
@@ -199,3 +201,23 @@ def test_format_grid_marks_cell_and_row():
     assert lines[0].split() == ["Rank", "0", "Rank", "1"]
     assert lines[1].split() == ["Step", "0:", "0F0", "1F0"]
     assert lines[2].endswith("[1B0]  <-- ERROR: why")
+
+
+TEMPLATES = [linear(2, 3, {}), linear(3, 4, {}, chunks_per_rank=2), linear(2, 3, {}, chunks_per_rank=2, style="v"),
+             linear(4, 4, {}, chunks_per_rank=2, style="v"), fan_in({}), fan_in({}, vit_ranks=(0,), llm_ranks=(0, 1)),
+             fan_out({})]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(0, len(TEMPLATES) - 1), st.sampled_from([0.0, 0.5, 1.0]))
+def test_random_executable_orders_lower_without_deadlock(rng, which, split_p):
+    plan = random_order(TEMPLATES[which], rng, split_p)
+    validate_plan(plan)
+    early = add_send_recv(plan)
+    stream = defer_recvs(early, "stream")
+    for model in ("rank", "pair", "edge"):
+        validate_program(plan, early, model)
+        validate_program(plan, stream, model)
+    # torch's rank-parity rule is safe with one communicator per directed pair
+    validate_program(plan, defer_recvs(early, "parity"), "edge")
+    validate_program(plan, add_send_recv(plan, "late"), "edge")

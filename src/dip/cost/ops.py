@@ -21,7 +21,7 @@ FP32 = 4
 
 @dataclass(frozen=True)
 class Op:
-    """One operator. ``dims``: GEMM (m, n, k); attention (q_len, kv_len, head_dim); else unused."""
+    """One operator. ``dims``: GEMM (token rows m, n, k); attention (q_len, kv_len, head_dim); else unused."""
 
     name: str
     op_class: str
@@ -91,7 +91,9 @@ class _Builder:
         if dx:
             self.ops.i.append(Op(name + ".dx", "gemm", flops, io, dims=(m, n_in, n_out)))
         dw_io = d * (m * n_in + m * n_out) + 2 * FP32 * n_in * n_out  # fp32 main-grad accumulate
-        self.ops.w.append(Op(name + ".dw", "gemm", flops, dw_io, dims=(n_in, n_out, m)))
+        # dW reduces over the m token rows; its dims keep tokens in the m slot so that a GEMM and its
+        # two backward twins share the token-count penalty of the efficiency curve
+        self.ops.w.append(Op(name + ".dw", "gemm", flops, dw_io, dims=(m, n_out, n_in)))
 
     def elementwise(self, name: str, fwd_elems: float, bwd_elems: float, saved_elems: float = 0.0) -> None:
         """``fwd_elems``/``bwd_elems``: elements read plus written by the forward/backward kernel."""
@@ -119,9 +121,9 @@ class _Builder:
             pairs = n * q * k * (0.5 if causal else 1.0)
             flops = 4.0 * pairs * s.head_dim * s.heads
             io = s.d * n * (2 * q * s.q + 2 * k * s.kv)
-            lse = FP32 * n * q * s.heads
+            lse = FP32 * n * q * s.heads if flash else 0.0  # flash keeps softmax statistics
             out = s.d * n * q * s.q
-            probs = 0.0 if flash else 2.0 * s.d * pairs * s.heads  # softmax output kept without flash
+            probs = 0.0 if flash else s.d * pairs * s.heads  # without flash the softmax output is kept
             io_f = io + (0.0 if flash else 4.0 * s.d * pairs * s.heads)
             saved = io + lse + probs  # Q, K, V, O and the softmax statistics
             self.ops.f.append(Op(f"{name}[{q}x{k}]", "attention", flops, io_f, dims=(q, k, s.head_dim),

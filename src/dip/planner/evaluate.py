@@ -101,6 +101,17 @@ class Evaluator:
         ptr, tasks = rank_orders(sequence, tg.task_rank, p.num_ranks)
         return self.finish(sequence, ptr, tasks, config, items, self.ilp if ilp is None else ilp)
 
+    def evaluate_tracked(self, items: np.ndarray, duration: np.ndarray, act: np.ndarray, config: TrackConfig,
+                         ilp: bool = False) -> Schedule:
+        """Like :meth:`evaluate` with explicit planning durations (per task) and tracked bytes (per stage)."""
+        self.calls += 1
+        p, tg = self.p, self.p.tg
+        sequence, _, _, _, _ = interleave(p.num_ranks, tg.task_rank, tg.task_op, tg.task_stage, duration, act,
+                                          self.cap, p.priorities(items), tg.pred_ptr, tg.succ_ptr, tg.succ_idx,
+                                          p.succ_delay, float(config.reserve))
+        ptr, tasks = rank_orders(sequence, tg.task_rank, p.num_ranks)
+        return self.finish(sequence, ptr, tasks, config, items, ilp)
+
     def finish(self, sequence, ptr, tasks, config: TrackConfig, items, ilp: bool) -> Schedule:
         """Memory optimisation and simulation of a fixed order."""
         p, cand = self.p, self.p.cand

@@ -202,11 +202,12 @@ def greedy_select(ptr, tasks, task_op, task_stage, cand_t, mem, count, cap):
 
 def ilp_select(ptr: np.ndarray, tasks: np.ndarray, task_op: np.ndarray, task_stage: np.ndarray,
                cand_t: np.ndarray, mem: np.ndarray, count: np.ndarray, cap: np.ndarray, rank: int,
-               warm: np.ndarray, gap: float = 0.05, time_limit: float = 0.5) -> np.ndarray | None:
+               warm: np.ndarray, gap: float = 0.05, time_limit: float | None = 0.5,
+               node_limit: int | None = None) -> np.ndarray | None:
     """Solve rank ``rank``'s ILP with HiGHS, warm-started from ``warm`` (a full per-stage choice).
 
     Returns the improved per-stage choice (only this rank's stages change), or None when HiGHS found
-    nothing better than the warm start."""
+    nothing better than the warm start. ``node_limit`` without ``time_limit`` keeps the solve deterministic."""
     import highspy
 
     n_stages = cand_t.shape[0]
@@ -229,7 +230,10 @@ def ilp_select(ptr: np.ndarray, tasks: np.ndarray, task_op: np.ndarray, task_sta
     row_of = {int(i): k for k, i in enumerate(rows)}
     h = new_highs()
     h.setOptionValue("mip_rel_gap", float(gap))
-    h.setOptionValue("time_limit", float(time_limit))
+    if time_limit is not None:
+        h.setOptionValue("time_limit", float(time_limit))
+    if node_limit is not None:
+        h.setOptionValue("mip_max_nodes", int(node_limit))
     h.setOptionValue("threads", 1)
     cols_cost, col_stage, col_cand = [], [], []
     for s in involved:

@@ -45,9 +45,9 @@ class Item:
 class PlanProblem:
     """Everything the search needs about one batch, mostly as numpy arrays (see module docstring)."""
 
-    model: ModelSpec
+    model: ModelSpec | None
     partition: Partition
-    batch: BatchMeta
+    batch: BatchMeta | None
     units: dict[str, tuple[Unit, ...]]
     flows: tuple[Flow, ...]
     costs: StageCosts
@@ -102,7 +102,6 @@ def build_problem(model: ModelSpec, partition: Partition, batch: BatchMeta, cost
         raise BadInput("the batch has no micro-batches to schedule")
     costs = stage_costs(graph, units, flows, model, cost_model, batch)
     topo = Topology.from_hardware(hardware, tp=costs.tp)
-    tg = TaskGraph.build(graph, units, flows, costs, topo, split=False)
     builder = CandidateBuilder(cost_model, candidates)
     unit_of = {g: {u.index: u for u in us} for g, us in units.items()}
     mbs = batch.microbatches
@@ -117,19 +116,31 @@ def build_problem(model: ModelSpec, partition: Partition, batch: BatchMeta, cost
             work = works[(module.name, unit)] = work_for(
                 model, module, mbs[u.mb], slice(u.start, u.stop) if u.stop > u.start else None)
         per_stage.append(builder.for_stage(c, work))
-    cand = pack_candidates(per_stage)
+    limit = float(hardware.mem_bytes if memory_limit_bytes is None else memory_limit_bytes)
+    return problem_from_costs(partition, units, flows, costs, topo, pack_candidates(per_stage), limit,
+                              int(dp or model.parallel.dp or 1), model, batch)
+
+
+def problem_from_costs(partition: Partition, units, flows, costs: StageCosts, topology: Topology,
+                       cand: StageCandidates, limit: float, dp: int = 1, model: ModelSpec | None = None,
+                       batch: BatchMeta | None = None) -> PlanProblem:
+    """A problem from ready-made stage costs and candidates (also schedule-only studies)."""
+    graph = partition.graph
+    tg = TaskGraph.build(graph, units, flows, costs, topology, split=False)
     ranks = np.asarray(graph.stage_to_rank(), np.int64)
     stage_rank = ranks[np.asarray([k[0] for k in costs.keys], np.int64)]
     order = np.argsort(tg.pred_idx, kind="stable")
     succ_delay = tg.pred_delay[order].astype(np.float64)
     items, task_item, task_seq, default = _segment_items(graph, units, tg, costs)
-    limit = float(hardware.mem_bytes if memory_limit_bytes is None else memory_limit_bytes)
     lb = max(tg.busiest_rank_bound(), tg.critical_path_bound())
+    static = np.asarray(costs.static_bytes, float)
+    if static.shape != (graph.num_ranks,):
+        static = np.zeros(graph.num_ranks)
     return PlanProblem(
-        model=model, partition=partition, batch=batch, units=units, flows=flows, costs=costs, tg=tg,
-        topology=topo, cand=cand, static=np.asarray(costs.static_bytes, float), limit=limit,
-        stage_rank=stage_rank, succ_delay=succ_delay, items=items, task_item=task_item, task_seq=task_seq,
-        default_sequence=default, dp=int(dp or model.parallel.dp or 1), lower_bound=float(lb),
+        model=model, partition=partition, batch=batch, units=units, flows=tuple(flows), costs=costs, tg=tg,
+        topology=topology, cand=cand, static=static, limit=float(limit), stage_rank=stage_rank,
+        succ_delay=succ_delay, items=items, task_item=task_item, task_seq=task_seq, default_sequence=default,
+        dp=dp, lower_bound=float(lb),
     )
 
 

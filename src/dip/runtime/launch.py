@@ -57,7 +57,6 @@ def default_threads(nproc: int) -> int:
 def launch(cfg: TrainConfig, poll_s: float = 0.05) -> dict[str, Any]:
     """Run ``cfg`` on ``cfg.nproc`` local processes and return rank 0's report."""
     workdir = tempfile.mkdtemp(prefix="dip-train-")
-    keep = False
     try:
         cfg.threads = cfg.threads or default_threads(cfg.nproc)
         config = os.path.join(workdir, "config.json")
@@ -69,7 +68,7 @@ def launch(cfg: TrainConfig, poll_s: float = 0.05) -> dict[str, Any]:
         for rank in range(cfg.nproc):
             log = open(os.path.join(workdir, f"rank{rank}.log"), "wb")
             logs.append(log)
-            procs.append(subprocess.Popen([sys.executable, "-m", "dip.runtime.launch", config],
+            procs.append(subprocess.Popen([sys.executable, *(os.environ.get("DIP_WORKER_CMD") or "-m dip.runtime.launch").split(), config],
                                           env=worker_env(rank, cfg.nproc, port, cfg.threads),
                                           stdout=log, stderr=subprocess.STDOUT))
         try:
@@ -83,10 +82,8 @@ def launch(cfg: TrainConfig, poll_s: float = 0.05) -> dict[str, Any]:
                 log.close()
         with open(os.path.join(workdir, RESULT_FILE), encoding="utf-8") as f:
             return json.load(f)
-    except RankFailed:
-        keep = bool(os.environ.get("DIP_KEEP_LOGS"))
-        raise
     finally:
+        keep = bool(os.environ.get("DIP_KEEP_LOGS"))
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -39,18 +39,21 @@ class Op(str, Enum):
 
     @property
     def is_compute(self) -> bool:
-        return self in (Op.F, Op.B, Op.I, Op.W)
+        return self in _COMPUTE
 
     @property
     def is_comm(self) -> bool:
-        return self in (Op.SEND_F, Op.RECV_F, Op.SEND_B, Op.RECV_B)
+        return self in _COMM
 
     @property
     def is_backward(self) -> bool:
-        return self in (Op.B, Op.I, Op.W)
+        return self in _BACKWARD
 
 
 COMPUTE_OPS = (Op.F, Op.B, Op.I, Op.W)
+_COMPUTE = frozenset(COMPUTE_OPS)
+_COMM = frozenset((Op.SEND_F, Op.RECV_F, Op.SEND_B, Op.RECV_B))
+_BACKWARD = frozenset((Op.B, Op.I, Op.W))
 _OPS_BY_LEN = sorted(Op, key=lambda o: -len(o.value))
 _ACTION_RE = re.compile(
     r"^(?P<chunk>\d+)(?P<op>" + "|".join(o.value for o in _OPS_BY_LEN) + r")"

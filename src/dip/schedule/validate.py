@@ -25,7 +25,8 @@ from typing import Mapping, Sequence
 from dip.schedule.deps import DependencyIndex, Message
 from dip.schedule.errors import ScheduleError
 from dip.schedule.ir import Action, Op, Plan
-from dip.schedule.lowering import BACKWARD, COMM, COMPUTE, RECVS, SENDS, CommBatch, CommModel, Program, comm_batches, message_id
+from dip.schedule.lowering import (BACKWARD, COMM, COMPUTE, RECVS, SENDS, CommBatch, CommModel, Program, comm_batches,
+                                  message_id)
 
 Order = Mapping[int, Sequence[Action]]
 
@@ -326,8 +327,10 @@ class _DryRun:
         return needs
 
     def active(self, b: int) -> bool:
+        """Posted and at the head of its communicator's queue."""
         key = self.stream_of[b]
-        return self.posted[b] and self.streams[key][self.head[key]] == b if self.head[key] < len(self.streams[key]) else False
+        queue, head = self.streams[key], self.head[key]
+        return self.posted[b] and head < len(queue) and queue[head] == b
 
     def blocker(self, r: int, i: int) -> int | None:
         """First unfinished batch holding a RECV that compute action ``(r, i)`` consumes."""
@@ -412,9 +415,10 @@ class _DryRun:
             i = self.pc[r]
             if i < len(order[r]):
                 b = self.blocker(r, i)
-                recv = next(j for j in self.batches[b].indices if order[r][j].op in RECVS)
+                recv = next(j for j in self.needs[(r, i)] if self.batch_at[(r, j)] == b)
                 q, why = self._why_batch(b)
-                text = f"rank {r} blocks at step {i} ({order[r][i]}) until its batch with {order[r][recv]} completes: {why}"
+                text = (f"rank {r} blocks at step {i} ({order[r][i]}) until its batch with {order[r][recv]} "
+                        f"completes: {why}")
             else:
                 b = next(b for b in range(len(self.batches)) if self.owner[b] == r and not self.done[b])
                 i = self.batches[b].start

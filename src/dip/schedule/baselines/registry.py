@@ -45,6 +45,7 @@ class Schedule:
     uniform_order: Callable[[Chain], RankOrder] | None = None
     fits_memory: bool = True  # choose a uniform memory strategy after building
     check_model: Callable[[ModelSpec], object] | None = None  # raises BadInput for unsupported models
+    plan_and_simulate: Callable[..., SimulatedPlan] | None = None  # a planner that simulates its own plan
 
     def supports(self, model: ModelSpec) -> None:
         """Raise :class:`BadInput` when this schedule cannot run ``model`` (cheap; before any work)."""
@@ -89,14 +90,27 @@ def _planner_fn() -> Callable | None:
 def _dip_schedule(plan_batch: Callable) -> Schedule:
     accepted = set(inspect.signature(plan_batch).parameters)
 
-    def build(model, batch, cost_model, hardware, chunks=None, memory_limit_bytes=None) -> Plan:
+    def search(model, batch, cost_model, hardware, memory_limit_bytes=None):
         extra = {"cost_model": cost_model, "hardware": hardware, "memory_limit_bytes": memory_limit_bytes}
-        plan = plan_batch(model, batch, **{k: v for k, v in extra.items() if k in accepted and v is not None})
+        found = plan_batch(model, batch, **{k: v for k, v in extra.items() if k in accepted and v is not None})
+        plan = getattr(found, "plan", found)
         plan.schedule = plan.schedule or "dip"
-        return plan
+        return found, plan
+
+    def build(model, batch, cost_model, hardware, chunks=None, memory_limit_bytes=None) -> Plan:
+        return search(model, batch, cost_model, hardware, memory_limit_bytes)[1]
+
+    def plan_and_simulate(model, batch, cost_model, hardware, memory_limit_bytes=None, check=None) -> SimulatedPlan:
+        found, plan = search(model, batch, cost_model, hardware, memory_limit_bytes)
+        if check is not None:
+            check(plan)
+        sim, costs = getattr(found, "sim", None), getattr(found, "costs", None)
+        if sim is None or costs is None or model.parallel.dp > 1:
+            return simulate_plan(plan, model, cost_model, batch, hardware, memory_limit_bytes)
+        return SimulatedPlan(plan, costs, sim)
 
     return Schedule("dip", "DIP: modality-aware partition, searched interleaving, per-layer memory", build,
-                    fits_memory=False)
+                    fits_memory=False, plan_and_simulate=plan_and_simulate)
 
 
 def schedule_names() -> list[str]:
@@ -131,6 +145,8 @@ def simulate_schedule(name: str, model: ModelSpec, batch: BatchMeta, cost_model,
     ``check`` (e.g. the plan validator) runs on the plan before any simulation."""
     sched = get_generator(name)
     sched.supports(model)
+    if sched.plan_and_simulate is not None:
+        return sched.plan_and_simulate(model, batch, cost_model, hardware, memory_limit_bytes, check)
     plan = _build(sched, model, batch, cost_model, hardware, chunks, memory_limit_bytes)
     if check is not None:
         check(plan)

@@ -1,0 +1,109 @@
+"""``dip cost``: per-layer latency and activation memory of every module of a model on a hardware."""
+from __future__ import annotations
+
+import argparse
+
+from dip.cli.common import emit, positive_int
+from dip.errors import BadInput
+
+DEFAULT_T2V_TEXT_TOKENS = 512
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cost", help="per-layer time and activation memory of each module (cost model)",
+                       description="Per-GPU forward / backward-input / backward-weight time and activation "
+                                   "memory (per memory strategy) of one layer of every module, for one sample.")
+    p.add_argument("--model", required=True, help="model preset (see dip models)")
+    p.add_argument("--hardware", default="H800", help="hardware preset or calibration JSON (default H800)")
+    p.add_argument("--tp", type=int, help="tensor parallel degree (default: the model's)")
+    p.add_argument("--images", type=int, help="images run by the ViT (default 8 for VLMs)")
+    p.add_argument("--text-tokens", type=int,
+                   help=f"LM sequence length of the sample (default: context length for VLMs, "
+                        f"{DEFAULT_T2V_TEXT_TOKENS} otherwise); also the DiT's caption length")
+    p.add_argument("--clips", type=int, help="video clips run by the DiT (default 1 for T2V)")
+    p.add_argument("--clip-seconds", type=float, help="seconds per clip (default: the model's maximum)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def sample_work(module, images: int, text_tokens: int, clips: int, clip_seconds: float):
+    """ModuleWork of one sample: ``images`` ViT images, one LM sequence, ``clips`` DiT clips."""
+    from dip.data.meta import ModuleWork
+
+    if module.kind == "vit":
+        return ModuleWork(seq_lens=(module.patches_per_image,) * images, instances=images)
+    if module.kind == "decoder":
+        return ModuleWork(seq_lens=(text_tokens,) if text_tokens else (), instances=1)
+    if module.kind == "dit":
+        tokens = module.clip_tokens(clip_seconds)
+        return ModuleWork(seq_lens=(tokens,) * clips, cond_lens=(text_tokens,) * clips, instances=clips)
+    raise BadInput(f"unknown module kind {module.kind!r}")
+
+
+def cost_report(model, hardware, tp: int | None = None, images: int | None = None, text_tokens: int | None = None,
+                clips: int | None = None, clip_seconds: float | None = None) -> dict:
+    """The ``dip cost`` JSON for ``model`` on ``hardware`` (a HardwareSpec or name/path)."""
+    from dip.cost import STRATEGIES, CostModel, layer_flops
+
+    tp = int(tp or model.parallel.tp)
+    images = model.is_vlm * 8 if images is None else images
+    text_tokens = (model.context_length if model.is_vlm else DEFAULT_T2V_TEXT_TOKENS) if text_tokens is None \
+        else text_tokens
+    clips = int(model.is_t2v) if clips is None else clips
+    clip_seconds = model.max_video_seconds if clip_seconds is None else clip_seconds
+    for field, value in (("--images", images), ("--text-tokens", text_tokens), ("--clips", clips)):
+        positive_int(field, value, minimum=0)
+    if clip_seconds <= 0:
+        raise BadInput(f"--clip-seconds must be > 0, got {clip_seconds}")
+    cm = CostModel(model, hardware, tp=tp)
+    rows = []
+    for m in model.modules:
+        work = sample_work(m, images, text_tokens, clips, clip_seconds)
+        t = cm.layer_times(m, work)
+        fwd_flops, bwd_flops = layer_flops(m, work)
+        rows.append({
+            "name": m.name, "kind": m.kind, "layers": m.layers, "tokens": work.tokens,
+            "layer_fwd_s": t.f, "layer_bwd_s": t.b, "layer_bwd_input_s": t.i, "layer_bwd_weight_s": t.w,
+            "layer_activation_bytes": cm.layer_activation_bytes(m, work, "none"),
+            "activation_bytes_by_strategy": {s: cm.layer_activation_bytes(m, work, s) for s in STRATEGIES},
+            "recompute_s_by_strategy": {s: cm.recompute_seconds(m, work, s) for s in STRATEGIES},
+            "layer_flops": fwd_flops + bwd_flops,
+            "layer_mfu": cm.layer_efficiency(m, work),
+            "pre_s": vars(cm.pre_times(m, work)), "post_s": vars(cm.post_times(m, work)),
+            "layer_static_bytes": cm.static_bytes(m, 0, 1, False, False),
+        })
+    return {"model": model.name, "hardware": cm.hardware.name, "tp": tp, "images": images,
+            "text_tokens": text_tokens, "clips": clips, "clip_seconds": clip_seconds, "modules": rows}
+
+
+def _text(report: dict) -> str:
+    inputs = [f"{report['text_tokens']} text tokens"]
+    if report["images"]:
+        inputs.insert(0, f"{report['images']} images")
+    if report["clips"]:
+        inputs.append(f"{report['clips']} clips x {report['clip_seconds']:g} s")
+    lines = [f"{report['model']} on {report['hardware']}, tp {report['tp']}: {', '.join(inputs)} (per GPU, one layer)"]
+    lines.append(f"{'module':<10} {'kind':<8} {'tokens':>8} {'fwd ms':>8} {'bwd ms':>8} {'(I':>7} {'W)':>7} "
+                 f"{'f+b ms':>8} {'act MB':>9} {'full MB':>8} {'MFU':>6}")
+    for r in report["modules"]:
+        lines.append(f"{r['name']:<10} {r['kind']:<8} {r['tokens']:>8} {r['layer_fwd_s'] * 1e3:>8.3f} "
+                     f"{r['layer_bwd_s'] * 1e3:>8.3f} {r['layer_bwd_input_s'] * 1e3:>7.3f} "
+                     f"{r['layer_bwd_weight_s'] * 1e3:>7.3f} {(r['layer_fwd_s'] + r['layer_bwd_s']) * 1e3:>8.3f} "
+                     f"{r['layer_activation_bytes'] / 1e6:>9.1f} "
+                     f"{r['activation_bytes_by_strategy']['full'] / 1e6:>8.1f} {r['layer_mfu']:>6.3f}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dip.spec.hardware import get_hardware
+    from dip.spec.presets import get_model
+    from dip.spec.validate import with_overrides
+
+    model = get_model(args.model)
+    if args.tp is not None:
+        model = with_overrides(model, tp=positive_int("--tp", args.tp))
+    hardware = get_hardware(args.hardware)
+    report = cost_report(model, hardware, model.parallel.tp, args.images, args.text_tokens, args.clips,
+                         args.clip_seconds)
+    emit(report, args.json, _text(report))
+    return 0

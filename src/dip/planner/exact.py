@@ -1,0 +1,168 @@
+"""Exact reference for small instances: the same scheduling problem as a CP-SAT model.
+
+Same partition, units, dependencies and p2p delays as the planner; every stage at its fastest memory
+candidate. Variables: one start per task (integer microseconds); constraints: dependencies with their
+delays, one ``NoOverlap`` per rank, and, when ``memory`` is on, one ``Cumulative`` per rank in which
+each stage holds its activation bytes from its forward's start to its backward's end (capacity = the
+rank's limit minus static memory). Objective: the makespan. The solver is hinted with the planner's
+order. The optimal order is re-simulated with the exact (float) durations, so the reported time is
+directly comparable with the planner's; ``status`` says whether CP-SAT proved optimality and
+``bound_s`` is its proven lower bound.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dip.planner.problem import PlanProblem
+from dip.sim.kernel import OK, simulate_arrays
+
+SCALE = 1e6  # microseconds
+MAX_TASKS = 4000
+MIB = 2**20
+
+
+@dataclass
+class ExactResult:
+    """The best order CP-SAT found (re-simulated), its proof status and the proven bound."""
+
+    time_s: float
+    status: str
+    bound_s: float
+    wall_s: float
+    memory: bool
+
+    def summary(self) -> dict:
+        return {"exact_time_s": self.time_s, "exact_status": self.status, "exact_bound_s": self.bound_s,
+                "exact_wall_s": self.wall_s, "exact_memory": self.memory}
+
+
+def _fastest_arrays(problem: PlanProblem) -> tuple[np.ndarray, np.ndarray]:
+    choice = problem.cand.fastest.astype(np.int64)
+    duration, act = problem.task_durations(choice)
+    stage_act = problem.cand.mem[np.arange(len(choice)), choice]
+    return duration, stage_act
+
+
+def _order_makespan(problem: PlanProblem, per_rank: list[list[int]], duration: np.ndarray,
+                    stage_act: np.ndarray | None = None) -> float:
+    """Simulated makespan of an order (inf if it deadlocks or, with ``stage_act``, overflows memory)."""
+    tg = problem.tg
+    lengths = [len(x) for x in per_rank]
+    ptr = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    tasks = np.asarray([t for x in per_rank for t in x], np.int64)
+    act = np.zeros(tg.num_tasks) if stage_act is None else stage_act[tg.task_stage]
+    is_f = tg.task_op == 0
+    alloc, free = np.where(is_f, act, 0.0), np.where(is_f, 0.0, act)
+    holds = np.where(is_f, 1, -1).astype(np.int64)
+    status, makespan, _, _, _, _, peak, *_ = simulate_arrays(ptr, tasks, duration, tg.pred_ptr, tg.pred_idx,
+                                                             tg.pred_delay, tg.succ_ptr, tg.succ_idx, alloc, free,
+                                                             holds)
+    if status != OK or (stage_act is not None and np.any(peak > problem.cap + 1.0)):
+        return math.inf
+    return float(makespan)
+
+
+def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, memory: bool | None = None,
+                workers: int = 2, seed: int = 0) -> ExactResult:
+    """Solve ``problem`` exactly (see module docstring). ``hint``: a :class:`PlanResult` or a per-rank
+    list of task ids; ``memory`` defaults to on when the fastest candidates could overflow a rank."""
+    import time
+
+    from ortools.sat.python import cp_model
+
+    t_start = time.perf_counter()
+    tg = problem.tg
+    n = tg.num_tasks
+    if n > MAX_TASKS:
+        from dip.errors import BadInput
+
+        raise BadInput(f"the exact solver handles at most {MAX_TASKS} tasks; this batch has {n} "
+                       f"(use fewer --microbatches)")
+    duration, stage_act = _fastest_arrays(problem)
+    dur = np.maximum(np.rint(duration * SCALE).astype(np.int64), 0)
+    delay = np.rint(tg.pred_delay * SCALE).astype(np.int64)
+    if memory is None:
+        memory = _memory_may_bind(problem, stage_act)
+    check_act = stage_act if memory else None
+    hint_orders = _hint_orders(problem, hint)
+    hint_time = _order_makespan(problem, hint_orders, duration, check_act) if hint_orders else math.inf
+    horizon = int(math.ceil((hint_time if math.isfinite(hint_time) else duration.sum() + tg.pred_delay.sum())
+                            * SCALE)) + int(delay.sum() if not math.isfinite(hint_time) else 0) + n + 1
+    model = cp_model.CpModel()
+    start = [model.NewIntVar(0, horizon, f"s{t}") for t in range(n)]
+    end = [start[t] + int(dur[t]) for t in range(n)]
+    intervals = [model.NewFixedSizeIntervalVar(start[t], int(dur[t]), f"i{t}") for t in range(n)]
+    for t in range(n):
+        for e in range(tg.pred_ptr[t], tg.pred_ptr[t + 1]):
+            model.Add(start[t] >= end[int(tg.pred_idx[e])] + int(delay[e]))
+    for r in range(problem.num_ranks):
+        model.AddNoOverlap([intervals[t] for t in range(n) if tg.task_rank[t] == r])
+    if memory:
+        _add_memory(model, problem, start, end, stage_act, horizon)
+    makespan = model.NewIntVar(0, horizon, "makespan")
+    model.AddMaxEquality(makespan, end)
+    model.Minimize(makespan)
+    if hint_orders:
+        hint_start = _hint_starts(problem, hint_orders, duration)
+        for t in range(n):
+            model.AddHint(start[t], int(round(hint_start[t] * SCALE)))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = float(time_limit_s)
+    solver.parameters.num_search_workers = int(workers)
+    solver.parameters.random_seed = int(seed)
+    code = solver.Solve(model)
+    status = solver.StatusName(code).lower()
+    best_time = hint_time
+    if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        values = np.asarray([solver.Value(s) for s in start])
+        orders = [sorted((t for t in range(n) if tg.task_rank[t] == r), key=lambda t: (values[t], t))
+                  for r in range(problem.num_ranks)]
+        best_time = min(best_time, _order_makespan(problem, orders, duration, check_act))
+    bound = solver.BestObjectiveBound() / SCALE if code in (cp_model.OPTIMAL, cp_model.FEASIBLE) else 0.0
+    bound = max(min(bound, best_time), 0.0) if math.isfinite(best_time) else bound
+    return ExactResult(float(best_time), status, float(bound), time.perf_counter() - t_start, bool(memory))
+
+
+def _memory_may_bind(problem: PlanProblem, stage_act: np.ndarray) -> bool:
+    """Whether all fastest-candidate activations of a rank together could exceed its capacity."""
+    per_rank = np.bincount(problem.stage_rank, stage_act, minlength=problem.num_ranks)
+    return bool(np.any(per_rank > problem.cap))
+
+
+def _add_memory(model, problem: PlanProblem, start, end, stage_act: np.ndarray, horizon: int) -> None:
+    tg = problem.tg
+    f_task = np.full(len(stage_act), -1, np.int64)
+    b_task = np.full(len(stage_act), -1, np.int64)
+    for t in range(tg.num_tasks):
+        (f_task if tg.task_op[t] == 0 else b_task)[tg.task_stage[t]] = t
+    for r in range(problem.num_ranks):
+        stages = np.nonzero(problem.stage_rank == r)[0]
+        intervals, demands = [], []
+        for s in stages:
+            size = model.NewIntVar(0, horizon, f"live{s}")
+            model.Add(size == end[int(b_task[s])] - start[int(f_task[s])])
+            intervals.append(model.NewIntervalVar(start[int(f_task[s])], size, end[int(b_task[s])], f"m{s}"))
+            demands.append(int(math.ceil(stage_act[s] / MIB)))
+        model.AddCumulative(intervals, demands, max(int(math.floor(problem.cap[r] / MIB)), 0))
+
+
+def _hint_orders(problem: PlanProblem, hint) -> list[list[int]] | None:
+    if hint is None:
+        return None
+    if hasattr(hint, "plan"):
+        ids = problem.tg.task_ids
+        return [[ids[a] for a in hint.plan.order.get(r, [])] for r in range(problem.num_ranks)]
+    return [list(map(int, x)) for x in hint]
+
+
+def _hint_starts(problem: PlanProblem, orders: list[list[int]], duration: np.ndarray) -> np.ndarray:
+    tg = problem.tg
+    ptr = np.concatenate(([0], np.cumsum([len(x) for x in orders]))).astype(np.int64)
+    tasks = np.asarray([t for x in orders for t in x], np.int64)
+    zeros = np.zeros(tg.num_tasks)
+    _, _, start, *_ = simulate_arrays(ptr, tasks, duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay,
+                                      tg.succ_ptr, tg.succ_idx, zeros, zeros, np.zeros(tg.num_tasks, np.int64))
+    return np.nan_to_num(start)

@@ -1,0 +1,109 @@
+"""Before and after the tree search: tuning the starting point and polishing the best schedule.
+
+* :func:`tune_base` picks the tracking configuration (which bytes and durations the interleaver plans
+  with) and shifts each (module, direction)'s segment priorities by whole micro-batches (e.g. LM
+  backwards ahead of earlier encoder backwards), by coordinate descent on the default order. The
+  result is the base sequence MCTS explores around.
+* :func:`polish` re-interleaves the best schedule with its own chosen candidates (bytes and
+  durations) while that helps, then runs the per-rank memory ILP on it.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dip.planner.evaluate import Evaluator, TrackConfig
+from dip.planner.memory import ilp_select
+from dip.planner.problem import PlanProblem
+
+SHIFTS = (0, 1, 2, 4, 8)
+REFINE_ROUNDS = 6
+ILP_TIME_LIMIT_S = 0.5
+ILP_NODE_LIMIT = 200
+
+
+def shifted_sequence(problem: PlanProblem, shift: dict[tuple[str, int], int]) -> np.ndarray:
+    """The default item order with (group, direction) items moved ``shift`` micro-batches earlier."""
+    groups = list(problem.tg.graph.groups)
+    items = problem.items
+
+    def key(i: int) -> tuple[int, int, int, int]:
+        it = items[i]
+        gp = groups.index(it.group)
+        return (it.mb - shift.get((it.group, it.direction), 0), it.direction,
+                gp if it.direction == 0 else len(groups) - gp, it.mb)
+
+    return np.asarray(sorted(range(len(items)), key=key), np.int64)
+
+
+def tune_base(ev: Evaluator, problem: PlanProblem, state, configs: tuple[TrackConfig, ...], deadline: float
+              ) -> tuple[TrackConfig, np.ndarray]:
+    """Best tracking configuration and shifted base sequence found on the default order."""
+    base = problem.default_sequence
+    scored = []
+    for cfg in configs:
+        if time.perf_counter() >= deadline:
+            break
+        sched = ev.evaluate(base, cfg)
+        state.offer(sched)
+        scored.append((sched.score, str(cfg), cfg))
+    if not scored:
+        return state.best.config, base
+    scored.sort(key=lambda x: (x[0], x[1]))
+    config = scored[0][2]
+    best_score = scored[0][0]
+    shift: dict[tuple[str, int], int] = {}
+    coords = [(g, d) for g in problem.tg.graph.groups for d in (0, 1)]
+    improved = True
+    while improved:
+        improved = False
+        for coord in coords:
+            for value in SHIFTS:
+                if value == shift.get(coord, 0) or time.perf_counter() >= deadline:
+                    continue
+                trial = {**shift, coord: value}
+                seq = shifted_sequence(problem, trial)
+                sched = ev.evaluate(seq, config)
+                state.offer(sched)
+                if sched.score < best_score - 1e-9:
+                    best_score, shift, base, improved = sched.score, trial, seq, True
+    if len(scored) > 1 and time.perf_counter() < deadline:
+        alt = scored[1][2]
+        sched = ev.evaluate(base, alt)
+        state.offer(sched)
+        if sched.score < best_score - 1e-9:
+            config = alt
+    return config, base
+
+
+def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool) -> None:
+    """Refine the incumbent with its own candidates, then solve the memory ILP per rank."""
+    best = state.best
+    rows = np.arange(len(best.choice))
+    for _ in range(REFINE_ROUNDS):
+        if not deterministic and time.perf_counter() >= deadline:
+            return
+        duration, _ = problem.task_durations(best.choice)
+        act = problem.cand.mem[rows, best.choice].astype(np.float64)
+        sched = ev.evaluate_tracked(best.items, duration, act, best.config)
+        if not state.offer(sched):
+            break
+        best = sched
+    best = state.best
+    choice = best.choice
+    cand = problem.cand
+    changed = False
+    for r in range(problem.num_ranks):
+        left = deadline - time.perf_counter()
+        if not deterministic and left <= 0.01:
+            break
+        limit = None if deterministic else min(ILP_TIME_LIMIT_S, left / (problem.num_ranks - r))
+        better = ilp_select(best.ptr, best.tasks, problem.tg.task_op, problem.tg.task_stage, ev.cand_t, cand.mem,
+                            cand.count, ev.cap, r, choice, time_limit=limit, node_limit=ILP_NODE_LIMIT)
+        if better is not None:
+            choice, changed = better, True
+    if changed:
+        sched = ev.simulate(best.sequence, best.ptr, best.tasks, choice, best.config, best.items, best.overflow,
+                            problem.num_ranks)
+        state.offer(sched)

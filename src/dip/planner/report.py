@@ -1,0 +1,121 @@
+"""Plan several generated batches and compare DIP with the baselines on each (``dip plan``, benchmarks)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dip.errors import BadInput
+from dip.planner.partitioner import partition_model
+from dip.planner.result import CALIBRATION_SEED, PlanResult, default_partition
+from dip.planner.search import plan_batch
+
+BASELINES = ("megatron", "nnscaler", "optimus", "1f1b", "interleaved", "zb-h1", "gpipe")
+
+
+@dataclass
+class PlanRequest:
+    """What to plan: a model, generated batches and the search settings."""
+
+    model: object
+    batches: int = 1
+    seed: int = 0
+    microbatches: int = 64
+    hardware: str = "H800"
+    budget_s: float | None = None
+    rollouts: int | None = None
+    workers: int = 1
+    strategy: str = "mcts"
+    exact: bool = False
+    exact_time_limit_s: float = 120.0
+    memory_limit_bytes: float | None = None
+    sub_microbatch: dict[str, int] = field(default_factory=dict)
+    segments: dict[str, int] = field(default_factory=dict)
+    baselines: bool = True
+    baseline_names: tuple[str, ...] = BASELINES
+    search_options: dict = field(default_factory=dict)
+
+
+def resolve_model(model):
+    if isinstance(model, str):
+        from dip.spec.presets import load_model
+
+        return load_model(model)
+    return model
+
+
+def make_partition(model, cost_model, request: PlanRequest):
+    """The offline partition (cached) or one with the requested B_i / K_i overrides."""
+    if not request.sub_microbatch and not request.segments:
+        return default_partition(model, cost_model)
+    from dip.data.workload import generate_batches
+
+    sample = generate_batches(model, 1, CALIBRATION_SEED)
+    return partition_model(model, cost_model, sample=sample, sub_microbatch=request.sub_microbatch or None,
+                           segments=request.segments or None)
+
+
+def baseline_times(model, batch, cost_model, hardware, limit: float | None, names) -> tuple[dict, dict]:
+    """Iteration time of every applicable baseline on ``batch`` and whether it fits memory."""
+    from dip.schedule.baselines.registry import get_generator, simulate_schedule
+
+    times, fits = {}, {}
+    for name in names:
+        try:
+            get_generator(name).supports(model)
+        except BadInput:
+            continue
+        sim = simulate_schedule(name, model, batch, cost_model, hardware, memory_limit_bytes=limit)
+        times[name] = float(sim.result.iteration_time)
+        fits[name] = not sim.result.oom
+    return times, fits
+
+
+def plan_batches(request: PlanRequest) -> tuple[dict, PlanResult]:
+    """Plan every batch; returns the ``dip plan --json`` object and the first batch's result."""
+    from dip.cost import CostModel
+    from dip.data.workload import generate_batches
+    from dip.spec.hardware import get_hardware
+
+    model = resolve_model(request.model)
+    hardware = get_hardware(request.hardware)
+    cost_model = CostModel(model, hardware)
+    partition = make_partition(model, cost_model, request)
+    batches = generate_batches(model, request.batches, request.seed, microbatches=request.microbatches)
+    rows, first = [], None
+    for k, batch in enumerate(batches):
+        res = plan_batch(model, batch, cost_model, hardware, partition, budget_s=request.budget_s,
+                         rollouts=request.rollouts, workers=request.workers, seed=request.seed * 1000 + k,
+                         memory_limit_bytes=request.memory_limit_bytes, strategy=request.strategy,
+                         **request.search_options)
+        first = first or res
+        row = res.summary()
+        if request.exact:
+            from dip.planner.exact import solve_exact
+
+            ex = solve_exact(res.problem, time_limit_s=request.exact_time_limit_s, hint=res)
+            row.update(ex.summary())
+        if request.baselines:
+            row["baselines"], row["baselines_fit"] = baseline_times(model, batch, cost_model, hardware,
+                                                                    res.memory_limit_bytes, request.baseline_names)
+        rows.append(row)
+    return summarize(model, request, partition, rows), first
+
+
+def summarize(model, request: PlanRequest, partition, rows: list[dict]) -> dict:
+    n = len(rows)
+
+    def mean(key: str) -> float:
+        return sum(r[key] for r in rows) / n
+
+    mean_row = {key: mean(key) for key in ("dip_time_s", "lower_bound_s", "lower_bound_fastest_s", "initial_time_s",
+                                           "search_time_s", "time_to_best_s", "rollouts")}
+    if rows and "exact_time_s" in rows[0]:
+        mean_row["exact_time_s"] = mean("exact_time_s")
+    names = [name for name in request.baseline_names if rows and name in rows[0].get("baselines", {})]
+    mean_row["baselines"] = {name: sum(r["baselines"][name] for r in rows) / n for name in names}
+    mean_row["speedup_vs"] = {name: t / mean_row["dip_time_s"] for name, t in mean_row["baselines"].items()}
+    return {
+        "model": model.name, "hardware": request.hardware, "microbatches": request.microbatches, "batches": n,
+        "seed": request.seed, "strategy": request.strategy, "workers": request.workers,
+        "budget_s": request.budget_s, "rollouts": request.rollouts, "mean": mean_row, "per_batch": rows,
+        "partition": partition.summary(),
+    }

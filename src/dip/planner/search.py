@@ -1,0 +1,174 @@
+"""The DIP planner's driver: partition -> problem -> searched interleaving -> memory -> Plan.
+
+:func:`plan_batch` runs the three-phase loop of the paper (Fig. 7) for one batch:
+
+1. the plain dual-queue interleaving of the default segment order with the paper's tracking
+   (most memory-efficient candidates) is the first incumbent, and is never lost;
+2. the tracking configuration and a coarse shift of each module's segment priorities are tuned on the
+   default order (a few rollouts);
+3. MCTS (or DFS / random search) reorders segments, every rollout scored by interleaving + memory
+   optimisation + simulation;
+4. the best schedules are polished: the memory ILP per rank, and re-interleaving with the chosen
+   candidates' bytes and durations.
+
+``rollouts`` makes the search deterministic (no wall-clock dependence) and takes precedence over
+``budget_s``. ``workers > 1`` runs rollouts in processes that share the MCTS statistics
+(:mod:`dip.planner.parallel`).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dip.data.meta import BatchMeta
+from dip.errors import BadInput, Infeasible
+from dip.planner.evaluate import DEFAULT_CONFIGS, PAPER_CONFIG, Evaluator, Schedule, TrackConfig
+from dip.planner.mcts import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_ROLLOUTS_PER_EXPANSION, DEFAULT_WINDOW, STRATEGIES
+from dip.planner.partitioner import Partition
+from dip.planner.polish import polish, tune_base
+from dip.planner.problem import PlanProblem, build_problem
+from dip.planner.result import PlanResult, SearchStats, build_result, default_partition
+from dip.planner.uniform import warm_up
+from dip.spec.hardware import get_hardware
+from dip.spec.model import ModelSpec
+
+DEFAULT_BUDGET_S = 2.0
+GIB = 2**30
+
+
+@dataclass
+class SearchState:
+    """Incumbent tracking shared by the search phases."""
+
+    t0: float
+    best: Schedule
+    initial: Schedule
+    curve: list[tuple[float, float]] = field(default_factory=list)
+    rollouts: int = 0
+    time_to_best: float = 0.0
+
+    def offer(self, sched: Schedule) -> bool:
+        if sched.score < self.best.score - 1e-12:
+            self.best = sched
+            self.time_to_best = time.perf_counter() - self.t0
+            self.curve.append((self.time_to_best, sched.makespan))
+            return True
+        return False
+
+
+def plan_batch(model: ModelSpec, batch: BatchMeta, cost_model=None, hardware=None, partition: Partition | None = None,
+               budget_s: float | None = None, rollouts: int | None = None, workers: int = 1, seed: int = 0,
+               memory_limit_bytes: float | None = None, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,
+               strategy: str = "mcts", **options) -> PlanResult:
+    """Search a DIP plan for ``batch`` (see module docstring). Raises :class:`Infeasible` when no plan
+    fits ``memory_limit_bytes`` (default: the hardware's memory). ``options`` go to :func:`search_problem`.
+
+    The clock (``search_time_s``, the budget) starts after the one-time per-process work: loading the
+    compiled kernels and the offline partition."""
+    if cost_model is None:
+        from dip.cost import CostModel
+
+        cost_model = CostModel(model, hardware or "H800")
+    hardware = get_hardware(hardware or cost_model.hardware)
+    partition = partition or default_partition(model, cost_model)
+    warm_up()
+    t0 = time.perf_counter()
+    problem = build_problem(model, partition, batch, cost_model, hardware, memory_limit_bytes)
+    state, stats = search_problem(problem, budget_s, rollouts, workers, seed, alpha, beta, strategy, t0=t0, **options)
+    return build_result(problem, state.best, state.initial, stats, cost_model, hardware)
+
+
+def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts: int | None = None,
+                   workers: int = 1, seed: int = 0, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,
+                   strategy: str = "mcts", window: int = DEFAULT_WINDOW,
+                   rollouts_per_expansion: int = DEFAULT_ROLLOUTS_PER_EXPANSION, tune: bool = True,
+                   polish_schedules: bool = True, configs: tuple[TrackConfig, ...] | None = None,
+                   t0: float | None = None) -> tuple[SearchState, SearchStats]:
+    """The search phases on a built problem; returns the final state (best and initial schedules)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    if strategy not in STRATEGIES:
+        raise BadInput(f"unknown search strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
+    if rollouts is not None and rollouts < 0:
+        raise BadInput(f"rollouts must be >= 0, got {rollouts}")
+    if budget_s is not None and budget_s <= 0:
+        raise BadInput(f"budget must be > 0 seconds, got {budget_s}")
+    deterministic = rollouts is not None
+    budget = None if deterministic else float(budget_s if budget_s is not None else DEFAULT_BUDGET_S)
+    deadline = math.inf if budget is None else t0 + budget
+    ev = Evaluator(problem)
+    initial = ev.evaluate(problem.default_sequence, PAPER_CONFIG)
+    state = SearchState(t0, initial, initial, [(time.perf_counter() - t0, initial.makespan)])
+    if not initial.feasible:
+        _feasible_fallback(ev, problem, state)
+    config, base = state.best.config, problem.default_sequence
+    if tune:
+        config, base = tune_base(ev, problem, state, configs or DEFAULT_CONFIGS, deadline)
+    if not state.best.feasible:
+        raise _infeasible(problem, state.best)
+    polish_reserve = 0.0 if budget is None else min(0.3 * budget, 0.5)
+    search = STRATEGIES[strategy](base, state.best.makespan, np.random.default_rng(seed), alpha=alpha, beta=beta,
+                                  window=window, rollouts_per_expansion=rollouts_per_expansion)
+    limit = rollouts if deterministic else None
+    if workers > 1:
+        from dip.planner.parallel import run_parallel
+
+        run_parallel(problem, search, config, state, workers, limit, deadline - polish_reserve, seed)
+    else:
+        _run_serial(ev, search, config, state, limit, deadline - polish_reserve)
+    if polish_schedules:
+        polish(ev, problem, state, deadline, deterministic)
+    stats = SearchStats(
+        strategy=strategy, rollouts=state.rollouts, time_to_best_s=state.time_to_best,
+        search_time_s=time.perf_counter() - t0, curve=state.curve, config=str(state.best.config),
+        initial_time_s=state.initial.makespan, workers=workers, evaluations=ev.calls,
+    )
+    return state, stats
+
+
+def _run_serial(ev: Evaluator, search, config: TrackConfig, state: SearchState, limit: int | None,
+                deadline: float) -> None:
+    while not search.exhausted:
+        if limit is not None and state.rollouts >= limit:
+            break
+        if limit is None and time.perf_counter() >= deadline:
+            break
+        proposal = search.propose()
+        if proposal is None:
+            break
+        node, seqs = proposal
+        if limit is not None:
+            seqs = seqs[:max(limit - state.rollouts, 0)]
+        scores = []
+        for seq in seqs:
+            sched = ev.evaluate(seq, config)
+            state.rollouts += 1
+            state.offer(sched)
+            scores.append(sched.score)
+            if limit is None and time.perf_counter() >= deadline:
+                break
+        search.update(node, scores)
+
+
+def _feasible_fallback(ev: Evaluator, problem: PlanProblem, state: SearchState) -> Schedule:
+    """When the paper's tracking overflows (forced forwards), try tracking with reserved memory."""
+    for cfg in (TrackConfig(0.0, "memory", 1.0), TrackConfig(0.0, "fast", 1.0)):
+        sched = ev.evaluate(problem.default_sequence, cfg)
+        if sched.feasible:
+            state.best = state.initial = sched
+            return sched
+    return state.initial
+
+
+def _infeasible(problem: PlanProblem, sched: Schedule) -> Infeasible:
+    """The error naming the rank that misses the limit by the most, even with full recomputation."""
+    over = np.asarray(sched.overflow, float)
+    if over.size == 0 or over.max() <= 0:
+        over = (problem.static + sched.peak_bytes) - problem.limit
+    r = int(np.argmax(over))
+    need = problem.limit + max(float(over[r]), 0.0)
+    return Infeasible(f"rank {r} needs {need / GIB:.1f} GiB, {over[r] / GIB:.1f} GiB over the "
+                      f"{problem.limit / GIB:.1f} GiB limit even with full recompute "
+                      f"({problem.static[r] / GIB:.1f} GiB parameters and optimizer state)")
