@@ -59,7 +59,7 @@ def test_fit_recovers_synthetic_times():
 
 def test_calibrate_writes_a_loadable_spec(tmp_path):
     hw, record = calibrate(modules=(VIT, QWEN), sizes=(32, 64), hidden_scale=1 / 16, block=32, name="tiny-cpu",
-                           min_time=0.005, rounds=1)
+                           min_time=0.005, rounds=1, threads=1)
     assert hw.name == "tiny-cpu" and hw.peak_flops > 0 and len(record["measurements"]) == 4
     path = tmp_path / "cal.json"
     hw.save(str(path), extra=record)

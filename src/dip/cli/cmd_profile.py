@@ -14,10 +14,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--model", help="model preset whose modules are profiled (default: ViT-5B, Qwen2-32B, DiT-5B)")
     p.add_argument("--modules", nargs="+", help="module names or kinds (vit, decoder, dit) to profile")
-    p.add_argument("--sizes", nargs="+", type=int, help="token counts (default cpu: 128..2048, cuda: 1024..16384)")
+    p.add_argument("--sizes", nargs="+", type=int, help="token counts (default cpu: 32..2048, cuda: 1024..16384)")
     p.add_argument("--hidden-scale", type=float, help="narrow the blocks by this factor (default cpu 0.125, cuda 1)")
     p.add_argument("--block", type=int, help="longest attention block in tokens (default cpu 1024, cuda 4096)")
     p.add_argument("--rounds", type=int, default=3, help="round-robin timing passes; fastest kept (default 3)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default for this machine)")
     p.add_argument("--name", help="hardware name stored in the file (default: the device)")
     p.add_argument("--out", required=True, help="calibration JSON to write")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput(f"unknown device {args.device!r}; valid devices: cpu, cuda, cuda:N")
     cuda = device.startswith("cuda")
     sizes = [positive_int("--sizes", s) for s in (args.sizes or ([1024, 2048, 4096, 8192, 16384] if cuda
-                                                                 else [128, 256, 512, 1024, 2048]))]
+                                                                 else [32, 64, 128, 256, 512, 1024, 2048]))]
     block = positive_int("--block", args.block if args.block is not None else (4096 if cuda else 1024))
     rounds = positive_int("--rounds", args.rounds)
     if args.hidden_scale is not None and not 0 < args.hidden_scale <= 1:
@@ -65,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
 
     from dip.cost.profile import calibrate
 
-    hw, record = calibrate(modules, sizes, device, args.hidden_scale, block, args.name, rounds=rounds)
+    threads = positive_int("--threads", args.threads) if args.threads is not None else None
+    hw, record = calibrate(modules, sizes, device, args.hidden_scale, block, args.name, rounds=rounds,
+                           threads=threads)
     hw.save(args.out, extra=record)
     fit = record["fit"]
     summary = {"out": args.out, "name": hw.name, "device": device, "peak_flops": hw.peak_flops, "mem_bw": hw.mem_bw,

@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--microbatches", type=int, default=8, help="micro-batches per replica per step")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="parameter and activation dtype (default float32; float64 with --check-reference)")
     p.add_argument("--check-reference", action="store_true",
                    help="also train the same batches in one process and report the largest differences")
     p.add_argument("--trace", default=None, metavar="FILE", help="write a Perfetto trace of the last step")
@@ -63,22 +64,29 @@ def build_config(args):
     if args.trace:
         check_writable(args.trace, "trace file")
     return TrainConfig(model=args.model, schedule=args.schedule.strip().lower(), steps=args.steps, nproc=nproc, pp=pp,
-                       dp=dp, microbatches=args.microbatches, seed=args.seed, dtype=args.dtype,
+                       dp=dp, microbatches=args.microbatches, seed=args.seed,
+                       dtype=args.dtype or ("float64" if args.check_reference else "float32"),
                        check_reference=args.check_reference, trace=args.trace, timeout_s=args.timeout_s)
 
 
 def run(args) -> int:
     from dip.runtime.launch import RankFailed, launch
-    from dip.runtime.trainer import train
+    from dip.runtime.trainer import finish, train
 
     cfg = build_config(args)
+    if _under_torchrun():
+        out = train(cfg)
+        if out is not None:
+            emit(out, args.json, text=summary(out))
+        finish(cfg.timeout_s)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # skip process-group teardown (see dip.runtime.launch)
     try:
-        out = train(cfg) if _under_torchrun() else launch(cfg)
+        out = launch(cfg)
     except RankFailed as exc:
         sys.stderr.write(f"dip train: error: {exc}\n")
         return 1
-    if out is None:  # a torchrun rank other than 0
-        return 0
     emit(out, args.json, text=summary(out))
     return 0
 

@@ -134,10 +134,10 @@ class _Builder:
                                  dims=(q, k, s.head_dim), attn_core=True))
 
 
-def _self_attention(b: _Builder, t: int, work: ModuleWork, causal: bool, bias_rope: bool, flash: bool) -> None:
+def _self_attention(b: _Builder, t: int, work: ModuleWork, causal: bool, rope: bool, flash: bool) -> None:
     s = b.s
     b.linear("qkv", t, s.h, s.q + 2 * s.kv)
-    if bias_rope:
+    if rope:
         b.elementwise("rope", 2 * t * (s.q + s.kv), 2 * t * (s.q + s.kv))
     b.attention("attn", work.seq_lens, work.seq_lens, causal, flash)
     b.linear("proj", t, s.q, s.h, save_input=False)  # its input is the attention output, kept above

@@ -209,10 +209,23 @@ def base_spec(device: str, name: str, peak: float, mem_bw: float) -> HardwareSpe
                                     f"({torch.get_num_threads()} torch threads, fp32); links approximate gloo")
 
 
-def calibrate(modules=REFERENCE_MODULES, sizes=(128, 256, 512, 1024, 2048), device: str = "cpu",
+def calibrate(modules=REFERENCE_MODULES, sizes=(32, 64, 128, 256, 512, 1024, 2048), device: str = "cpu",
               hidden_scale: float | None = None, block: int = 1024, name: str | None = None,
-              min_time: float = 0.05, rounds: int = 3) -> tuple[HardwareSpec, dict]:
-    """Measure, profile and fit; returns the calibrated spec and the measurement/fit record."""
+              min_time: float = 0.05, rounds: int = 3, threads: int | None = None) -> tuple[HardwareSpec, dict]:
+    """Measure, profile and fit; returns the calibrated spec and the measurement/fit record.
+
+    ``threads``: torch CPU threads during the run (default: torch's default for this machine).
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _calibrate(modules, sizes, device, hidden_scale, block, name, min_time, rounds)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _calibrate(modules, sizes, device, hidden_scale, block, name, min_time, rounds) -> tuple[HardwareSpec, dict]:
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     dtype_bytes = 2 if cuda else 4
@@ -226,11 +239,11 @@ def calibrate(modules=REFERENCE_MODULES, sizes=(128, 256, 512, 1024, 2048), devi
     for m in meas:
         f, b = predict(hw, layer_ops(m.module, m.work, 1, dtype_bytes))
         rows.append({**m.to_dict(), "pred_fwd_s": f, "pred_bwd_s": b})
-    record = {"measurements": rows,
-              "fit": {**info, "device": device, "dtype": str(dtype).replace("torch.", ""), "dtype_bytes": dtype_bytes,
-                      "hidden_scale": scale, "rounds": rounds, "torch_threads": torch.get_num_threads(), "torch": torch.__version__}}
-    return hw, record
-
-
-def log_error(pred: float, meas: float) -> float:
-    return abs(math.log(pred / meas))
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = []
+    fit_record = {**info, "device": device, "dtype": str(dtype).replace("torch.", ""), "dtype_bytes": dtype_bytes,
+                  "hidden_scale": scale, "rounds": rounds, "load_average": load,
+                  "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    return hw, {"measurements": rows, "fit": fit_record}

@@ -1,7 +1,7 @@
 """Exact reference for small instances: the same scheduling problem as a CP-SAT model.
 
-Same partition, units, dependencies and p2p delays as the planner; every stage at its fastest memory
-candidate. Variables: one start per task (integer microseconds); constraints: dependencies with their
+Same partition, units, dependencies and p2p delays as the planner; every stage at the memory candidate
+the planner chose (or at its fastest). Variables: one start per task (integer microseconds); constraints: dependencies with their
 delays, one ``NoOverlap`` per rank, and, when ``memory`` is on, one ``Cumulative`` per rank in which
 each stage holds its activation bytes from its forward's start to its backward's end (capacity = the
 rank's limit minus static memory). Objective: the makespan. The solver is hinted with the planner's
@@ -39,9 +39,8 @@ class ExactResult:
                 "exact_wall_s": self.wall_s, "exact_memory": self.memory}
 
 
-def _fastest_arrays(problem: PlanProblem) -> tuple[np.ndarray, np.ndarray]:
-    choice = problem.cand.fastest.astype(np.int64)
-    duration, act = problem.task_durations(choice)
+def _arrays(problem: PlanProblem, choice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    duration, _ = problem.task_durations(choice)
     stage_act = problem.cand.mem[np.arange(len(choice)), choice]
     return duration, stage_act
 
@@ -65,10 +64,12 @@ def _order_makespan(problem: PlanProblem, per_rank: list[list[int]], duration: n
     return float(makespan)
 
 
-def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, memory: bool | None = None,
-                workers: int = 2, seed: int = 0) -> ExactResult:
+def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, memory: bool | None = False,
+                costs: str = "plan", workers: int = 2, seed: int = 0) -> ExactResult:
     """Solve ``problem`` exactly (see module docstring). ``hint``: a :class:`PlanResult` or a per-rank
-    list of task ids; ``memory`` defaults to on when the fastest candidates could overflow a rank."""
+    list of task ids. ``costs``: "plan" (the hint's chosen memory candidates, so the optimum is over
+    orders of exactly the planner's stage costs) or "fastest". ``memory``: False (a relaxation: the
+    optimum is a lower bound for memory-feasible plans too), True, or None (on when it could bind)."""
     import time
 
     from ortools.sat.python import cp_model
@@ -81,7 +82,10 @@ def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, me
 
         raise BadInput(f"the exact solver handles at most {MAX_TASKS} tasks; this batch has {n} "
                        f"(use fewer --microbatches)")
-    duration, stage_act = _fastest_arrays(problem)
+    choice = problem.cand.fastest.astype(np.int64)
+    if costs == "plan" and getattr(hint, "schedule", None) is not None:
+        choice = np.asarray(hint.schedule.choice, np.int64)
+    duration, stage_act = _arrays(problem, choice)
     dur = np.maximum(np.rint(duration * SCALE).astype(np.int64), 0)
     delay = np.rint(tg.pred_delay * SCALE).astype(np.int64)
     if memory is None:

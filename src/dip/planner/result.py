@@ -49,6 +49,7 @@ class PlanResult:
     partition: Partition
     stats: SearchStats
     problem: PlanProblem | None = field(default=None, repr=False)
+    schedule: Schedule | None = field(default=None, repr=False)
 
     @property
     def time_s(self) -> float:
@@ -117,4 +118,4 @@ def build_result(problem: PlanProblem, best: Schedule, initial: Schedule, stats:
         raise RuntimeError(f"planner and simulator disagree: {best.makespan} vs {sim.makespan}")
     return PlanResult(plan, sim, costs, float(sim.lower_bound), float(problem.lower_bound + sim.dp_allreduce_time),
                       float(initial.makespan + sim.dp_allreduce_time),
-                      problem.limit, problem.partition, stats, problem)
+                      problem.limit, problem.partition, stats, problem, best)

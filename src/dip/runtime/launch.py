@@ -157,7 +157,7 @@ def worker_main(config_path: str) -> int:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(out, f)
             os.replace(tmp, os.path.join(workdir, RESULT_FILE))
-        _shutdown()
+        _shutdown(cfg.timeout_s)
         return 0
     except BaseException as exc:  # noqa: BLE001 - reported to the launcher, then the rank exits
         kind = "BadInput" if isinstance(exc, BadInput) else type(exc).__name__
@@ -169,11 +169,15 @@ def worker_main(config_path: str) -> int:
         os._exit(2 if kind == "BadInput" else 1)  # skip process-group teardown, which may hang
 
 
-def _shutdown() -> None:
-    import torch.distributed as dist
+def _shutdown(timeout_s: float) -> None:
+    """Leave the process group once every rank is done with it, then exit without destructors
+    (gloo's background threads can abort a process that tears down while a peer still talks)."""
+    from dip.runtime.trainer import finish
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    finish(timeout_s)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -300,5 +300,7 @@ def write_trace(path: str, plan: Plan, sim: Any, rows: list) -> None:
         json.dump({"traceEvents": events}, f)
 
 
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
+def finish(timeout_s: float) -> None:
+    """Final barrier, so no rank leaves while another still communicates."""
+    if dist.is_initialized():
+        timed_collective(dist.barrier, "the final barrier", dist.get_rank(), timeout_s)

@@ -97,8 +97,8 @@ def _dip_schedule(plan_batch: Callable) -> Schedule:
         plan.schedule = plan.schedule or "dip"
         return found, plan
 
-    def build(model, batch, cost_model, hardware, chunks=None, memory_limit_bytes=None) -> Plan:
-        return search(model, batch, cost_model, hardware, memory_limit_bytes)[1]
+    def build(model, batch, cost_model, hardware, chunks=None) -> Plan:
+        return search(model, batch, cost_model, hardware)[1]
 
     def plan_and_simulate(model, batch, cost_model, hardware, memory_limit_bytes=None, check=None) -> SimulatedPlan:
         found, plan = search(model, batch, cost_model, hardware, memory_limit_bytes)
@@ -131,12 +131,6 @@ def get_generator(name: str) -> Schedule:
     raise choices_error("schedule", name, schedule_names())
 
 
-def _build(sched: Schedule, model, batch, cost_model, hardware, chunks, memory_limit_bytes) -> Plan:
-    if sched.name == "dip":
-        return sched.build(model, batch, cost_model, hardware, chunks, memory_limit_bytes)
-    return sched.build(model, batch, cost_model, hardware, chunks)
-
-
 def simulate_schedule(name: str, model: ModelSpec, batch: BatchMeta, cost_model, hardware, chunks: int | None = None,
                       memory_limit_bytes: float | None = None, check: Callable[[Plan], None] | None = None
                       ) -> SimulatedPlan:
@@ -147,7 +141,7 @@ def simulate_schedule(name: str, model: ModelSpec, batch: BatchMeta, cost_model,
     sched.supports(model)
     if sched.plan_and_simulate is not None:
         return sched.plan_and_simulate(model, batch, cost_model, hardware, memory_limit_bytes, check)
-    plan = _build(sched, model, batch, cost_model, hardware, chunks, memory_limit_bytes)
+    plan = sched.build(model, batch, cost_model, hardware, chunks)
     if check is not None:
         check(plan)
     if sched.fits_memory:
