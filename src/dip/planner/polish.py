@@ -14,11 +14,15 @@ import time
 import numpy as np
 
 from dip.planner.evaluate import Evaluator, TrackConfig
+from dip.planner.local_search import swap_descent
 from dip.planner.memory import ilp_select
 from dip.planner.problem import PlanProblem
 
 SHIFTS = (0, 1, 2, 4, 8)
 REFINE_ROUNDS = 6
+SWAP_PASSES = 20
+SWAP_CHUNK = 2000
+SWAP_MAX_EVALS = 200_000
 ILP_TIME_LIMIT_S = 0.5
 ILP_NODE_LIMIT = 200
 
@@ -90,6 +94,7 @@ def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, determin
         if not state.offer(sched):
             break
         best = sched
+    swap_search(ev, problem, state, deadline, deterministic)
     best = state.best
     choice = best.choice
     cand = problem.cand
@@ -107,3 +112,29 @@ def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, determin
         sched = ev.simulate(best.sequence, best.ptr, best.tasks, choice, best.config, best.items, best.overflow,
                             problem.num_ranks)
         state.offer(sched)
+
+
+def swap_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool) -> None:
+    """Adjacent-swap descent on the incumbent's order, then a fresh memory choice for the new order."""
+    best = state.best
+    tg = problem.tg
+    duration, act = problem.task_durations(best.choice)
+    is_f = tg.task_op == 0
+    alloc, free = np.where(is_f, act, 0.0), np.where(is_f, 0.0, act)
+    n = tg.num_tasks
+    budget = min(SWAP_PASSES * n, SWAP_MAX_EVALS)
+    tasks, offset, used, span = best.tasks, 0, 0, best.makespan
+    while used < budget:
+        if not deterministic and time.perf_counter() >= deadline:
+            break
+        chunk = min(SWAP_CHUNK, budget - used)
+        tasks, span, evals, offset, _ = swap_descent(best.ptr, tasks, duration, tg.pred_ptr, tg.pred_idx,
+                                                     tg.pred_delay, tg.succ_ptr, tg.succ_idx, alloc, free,
+                                                     ev.holds, ev.cap, chunk, offset)
+        used += evals
+        if evals < chunk:  # a full pass without improvement
+            break
+    if span < best.makespan:
+        sched = ev.simulate(best.sequence, best.ptr, tasks, best.choice, best.config, best.items, best.overflow)
+        state.offer(sched)
+        state.offer(ev.finish(best.sequence, best.ptr, tasks, best.config, best.items, False))

@@ -62,8 +62,18 @@ def warm_up() -> float:
     from dip.planner.evaluate import Evaluator, TrackConfig
     from dip.planner.memory import ilp_select
 
+    from dip.planner.polish import polish
+
     ev = Evaluator(problem)
     sched = ev.evaluate(problem.default_sequence, TrackConfig(0.0, "memory", 1.0))
+
+    class _State:
+        best = sched
+
+        def offer(self, other):
+            return False
+
+    polish(ev, problem, _State(), time.perf_counter() + 1.0, True)
     ilp_select(sched.ptr, sched.tasks, problem.tg.task_op, problem.tg.task_stage, ev.cand_t, problem.cand.mem,
                problem.cand.count, np.asarray(ev.cap, float), 0, sched.choice, time_limit=0.1)
     _WARM = True
