@@ -140,6 +140,14 @@ def time_block(module: ModuleSpec, work: ModuleWork, device: str, dtype: torch.d
     return case.result()
 
 
+def build_cases(modules, sizes, device: str, dtype: torch.dtype, hidden_scale: float, block: int) -> list[_Case]:
+    cases = []
+    for m in modules:
+        scaled = scale_module(m, hidden_scale)
+        cases += [_Case(scaled, work_item(scaled, int(t), block), device, dtype) for t in sizes]
+    return cases
+
+
 def profile_blocks(modules, sizes, device: str = "cpu", dtype: torch.dtype = torch.float32,
                    hidden_scale: float = 1.0, block: int = 1024, min_time: float = 0.05,
                    rounds: int = 3) -> list[Measurement]:
@@ -147,10 +155,7 @@ def profile_blocks(modules, sizes, device: str = "cpu", dtype: torch.dtype = tor
 
     Spreading the repetitions over time makes the result robust to other load on a shared machine.
     """
-    cases = []
-    for m in modules:
-        scaled = scale_module(m, hidden_scale)
-        cases += [_Case(scaled, work_item(scaled, int(t), block), device, dtype) for t in sizes]
+    cases = build_cases(modules, sizes, device, dtype, hidden_scale, block)
     for _ in range(rounds):
         for case in cases:
             case.run(min_time)
@@ -230,10 +235,15 @@ def _calibrate(modules, sizes, device, hidden_scale, block, name, min_time, roun
     dtype = torch.bfloat16 if cuda else torch.float32
     dtype_bytes = 2 if cuda else 4
     scale = hidden_scale if hidden_scale is not None else (1.0 if cuda else 0.125)
-    peak = max(measure_peak_flops(device, dtype, min_time=0.1) for _ in range(rounds))
-    bw = max(measure_mem_bw(device, min_time=0.1) for _ in range(rounds))
+    cases = build_cases(modules, sizes, device, dtype, scale, block)
+    peak = bw = 0.0
+    for _ in range(rounds):  # device probes run in every round, next to the cases they normalise
+        peak = max(peak, measure_peak_flops(device, dtype, min_time=0.1))
+        bw = max(bw, measure_mem_bw(device, min_time=0.1))
+        for case in cases:
+            case.run(min_time)
     base = base_spec(device, name or ("cuda" if cuda else "cpu"), peak, bw)
-    meas = profile_blocks(modules, sizes, device, dtype, scale, block, min_time, rounds)
+    meas = [c.result() for c in cases]
     hw, info = fit(meas, base, dtype_bytes)
     rows = []
     for m in meas:

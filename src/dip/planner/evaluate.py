@@ -28,14 +28,17 @@ class TrackConfig:
     level: float = 0.0
     durations: str = "memory"
     reserve: float = 0.0
+    alternate: bool = True
 
     def __str__(self) -> str:
-        return f"level={self.level:g},durations={self.durations},reserve={self.reserve:g}"
+        return (f"level={self.level:g},durations={self.durations},reserve={self.reserve:g},"
+                f"{'alternate' if self.alternate else 'priority'}")
 
 
 PAPER_CONFIG = TrackConfig(0.0, "memory")
 DEFAULT_CONFIGS: tuple[TrackConfig, ...] = (
     TrackConfig(0.0, "memory"), TrackConfig(0.0, "fast"), TrackConfig(0.5, "fast"), TrackConfig(1.0, "fast"),
+    TrackConfig(0.0, "fast", alternate=False), TrackConfig(1.0, "fast", alternate=False),
 )
 
 
@@ -97,7 +100,7 @@ class Evaluator:
         duration, act = self._track(config)
         sequence, _, _, _, _ = interleave(p.num_ranks, tg.task_rank, tg.task_op, tg.task_stage, duration, act,
                                           self.cap, prio, tg.pred_ptr, tg.succ_ptr, tg.succ_idx, p.succ_delay,
-                                          float(config.reserve))
+                                          float(config.reserve), bool(config.alternate))
         ptr, tasks = rank_orders(sequence, tg.task_rank, p.num_ranks)
         return self.finish(sequence, ptr, tasks, config, items, self.ilp if ilp is None else ilp)
 
@@ -108,7 +111,7 @@ class Evaluator:
         p, tg = self.p, self.p.tg
         sequence, _, _, _, _ = interleave(p.num_ranks, tg.task_rank, tg.task_op, tg.task_stage, duration, act,
                                           self.cap, p.priorities(items), tg.pred_ptr, tg.succ_ptr, tg.succ_idx,
-                                          p.succ_delay, float(config.reserve))
+                                          p.succ_delay, float(config.reserve), bool(config.alternate))
         ptr, tasks = rank_orders(sequence, tg.task_rank, p.num_ranks)
         return self.finish(sequence, ptr, tasks, config, items, ilp)
 

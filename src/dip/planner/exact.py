@@ -21,7 +21,7 @@ from dip.sim.kernel import OK, simulate_arrays
 
 SCALE = 1e6  # microseconds
 MAX_TASKS = 4000
-MIB = 2**20
+KIB = 2**10
 
 
 @dataclass
@@ -33,6 +33,7 @@ class ExactResult:
     bound_s: float
     wall_s: float
     memory: bool
+    orders: list[list[int]] | None = None
 
     def summary(self) -> dict:
         return {"exact_time_s": self.time_s, "exact_status": self.status, "exact_bound_s": self.bound_s,
@@ -131,15 +132,18 @@ def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, me
     solver.parameters.random_seed = int(seed)
     code = solver.Solve(model)
     status = solver.StatusName(code).lower()
-    best_time = hint_time
+    best_time, best_orders = hint_time, hint_orders
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         values = np.asarray([solver.Value(s) for s in start])
         orders = [sorted((t for t in range(n) if tg.task_rank[t] == r), key=lambda t: (values[t], t))
                   for r in range(problem.num_ranks)]
-        best_time = min(best_time, _order_makespan(problem, orders, duration, check_act))
+        found = _order_makespan(problem, orders, duration, check_act)
+        if found < best_time:
+            best_time, best_orders = found, orders
     bound = solver.BestObjectiveBound() / SCALE if code in (cp_model.OPTIMAL, cp_model.FEASIBLE) else 0.0
     bound = max(min(bound, best_time), 0.0) if math.isfinite(best_time) else bound
-    return ExactResult(float(best_time), status, float(bound), time.perf_counter() - t_start, bool(memory))
+    return ExactResult(float(best_time), status, float(bound), time.perf_counter() - t_start, bool(memory),
+                       best_orders)
 
 
 def _heads_tails(problem: PlanProblem, dur: np.ndarray, delay: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -223,8 +227,9 @@ def _add_memory(model, problem: PlanProblem, start, end, stage_act: np.ndarray, 
             size = model.NewIntVar(0, horizon, f"live{s}")
             model.Add(size == end[int(b_task[s])] - start[int(f_task[s])])
             intervals.append(model.NewIntervalVar(start[int(f_task[s])], size, end[int(b_task[s])], f"m{s}"))
-            demands.append(int(math.ceil(stage_act[s] / MIB)))
-        model.AddCumulative(intervals, demands, max(int(math.floor(problem.cap[r] / MIB)), 0))
+            demands.append(int(math.ceil(stage_act[s] / KIB)))
+        # one KiB of rounding slack per stage; orders are re-checked in bytes afterwards
+        model.AddCumulative(intervals, demands, max(int(math.ceil(problem.cap[r] / KIB)) + len(stages), 0))
 
 
 def _hint_orders(problem: PlanProblem, hint) -> list[list[int]] | None:

@@ -16,7 +16,9 @@ bytes of a chosen candidate per stage); while the next forward would exceed the 
 forward queue is disabled. If every rank is blocked that way the earliest forward is forced and the
 result is flagged (``forced``): memory cannot be met by this order.
 
-Beyond the paper, ``reserve`` (0 = off) keeps memory for higher-priority forwards: a forward may only
+Beyond the paper, ``alternate=False`` replaces the 1F1B alternation by the segment priorities (the
+higher-priority of the two ready stages runs), so the searched order also decides forward against
+backward; and ``reserve`` (0 = off) keeps memory for higher-priority forwards: a forward may only
 start if its bytes plus ``reserve`` times the bytes of the rank's not yet scheduled forwards of higher
 priority still fit (a Fenwick tree over the rank's forwards in priority order). Bubble-filling
 forwards of later micro-batches then cannot take the memory the current micro-batch needs.
@@ -78,7 +80,7 @@ def _pop(heap, base, size, h, kf, ki):
 
 @njit(cache=True)
 def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap, prio,
-               pred_ptr, succ_ptr, succ_idx, succ_delay, reserve=0.0):
+               pred_ptr, succ_ptr, succ_idx, succ_delay, reserve=0.0, alternate=True):
     """Greedy dual-queue interleaving.
 
     ``task_op``: 0 forward, 1 backward; ``stage_act[s]``: bytes a forward of stage ``s`` holds until
@@ -153,7 +155,10 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
         has_f = f_ok and size[4 * r] > 0
         has_b = size[4 * r + 1] > 0
         if has_f and has_b:
-            kind = 1 if last_op[r] == 0 else 0
+            if alternate:
+                kind = 1 if last_op[r] == 0 else 0
+            else:
+                kind = 0 if prio[heap[base[4 * r]]] < prio[heap[base[4 * r + 1]]] else 1
         elif has_b:
             kind = 1
         elif has_f:

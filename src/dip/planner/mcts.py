@@ -2,6 +2,8 @@
 
 The searched object is a sequence of segment items (:class:`~dip.planner.problem.Item`); the item at
 position ``i`` gets priority ``n - i``. A tree node at depth ``d`` fixes the first ``d`` positions.
+With several interleaving configurations (:class:`~dip.planner.evaluate.TrackConfig`) the root first
+chooses the configuration, so UCB also spends rollouts on the configurations that pay off.
 To keep the tree useful, a node's children are the next ``window`` not yet placed items of a *base
 sequence* (the best sequence known when the search starts): dependencies make far-away reorderings
 pointless, and a micro-batch's items still move anywhere through repeated local choices.
@@ -45,6 +47,7 @@ class Node:
     best: float = 0.0
     virtual: int = 0
     full: bool = False
+    config: int = 0
 
     def prefix(self) -> list[int]:
         out, node = [], self
@@ -83,14 +86,17 @@ class MCTSSearch:
 
     def __init__(self, base: np.ndarray, reference: float, rng: np.random.Generator, alpha: float = DEFAULT_ALPHA,
                  beta: float = DEFAULT_BETA, window: int = DEFAULT_WINDOW,
-                 rollouts_per_expansion: int = DEFAULT_ROLLOUTS_PER_EXPANSION):
+                 rollouts_per_expansion: int = DEFAULT_ROLLOUTS_PER_EXPANSION, configs: int = 1):
         self.base = np.asarray(base, np.int64)
         self.n = len(self.base)
         self.reference = reference
         self.rng = rng
         self.alpha, self.beta, self.window = alpha, beta, window
         self.rollouts_per_expansion = rollouts_per_expansion
+        self.configs = max(int(configs), 1)
         self.root = Node(-1, 0)
+        if self.configs > 1:
+            self.root.children = [Node(-2, 0, self.root, config=k) for k in range(self.configs)]
         self.exhausted = False
 
     def normalise(self, makespan: float) -> float:
@@ -110,11 +116,11 @@ class MCTSSearch:
         """Descend to a node with an untried child and expand it; None when the tree is exhausted."""
         node, prefix = self.root, []
         while True:
-            allowed = self._allowed(node, prefix)
+            allowed = [] if node is self.root and self.configs > 1 else self._allowed(node, prefix)
             tried = {c.item for c in node.children}
             untried = [i for i in allowed if i not in tried]
             if untried:
-                child = Node(untried[0], node.depth + 1, node)
+                child = Node(untried[0], node.depth + 1, node, config=node.config)
                 child.full = child.depth >= self.n
                 node.children.append(child)
                 return child, prefix + [child.item]
@@ -127,17 +133,18 @@ class MCTSSearch:
                 node, prefix = self.root, []
                 continue
             node = max(live, key=lambda c: self.ucb(node, c))
-            prefix.append(node.item)
+            if node.item >= 0:
+                prefix.append(node.item)
 
-    def propose(self) -> tuple[Node, list[np.ndarray]] | None:
-        """One expansion and its rollout sequences (to be scored by the caller)."""
+    def propose(self) -> tuple[Node, list[np.ndarray], int] | None:
+        """One expansion, its rollout sequences (to be scored by the caller) and their configuration."""
         picked = self.select()
         if picked is None:
             return None
         node, prefix = picked
         k = 1 if node.depth >= self.n else self.rollouts_per_expansion
         node.virtual += 1
-        return node, [random_completion(self.base, prefix, self.window, self.rng) for _ in range(k)]
+        return node, [random_completion(self.base, prefix, self.window, self.rng) for _ in range(k)], node.config
 
     def update(self, node: Node, makespans: list[float]) -> None:
         """Back-propagate the best of a node's rollout results."""
@@ -161,7 +168,7 @@ class DFSSearch:
         self.exhausted = False
         self._stack: list[tuple[list[int], list[int]]] = [([], candidates_after(self.base, set(), window))]
 
-    def propose(self) -> tuple[None, list[np.ndarray]] | None:
+    def propose(self) -> tuple[None, list[np.ndarray], int] | None:
         while self._stack:
             prefix, options = self._stack[-1]
             if not options:
@@ -172,7 +179,7 @@ class DFSSearch:
             placed = set(seq)
             nxt = candidates_after(self.base, placed, self.window)
             if not nxt:
-                return None, [np.asarray(seq, np.int64)]
+                return None, [np.asarray(seq, np.int64)], 0
             self._stack.append((seq, nxt))
         self.exhausted = True
         return None
@@ -194,8 +201,8 @@ class RandomSearch:
         self.k = rollouts_per_expansion
         self.exhausted = False
 
-    def propose(self) -> tuple[None, list[np.ndarray]]:
-        return None, [random_completion(self.base, [], self.window, self.rng) for _ in range(self.k)]
+    def propose(self) -> tuple[None, list[np.ndarray], int]:
+        return None, [random_completion(self.base, [], self.window, self.rng) for _ in range(self.k)], 0
 
     def update(self, node, makespans) -> None:
         pass

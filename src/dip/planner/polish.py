@@ -14,15 +14,15 @@ import time
 import numpy as np
 
 from dip.planner.evaluate import Evaluator, TrackConfig
-from dip.planner.local_search import swap_descent
+from dip.planner.local_search import move_descent
 from dip.planner.memory import ilp_select
 from dip.planner.problem import PlanProblem
 
 SHIFTS = (0, 1, 2, 4, 8)
 REFINE_ROUNDS = 6
-SWAP_PASSES = 20
-SWAP_CHUNK = 2000
-SWAP_MAX_EVALS = 200_000
+MOVE_REACH = 6
+MOVE_CHUNK = 2000
+MOVE_WORK = 5e7
 ILP_TIME_LIMIT_S = 0.5
 ILP_NODE_LIMIT = 200
 
@@ -42,21 +42,13 @@ def shifted_sequence(problem: PlanProblem, shift: dict[tuple[str, int], int]) ->
 
 
 def tune_base(ev: Evaluator, problem: PlanProblem, state, configs: tuple[TrackConfig, ...], deadline: float
-              ) -> tuple[TrackConfig, np.ndarray]:
-    """Best tracking configuration and shifted base sequence found on the default order."""
+              ) -> tuple[list[TrackConfig], np.ndarray]:
+    """Tracking configurations ranked on the tuned base sequence, and that base sequence."""
     base = problem.default_sequence
-    scored = []
-    for cfg in configs:
-        if time.perf_counter() >= deadline:
-            break
-        sched = ev.evaluate(base, cfg)
-        state.offer(sched)
-        scored.append((sched.score, str(cfg), cfg))
-    if not scored:
-        return state.best.config, base
-    scored.sort(key=lambda x: (x[0], x[1]))
-    config = scored[0][2]
-    best_score = scored[0][0]
+    ranked = _rank(ev, state, configs, base, deadline)
+    if not ranked:
+        return [state.best.config], base
+    config, best_score = ranked[0]
     shift: dict[tuple[str, int], int] = {}
     coords = [(g, d) for g in problem.tg.graph.groups for d in (0, 1)]
     improved = True
@@ -72,13 +64,21 @@ def tune_base(ev: Evaluator, problem: PlanProblem, state, configs: tuple[TrackCo
                 state.offer(sched)
                 if sched.score < best_score - 1e-9:
                     best_score, shift, base, improved = sched.score, trial, seq, True
-    if len(scored) > 1 and time.perf_counter() < deadline:
-        alt = scored[1][2]
-        sched = ev.evaluate(base, alt)
+    if shift:
+        ranked = _rank(ev, state, configs, base, deadline) or ranked
+    return [cfg for cfg, _ in ranked], base
+
+
+def _rank(ev: Evaluator, state, configs, base: np.ndarray, deadline: float) -> list[tuple[TrackConfig, float]]:
+    scored = []
+    for cfg in configs:
+        if time.perf_counter() >= deadline:
+            break
+        sched = ev.evaluate(base, cfg)
         state.offer(sched)
-        if sched.score < best_score - 1e-9:
-            config = alt
-    return config, base
+        scored.append((sched.score, str(cfg), cfg))
+    scored.sort(key=lambda x: (x[0], x[1]))
+    return [(cfg, score) for score, _, cfg in scored]
 
 
 def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool) -> None:
@@ -94,7 +94,7 @@ def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, determin
         if not state.offer(sched):
             break
         best = sched
-    swap_search(ev, problem, state, deadline, deterministic)
+    move_search(ev, problem, state, deadline, deterministic)
     best = state.best
     choice = best.choice
     cand = problem.cand
@@ -114,25 +114,27 @@ def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, determin
         state.offer(sched)
 
 
-def swap_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool) -> None:
-    """Adjacent-swap descent on the incumbent's order, then a fresh memory choice for the new order."""
+def move_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool) -> None:
+    """Insertion-move descent on the incumbent's order, then a fresh memory choice for the new order.
+
+    Deterministic searches get a fixed amount of simulation work (``MOVE_WORK`` task-steps)."""
     best = state.best
     tg = problem.tg
     duration, act = problem.task_durations(best.choice)
     is_f = tg.task_op == 0
     alloc, free = np.where(is_f, act, 0.0), np.where(is_f, 0.0, act)
     n = tg.num_tasks
-    budget = min(SWAP_PASSES * n, SWAP_MAX_EVALS)
+    budget = max(int(MOVE_WORK // max(n, 1)), 4 * n)
     tasks, offset, used, span = best.tasks, 0, 0, best.makespan
     while used < budget:
         if not deterministic and time.perf_counter() >= deadline:
             break
-        chunk = min(SWAP_CHUNK, budget - used)
-        tasks, span, evals, offset, _ = swap_descent(best.ptr, tasks, duration, tg.pred_ptr, tg.pred_idx,
-                                                     tg.pred_delay, tg.succ_ptr, tg.succ_idx, alloc, free,
-                                                     ev.holds, ev.cap, chunk, offset)
+        chunk = min(MOVE_CHUNK, budget - used)
+        tasks, span, evals, offset = move_descent(best.ptr, tasks, duration, tg.pred_ptr, tg.pred_idx,
+                                                  tg.pred_delay, tg.succ_ptr, tg.succ_idx, alloc, free,
+                                                  ev.holds, ev.cap, MOVE_REACH, chunk, offset)
         used += evals
-        if evals < chunk:  # a full pass without improvement
+        if evals < chunk:  # local optimum
             break
     if span < best.makespan:
         sched = ev.simulate(best.sequence, best.ptr, tasks, best.choice, best.config, best.items, best.overflow)

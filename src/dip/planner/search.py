@@ -86,7 +86,7 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
                    strategy: str = "mcts", window: int = DEFAULT_WINDOW,
                    rollouts_per_expansion: int = DEFAULT_ROLLOUTS_PER_EXPANSION, tune: bool = True,
                    polish_schedules: bool = True, configs: tuple[TrackConfig, ...] | None = None,
-                   t0: float | None = None) -> tuple[SearchState, SearchStats]:
+                   search_configs: int = 3, t0: float | None = None) -> tuple[SearchState, SearchStats]:
     """The search phases on a built problem; returns the final state (best and initial schedules)."""
     t0 = time.perf_counter() if t0 is None else t0
     if strategy not in STRATEGIES:
@@ -103,21 +103,22 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
     state = SearchState(t0, initial, initial, [(time.perf_counter() - t0, initial.makespan)])
     if not initial.feasible:
         _feasible_fallback(ev, problem, state)
-    config, base = state.best.config, problem.default_sequence
+    ranked, base = [state.best.config], problem.default_sequence
     if tune:
-        config, base = tune_base(ev, problem, state, configs or DEFAULT_CONFIGS, deadline)
+        ranked, base = tune_base(ev, problem, state, configs or DEFAULT_CONFIGS, deadline)
+    ranked = ranked[:max(int(search_configs), 1)]
     if not state.best.feasible:
         raise _infeasible(problem, state.best)
     polish_reserve = 0.0 if budget is None else min(0.3 * budget, 0.5)
     search = STRATEGIES[strategy](base, state.best.makespan, np.random.default_rng(seed), alpha=alpha, beta=beta,
-                                  window=window, rollouts_per_expansion=rollouts_per_expansion)
+                                  window=window, rollouts_per_expansion=rollouts_per_expansion, configs=len(ranked))
     limit = rollouts if deterministic else None
     if workers > 1:
         from dip.planner.parallel import run_parallel
 
-        run_parallel(problem, search, config, state, workers, limit, deadline - polish_reserve, seed)
+        run_parallel(problem, search, ranked, state, workers, limit, deadline - polish_reserve, seed)
     else:
-        _run_serial(ev, search, config, state, limit, deadline - polish_reserve)
+        _run_serial(ev, search, ranked, state, limit, deadline - polish_reserve)
     if polish_schedules:
         polish(ev, problem, state, deadline, deterministic)
     stats = SearchStats(
@@ -128,7 +129,7 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
     return state, stats
 
 
-def _run_serial(ev: Evaluator, search, config: TrackConfig, state: SearchState, limit: int | None,
+def _run_serial(ev: Evaluator, search, configs: list[TrackConfig], state: SearchState, limit: int | None,
                 deadline: float) -> None:
     while not search.exhausted:
         if limit is not None and state.rollouts >= limit:
@@ -138,7 +139,8 @@ def _run_serial(ev: Evaluator, search, config: TrackConfig, state: SearchState, 
         proposal = search.propose()
         if proposal is None:
             break
-        node, seqs = proposal
+        node, seqs, k = proposal
+        config = configs[k]
         if limit is not None:
             seqs = seqs[:max(limit - state.rollouts, 0)]
         scores = []

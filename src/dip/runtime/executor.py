@@ -27,7 +27,7 @@ from torch import Tensor
 from dip.data.meta import BatchMeta
 from dip.runtime.comm import P2P, SendQueue, unpack, wait
 from dip.runtime.handlers import DEFAULT_HANDLERS, Handler
-from dip.runtime.shapes import MessageSpecs
+from dip.runtime.shapes import step_specs
 from dip.runtime.stage import PartUnit, StageChunk, UnitState, module_edge
 from dip.schedule.deps import DependencyIndex
 from dip.schedule.ir import Action, Op, Plan, Unit
@@ -65,7 +65,7 @@ class StepContext:
     batch: BatchMeta
     provider: Any
     stages: dict[int, StageChunk]
-    specs: MessageSpecs
+    specs: Callable[[tuple], tuple]
     step_seed: int
     mb_offset: int
     loss_scale: float
@@ -131,6 +131,14 @@ class StepContext:
             g = self.plan.graph
             got = self.edges[key] = module_edge(self.provider.spec, g.chunks[src_chunk].parts[-1].module,
                                                 g.chunks[dst_chunk].parts[0].module)
+        return got
+
+    def strategy(self, chunk: int, unit: int) -> tuple[str, ...]:
+        """The plan's per-layer memory strategies; on a CPU device ``offload`` means ``none`` (host
+        memory is where the activations already are)."""
+        got = self.plan.strategy(chunk, unit)
+        if self.device.type == "cpu" and "offload" in got:
+            got = tuple("none" if s == "offload" else s for s in got)
         return got
 
     def part_unit(self, module: str, unit: Unit) -> PartUnit:
@@ -200,16 +208,27 @@ class Executor:
         self.max_outstanding_sends = max_outstanding_sends
         self.handlers: dict[str, Handler] = dict(DEFAULT_HANDLERS)
         self.handlers.update(handlers or {})
+        self._prep: tuple | None = None
 
     def register(self, op: str | Op, handler: Handler) -> None:
         """Override the handler of ``op`` (``"F"``, ``"SEND_F"``, ..., or ``"BATCH"`` for posting)."""
         self.handlers[op.value if isinstance(op, Op) else str(op)] = handler
 
+    def _prepared(self, plan: Plan, program: Program, batch: BatchMeta) -> tuple:
+        """Per-plan structures (dependencies, communication runs, message specs), kept while the same
+        plan, program and batch run again."""
+        key = (id(plan), id(program), id(batch))
+        if self._prep is None or self._prep[0] != key:
+            self._prep = (key, DependencyIndex(plan), _comm_runs(program, self.rank),
+                          step_specs(plan, batch, self.provider), (plan, program, batch))
+        return self._prep[1:4]
+
     def context(self, plan: Plan, program: Program, batch: BatchMeta, step_seed: int, mb_offset: int,
                 loss_scale: float) -> StepContext:
+        deps, _, specs = self._prepared(plan, program, batch)
         return StepContext(
-            rank=self.rank, plan=plan, program=program, deps=DependencyIndex(plan), batch=batch,
-            provider=self.provider, stages=self.stages, specs=MessageSpecs(plan, batch, self.provider),
+            rank=self.rank, plan=plan, program=program, deps=deps, batch=batch,
+            provider=self.provider, stages=self.stages, specs=specs,
             step_seed=step_seed, mb_offset=mb_offset, loss_scale=loss_scale, rank_map=self.rank_map,
             group=self.group, timeout_s=self.timeout_s, device=self.device,
             sends=SendQueue(self.rank, self.timeout_s, self.max_outstanding_sends),
@@ -223,7 +242,7 @@ class Executor:
             raise RuntimeError(f"rank {self.rank}: the plan places chunks {missing} here, but they were not built")
         ctx = self.context(plan, program, batch, step_seed, mb_offset, loss_scale)
         acts = program.actions.get(self.rank, [])
-        runs = _comm_runs(program, self.rank)
+        runs = self._prepared(plan, program, batch)[1]
         handlers = self.handlers
         times: list[ActionTime] = []
         clock = time.perf_counter

@@ -65,7 +65,7 @@ def forward(action: Action, ctx: "StepContext") -> None:
         inputs = received[0][1] if received else {}
         prev = plan.graph.chunks[plan.graph.prev_in_group(c)].parts[-1].module
         handoff = prev if prev != chunk.parts[0].module else None
-    outputs = stage.run(inputs, unit, mb, mb_index, plan.strategy(c, u), ctx.data_of, handoff)
+    outputs = stage.run(inputs, unit, mb, mb_index, ctx.strategy(c, u), ctx.data_of, handoff)
     loss = outputs.pop("loss_sum", None)
     if loss is not None:
         state.loss = loss

@@ -1,10 +1,12 @@
 """Start the ranks of ``dip train``: N local processes with an env:// rendezvous on 127.0.0.1.
 
-``launch(cfg)`` writes the config to a temporary folder, starts ``python -m dip.runtime.launch CONFIG``
-once per rank (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` set), and
+``launch(cfg)`` writes the config to a temporary folder (``launch_many`` several configs, run one
+after the other in one process group), starts ``python -m dip.runtime.launch CONFIG`` once per rank (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` set), and
 watches them: when a rank dies the others are killed at once and :class:`RankFailed` names the rank
 and its last error line. Rank 0 writes the report to ``result.json``; a ``BadInput`` raised on a rank
 comes back as ``BadInput``.
+
+:func:`spawn` runs a Python function on N local processes instead (tests, benchmarks).
 
 Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` already set) ``dip train`` calls
 :func:`dip.runtime.trainer.train` in-process instead (see ``docs/runtime.md``).
@@ -12,7 +14,10 @@ Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` already set) ``dip train`` calls
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
+import pickle
+import queue
 import shutil
 import signal
 import socket
@@ -22,7 +27,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Callable
 
 from dip.errors import BadInput
 from dip.runtime.trainer import TrainConfig
@@ -54,24 +59,37 @@ def default_threads(nproc: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(nproc, 1))
 
 
-def launch(cfg: TrainConfig, poll_s: float = 0.05) -> dict[str, Any]:
+def launch(cfg: TrainConfig, poll_s: float = 0.05, worker: list[str] | None = None) -> dict[str, Any]:
     """Run ``cfg`` on ``cfg.nproc`` local processes and return rank 0's report."""
+    return launch_many([cfg], poll_s, worker)[0]
+
+
+def launch_many(cfgs: list[TrainConfig], poll_s: float = 0.05, worker: list[str] | None = None) -> list[dict]:
+    """Run several trainings one after the other in one process group (same ``nproc``); one report each.
+
+    ``worker`` is the command that starts a rank (default ``python -m dip.runtime.launch``); the config
+    file path is appended."""
+    nproc = cfgs[0].nproc
+    if any(c.nproc != nproc for c in cfgs):
+        raise ValueError("launch_many needs one nproc for every config")
     workdir = tempfile.mkdtemp(prefix="dip-train-")
     try:
-        cfg.threads = cfg.threads or default_threads(cfg.nproc)
+        threads = cfgs[0].threads or default_threads(nproc)
+        for c in cfgs:
+            c.threads = c.threads or threads
         config = os.path.join(workdir, "config.json")
         with open(config, "w", encoding="utf-8") as f:
-            json.dump({"config": asdict(cfg), "workdir": workdir}, f)
+            json.dump({"configs": [asdict(c) for c in cfgs], "workdir": workdir}, f)
         port = free_port()
+        cmd = list(worker or [sys.executable, "-m", "dip.runtime.launch"])
         procs: list[subprocess.Popen] = []
         logs = []
-        for rank in range(cfg.nproc):
-            log = open(os.path.join(workdir, f"rank{rank}.log"), "wb")
-            logs.append(log)
-            procs.append(subprocess.Popen([sys.executable, *(os.environ.get("DIP_WORKER_CMD") or "-m dip.runtime.launch").split(), config],
-                                          env=worker_env(rank, cfg.nproc, port, cfg.threads),
-                                          stdout=log, stderr=subprocess.STDOUT))
         try:
+            for rank in range(nproc):
+                log = open(os.path.join(workdir, f"rank{rank}.log"), "wb")
+                logs.append(log)
+                procs.append(subprocess.Popen([*cmd, config], env=worker_env(rank, nproc, port, threads),
+                                              stdout=log, stderr=subprocess.STDOUT))
             _watch(procs, workdir, poll_s)
         finally:
             for p in procs:
@@ -83,8 +101,7 @@ def launch(cfg: TrainConfig, poll_s: float = 0.05) -> dict[str, Any]:
         with open(os.path.join(workdir, RESULT_FILE), encoding="utf-8") as f:
             return json.load(f)
     finally:
-        keep = bool(os.environ.get("DIP_KEEP_LOGS"))
-        if not keep:
+        if not os.environ.get("DIP_KEEP_LOGS"):
             shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -147,17 +164,17 @@ def worker_main(config_path: str) -> int:
 
     with open(config_path, encoding="utf-8") as f:
         payload = json.load(f)
-    cfg = TrainConfig(**payload["config"])
+    cfgs = [TrainConfig(**c) for c in payload["configs"]]
     workdir = payload["workdir"]
     rank = int(os.environ["RANK"])
     try:
-        out = train(cfg)
-        if out is not None:
+        outs = [train(cfg) for cfg in cfgs]
+        if rank == 0:
             tmp = os.path.join(workdir, RESULT_FILE + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(out, f)
+                json.dump(outs, f)
             os.replace(tmp, os.path.join(workdir, RESULT_FILE))
-        _shutdown(cfg.timeout_s)
+        _shutdown(cfgs[-1].timeout_s)
         return 0
     except BaseException as exc:  # noqa: BLE001 - reported to the launcher, then the rank exits
         kind = "BadInput" if isinstance(exc, BadInput) else type(exc).__name__
@@ -178,6 +195,49 @@ def _shutdown(timeout_s: float) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _spawn_entry(rank: int, world: int, port: int, fn: Callable, args: tuple, results) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": LOCALHOST,
+                       "MASTER_PORT": str(port), "LOCAL_RANK": str(rank)})
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        results.put((rank, True, pickle.dumps(fn(rank, world, *args))))  # plain bytes: no shared memory
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        results.put((rank, False, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        results.close()
+        results.join_thread()  # flush the result before leaving without destructors
+        os._exit(0)
+
+
+def spawn(fn: Callable, world: int, *args: Any, timeout_s: float = 120.0) -> list[tuple[bool, Any]]:
+    """Run ``fn(rank, world, *args)`` on ``world`` processes (env:// on 127.0.0.1 set, process group not
+    initialised); returns ``(ok, result or error text)`` per rank. Processes still running after
+    ``timeout_s`` are killed and reported as failed."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_spawn_entry, args=(r, world, port, fn, args, results), daemon=True)
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    got: dict[int, tuple[bool, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(got) < world and time.monotonic() < deadline:
+        try:
+            r, ok, value = results.get(timeout=0.5)
+            got[r] = (ok, pickle.loads(value) if ok else value)
+        except queue.Empty:
+            if all(not p.is_alive() for p in procs) and results.empty():
+                break
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join(5)
+    return [got.get(r, (False, f"rank {r} gave no result within {timeout_s} s")) for r in range(world)]
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dip.schedule.ir import Plan
 from dip.spec.model import ModelSpec
 
 CPU_HARDWARE = "cpu"
+DIP_ROLLOUTS = 24  # planner rollouts per batch: deterministic plans, a second or so per step
 
 
 @dataclass
@@ -97,10 +98,19 @@ def cost_setup(model: ModelSpec, dtype: str, hardware: str = CPU_HARDWARE):
     return CostModel(model, hw, tp=1, dtype_bytes=dtype_bytes), hw
 
 
-def plan_replica(schedule: str, model: ModelSpec, batch: BatchMeta, cost_model, hardware):
-    """The simulated plan (``SimulatedPlan``: plan, stage costs, simulation result) of one replica's batch."""
+def plan_replica(schedule: str, model: ModelSpec, batch: BatchMeta, cost_model, hardware, seed: int = 0):
+    """The simulated plan (``SimulatedPlan``: plan, stage costs, simulation result) of one replica's batch.
+
+    ``dip`` runs the planner with a fixed number of rollouts, so every run plans the same way."""
+    from dip.schedule.baselines.memory import SimulatedPlan
     from dip.schedule.baselines.registry import simulate_schedule
 
+    if schedule == "dip":
+        from dip.planner import plan_batch
+
+        res = plan_batch(model, batch, cost_model, hardware, rollouts=DIP_ROLLOUTS, seed=seed)
+        res.plan.schedule = "dip"
+        return SimulatedPlan(res.plan, res.costs, res.sim)
     return simulate_schedule(schedule, model, batch, cost_model, hardware)
 
 
@@ -109,9 +119,9 @@ def _finite(x: float) -> float | None:
 
 
 def plan_step(step: int, schedule: str, model: ModelSpec, batches: list[BatchMeta], cost_model,
-              hardware) -> tuple[StepWork, list]:
+              hardware, seed: int = 0) -> tuple[StepWork, list]:
     """Plans (one per replica) and the predicted step time of one step, plus the simulations."""
-    sims = [plan_replica(schedule, model, b, cost_model, hardware) for b in batches]
+    sims = [plan_replica(schedule, model, b, cost_model, hardware, seed) for b in batches]
     its = [_finite(s.result.iteration_time) for s in sims]
     mss = [_finite(s.result.makespan) for s in sims]
     pred = max(its) if all(x is not None for x in its) else None

@@ -1,10 +1,11 @@
 """Tensor specs of every message of a step: what a receive buffer is allocated from.
 
 Both ends of a message derive the same specs from the plan and the batch metadata, so no shape ever
-travels. Within a group the message is the producer chunk's boundary output
-(``provider.output_specs``); across groups it is the channel's tensors (``edge_specs``: the ViT unit's
-``image_embeds``, or the caption rows ``text_cond`` of a DiT unit). A backward message carries the
-gradients of its forward message's tensors, with the same specs.
+travels. Built-in models use the schedule's shape plan (:func:`dip.schedule.shapes.shape_plan`);
+other model providers (bring-your-own) answer through their own ``output_specs``: within a group a
+message is the producer chunk's boundary output, across groups the channel's tensors (the producer's
+final outputs, unless the provider defines ``edge_specs``). A backward message carries the gradients
+of its forward message's tensors, with the same specs.
 """
 from __future__ import annotations
 
@@ -13,12 +14,34 @@ from typing import Any
 from dip.data.meta import BatchMeta
 from dip.schedule.deps import Message
 from dip.schedule.ir import Plan
-from dip.spec import tensors
 from dip.spec.tensors import TensorSpec
 
 
 def message_key(msg: Message) -> tuple[int, int, int, int, bool]:
     return (msg.src_chunk, msg.src_unit, msg.dst_chunk, msg.dst_unit, msg.backward)
+
+
+def step_specs(plan: Plan, batch: BatchMeta, provider: Any):
+    """``specs(key) -> tuple[TensorSpec, ...]`` for the messages of one step."""
+    from dip.runtime.models import SpecModel
+
+    if isinstance(provider, SpecModel):
+        from dip.runtime.models.seeding import dtype_name
+        from dip.schedule.shapes import shape_plan
+
+        return _Lookup(shape_plan(plan, provider.spec, batch, dtype_name(provider.dtype)).specs)
+    return MessageSpecs(plan, batch, provider)
+
+
+class _Lookup:
+    def __init__(self, specs: dict):
+        self.specs = specs
+
+    def __call__(self, key: tuple) -> tuple[TensorSpec, ...]:
+        try:
+            return self.specs[key]
+        except KeyError:
+            raise KeyError(f"the shape plan has no message {key}") from None
 
 
 def forward_key(key: tuple) -> tuple[int, int, int, int, bool]:
@@ -58,9 +81,5 @@ class MessageSpecs:
         custom = getattr(self.provider, "edge_specs", None)
         if custom is not None:
             return tuple(custom(edge, s_unit, d_unit, mb))
-        if type(self.provider).__name__ == "SpecModel":
-            dtype = self.provider.output_specs(last.module, last.layer_end, mb, s_unit.start, s_unit.stop)
-            name = dtype[0].dtype if dtype else "float32"
-            return tuple(tensors.edge_specs(self.model, edge, s_unit, d_unit, mb, name))
         # bring-your-own models: the producer's final outputs travel unchanged
         return tuple(self.provider.output_specs(last.module, last.layer_end, mb, s_unit.start, s_unit.stop))

@@ -116,7 +116,7 @@ def _plan_on_rank0(cfg: TrainConfig, model, step: int, step_batches, cost) -> tu
     try:
         planning.check_schedule(cfg.schedule, model)
         cm, hw = cost
-        work, sims = planning.plan_step(step, cfg.schedule, model, step_batches, cm, hw)
+        work, sims = planning.plan_step(step, cfg.schedule, model, step_batches, cm, hw, cfg.seed)
         layouts = {tuple(planning.layout_of(p, r) for r in range(model.parallel.pp)) for p in work.plans}
         if len(layouts) > 1:
             raise RuntimeError("data-parallel replicas got plans with different layer placements")
@@ -200,6 +200,7 @@ def train(cfg: TrainConfig) -> dict | None:
             checker = ReferenceChecker(model, cfg.seed, cfg.dtype)
     reports: list[dict] = []
     timelines: list[Any] = []
+    predicted: list[Any] = []
     last_trace = None
     for step in range(cfg.steps):
         sims = None
@@ -259,6 +260,7 @@ def train(cfg: TrainConfig) -> dict | None:
             rows = _gather(mine, rt, cfg.timeout_s)
             if rank == 0:
                 timelines.append(rows)
+                predicted.append(_predicted_rows(work.plans[0], sims[0]) if sims else {})
                 last_trace = (work.plans[0], sims[0] if sims else None, rows)
         if rank == 0:
             reports.append({
@@ -275,10 +277,20 @@ def train(cfg: TrainConfig) -> dict | None:
                            "pp": pp, "dp": dp, "dtype": cfg.dtype, "microbatches": cfg.microbatches}
     if checker is not None:
         out.update({"max_grad_rel_err": checker.errors["grad"], "max_loss_abs_err": checker.errors["loss"],
-                    "max_param_rel_err": checker.errors["param"], "worst": checker.worst})
+                    "max_param_rel_err": checker.errors["param"],
+                    "max_grad_allclose_ratio": checker.errors["allclose"], "worst": checker.worst})
     if cfg.timeline:
         out["timelines"] = timelines
+        out["predicted_timelines"] = predicted
     return out
+
+
+def _predicted_rows(plan: Plan, sim: Any) -> dict[int, list]:
+    """Simulated ``(action, start, end, modules)`` per rank of one plan."""
+    rows = {}
+    for r, acts in sim.result.action_times().items():
+        rows[r] = [(str(a), s, e, "+".join(plan.graph.chunks[a.chunk].modules)) for a, s, e in acts]
+    return rows
 
 
 def write_trace(path: str, plan: Plan, sim: Any, rows: list) -> None:

@@ -1,0 +1,72 @@
+"""Helpers for runtime tests and examples: hand-made plans over any stage graph and a single-process
+step runner (multi-process helpers: :func:`dip.runtime.launch.spawn`)."""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from dip.data.meta import BatchMeta
+from dip.runtime.launch import spawn  # noqa: F401 - re-exported for tests
+from dip.schedule.ir import Action, Op, Plan, RankOrder, StageGraph
+from dip.schedule.units import build_units, module_graph
+from dip.spec.model import ModelSpec
+
+
+def topo_chunks(graph: StageGraph, model: ModelSpec) -> list[int]:
+    """Chunk ids in data-flow order (modules in the model's order, chunks along each group)."""
+    order = []
+    for m in model.modules:
+        for g in graph.groups:
+            chunks = graph.group_chunks(g)
+            if chunks and chunks[0].parts[0].module == m.name:
+                order += [c.id for c in chunks]
+    return order
+
+
+def gpipe_dag_order(graph: StageGraph, units: Mapping[str, Sequence], model: ModelSpec) -> RankOrder:
+    """A valid compute order for any stage graph: every forward in data-flow order, then every backward
+    in reverse (GPipe over the DAG)."""
+    chunks = topo_chunks(graph, model)
+    order: RankOrder = {r: [] for r in range(graph.num_ranks)}
+    for c in chunks:
+        ch = graph.chunks[c]
+        order[ch.rank] += [Action(c, Op.F, u.index) for u in units[ch.group]]
+    for c in reversed(chunks):
+        ch = graph.chunks[c]
+        order[ch.rank] += [Action(c, Op.B, u.index) for u in units[ch.group]]
+    return order
+
+
+def separated_plan(model: ModelSpec, batch: BatchMeta, layouts: Mapping[str, Sequence[tuple[int, int]]],
+                   placement: Mapping[str, Sequence[int]], pp: int,
+                   sub_microbatch_sizes: Mapping[str, int] | None = None) -> Plan:
+    """One group per module, chunks ``layouts[module]`` on ranks ``placement[module]``, GPipe-over-DAG order."""
+    graph = module_graph(model, pp, layouts, placement)
+    units, flows = build_units(model, graph, batch, sub_microbatch_sizes)
+    return Plan(graph, units, flows, gpipe_dag_order(graph, units, model), schedule="test")
+
+
+def run_local_step(model: ModelSpec, plan: Plan, batch: BatchMeta, dtype: str = "float64", step_seed: int = 1,
+                   handlers: Mapping[str, Callable] | None = None):
+    """One step of ``plan`` on a single rank (every chunk on rank 0): (loss, grads by canonical name, executor)."""
+    from dip.runtime.executor import Executor
+    from dip.runtime.models import SpecModel
+    from dip.runtime.stage import StageChunk
+    from dip.schedule.lowering import add_send_recv
+
+    provider = SpecModel(model, 0, dtype)
+    stages = {c.id: StageChunk(c, provider) for c in plan.graph.rank_chunks(0)}
+    ex = Executor(0, provider, stages, handlers=handlers)
+    total = sum(provider.loss_tokens(mb) for mb in batch.microbatches)
+    res = ex.run_step(plan, add_send_recv(plan), batch, step_seed=step_seed, loss_scale=1.0 / total)
+    grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
+             for s in stages.values() for n, p in s.canonical_named_parameters()}
+    return res.loss_sum / total, grads, res
+
+
+def reference_grads(model: ModelSpec, batch: BatchMeta, dtype: str = "float64", step_seed: int = 1):
+    from dip.runtime.models import ReferenceModel, reference_step
+
+    loss, grads = reference_step(ReferenceModel(model, 0, dtype), batch, step_seed)
+    return float(loss), grads

@@ -1,0 +1,83 @@
+"""Pipelined training against single-process training, for every schedule, on 2 and 4 processes.
+
+Each process group runs several trainings back to back (``launch_many``), every one over 3 steps whose
+batches differ (image counts, text lengths, a text-only micro-batch, clip counts)."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from dip.cli.main import main
+from dip.runtime.launch import RankFailed, launch, launch_many
+from dip.runtime.trainer import TrainConfig
+
+VLM_SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb-h1", "megatron", "nnscaler", "optimus", "dip")
+T2V_SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb-h1", "megatron", "nnscaler", "dip")
+FP64_TOL = 1e-9
+
+
+def _cfg(model: str, schedule: str, nproc: int = 2, **kw) -> TrainConfig:
+    base = dict(steps=3, microbatches=4, dtype="float64", check_reference=True, timeout_s=60.0)
+    base.update(kw)
+    return TrainConfig(model=model, schedule=schedule, nproc=nproc, **base)
+
+
+def _check(out: dict, steps: int = 3, tol: float = FP64_TOL) -> None:
+    tag = f"{out['model']} {out['schedule']} pp={out['pp']} dp={out['dp']}"
+    assert len(out["steps"]) == steps, tag
+    assert out["max_grad_rel_err"] <= tol, (tag, out["max_grad_rel_err"], out["worst"])
+    assert out["max_param_rel_err"] <= tol, (tag, out["max_param_rel_err"], out["worst"])
+    assert out["max_loss_abs_err"] <= tol, (tag, out["max_loss_abs_err"])
+    losses = [s["loss"] for s in out["steps"]]
+    assert len({round(x, 12) for x in losses}) == steps, (tag, losses)  # every step ran a new batch
+    assert all(s["step_time_s"] > 0 and s["predicted_step_time_s"] > 0 for s in out["steps"]), tag
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(420)
+def test_every_schedule_matches_single_process_training_on_two_processes():
+    cfgs = [_cfg("tiny-vlm", s) for s in VLM_SCHEDULES] + [_cfg("tiny-t2v", s) for s in T2V_SCHEDULES]
+    for out in launch_many(cfgs):
+        _check(out)
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_four_processes_pipeline_by_data_parallel_and_deep_pipeline():
+    outs = launch_many([_cfg("tiny-vlm", "dip", 4, pp=2, dp=2), _cfg("tiny-t2v", "1f1b", 4, pp=4, dp=1, steps=2)])
+    _check(outs[0])
+    _check(outs[1], steps=2)
+    assert (outs[0]["pp"], outs[0]["dp"], outs[1]["pp"]) == (2, 2, 4)
+    assert outs[0]["steps"][0]["microbatches"] == 8  # two replicas of 4
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(200)
+def test_float32_gradients_are_allclose_to_the_reference():
+    out = launch(_cfg("tiny-vlm", "dip", dtype="float32", steps=2))
+    assert out["max_grad_allclose_ratio"] <= 1.0, (out["max_grad_allclose_ratio"], out["worst"])
+    assert out["max_loss_abs_err"] <= 1e-5
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(60)
+def test_a_dying_rank_stops_the_others_and_is_named(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text("import os, sys, time\n"
+                      "if os.environ['RANK'] == '1':\n"
+                      "    sys.stderr.write('boom on purpose\\n'); sys.exit(3)\n"
+                      "time.sleep(60)\n")
+    with pytest.raises(RankFailed, match="rank 1.*boom on purpose"):
+        launch(_cfg("tiny-vlm", "1f1b"), worker=[sys.executable, str(script)])
+
+
+def test_bad_inputs_are_one_line_errors(capsys):
+    assert main(["train", "--model", "tiny-vlm", "--nproc", "64", "--schedule", "1f1b", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "nproc" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--model", "tiny-vlm", "--nproc", "2", "--schedule", "zigzag", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "1f1b" in err and "gpipe" in err and "zigzag" in err
+    assert main(["train", "--model", "tiny-t2v", "--nproc", "2", "--schedule", "optimus"]) == 2
+    assert main(["train", "--model", "tiny-vlm", "--nproc", "4", "--pp", "3"]) == 2
