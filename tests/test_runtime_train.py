@@ -36,10 +36,13 @@ def _check(out: dict, steps: int = 3, tol: float = FP64_TOL) -> None:
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(420)
-def test_every_schedule_matches_single_process_training_on_two_processes():
+def test_every_schedule_matches_single_process_training_on_two_processes(tmp_path):
+    trace = tmp_path / "trace.json"
     cfgs = [_cfg("tiny-vlm", s) for s in VLM_SCHEDULES] + [_cfg("tiny-t2v", s) for s in T2V_SCHEDULES]
+    cfgs[-1].trace = str(trace)
     for out in launch_many(cfgs):
         _check(out)
+    assert trace.stat().st_size > 0
 
 
 @pytest.mark.multiproc

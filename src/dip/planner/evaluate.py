@@ -105,12 +105,14 @@ class Evaluator:
         return self.finish(sequence, ptr, tasks, config, items, self.ilp if ilp is None else ilp)
 
     def evaluate_tracked(self, items: np.ndarray, duration: np.ndarray, act: np.ndarray, config: TrackConfig,
-                         ilp: bool = False) -> Schedule:
-        """Like :meth:`evaluate` with explicit planning durations (per task) and tracked bytes (per stage)."""
+                         ilp: bool = False, prio: np.ndarray | None = None) -> Schedule:
+        """Like :meth:`evaluate` with explicit planning durations (per task) and tracked bytes (per stage);
+        ``prio`` (per task) overrides the priorities derived from ``items``."""
         self.calls += 1
         p, tg = self.p, self.p.tg
+        prio = p.priorities(items) if prio is None else prio
         sequence, _, _, _, _ = interleave(p.num_ranks, tg.task_rank, tg.task_op, tg.task_stage, duration, act,
-                                          self.cap, p.priorities(items), tg.pred_ptr, tg.succ_ptr, tg.succ_idx,
+                                          self.cap, prio, tg.pred_ptr, tg.succ_ptr, tg.succ_idx,
                                           p.succ_delay, float(config.reserve), bool(config.alternate))
         ptr, tasks = rank_orders(sequence, tg.task_rank, p.num_ranks)
         return self.finish(sequence, ptr, tasks, config, items, ilp)

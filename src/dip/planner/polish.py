@@ -23,6 +23,9 @@ REFINE_ROUNDS = 6
 MOVE_REACH = 6
 MOVE_CHUNK = 2000
 MOVE_WORK = 5e7
+PRIO_REACH = 4
+PRIO_WORK = 1e7
+PRIO_KICK = 3
 ILP_TIME_LIMIT_S = 0.5
 ILP_NODE_LIMIT = 200
 
@@ -82,7 +85,16 @@ def _rank(ev: Evaluator, state, configs, base: np.ndarray, deadline: float) -> l
 
 
 def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool) -> None:
-    """Refine the incumbent with its own candidates, then solve the memory ILP per rank."""
+    """Refine the incumbent with its own candidates, reorder unit passes, move stages, then solve the
+    memory ILP per rank."""
+    refine(ev, problem, state, deadline, deterministic)
+    priority_search(ev, problem, state, deadline, deterministic)
+    move_search(ev, problem, state, deadline, deterministic)
+    ilp_polish(ev, problem, state, deadline, deterministic)
+
+
+def refine(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool) -> None:
+    """Re-interleave the incumbent with its own candidates' bytes and durations while that helps."""
     best = state.best
     rows = np.arange(len(best.choice))
     for _ in range(REFINE_ROUNDS):
@@ -94,7 +106,10 @@ def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, determin
         if not state.offer(sched):
             break
         best = sched
-    move_search(ev, problem, state, deadline, deterministic)
+
+
+def ilp_polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool) -> None:
+    """The per-rank memory ILP on the incumbent's order, warm-started from its choice."""
     best = state.best
     choice = best.choice
     cand = problem.cand
@@ -140,3 +155,61 @@ def move_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, det
         sched = ev.simulate(best.sequence, best.ptr, tasks, best.choice, best.config, best.items, best.overflow)
         state.offer(sched)
         state.offer(ev.finish(best.sequence, best.ptr, tasks, best.config, best.items, False))
+
+
+def priority_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool,
+                    seed: int = 0) -> None:
+    """Iterated hill climbing over the priorities of *unit items* (one pass of one sub-microbatch), a
+    finer granularity than MCTS's micro-batch items, decoded by the same interleaving.
+
+    The start is the incumbent's own order of unit passes; a move shifts one unit item by up to
+    ``PRIO_REACH`` places; at a local optimum a few random swaps perturb the best order and the climb
+    restarts. Deterministic searches get ``PRIO_WORK`` task-steps of interleaving work."""
+    best = state.best
+    if problem.task_unit_item is None or problem.num_tasks == 0:
+        return
+    n_items = problem.num_unit_items
+    first = np.full(n_items, np.inf)
+    np.minimum.at(first, problem.task_unit_item, best.start)
+    rows = np.arange(len(best.choice))
+    duration, _ = problem.task_durations(best.choice)
+    act = problem.cand.mem[rows, best.choice].astype(np.float64)
+    budget = int(PRIO_WORK // problem.num_tasks)
+    rng = np.random.default_rng(seed)
+    used = 0
+
+    def score(order: np.ndarray):
+        nonlocal used
+        used += 1
+        sched = ev.evaluate_tracked(best.items, duration, act, best.config, prio=problem.unit_priorities(order))
+        state.offer(sched)
+        return sched
+
+    def out_of_time() -> bool:
+        return used >= budget or (not deterministic and time.perf_counter() >= deadline)
+
+    top_seq = np.argsort(first, kind="stable").astype(np.int64)
+    top = score(top_seq)
+    seq, current = top_seq, top
+    while not out_of_time():
+        stale, i = 0, 0
+        while stale < n_items and not out_of_time():
+            moved = False
+            for d in (1, -1, 2, -2, PRIO_REACH, -PRIO_REACH):
+                j = i + d
+                if j < 0 or j >= n_items or out_of_time():
+                    continue
+                trial = np.insert(np.delete(seq, i), j, seq[i])
+                sched = score(trial)
+                if sched.score < current.score - 1e-12:
+                    seq, current, moved = trial, sched, True
+                    break
+            stale = 0 if moved else stale + 1
+            i = (i + (0 if moved else 1)) % n_items
+        if current.score < top.score - 1e-12:
+            top_seq, top = seq, current
+        seq = top_seq.copy()
+        for _ in range(PRIO_KICK):
+            k = int(rng.integers(max(n_items - 1, 1)))
+            seq[k], seq[k + 1] = seq[k + 1], seq[k]
+        current = score(seq)

@@ -8,7 +8,8 @@ Built once per batch from a :class:`~dip.planner.partitioner.Partition`:
 * the *segment items* MCTS orders. A pipeline segment is one pass (F or B) of one unit over the ``P``
   consecutive chunks ``kP .. kP+P-1`` of a module. Segments of one module inside one micro-batch
   (all its sub-microbatches and all ``K_i`` segments) form one item: they share a priority and keep a
-  fixed order (further-along segment first, then unit order).
+  fixed order: the further-along segment first; then, for forwards, smaller sub-microbatches first (a
+  short pipeline fill) and, for backwards, larger ones first (a short drain), then unit order.
 """
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ class PlanProblem:
     task_item: np.ndarray
     task_seq: np.ndarray
     default_sequence: np.ndarray
+    task_unit_item: np.ndarray | None = None
+    task_unit_seq: np.ndarray | None = None
     dp: int = 1
     lower_bound: float = 0.0
     info: dict = field(default_factory=dict)
@@ -84,6 +87,17 @@ class PlanProblem:
         pos = np.empty(len(self.items), np.int64)
         pos[sequence] = np.arange(len(sequence))
         return pos[self.task_item] * SEQ_SPAN + self.task_seq
+
+    @property
+    def num_unit_items(self) -> int:
+        return int(self.task_unit_item.max()) + 1 if self.task_unit_item is not None and self.num_tasks else 0
+
+    def unit_priorities(self, sequence: np.ndarray) -> np.ndarray:
+        """Per-task priority key from a sequence of *unit items* (one pass of one unit: the finer
+        granularity of the priority polish)."""
+        pos = np.empty(self.num_unit_items, np.int64)
+        pos[sequence] = np.arange(len(sequence))
+        return pos[self.task_unit_item] * SEQ_SPAN + self.task_unit_seq
 
     def task_durations(self, choice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(duration, activation bytes) per task for candidate ``choice[stage]``."""
@@ -132,6 +146,7 @@ def problem_from_costs(partition: Partition, units, flows, costs: StageCosts, to
     order = np.argsort(tg.pred_idx, kind="stable")
     succ_delay = tg.pred_delay[order].astype(np.float64)
     items, task_item, task_seq, default = _segment_items(graph, units, tg, costs)
+    unit_item, unit_seq = _unit_items(graph, tg)
     lb = max(tg.busiest_rank_bound(), tg.critical_path_bound())
     static = np.asarray(costs.static_bytes, float)
     if static.shape != (graph.num_ranks,):
@@ -140,7 +155,7 @@ def problem_from_costs(partition: Partition, units, flows, costs: StageCosts, to
         model=model, partition=partition, batch=batch, units=units, flows=tuple(flows), costs=costs, tg=tg,
         topology=topology, cand=cand, static=static, limit=float(limit), stage_rank=stage_rank,
         succ_delay=succ_delay, items=items, task_item=task_item, task_seq=task_seq, default_sequence=default,
-        dp=dp, lower_bound=float(lb),
+        task_unit_item=unit_item, task_unit_seq=unit_seq, dp=dp, lower_bound=float(lb),
     )
 
 
@@ -149,6 +164,7 @@ def _segment_items(graph, units, tg: TaskGraph, costs: StageCosts):
     pp = graph.num_ranks
     group_pos = {g: k for k, g in enumerate(graph.groups)}
     unit_mb = {(g, u.index): u.mb for g, us in units.items() for u in us}
+    unit_size = {(g, u.index): u.instances for g, us in units.items() for u in us}
     ids: dict[tuple[str, int, int], int] = {}
     n = tg.num_tasks
     task_item = np.zeros(n, np.int64)
@@ -161,8 +177,11 @@ def _segment_items(graph, units, tg: TaskGraph, costs: StageCosts):
             ids[key] = len(ids)
         task_item[t] = ids[key]
         seg = c.index // pp
-        # further-along segment first: deeper segments for F, shallower for B; then unit order
-        keys.append((ids[key], -seg if direction == F else seg, a.unit, c.index))
+        size = unit_size[(c.group, a.unit)]
+        if direction == F:
+            keys.append((ids[key], -seg, size, a.unit, c.index))
+        else:
+            keys.append((ids[key], seg, -size, a.unit, c.index))
     order = sorted(range(n), key=lambda t: keys[t])
     task_seq = np.zeros(n, np.int64)
     last_item, k = -1, 0
@@ -181,3 +200,21 @@ def _segment_items(graph, units, tg: TaskGraph, costs: StageCosts):
 
     default = np.asarray(sorted(range(len(items)), key=default_key), np.int64)
     return items, task_item, task_seq, default
+
+
+def _unit_items(graph, tg: TaskGraph) -> tuple[np.ndarray, np.ndarray]:
+    """Per task: the id of its unit item (group, unit, direction) and its position inside it (forward:
+    deeper segments first, backward: shallower first, as for micro-batch items)."""
+    pp = graph.num_ranks
+    ids: dict[tuple[str, int, int], int] = {}
+    n = tg.num_tasks
+    item = np.zeros(n, np.int64)
+    seq = np.zeros(n, np.int64)
+    for t, a in enumerate(tg.actions):
+        c = graph.chunks[a.chunk]
+        key = (c.group, a.unit, int(tg.task_op[t] != 0))
+        item[t] = ids.setdefault(key, len(ids))
+        seg = c.index // pp
+        seq[t] = (-seg if key[2] == F else seg) * 4096 + c.index
+    seq -= seq.min() if n else 0
+    return item, seq

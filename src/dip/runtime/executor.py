@@ -154,6 +154,35 @@ class StepContext:
         return got
 
 
+def lower(plan: Plan, backend: str = "gloo") -> Program:
+    """The validated program this runtime executes for ``plan``.
+
+    Candidates, the first that passes :func:`dip.schedule.validate.validate_program` (strictest
+    communication model) wins, then ``REDUCE_GRAD`` follows each chunk's last backward:
+
+    * gloo: receives right before their consumers (``"late"``): a gradient send and the next
+      activation receive then form one batch, as in torch's fused 1F1B, with fewer posts per step;
+      else receives as early as possible (``"early"``);
+    * NCCL: receives deferred under the rank-parity rule (:func:`~dip.schedule.lowering.defer_recvs`),
+      else ``"early"``.
+    """
+    from dip.schedule.errors import ScheduleError
+    from dip.schedule.lowering import add_reduce_grad, add_send_recv, defer_recvs
+    from dip.schedule.validate import validate_program
+
+    early = add_send_recv(plan)
+    first = add_send_recv(plan, "late") if backend == "gloo" else defer_recvs(early)
+    error: ScheduleError | None = None
+    for program in (first, early):
+        program = add_reduce_grad(program)
+        try:
+            validate_program(plan, program)
+            return program
+        except ScheduleError as exc:
+            error = exc
+    raise error
+
+
 def _comm_runs(program: Program, rank: int) -> dict[int, tuple[int, list]]:
     """``{first index of a run of SEND/RECVs: (index after the run, its communication batches)}``."""
     runs: dict[int, tuple[int, list]] = {}

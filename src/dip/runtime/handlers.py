@@ -4,8 +4,8 @@
   hand the outputs to their consumers (local leaf or outbox for a SEND);
 * ``B``: full backward (``torch.autograd.backward``; parameter gradients accumulate across units);
 * ``I`` / ``W``: split backward for zero-bubble schedules: ``I`` computes the input gradients with
-  ``torch.autograd.grad`` and keeps the graph (``retain_graph``), ``W`` then backpropagates the same
-  roots into the chunk's parameters only and frees the graph;
+  ``torch.autograd.grad`` (graph retained) and saves the gradients where each parameter's branch
+  joins the input path; ``W`` backpropagates those into the parameters only (:mod:`.splitgrad`);
 * ``RECV_*`` / ``SEND_*``: prepare one transfer each; ``BATCH`` posts a whole communication batch;
 * ``REDUCE_GRAD``: marks the chunk's gradients final (the trainer all-reduces them after the step).
 
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from torch import Tensor
 
+from dip.runtime import splitgrad
 from dip.runtime.comm import P2P, alloc, numel, pack, post_batch
 from dip.runtime.shapes import message_key
 from dip.runtime.stage import UnitState
@@ -125,20 +126,18 @@ def backward_input(action: Action, ctx: "StepContext") -> None:
     roots, grads = _roots(action, ctx, state)
     leaves = state.input_leaves()
     found: dict[int, Tensor] = {}
-    if roots and leaves:
-        got = torch.autograd.grad(roots, leaves, grads, retain_graph=True, allow_unused=True)
+    if roots:
+        got, state.weight_job = splitgrad.backward_input(roots, grads, leaves, ctx.stages[action.chunk].params)
         found = {id(leaf): g for leaf, g in zip(leaves, got) if g is not None}
     _send_input_grads(ctx, state, found)
-    state.roots, state.root_grads = roots, grads
     state.inputs = {}
 
 
 def backward_weight(action: Action, ctx: "StepContext") -> None:
     state = ctx.pop_state(action)
-    params = ctx.stages[action.chunk].params
-    if state.roots and params:
-        torch.autograd.backward(state.roots, state.root_grads, inputs=params)
-    state.roots, state.root_grads = [], []
+    if state.weight_job is not None:
+        splitgrad.backward_weight(state.weight_job)
+        state.weight_job = None
 
 
 def reduce_grad(action: Action, ctx: "StepContext") -> None:

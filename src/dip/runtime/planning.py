@@ -40,11 +40,24 @@ def text_only(mb: MicroBatchMeta) -> MicroBatchMeta:
     return MicroBatchMeta(text_lens=mb.text_lens, image_counts=(0,) * len(mb.text_lens))
 
 
-def make_step_batches(model: ModelSpec, steps: int, dp: int, microbatches: int, seed: int) -> list[list[BatchMeta]]:
-    """``steps`` global batches of ``dp * microbatches`` micro-batches from the model's default workload,
-    cut into ``dp`` replica batches. Batches differ from step to step (image counts, text lengths,
-    clip counts); a VLM run always contains at least one text-only micro-batch."""
-    raw = generate_batches(model, steps, seed, microbatches * dp)
+WORKLOADS = ("default", "dynamic")
+
+
+def make_step_batches(model: ModelSpec, steps: int, dp: int, microbatches: int, seed: int,
+                      workload: str = "default") -> list[list[BatchMeta]]:
+    """``steps`` global batches of ``dp * microbatches`` micro-batches, cut into ``dp`` replica batches.
+
+    ``default``: the model's workload mixture; ``dynamic`` (VLM): image counts per micro-batch that rise
+    and fall over the steps (the paper's Fig. 8b). Batches differ from step to step (image counts, text
+    lengths, clip counts); a VLM run always contains at least one text-only micro-batch."""
+    if workload == "dynamic":
+        from dip.data.workload import generate_dynamic_batches
+
+        raw = generate_dynamic_batches(model, seed, microbatches * dp, iterations=max(steps, 1))[:steps]
+    elif workload == "default":
+        raw = generate_batches(model, steps, seed, microbatches * dp)
+    else:
+        raise BadInput(f"unknown workload {workload!r}; valid workloads: {', '.join(WORKLOADS)}")
     out: list[list[BatchMeta]] = []
     for s, b in enumerate(raw):
         mbs = list(b.microbatches)

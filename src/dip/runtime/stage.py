@@ -128,9 +128,8 @@ class UnitState:
     inputs: dict[tuple, dict[str, Tensor]] = field(default_factory=dict)
     outputs: dict[tuple, dict[str, Tensor]] = field(default_factory=dict)
     loss: Tensor | None = None
-    # filled by a split backward (I) for the weight pass (W)
-    roots: list[Tensor] = field(default_factory=list)
-    root_grads: list[Tensor] = field(default_factory=list)
+    # filled by a split backward (I) for the weight pass (W): a splitgrad.WeightJob
+    weight_job: Any = None
 
     def input_leaves(self) -> list[Tensor]:
         return [t for d in self.inputs.values() for t in d.values() if t.requires_grad]

@@ -2,8 +2,9 @@
 
 The same blocks (same seeds, same values) serve as a bring-your-own model for
 :class:`~dip.runtime.executor.Executor` and as ``nn.Module`` stages for
-``torch.distributed.pipelining``'s ``PipelineStage`` / ``Schedule1F1B``; every micro-batch is
-``[tokens, hidden]`` rows with a squared-error loss. Used by ``dip bench runtime``.
+``torch.distributed.pipelining``'s ``PipelineStage`` / ``Schedule1F1B``; every micro-batch is a
+``[1, tokens, hidden]`` tensor (the same shapes, hence the same kernels, in both engines) with a
+squared-error loss. Used by ``dip bench runtime``.
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ class StackShape:
 
 
 class Dataset:
-    """Inputs and targets of every micro-batch (``tokens x hidden`` each, seeded by step and micro-batch),
+    """Inputs and targets of every micro-batch (``1 x tokens x hidden`` each, seeded by step and micro-batch),
     made once and then served from memory, like the tensors handed to torch pipelining's ``step``."""
 
     def __init__(self, hidden: int):
@@ -82,8 +83,8 @@ class Dataset:
         if got is None:
             g = generator(unit.step_seed, unit.mb_index, "stack")
             rows = unit.mb.text_tokens
-            got = self.rows[key] = {"x": torch.randn(rows, self.hidden, generator=g).to(unit.dtype),
-                                    "y": torch.randn(rows, self.hidden, generator=g).to(unit.dtype)}
+            got = self.rows[key] = {"x": torch.randn(1, rows, self.hidden, generator=g).to(unit.dtype),
+                                    "y": torch.randn(1, rows, self.hidden, generator=g).to(unit.dtype)}
         return got
 
 
@@ -91,7 +92,7 @@ def stack_model(shape: StackShape, dtype: str = "float32") -> ByoModel:
     spec = ModelSpec("block-stack", (ModuleSpec(MODULE, "decoder", shape.layers, shape.hidden, 4 * shape.hidden,
                                                 shape.heads, shape.heads),), (), ParallelSpec(pp=2))
     module = ByoModule(make_block=lambda i: Block(shape.hidden, shape.heads),
-                       hidden_shape=lambda mb, a, b: (mb.text_tokens, shape.hidden),
+                       hidden_shape=lambda mb, a, b: (1, mb.text_tokens, shape.hidden),
                        make_pre=Inputs, make_post=SquaredError)
     return ByoModel(spec, {MODULE: module}, Dataset(shape.hidden), loss_tokens=lambda mb: mb.text_tokens * shape.hidden,
                     dtype=dtype)
@@ -112,7 +113,7 @@ def stack_inputs(model: ByoModel, shape: StackShape, step_seed: int) -> tuple[Te
     """The whole batch as ``[microbatches, tokens, hidden]`` inputs and targets (torch pipelining's view)."""
     mbs = stack_batch(shape).microbatches
     data = [model.unit_data(mb, k, MODULE, 0, 0, step_seed) for k, mb in enumerate(mbs)]
-    return torch.stack([d["x"] for d in data]), torch.stack([d["y"] for d in data])
+    return torch.cat([d["x"] for d in data]), torch.cat([d["y"] for d in data])
 
 
 class TorchStage(nn.Module):

@@ -53,13 +53,13 @@ def run_local_step(model: ModelSpec, plan: Plan, batch: BatchMeta, dtype: str = 
     from dip.runtime.executor import Executor
     from dip.runtime.models import SpecModel
     from dip.runtime.stage import StageChunk
-    from dip.schedule.lowering import add_send_recv
+    from dip.runtime.executor import lower
 
     provider = SpecModel(model, 0, dtype)
     stages = {c.id: StageChunk(c, provider) for c in plan.graph.rank_chunks(0)}
     ex = Executor(0, provider, stages, handlers=handlers)
     total = sum(provider.loss_tokens(mb) for mb in batch.microbatches)
-    res = ex.run_step(plan, add_send_recv(plan), batch, step_seed=step_seed, loss_scale=1.0 / total)
+    res = ex.run_step(plan, lower(plan), batch, step_seed=step_seed, loss_scale=1.0 / total)
     grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
              for s in stages.values() for n, p in s.canonical_named_parameters()}
     return res.loss_sum / total, grads, res

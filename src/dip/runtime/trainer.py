@@ -27,7 +27,7 @@ import torch.distributed as dist
 from dip.errors import BadInput
 from dip.runtime import planning
 from dip.runtime.comm import timed_collective
-from dip.runtime.executor import Executor, StepResult
+from dip.runtime.executor import Executor, StepResult, lower
 from dip.runtime.stage import StageChunk
 from dip.schedule.ir import Plan
 
@@ -49,6 +49,7 @@ class TrainConfig:
     trace: str | None = None
     timeout_s: float = 120.0
     hardware: str = planning.CPU_HARDWARE
+    workload: str = "default"  # or "dynamic" (VLM: rising and falling image counts)
     timeline: bool = False  # return every rank's measured action times (benchmarks)
     threads: int | None = None
 
@@ -174,8 +175,7 @@ def train(cfg: TrainConfig) -> dict | None:
     """Run ``cfg.steps`` steps on this rank (``RANK``/``WORLD_SIZE`` from the environment); rank 0
     returns the report, the other ranks ``None``."""
     from dip.runtime.models import SpecModel
-    from dip.schedule.lowering import add_reduce_grad, add_send_recv
-    from dip.schedule.validate import validate_plan, validate_program
+    from dip.schedule.validate import validate_plan
     from dip.spec.presets import load_model
 
     rank, world, device = init_distributed(cfg.timeout_s)
@@ -194,7 +194,7 @@ def train(cfg: TrainConfig) -> dict | None:
     cost = batches = None
     if rank == 0:
         cost = planning.cost_setup(model, cfg.dtype, cfg.hardware)
-        batches = planning.make_step_batches(model, cfg.steps, dp, cfg.microbatches, cfg.seed)
+        batches = planning.make_step_batches(model, cfg.steps, dp, cfg.microbatches, cfg.seed, cfg.workload)
         if cfg.check_reference:
             from dip.runtime.reference_check import ReferenceChecker
             checker = ReferenceChecker(model, cfg.seed, cfg.dtype)
@@ -213,9 +213,8 @@ def train(cfg: TrainConfig) -> dict | None:
             kind, msg = work
             raise BadInput(msg) if kind == "BadInput" else RuntimeError(f"planning on rank 0 failed: {msg}")
         plan, batch = work.plans[rt.dp_index], work.batches[rt.dp_index]
-        program = add_reduce_grad(add_send_recv(plan))
         validate_plan(plan)
-        validate_program(plan, program)
+        program = lower(plan, dist.get_backend())  # validated
         stages = _stages_for(rt, plan, provider, step)
         if executor is None:
             executor = Executor(rt.pp_rank, provider, stages, rank_map=rt.global_rank, timeout_s=cfg.timeout_s,
@@ -294,10 +293,11 @@ def _predicted_rows(plan: Plan, sim: Any) -> dict[int, list]:
 
 
 def write_trace(path: str, plan: Plan, sim: Any, rows: list) -> None:
-    """Chrome/Perfetto trace of the last step: measured times next to the simulated plan."""
+    """Chrome/Perfetto trace of the last step: measured compute actions next to the simulated plan."""
     from dip.schedule.ir import Action
 
-    measured = {r: [(Action.parse(a), s, e) for a, s, e in acts] for r, acts in enumerate(rows) if acts}
+    measured = {r: [(act, s, e) for act, s, e in ((Action.parse(a), s, e) for a, s, e in acts) if act.op.is_compute]
+                for r, acts in enumerate(rows) if acts}
     try:
         from dip.viz.trace import write_chrome_trace
     except ImportError:
