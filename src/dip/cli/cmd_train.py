@@ -31,6 +31,8 @@ def register(subparsers) -> None:
                    help="also train the same batches in one process and report the largest differences")
     p.add_argument("--trace", default=None, metavar="FILE", help="write a Perfetto trace of the last step")
     p.add_argument("--timeout-s", type=float, default=120.0, help="timeout of every wait (seconds)")
+    p.add_argument("--static-costs", action="store_true",
+                   help="plan and predict with the shipped calibration only (no online correction)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -66,7 +68,8 @@ def build_config(args):
     return TrainConfig(model=args.model, schedule=args.schedule.strip().lower(), steps=args.steps, nproc=nproc, pp=pp,
                        dp=dp, microbatches=args.microbatches, seed=args.seed,
                        dtype=args.dtype or ("float64" if args.check_reference else "float32"),
-                       check_reference=args.check_reference, trace=args.trace, timeout_s=args.timeout_s)
+                       check_reference=args.check_reference, trace=args.trace, timeout_s=args.timeout_s,
+                       online_calibration=not args.static_costs)
 
 
 def run(args) -> int:

@@ -24,7 +24,8 @@ MOVE_REACH = 6
 MOVE_CHUNK = 2000
 MOVE_WORK = 5e7
 PRIO_REACH = 4
-PRIO_WORK = 1e7
+PRIO_WORK = 2e6
+PRIO_EVALS_PER_ROLLOUT = 100
 PRIO_KICK = 3
 ILP_TIME_LIMIT_S = 0.5
 ILP_NODE_LIMIT = 200
@@ -84,11 +85,16 @@ def _rank(ev: Evaluator, state, configs, base: np.ndarray, deadline: float) -> l
     return [(cfg, score) for score, _, cfg in scored]
 
 
-def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool) -> None:
+def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, rollouts: int | None = None,
+           seed: int = 0) -> None:
     """Refine the incumbent with its own candidates, reorder unit passes, move stages, then solve the
-    memory ILP per rank."""
+    memory ILP per rank. ``rollouts`` (deterministic mode) sizes the work; otherwise ``deadline`` stops it."""
+    deterministic = rollouts is not None
     refine(ev, problem, state, deadline, deterministic)
-    priority_search(ev, problem, state, deadline, deterministic)
+    prio_evals = None
+    if deterministic:
+        prio_evals = int(min(PRIO_EVALS_PER_ROLLOUT * max(rollouts, 1), PRIO_WORK // max(problem.num_tasks, 1)))
+    priority_search(ev, problem, state, deadline, prio_evals, seed)
     move_search(ev, problem, state, deadline, deterministic)
     ilp_polish(ev, problem, state, deadline, deterministic)
 
@@ -157,14 +163,14 @@ def move_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, det
         state.offer(ev.finish(best.sequence, best.ptr, tasks, best.config, best.items, False))
 
 
-def priority_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool,
+def priority_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, max_evals: int | None = None,
                     seed: int = 0) -> None:
     """Iterated hill climbing over the priorities of *unit items* (one pass of one sub-microbatch), a
     finer granularity than MCTS's micro-batch items, decoded by the same interleaving.
 
     The start is the incumbent's own order of unit passes; a move shifts one unit item by up to
     ``PRIO_REACH`` places; at a local optimum a few random swaps perturb the best order and the climb
-    restarts. Deterministic searches get ``PRIO_WORK`` task-steps of interleaving work."""
+    restarts. ``max_evals`` bounds a deterministic search; otherwise ``deadline`` stops it."""
     best = state.best
     if problem.task_unit_item is None or problem.num_tasks == 0:
         return
@@ -174,7 +180,8 @@ def priority_search(ev: Evaluator, problem: PlanProblem, state, deadline: float,
     rows = np.arange(len(best.choice))
     duration, _ = problem.task_durations(best.choice)
     act = problem.cand.mem[rows, best.choice].astype(np.float64)
-    budget = int(PRIO_WORK // problem.num_tasks)
+    deterministic = max_evals is not None
+    budget = max_evals if deterministic else int(1e12)
     rng = np.random.default_rng(seed)
     used = 0
 

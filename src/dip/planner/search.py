@@ -120,7 +120,7 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
     else:
         _run_serial(ev, search, ranked, state, limit, deadline - polish_reserve)
     if polish_schedules:
-        polish(ev, problem, state, deadline, deterministic)
+        polish(ev, problem, state, deadline, rollouts, seed)
     stats = SearchStats(
         strategy=strategy, rollouts=state.rollouts, time_to_best_s=state.time_to_best,
         search_time_s=time.perf_counter() - t0, curve=state.curve, config=str(state.best.config),

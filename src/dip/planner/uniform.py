@@ -73,7 +73,7 @@ def warm_up() -> float:
         def offer(self, other):
             return False
 
-    polish(ev, problem, _State(), time.perf_counter() + 1.0, True)
+    polish(ev, problem, _State(), time.perf_counter() + 1.0, 1)
     ilp_select(sched.ptr, sched.tasks, problem.tg.task_op, problem.tg.task_stage, ev.cand_t, problem.cand.mem,
                problem.cand.count, np.asarray(ev.cap, float), 0, sched.choice, time_limit=0.1)
     _WARM = True

@@ -37,11 +37,13 @@ from dip.spec.model import Edge
 
 @dataclass(frozen=True, slots=True)
 class ActionTime:
-    """Measured start and end (seconds since the step began) of one action on one rank."""
+    """Measured start and end (seconds since the step began) of one action on one rank, and the part
+    of it spent waiting for messages."""
 
     action: Action
     start: float
     end: float
+    wait: float = 0.0
 
 
 @dataclass
@@ -80,6 +82,7 @@ class StepContext:
     states: dict[tuple[int, int], UnitState] = field(default_factory=dict)
     pending: list[P2P] = field(default_factory=list)
     batch_no: int = 0
+    wait_s: float = 0.0  # time the current action spent waiting for messages
     reduced: set[int] = field(default_factory=set)
     loss_parts: list[Tensor] = field(default_factory=list)
     data_cache: dict[tuple, Any] = field(default_factory=dict)
@@ -100,8 +103,10 @@ class StepContext:
         p, specs = entry
         if p is None:
             return {s.name: torch.zeros(s.shape, dtype=_dtype(s.dtype), device=self.device) for s in specs}
+        t0 = time.perf_counter()
         wait(p, self.rank, self.timeout_s)
         self.sends.trim(p.batch)
+        self.wait_s += time.perf_counter() - t0
         return {s.name: t for s, t in zip(specs, unpack(p.buffer, specs))}
 
     def emit(self, key: tuple, tensors: dict[str, Tensor], backward: bool) -> None:
@@ -291,9 +296,10 @@ class Executor:
                 i = stop
                 continue
             a = acts[i]
+            ctx.wait_s = 0.0
             start = clock()
             handlers[a.op.value](a, ctx)
-            times.append(ActionTime(a, start - t0, clock() - t0))
+            times.append(ActionTime(a, start - t0, clock() - t0, ctx.wait_s))
             i += 1
         ctx.sends.drain()
         self._check_finished(ctx)

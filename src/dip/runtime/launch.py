@@ -233,11 +233,18 @@ def spawn(fn: Callable, world: int, *args: Any, timeout_s: float = 120.0) -> lis
         except queue.Empty:
             if all(not p.is_alive() for p in procs) and results.empty():
                 break
+    late = [p.is_alive() for p in procs]
     for p in procs:
         if p.is_alive():
             p.kill()
         p.join(5)
-    return [got.get(r, (False, f"rank {r} gave no result within {timeout_s} s")) for r in range(world)]
+
+    def missing(r: int) -> str:
+        if late[r]:
+            return f"rank {r} gave no result within {timeout_s:g} s"
+        return f"rank {r} exited with code {procs[r].exitcode} without a result"
+
+    return [got.get(r, (False, missing(r))) for r in range(world)]
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class StepWork:
     plans: list[Plan]
     predicted_s: float | None
     predicted_makespan_s: float | None = None
+    predicted_static_makespan_s: float | None = None  # with the shipped calibration only
 
     @property
     def global_batch(self) -> BatchMeta:
@@ -111,20 +112,31 @@ def cost_setup(model: ModelSpec, dtype: str, hardware: str = CPU_HARDWARE):
     return CostModel(model, hw, tp=1, dtype_bytes=dtype_bytes), hw
 
 
-def plan_replica(schedule: str, model: ModelSpec, batch: BatchMeta, cost_model, hardware, seed: int = 0):
+def plan_replica(schedule: str, model: ModelSpec, batch: BatchMeta, cost_model, hardware, seed: int = 0,
+                 predict_cost_model=None, partition=None):
     """The simulated plan (``SimulatedPlan``: plan, stage costs, simulation result) of one replica's batch.
 
-    ``dip`` runs the planner with a fixed number of rollouts, so every run plans the same way."""
-    from dip.schedule.baselines.memory import SimulatedPlan
+    ``dip`` runs the planner with a fixed number of rollouts (every run plans the same way) with
+    ``predict_cost_model`` when given and the layer ``partition`` when given (so later steps keep the
+    first step's placement). Baselines are built with ``cost_model``; the simulation that predicts the
+    step time uses ``predict_cost_model`` (e.g. online-calibrated) when given.
+    """
+    from dip.schedule.baselines.memory import SimulatedPlan, simulate_plan
     from dip.schedule.baselines.registry import simulate_schedule
 
     if schedule == "dip":
         from dip.planner import plan_batch
 
-        res = plan_batch(model, batch, cost_model, hardware, rollouts=DIP_ROLLOUTS, seed=seed)
+        res = plan_batch(model, batch, predict_cost_model or cost_model, hardware, partition=partition,
+                         rollouts=DIP_ROLLOUTS, seed=seed)
         res.plan.schedule = "dip"
-        return SimulatedPlan(res.plan, res.costs, res.sim)
-    return simulate_schedule(schedule, model, batch, cost_model, hardware)
+        sim = SimulatedPlan(res.plan, res.costs, res.sim)
+        sim.partition = res.partition
+        return sim
+    sim = simulate_schedule(schedule, model, batch, cost_model, hardware)
+    if predict_cost_model is not None:
+        sim = simulate_plan(sim.plan, model, predict_cost_model, batch, hardware)
+    return sim
 
 
 def _finite(x: float) -> float | None:
@@ -132,14 +144,23 @@ def _finite(x: float) -> float | None:
 
 
 def plan_step(step: int, schedule: str, model: ModelSpec, batches: list[BatchMeta], cost_model,
-              hardware, seed: int = 0) -> tuple[StepWork, list]:
-    """Plans (one per replica) and the predicted step time of one step, plus the simulations."""
-    sims = [plan_replica(schedule, model, b, cost_model, hardware, seed) for b in batches]
+              hardware, seed: int = 0, predict_cost_model=None, partition=None) -> tuple[StepWork, list]:
+    """Plans (one per replica) and the predicted step time of one step, plus the simulations (a DIP
+    simulation carries the planner's ``partition``)."""
+    sims = [plan_replica(schedule, model, b, cost_model, hardware, seed, predict_cost_model, partition)
+            for b in batches]
     its = [_finite(s.result.iteration_time) for s in sims]
     mss = [_finite(s.result.makespan) for s in sims]
     pred = max(its) if all(x is not None for x in its) else None
     make = max(mss) if all(x is not None for x in mss) else None
-    return StepWork(step, batches, [s.plan for s in sims], pred, make), sims
+    static = make
+    if predict_cost_model is not None:
+        from dip.schedule.baselines.memory import simulate_plan
+
+        plain = [_finite(simulate_plan(s.plan, model, cost_model, b, hardware).result.makespan)
+                 for s, b in zip(sims, batches)]
+        static = max(plain) if all(x is not None for x in plain) else None
+    return StepWork(step, batches, [s.plan for s in sims], pred, make, static), sims
 
 
 def with_parallel(model: ModelSpec, pp: int, dp: int) -> ModelSpec:

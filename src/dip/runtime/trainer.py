@@ -27,6 +27,7 @@ import torch.distributed as dist
 from dip.errors import BadInput
 from dip.runtime import planning
 from dip.runtime.comm import timed_collective
+from dip.runtime.coordinator import Coordinator
 from dip.runtime.executor import Executor, StepResult, lower
 from dip.runtime.stage import StageChunk
 from dip.schedule.ir import Plan
@@ -50,6 +51,7 @@ class TrainConfig:
     timeout_s: float = 120.0
     hardware: str = planning.CPU_HARDWARE
     workload: str = "default"  # or "dynamic" (VLM: rising and falling image counts)
+    online_calibration: bool = True  # correct the cost model with measured action times
     timeline: bool = False  # return every rank's measured action times (benchmarks)
     threads: int | None = None
 
@@ -65,7 +67,6 @@ class Runtime:
     device: torch.device
     dp_group: Any = None
     stages: dict[tuple, StageChunk] = field(default_factory=dict)
-    layout: tuple | None = None
     optimizer: Any = None
 
     @property
@@ -82,13 +83,6 @@ class Runtime:
 
 def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
-
-
-def tokens_of(model, batch) -> int:
-    """Tokens of a global batch: decoder sequence tokens (text + merged image tokens) plus DiT tokens."""
-    from dip.data.meta import lm_sequence_lens
-
-    return int(sum(sum(lm_sequence_lens(model, mb)) + sum(mb.clip_tokens) for mb in batch.microbatches))
 
 
 def init_distributed(timeout_s: float) -> tuple[int, int, torch.device]:
@@ -110,22 +104,6 @@ def _broadcast(obj: Any, rt: Runtime) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0, device=rt.device if rt.device.type == "cuda" else None)
     return box[0]
-
-
-def _plan_on_rank0(cfg: TrainConfig, model, step: int, step_batches, cost) -> tuple[Any, Any]:
-    """(what to broadcast, simulations kept on rank 0). Errors travel to the other ranks as text."""
-    try:
-        planning.check_schedule(cfg.schedule, model)
-        cm, hw = cost
-        work, sims = planning.plan_step(step, cfg.schedule, model, step_batches, cm, hw, cfg.seed)
-        layouts = {tuple(planning.layout_of(p, r) for r in range(model.parallel.pp)) for p in work.plans}
-        if len(layouts) > 1:
-            raise RuntimeError("data-parallel replicas got plans with different layer placements")
-        return work, sims
-    except BadInput as exc:
-        return ("BadInput", str(exc)), None
-    except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
-        return ("Error", f"{type(exc).__name__}: {exc}"), None
 
 
 def _stages_for(rt: Runtime, plan: Plan, provider, step: int) -> dict[int, StageChunk]:
@@ -165,7 +143,7 @@ def sync_gradients(rt: Runtime, timeout_s: float) -> None:
             off += n
 
 
-def _gather(obj: Any, rt: Runtime, timeout_s: float) -> list[Any] | None:
+def _gather(obj: Any, rt: Runtime) -> list[Any] | None:
     out = [None] * rt.world if rt.rank == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out
@@ -175,7 +153,6 @@ def train(cfg: TrainConfig) -> dict | None:
     """Run ``cfg.steps`` steps on this rank (``RANK``/``WORLD_SIZE`` from the environment); rank 0
     returns the report, the other ranks ``None``."""
     from dip.runtime.models import SpecModel
-    from dip.schedule.validate import validate_plan
     from dip.spec.presets import load_model
 
     rank, world, device = init_distributed(cfg.timeout_s)
@@ -189,127 +166,63 @@ def train(cfg: TrainConfig) -> dict | None:
         if r == rt.pp_rank:
             rt.dp_group = g
     provider = SpecModel(model, cfg.seed, cfg.dtype, device)
+    coord = Coordinator(cfg, model, dp) if rank == 0 else None
     executor: Executor | None = None
-    checker = None
-    cost = batches = None
-    if rank == 0:
-        cost = planning.cost_setup(model, cfg.dtype, cfg.hardware)
-        batches = planning.make_step_batches(model, cfg.steps, dp, cfg.microbatches, cfg.seed, cfg.workload)
-        if cfg.check_reference:
-            from dip.runtime.reference_check import ReferenceChecker
-            checker = ReferenceChecker(model, cfg.seed, cfg.dtype)
-    reports: list[dict] = []
-    timelines: list[Any] = []
-    predicted: list[Any] = []
-    last_trace = None
     for step in range(cfg.steps):
-        sims = None
-        if rank == 0:
-            work, sims = _plan_on_rank0(cfg, model, step, batches[step], cost)
-        else:
-            work = None
-        work = _broadcast(work, rt)
+        work = _broadcast(coord.plan(step) if coord else None, rt)
         if isinstance(work, tuple):
             kind, msg = work
             raise BadInput(msg) if kind == "BadInput" else RuntimeError(f"planning on rank 0 failed: {msg}")
-        plan, batch = work.plans[rt.dp_index], work.batches[rt.dp_index]
-        validate_plan(plan)
-        program = lower(plan, dist.get_backend())  # validated
-        stages = _stages_for(rt, plan, provider, step)
         if executor is None:
-            executor = Executor(rt.pp_rank, provider, stages, rank_map=rt.global_rank, timeout_s=cfg.timeout_s,
+            executor = Executor(rt.pp_rank, provider, {}, rank_map=rt.global_rank, timeout_s=cfg.timeout_s,
                                 device=device)
-            from dip.runtime.reference_check import make_optimizer
-            rt.optimizer = make_optimizer(named_params(rt).values())
-        executor.stages = stages
-        global_batch = work.global_batch
-        total = sum(provider.loss_tokens(mb) for mb in global_batch.microbatches)
-        for p in named_params(rt).values():
-            p.grad = None
-        seed = step_seed(cfg.seed, step)
-        timed_collective(dist.barrier, f"the barrier before step {step}", rank, cfg.timeout_s)
-        t0 = time.perf_counter()
-        res: StepResult = executor.run_step(plan, program, batch, step_seed=seed, loss_scale=1.0 / total,
-                                            mb_offset=rt.dp_index * cfg.microbatches)
-        sync_gradients(rt, cfg.timeout_s)
-        t_grads = time.perf_counter() - t0
-        loss_t = torch.tensor([res.loss_sum], dtype=torch.float64, device=device)
-        timed_collective(dist.all_reduce, "the loss all-reduce", rank, cfg.timeout_s, loss_t)
-        loss = float(loss_t[0]) / total
-        report: dict[str, Any] = {}
-        if cfg.check_reference:
-            grads = {n: p.grad.detach().cpu() for n, p in named_params(rt).items()} if rt.dp_index == 0 else {}
-            got = _gather(grads, rt, cfg.timeout_s)
-            if rank == 0:
-                merged = {k: v for d in got for k, v in d.items()}
-                report.update(checker.step(global_batch, seed, loss, merged))
-        t1 = time.perf_counter()
-        rt.optimizer.step()
-        t_opt = time.perf_counter() - t1
-        times = torch.tensor([res.elapsed_s, t_grads + t_opt], dtype=torch.float64, device=device)
-        timed_collective(dist.all_reduce, "the step-time all-reduce", rank, cfg.timeout_s, times,
-                         op=dist.ReduceOp.MAX)
-        if cfg.check_reference:
-            params = {n: p.detach().cpu() for n, p in named_params(rt).items()} if rt.dp_index == 0 else {}
-            got = _gather(params, rt, cfg.timeout_s)
-            if rank == 0:
-                report["param_rel_err"] = checker.compare_params({k: v for d in got for k, v in d.items()})
-        if cfg.trace or cfg.timeline:
-            mine = [(str(t.action), t.start, t.end) for t in res.actions] if rt.dp_index == 0 else []
-            rows = _gather(mine, rt, cfg.timeout_s)
-            if rank == 0:
-                timelines.append(rows)
-                predicted.append(_predicted_rows(work.plans[0], sims[0]) if sims else {})
-                last_trace = (work.plans[0], sims[0] if sims else None, rows)
-        if rank == 0:
-            reports.append({
-                "step": step, "loss": loss, "step_time_s": float(times[1]),
-                "pipeline_time_s": float(times[0]), "predicted_step_time_s": work.predicted_s,
-                "predicted_pipeline_time_s": work.predicted_makespan_s, "tokens": tokens_of(model, global_batch),
-                "loss_tokens": total, "microbatches": len(global_batch.microbatches), **report,
-            })
-    if rank != 0:
-        return None
-    if cfg.trace and last_trace is not None:
-        write_trace(cfg.trace, *last_trace)
-    out: dict[str, Any] = {"steps": reports, "schedule": cfg.schedule, "model": model.name, "nproc": world,
-                           "pp": pp, "dp": dp, "dtype": cfg.dtype, "microbatches": cfg.microbatches}
-    if checker is not None:
-        out.update({"max_grad_rel_err": checker.errors["grad"], "max_loss_abs_err": checker.errors["loss"],
-                    "max_param_rel_err": checker.errors["param"],
-                    "max_grad_allclose_ratio": checker.errors["allclose"], "worst": checker.worst})
-    if cfg.timeline:
-        out["timelines"] = timelines
-        out["predicted_timelines"] = predicted
-    return out
+        _train_step(cfg, rt, executor, provider, coord, step, work)
+    return coord.result(world, pp, dp) if coord else None
 
 
-def _predicted_rows(plan: Plan, sim: Any) -> dict[int, list]:
-    """Simulated ``(action, start, end, modules)`` per rank of one plan."""
-    rows = {}
-    for r, acts in sim.result.action_times().items():
-        rows[r] = [(str(a), s, e, "+".join(plan.graph.chunks[a.chunk].modules)) for a, s, e in acts]
-    return rows
+def _train_step(cfg: TrainConfig, rt: Runtime, executor: Executor, provider, coord, step: int, work) -> None:
+    """One step on this rank: execute its plan, synchronise gradients, AdamW, compare, measure."""
+    from dip.runtime.reference_check import make_optimizer
+    from dip.schedule.validate import validate_plan
 
-
-def write_trace(path: str, plan: Plan, sim: Any, rows: list) -> None:
-    """Chrome/Perfetto trace of the last step: measured compute actions next to the simulated plan."""
-    from dip.schedule.ir import Action
-
-    measured = {r: [(act, s, e) for act, s, e in ((Action.parse(a), s, e) for a, s, e in acts) if act.op.is_compute]
-                for r, acts in enumerate(rows) if acts}
-    try:
-        from dip.viz.trace import write_chrome_trace
-    except ImportError:
-        write_chrome_trace = None
-    if write_chrome_trace is not None and sim is not None:
-        write_chrome_trace(path, plan, sim.result, sim.costs, measured=measured)
-        return
-    import json
-    events = [{"ph": "X", "name": str(a), "pid": r, "tid": 0, "ts": s * 1e6, "dur": (e - s) * 1e6}
-              for r, acts in measured.items() for a, s, e in acts]
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"traceEvents": events}, f)
+    plan, batch = work.plans[rt.dp_index], work.batches[rt.dp_index]
+    validate_plan(plan)
+    program = lower(plan, dist.get_backend())  # validated
+    executor.stages = _stages_for(rt, plan, provider, step)
+    if rt.optimizer is None:
+        rt.optimizer = make_optimizer(named_params(rt).values())
+    global_batch = work.global_batch
+    total = sum(provider.loss_tokens(mb) for mb in global_batch.microbatches)
+    for p in named_params(rt).values():
+        p.grad = None
+    seed = step_seed(cfg.seed, step)
+    timed_collective(dist.barrier, f"the barrier before step {step}", rt.rank, cfg.timeout_s)
+    t0 = time.perf_counter()
+    res: StepResult = executor.run_step(plan, program, batch, step_seed=seed, loss_scale=1.0 / total,
+                                        mb_offset=rt.dp_index * cfg.microbatches)
+    sync_gradients(rt, cfg.timeout_s)
+    t_grads = time.perf_counter() - t0
+    loss_t = torch.tensor([res.loss_sum], dtype=torch.float64, device=rt.device)
+    timed_collective(dist.all_reduce, "the loss all-reduce", rt.rank, cfg.timeout_s, loss_t)
+    loss = float(loss_t[0]) / total
+    extra: dict[str, Any] = {}
+    mine = rt.dp_index == 0  # replica 0 speaks for every replica (identical gradients after the all-reduce)
+    if cfg.check_reference:
+        got = _gather({n: p.grad.detach().cpu() for n, p in named_params(rt).items()} if mine else {}, rt)
+        if coord:
+            extra.update(coord.checker.step(global_batch, seed, loss, {k: v for d in got for k, v in d.items()}))
+    t1 = time.perf_counter()
+    rt.optimizer.step()
+    times = torch.tensor([res.elapsed_s, t_grads + time.perf_counter() - t1], dtype=torch.float64, device=rt.device)
+    timed_collective(dist.all_reduce, "the step-time all-reduce", rt.rank, cfg.timeout_s, times, op=dist.ReduceOp.MAX)
+    if cfg.check_reference:
+        got = _gather({n: p.detach().cpu() for n, p in named_params(rt).items()} if mine else {}, rt)
+        if coord:
+            extra["param_rel_err"] = coord.checker.compare_params({k: v for d in got for k, v in d.items()})
+    rows = _gather([(str(t.action), t.start, t.end, t.wait) for t in res.actions] if mine else [], rt)
+    if coord:
+        coord.measured(work, rows[:rt.pp])
+        coord.add_report(step, work, loss, total, (float(times[0]), float(times[1])), extra)
 
 
 def finish(timeout_s: float) -> None:

@@ -1,0 +1,112 @@
+"""What global rank 0 does besides its own pipeline work: batches and plans for every step (with the
+online calibration and the planner's fixed layer partition), the single-process reference, the report
+and the trace."""
+from __future__ import annotations
+
+from typing import Any
+
+from dip.errors import BadInput
+from dip.runtime import planning
+from dip.runtime.calibrate import OnlineCalibration
+from dip.schedule.ir import Action, Plan
+from dip.spec.model import ModelSpec
+
+
+def predicted_rows(plan: Plan, sim: Any) -> dict[int, list]:
+    """Simulated ``(action, start, end, modules)`` per rank of one plan."""
+    return {r: [(str(a), s, e, "+".join(plan.graph.chunks[a.chunk].modules)) for a, s, e in acts]
+            for r, acts in sim.result.action_times().items()}
+
+
+def tokens_of(model: ModelSpec, batch) -> int:
+    """Tokens of a global batch: decoder sequence tokens (text + merged image tokens) plus DiT tokens."""
+    from dip.data.meta import lm_sequence_lens
+
+    return int(sum(sum(lm_sequence_lens(model, mb)) + sum(mb.clip_tokens) for mb in batch.microbatches))
+
+
+class Coordinator:
+    """Rank 0's state across the steps of one training run (``cfg`` is a ``TrainConfig``)."""
+
+    def __init__(self, cfg, model: ModelSpec, dp: int):
+        self.cfg, self.model = cfg, model
+        self.cost_model, self.hardware = planning.cost_setup(model, cfg.dtype, cfg.hardware)
+        self.calibration = OnlineCalibration(self.cost_model) if cfg.online_calibration else None
+        self.batches = planning.make_step_batches(model, cfg.steps, dp, cfg.microbatches, cfg.seed, cfg.workload)
+        self.partition = None
+        self.sims: list = []
+        self.checker = None
+        if cfg.check_reference:
+            from dip.runtime.reference_check import ReferenceChecker
+            self.checker = ReferenceChecker(model, cfg.seed, cfg.dtype)
+        self.reports: list[dict] = []
+        self.timelines: list = []
+        self.predicted: list = []
+        self.last_trace: tuple | None = None
+
+    def plan(self, step: int) -> Any:
+        """The step's ``StepWork`` to broadcast, or ``(kind, message)`` when planning failed."""
+        try:
+            planning.check_schedule(self.cfg.schedule, self.model)
+            predict = self.calibration.cost_model() if self.calibration else None
+            work, self.sims = planning.plan_step(step, self.cfg.schedule, self.model, self.batches[step],
+                                                 self.cost_model, self.hardware, self.cfg.seed, predict,
+                                                 self.partition)
+            self.partition = getattr(self.sims[0], "partition", None) or self.partition
+            pp = self.model.parallel.pp
+            if len({tuple(planning.layout_of(p, r) for r in range(pp)) for p in work.plans}) > 1:
+                raise RuntimeError("data-parallel replicas got plans with different layer placements")
+            return work
+        except BadInput as exc:
+            return ("BadInput", str(exc))
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank by the trainer
+            return ("Error", f"{type(exc).__name__}: {exc}")
+
+    def measured(self, work, rows: list) -> None:
+        """Every rank's measured ``(action, start, end, wait)`` of replica 0: calibration, trace, timeline."""
+        pred = predicted_rows(work.plans[0], self.sims[0])
+        if self.calibration is not None:
+            self.calibration.update(pred, rows)
+        if self.cfg.timeline:
+            self.timelines.append(rows)
+            self.predicted.append(pred)
+        self.last_trace = (work.plans[0], self.sims[0], rows)
+
+    def add_report(self, step: int, work, loss: float, loss_tokens: int, times: tuple[float, float],
+                   extra: dict) -> None:
+        gb = work.global_batch
+        self.reports.append({
+            "step": step, "loss": loss, "step_time_s": times[1], "pipeline_time_s": times[0],
+            "predicted_step_time_s": work.predicted_s, "predicted_pipeline_time_s": work.predicted_makespan_s,
+            "predicted_pipeline_time_shipped_calibration_s": work.predicted_static_makespan_s,
+            "tokens": tokens_of(self.model, gb), "loss_tokens": loss_tokens, "microbatches": len(gb.microbatches),
+            **extra,
+        })
+
+    def result(self, world: int, pp: int, dp: int) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.trace and self.last_trace is not None:
+            write_trace(cfg.trace, *self.last_trace)
+        out: dict[str, Any] = {"steps": self.reports, "schedule": cfg.schedule, "model": self.model.name,
+                               "nproc": world, "pp": pp, "dp": dp, "dtype": cfg.dtype,
+                               "microbatches": cfg.microbatches}
+        if self.checker is not None:
+            e = self.checker.errors
+            out.update({"max_grad_rel_err": e["grad"], "max_loss_abs_err": e["loss"],
+                        "max_param_rel_err": e["param"], "max_grad_allclose_ratio": e["allclose"],
+                        "worst": self.checker.worst})
+        if self.calibration is not None:
+            out["calibration_factors"] = self.calibration.summary()
+        if cfg.timeline:
+            out["timelines"] = self.timelines
+            out["predicted_timelines"] = self.predicted
+        return out
+
+
+def write_trace(path: str, plan: Plan, sim: Any, rows: list) -> None:
+    """Chrome/Perfetto trace of the last step: measured compute actions next to the simulated plan."""
+    from dip.viz.trace import write_chrome_trace
+
+    measured = {r: [(a, s, e) for a, s, e in ((Action.parse(x[0]), x[1], x[2]) for x in acts) if a.op.is_compute]
+                for r, acts in enumerate(rows) if acts}
+    write_chrome_trace(path, plan, sim.result, sim.costs, measured=measured)
