@@ -7,14 +7,20 @@
     ``torch_step_time_ratio`` = median over rounds of ours / torch (target <= 1.00).
     ``executor_overhead_ms_per_action``: one rank running a tiny stack through the executor versus a
     plain forward/backward loop over the same chunk.
-(b) DIP against 1F1B on ``tiny-vlm`` with batches that change every step (``dip train`` machinery,
-    float32, the first step of every run dropped as warm-up): ``dip_speedup_vs_1f1b = 1F1B / DIP``
-    pipeline time, and the simulator's accuracy on those runs,
+(b) DIP against 1F1B on ``tiny-vlm`` with batches that change every step, float32: every step runs
+    both schedules' plans of that step's batch back to back (:mod:`dip.runtime.compare`), so both see
+    the same machine load; ``dip_speedup_vs_1f1b`` = median over steps (after an untimed warm-up step,
+    step 0 dropped: it has no calibration yet)
+    of 1F1B / DIP pipeline time, and the simulator's accuracy on those runs,
     ``sim_accuracy = mean(1 - |predicted - measured| / measured)`` of the pipeline times. Predictions
     use the CPU calibration corrected online by earlier steps' measured action times
     (:mod:`dip.runtime.calibrate`); ``sim_accuracy_shipped_calibration`` is the same measure with the
     shipped calibration alone, and ``calibration_factors`` (measured / shipped per module and pass)
     say how far off the shipped calibration is.
+
+Pipelines only overlap when the ranks get their own cores: ``effective_cores_start`` / ``_end``
+(2 x one busy process alone / two at once) say how many cores the 2 ranks actually had; with 1, a
+balanced schedule such as DIP cannot gain from overlapping and pays for its finer granularity.
 """
 from __future__ import annotations
 
@@ -25,16 +31,13 @@ from typing import Any
 
 from dip.cli.common import emit, positive_int
 
-ROUNDS = 2
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("runtime", help="executor vs torch pipelining; DIP vs 1F1B measured; simulator accuracy",
                               description="Measure the runtime on 2 local processes (see dip.bench.runtime).")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--repeats", type=int, default=40, help="timed steps per engine in part (a) (default 40)")
-    p.add_argument("--steps", type=int, default=4, help="steps per training run in part (b) (default 4)")
-    p.add_argument("--rounds", type=int, default=ROUNDS, help="alternating DIP / 1F1B runs in part (b) (default 2)")
+    p.add_argument("--steps", type=int, default=8, help="steps (new batch each) in part (b) (default 8)")
     p.add_argument("--model", default="tiny-vlm", help="model of part (b) (default tiny-vlm)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
@@ -168,52 +171,70 @@ def executor_overhead(repeats: int = 100) -> float:
         torch.set_num_threads(threads)
 
 
+def _busy_loop() -> float:
+    import torch
+
+    torch.set_num_threads(1)
+    a = torch.randn(256, 256)
+    t0 = time.perf_counter()
+    for _ in range(400):
+        a = torch.tanh(a @ a)
+    return time.perf_counter() - t0
+
+
+def _busy_rank(rank: int, world: int) -> float:
+    return _busy_loop()
+
+
+def effective_cores() -> float:
+    """How many cores two ranks really get: 2 x (one process alone) / (two processes at once)."""
+    from dip.runtime.launch import spawn
+
+    alone = min(_busy_loop() for _ in range(2))
+    both = max(v for ok, v in spawn(_busy_rank, 2, timeout_s=120) if ok)
+    return 2.0 * alone / both
+
+
 # --------------------------------------------------------------------------- (b) DIP vs 1F1B
 
-def dip_vs_1f1b(model: str, steps: int, rounds: int, seed: int) -> dict[str, Any]:
-    """Part (b): alternating DIP / 1F1B trainings on 2 processes; speedup and simulator accuracy."""
-    from dip.runtime.launch import launch_many
-    from dip.runtime.trainer import TrainConfig
+def dip_vs_1f1b(model: str, steps: int, seed: int) -> dict[str, Any]:
+    """Part (b): DIP and 1F1B step by step on the same batches (:mod:`dip.runtime.compare`)."""
+    from dip.runtime.compare import compare_schedules
 
-    cfgs = [TrainConfig(model=model, schedule=sched, steps=steps, nproc=2, pp=2, dp=1, seed=seed, dtype="float32")
-            for _ in range(rounds) for sched in ("dip", "1f1b")]
-    outs = launch_many(cfgs)
-    measured: dict[str, list[float]] = {"dip": [], "1f1b": []}
-    accuracy: dict[str, list[float]] = {"dip": [], "1f1b": []}
+    res = compare_schedules(model, ["dip", "1f1b"], steps, seed=seed)
+    dip, base = res["dip"], res["1f1b"]
+    pairs = list(zip(base["measured"], dip["measured"]))[1:]  # step 0 has no calibration yet
+    accuracy: dict[str, list[float]] = {}
     shipped: list[float] = []
-    factors: dict[str, dict] = {}
-    for out in outs:
-        sched = out["schedule"]
-        factors[sched] = out.get("calibration_factors", {})
-        for s in out["steps"][1:]:  # the first step warms up (and has no measurement to calibrate from)
-            meas = s["pipeline_time_s"]
-            measured[sched].append(meas)
-            for pred, acc in ((s["predicted_pipeline_time_s"], accuracy[sched]),
-                              (s.get("predicted_pipeline_time_shipped_calibration_s"), shipped)):
-                if pred is not None:
-                    acc.append(1.0 - abs(pred - meas) / meas)
-    dip_s, base_s = statistics.mean(measured["dip"]), statistics.mean(measured["1f1b"])
-    all_acc = accuracy["dip"] + accuracy["1f1b"]
+    for name, r in res.items():
+        for meas, pred, plain in list(zip(r["measured"], r["predicted"], r["shipped"]))[1:]:
+            if pred is not None:
+                accuracy.setdefault(name, []).append(1.0 - abs(pred - meas) / meas)
+            if plain is not None:
+                shipped.append(1.0 - abs(plain - meas) / meas)
+    all_acc = [a for v in accuracy.values() for a in v]
     return {
-        "dip_speedup_vs_1f1b": base_s / dip_s,
-        "dip_step_s": dip_s, "one_f_one_b_step_s": base_s,
+        "dip_speedup_vs_1f1b": statistics.median(b / d for b, d in pairs),
+        "dip_step_s": statistics.median(d for _, d in pairs), "one_f_one_b_step_s": statistics.median(b for b, _ in pairs),
         "sim_accuracy": statistics.mean(all_acc) if all_acc else None,
-        "sim_accuracy_by_schedule": {k: statistics.mean(v) for k, v in accuracy.items() if v},
+        "sim_accuracy_by_schedule": {k: statistics.mean(v) for k, v in accuracy.items()},
         "sim_accuracy_shipped_calibration": statistics.mean(shipped) if shipped else None,
-        "calibration_factors": factors,
-        "model": model, "steps_per_run": steps, "rounds": rounds,
+        "calibration_factors": {k: r["calibration_factors"] for k, r in res.items()},
+        "measured_s": {k: r["measured"] for k, r in res.items()},
+        "predicted_s": {k: r["predicted"] for k, r in res.items()},
+        "model": model, "steps": steps,
     }
 
 
 def run(args) -> int:
     positive_int("repeats", args.repeats)
     positive_int("steps", args.steps, minimum=2)
-    positive_int("rounds", args.rounds)
     t0 = time.perf_counter()
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"effective_cores_start": effective_cores()}
     out.update(executor_vs_torch(args.repeats))
     out["executor_overhead_ms_per_action"] = executor_overhead()
-    out.update(dip_vs_1f1b(args.model, args.steps, args.rounds, args.seed))
+    out.update(dip_vs_1f1b(args.model, args.steps, args.seed))
+    out["effective_cores_end"] = effective_cores()
     out["nproc"] = 2
     out["wall_s"] = time.perf_counter() - t0
     text = (f"executor / torch Schedule1F1B step time: {out['torch_step_time_ratio']:.3f} "

@@ -115,9 +115,10 @@ def select_candidates(secs: np.ndarray, mem: np.ndarray, s: int = DEFAULT_CANDID
 class CandidateBuilder:
     """Builds and caches candidates per (module, work, layer range)."""
 
-    def __init__(self, cost_model, s: int = DEFAULT_CANDIDATES):
+    def __init__(self, cost_model, s: int = DEFAULT_CANDIDATES, uniform: str | None = None):
         self.cost_model = cost_model
         self.s = s
+        self.uniform = uniform  # one candidate per stage: every layer with this strategy (ablations)
         self._cache: dict = {}
 
     def for_stage(self, chunk: Chunk, work: ModuleWork) -> list[tuple[float, float, float, tuple[str, ...]]]:
@@ -137,11 +138,16 @@ class CandidateBuilder:
         layers = stop - start
         if work.empty or layers == 0:
             return [(base.f, base.i + base.w, base.act_bytes, ("none",) * layers)]
+        if self.uniform is not None:
+            cc = cm.chunk_costs(module, work, start, stop, self.uniform)
+            return [(cc.f, cc.i + cc.w, cc.act_bytes, (self.uniform,) * layers)]
         options = layer_options(cm, module, work)
         secs, mem, counts = pareto_front(layers, options)
         act_none = cm.layer_activation_bytes(module, work, "none")
+        keep = set(select_candidates(secs, mem, self.s))
+        keep |= {k for k in range(len(mem)) if np.count_nonzero(counts[k]) == 1}  # uniform points on the front
         out = []
-        for k in select_candidates(secs, mem, self.s):
+        for k in sorted(keep):
             strat = tuple(name for (name, _, _), c in zip(options, counts[k]) for _ in range(int(c)))
             act = base.act_bytes - layers * act_none + float(mem[k])
             out.append((base.f, base.i + base.w + float(secs[k]), act, _canonical(strat)))

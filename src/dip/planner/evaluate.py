@@ -5,7 +5,9 @@ durations the interleaver plans with and which activation bytes it tracks agains
 The paper's setting is the most memory-efficient candidate for both (``TrackConfig(0.0, "memory")``);
 tracking bytes of faster candidates (``level`` > 0) lets the interleaver keep fewer stages in flight
 instead of recomputing, and planning with the fastest durations matches the final timeline better.
-Every score is the simulator's makespan of the final order with the chosen candidates.
+Every score is the simulator's makespan of the final order with the chosen candidates. With
+``passes = 2`` (default) a rollout interleaves a second time with the bytes and durations of the
+candidates the memory phase chose, keeping the better of the two.
 """
 from __future__ import annotations
 
@@ -68,9 +70,10 @@ class Schedule:
 class Evaluator:
     """Scores item sequences for one :class:`PlanProblem` (see module docstring)."""
 
-    def __init__(self, problem: PlanProblem, ilp: bool = False, ilp_time_limit: float = 0.2):
+    def __init__(self, problem: PlanProblem, ilp: bool = False, ilp_time_limit: float = 0.2, passes: int = 2):
         self.p = problem
         self.ilp = ilp
+        self.passes = max(int(passes), 1)
         self.ilp_time_limit = ilp_time_limit
         tg, cand = problem.tg, problem.cand
         self.cand_t = cand.f + cand.b
@@ -102,7 +105,19 @@ class Evaluator:
                                           self.cap, prio, tg.pred_ptr, tg.succ_ptr, tg.succ_idx, p.succ_delay,
                                           float(config.reserve), bool(config.alternate))
         ptr, tasks = rank_orders(sequence, tg.task_rank, p.num_ranks)
-        return self.finish(sequence, ptr, tasks, config, items, self.ilp if ilp is None else ilp)
+        sched = self.finish(sequence, ptr, tasks, config, items, self.ilp if ilp is None else ilp)
+        for _ in range(self.passes - 1):  # re-plan with the bytes and durations the memory phase chose
+            if not sched.feasible:
+                break
+            rows = np.arange(len(sched.choice))
+            duration, _ = p.task_durations(sched.choice)
+            again = self.evaluate_tracked(items, duration, p.cand.mem[rows, sched.choice].astype(np.float64), config,
+                                          prio=prio)
+            self.calls -= 1
+            if again.score >= sched.score:
+                break
+            sched = again
+        return sched
 
     def evaluate_tracked(self, items: np.ndarray, duration: np.ndarray, act: np.ndarray, config: TrackConfig,
                          ilp: bool = False, prio: np.ndarray | None = None) -> Schedule:

@@ -38,7 +38,7 @@ def _less(a, b, kf, ki):
     return kf[a] < kf[b] or (kf[a] == kf[b] and ki[a] < ki[b])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _push(heap, base, size, h, item, kf, ki):
     pos = size[h]
     size[h] += 1
@@ -53,7 +53,7 @@ def _push(heap, base, size, h, item, kf, ki):
             break
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _pop(heap, base, size, h, kf, ki):
     off = base[h]
     top = heap[off]
@@ -121,6 +121,7 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
     sequence = np.empty(n, np.int64)
     forced = 0
     fen, fen_base, fen_pos = _reserve_tree(n_ranks, task_rank, task_op, task_stage, stage_act, prio, reserve)
+    fits = np.ones(n_ranks, np.bool_)
     for step in range(n):
         best_r = -1
         best_t = INF
@@ -130,8 +131,29 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
                 while size[hp] > 0 and t_start[heap[base[hp]]] <= t_last[r]:
                     t = _pop(heap, base, size, hp, t_start, prio)
                     _push(heap, base, size, 4 * r + kind, t, zero, prio)
-            tm = _rank_tmin(r, heap, base, size, t_start, t_last, mem, cap, stage_act, task_stage,
-                            fen, fen_base, fen_pos, reserve)
+            # earliest start of rank r (inline: helper calls with many arrays are slow in numba)
+            nxt_f = -1
+            if size[4 * r] > 0:
+                nxt_f = heap[base[4 * r]]
+            elif size[4 * r + 2] > 0:
+                nxt_f = heap[base[4 * r + 2]]
+            f_ok = True
+            if nxt_f >= 0:
+                need = mem[r] + stage_act[task_stage[nxt_f]]
+                if reserve > 0.0:
+                    need += reserve * _fen_prefix(fen, fen_base[r], fen_pos[nxt_f])
+                f_ok = need <= cap[r] * (1.0 + 1e-12) + 1e-6
+            fits[r] = f_ok
+            if size[4 * r + 1] > 0 or (f_ok and size[4 * r] > 0):
+                tm = t_last[r]
+            else:
+                tm = INF
+                if size[4 * r + 3] > 0:
+                    tm = t_start[heap[base[4 * r + 3]]]
+                if f_ok and size[4 * r + 2] > 0 and t_start[heap[base[4 * r + 2]]] < tm:
+                    tm = t_start[heap[base[4 * r + 2]]]
+                if tm < t_last[r]:
+                    tm = t_last[r]
             if tm < best_t:
                 best_t = tm
                 best_r = r
@@ -150,8 +172,7 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
             if best_r < 0:
                 break  # dependency cycle (cannot happen for valid structures)
         r = best_r
-        f_ok = allow_over or _forward_fits(r, heap, base, size, mem, cap, stage_act, task_stage,
-                                           fen, fen_base, fen_pos, reserve)
+        f_ok = allow_over or fits[r]
         has_f = f_ok and size[4 * r] > 0
         has_b = size[4 * r + 1] > 0
         if has_f and has_b:
@@ -235,7 +256,7 @@ def _reserve_tree(n_ranks, task_rank, task_op, task_stage, stage_act, prio, rese
     return fen, fen_base, fen_pos
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _fen_add(fen, off, size, pos, value):
     i = pos + 1
     while i <= size:
@@ -243,7 +264,7 @@ def _fen_add(fen, off, size, pos, value):
         i += i & (-i)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _fen_prefix(fen, off, pos):
     """Sum of entries at positions < pos."""
     total = 0.0
@@ -252,40 +273,6 @@ def _fen_prefix(fen, off, pos):
         total += fen[off + i - 1]
         i -= i & (-i)
     return total
-
-
-@njit(cache=True)
-def _forward_fits(r, heap, base, size, mem, cap, stage_act, task_stage, fen, fen_base, fen_pos, reserve):
-    """Whether the next forward of rank ``r`` (ready, else pending) fits in its memory."""
-    if size[4 * r] > 0:
-        t = heap[base[4 * r]]
-    elif size[4 * r + 2] > 0:
-        t = heap[base[4 * r + 2]]
-    else:
-        return True
-    need = mem[r] + stage_act[task_stage[t]]
-    if reserve > 0.0:
-        need += reserve * _fen_prefix(fen, fen_base[r], fen_pos[t])
-    return need <= cap[r] * (1.0 + 1e-12) + 1e-6
-
-
-@njit(cache=True)
-def _rank_tmin(r, heap, base, size, t_start, t_last, mem, cap, stage_act, task_stage, fen, fen_base, fen_pos,
-               reserve):
-    """Earliest time rank ``r`` can start a stage (inf when it has none it may run)."""
-    f_ok = _forward_fits(r, heap, base, size, mem, cap, stage_act, task_stage, fen, fen_base, fen_pos, reserve)
-    if size[4 * r + 1] > 0 or (f_ok and size[4 * r] > 0):
-        return t_last[r]
-    tm = INF
-    if size[4 * r + 3] > 0:
-        tm = t_start[heap[base[4 * r + 3]]]
-    if f_ok and size[4 * r + 2] > 0:
-        tf = t_start[heap[base[4 * r + 2]]]
-        if tf < tm:
-            tm = tf
-    if tm < t_last[r]:
-        tm = t_last[r]
-    return tm
 
 
 @njit(cache=True)

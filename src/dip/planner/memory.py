@@ -203,11 +203,12 @@ def greedy_select(ptr, tasks, task_op, task_stage, cand_t, mem, count, cap):
 def ilp_select(ptr: np.ndarray, tasks: np.ndarray, task_op: np.ndarray, task_stage: np.ndarray,
                cand_t: np.ndarray, mem: np.ndarray, count: np.ndarray, cap: np.ndarray, rank: int,
                warm: np.ndarray, gap: float = 0.05, time_limit: float | None = 0.5,
-               node_limit: int | None = None) -> np.ndarray | None:
+               node_limit: int | None = None, max_columns: int | None = None) -> np.ndarray | None:
     """Solve rank ``rank``'s ILP with HiGHS, warm-started from ``warm`` (a full per-stage choice).
 
     Returns the improved per-stage choice (only this rank's stages change), or None when HiGHS found
-    nothing better than the warm start. ``node_limit`` without ``time_limit`` keeps the solve deterministic."""
+    nothing better than the warm start. ``node_limit`` without ``time_limit`` keeps the solve deterministic;
+    ``max_columns`` skips models with more binary variables (their root solve alone can take seconds)."""
     import highspy
 
     n_stages = cand_t.shape[0]
@@ -226,6 +227,8 @@ def ilp_select(ptr: np.ndarray, tasks: np.ndarray, task_op: np.ndarray, task_sta
     prefix = np.concatenate(([0], np.cumsum(binding)))
     involved = [s for s in stages if prefix[last[s] + 1] - prefix[first[s]] > 0 and count[s] > 1]
     if not involved:
+        return None
+    if max_columns is not None and sum(int(count[s]) for s in involved) > max_columns:
         return None
     row_of = {int(i): k for k, i in enumerate(rows)}
     h = new_highs()
@@ -257,6 +260,7 @@ def ilp_select(ptr: np.ndarray, tasks: np.ndarray, task_op: np.ndarray, task_sta
             if binding[i]:
                 fixed[row_of[i]] += mem[s, fastest[s]]
     mem_rows: list[list[tuple[int, float]]] = [[] for _ in rows]
+    scale = max(abs(float(cap[rank])), 1.0)  # rows in units of the capacity
     col = 0
     for s in involved:
         idx = list(range(col, col + count[s]))
@@ -270,8 +274,8 @@ def ilp_select(ptr: np.ndarray, tasks: np.ndarray, task_op: np.ndarray, task_sta
         if not entries:
             continue
         idx = np.asarray([c for c, _ in entries], np.int32)
-        val = np.asarray([v for _, v in entries], float) / 1e9
-        h.addRow(-inf, (cap[rank] - fixed[k]) / 1e9 + 1e-9, len(idx), idx, val)
+        val = np.asarray([v for _, v in entries], float) / scale
+        h.addRow(-inf, (cap[rank] - fixed[k]) / scale + 1e-9, len(idx), idx, val)
     start = np.zeros(ncol)
     col = 0
     for s in involved:

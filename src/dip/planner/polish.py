@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -29,6 +30,7 @@ PRIO_EVALS_PER_ROLLOUT = 100
 PRIO_KICK = 3
 ILP_TIME_LIMIT_S = 0.5
 ILP_NODE_LIMIT = 200
+ILP_MAX_COLUMNS = 1500
 
 
 def shifted_sequence(problem: PlanProblem, shift: dict[tuple[str, int], int]) -> np.ndarray:
@@ -90,12 +92,22 @@ def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, rollouts
     """Refine the incumbent with its own candidates, reorder unit passes, move stages, then solve the
     memory ILP per rank. ``rollouts`` (deterministic mode) sizes the work; otherwise ``deadline`` stops it."""
     deterministic = rollouts is not None
-    refine(ev, problem, state, deadline, deterministic)
+    now = time.perf_counter()
+    left = max(deadline - now, 0.0) if math.isfinite(deadline) else 0.0
+
+    def until(fraction: float) -> float:
+        return deadline if not math.isfinite(deadline) else now + fraction * left
+
+    state.phase = "refine"
+    refine(ev, problem, state, until(0.1), deterministic)
     prio_evals = None
     if deterministic:
         prio_evals = int(min(PRIO_EVALS_PER_ROLLOUT * max(rollouts, 1), PRIO_WORK // max(problem.num_tasks, 1)))
-    priority_search(ev, problem, state, deadline, prio_evals, seed)
-    move_search(ev, problem, state, deadline, deterministic)
+    state.phase = "priorities"
+    priority_search(ev, problem, state, until(0.65), prio_evals, seed)
+    state.phase = "moves"
+    move_search(ev, problem, state, until(0.85), deterministic)
+    state.phase = "ilp"
     ilp_polish(ev, problem, state, deadline, deterministic)
 
 
@@ -126,7 +138,8 @@ def ilp_polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, dete
             break
         limit = None if deterministic else min(ILP_TIME_LIMIT_S, left / (problem.num_ranks - r))
         better = ilp_select(best.ptr, best.tasks, problem.tg.task_op, problem.tg.task_stage, ev.cand_t, cand.mem,
-                            cand.count, ev.cap, r, choice, time_limit=limit, node_limit=ILP_NODE_LIMIT)
+                            cand.count, ev.cap, r, choice, time_limit=limit, node_limit=ILP_NODE_LIMIT,
+                            max_columns=ILP_MAX_COLUMNS if deterministic else None)
         if better is not None:
             choice, changed = better, True
     if changed:

@@ -108,15 +108,16 @@ class PlanProblem:
 
 def build_problem(model: ModelSpec, partition: Partition, batch: BatchMeta, cost_model, hardware,
                   memory_limit_bytes: float | None = None, candidates: int = DEFAULT_CANDIDATES,
-                  dp: int | None = None) -> PlanProblem:
-    """Units, costs, task graph, candidates and segment items of ``batch`` under ``partition``."""
+                  dp: int | None = None, uniform: str | None = None) -> PlanProblem:
+    """Units, costs, task graph, candidates and segment items of ``batch`` under ``partition``.
+    ``uniform`` restricts every stage to one candidate: all its layers with that strategy."""
     graph = partition.graph
     units, flows = partition.units(model, batch)
     if not any(units.values()):
         raise BadInput("the batch has no micro-batches to schedule")
     costs = stage_costs(graph, units, flows, model, cost_model, batch)
     topo = Topology.from_hardware(hardware, tp=costs.tp)
-    builder = CandidateBuilder(cost_model, candidates)
+    builder = CandidateBuilder(cost_model, candidates, uniform)
     unit_of = {g: {u.index: u for u in us} for g, us in units.items()}
     mbs = batch.microbatches
     per_stage = []

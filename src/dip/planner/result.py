@@ -27,6 +27,7 @@ class SearchStats:
     initial_time_s: float
     workers: int = 1
     evaluations: int = 0
+    gains: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class PlanResult:
             "rollouts": self.stats.rollouts,
             "time_to_best_s": self.stats.time_to_best_s,
             "tracking": self.stats.config,
+            "gains_s": {k: round(v, 6) for k, v in self.stats.gains.items()},
             "recompute_stages": sum(1 for v in self.plan.strategies.values() if any(s != "none" for s in v)),
         }
 

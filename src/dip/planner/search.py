@@ -36,6 +36,7 @@ from dip.spec.hardware import get_hardware
 from dip.spec.model import ModelSpec
 
 DEFAULT_BUDGET_S = 2.0
+POLISH_SHARE = 0.6  # of the time left after tuning: polishing the best schedule pays more than more rollouts
 GIB = 2**30
 
 
@@ -49,9 +50,13 @@ class SearchState:
     curve: list[tuple[float, float]] = field(default_factory=list)
     rollouts: int = 0
     time_to_best: float = 0.0
+    phase: str = "initial"
+    gains: dict[str, float] = field(default_factory=dict)
 
     def offer(self, sched: Schedule) -> bool:
         if sched.score < self.best.score - 1e-12:
+            if math.isfinite(self.best.score):
+                self.gains[self.phase] = self.gains.get(self.phase, 0.0) + self.best.score - sched.score
             self.best = sched
             self.time_to_best = time.perf_counter() - self.t0
             self.curve.append((self.time_to_best, sched.makespan))
@@ -86,8 +91,11 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
                    strategy: str = "mcts", window: int = DEFAULT_WINDOW,
                    rollouts_per_expansion: int = DEFAULT_ROLLOUTS_PER_EXPANSION, tune: bool = True,
                    polish_schedules: bool = True, configs: tuple[TrackConfig, ...] | None = None,
-                   search_configs: int = 3, t0: float | None = None) -> tuple[SearchState, SearchStats]:
-    """The search phases on a built problem; returns the final state (best and initial schedules)."""
+                   search_configs: int = 3, seeds: tuple = (), t0: float | None = None
+                   ) -> tuple[SearchState, SearchStats]:
+    """The search phases on a built problem; returns the final state (best and initial schedules).
+
+    ``seeds``: known schedules ``(ptr, tasks, choice)`` of this problem offered as incumbents up front."""
     t0 = time.perf_counter() if t0 is None else t0
     if strategy not in STRATEGIES:
         raise BadInput(f"unknown search strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
@@ -103,16 +111,24 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
     state = SearchState(t0, initial, initial, [(time.perf_counter() - t0, initial.makespan)])
     if not initial.feasible:
         _feasible_fallback(ev, problem, state)
+    for ptr, tasks, choice in seeds:
+        seq = np.asarray(tasks, np.int64)
+        state.offer(ev.simulate(seq, np.asarray(ptr, np.int64), seq, np.asarray(choice, np.int64), state.best.config,
+                                state.best.items))
     ranked, base = [state.best.config], problem.default_sequence
+    state.phase = "tune"
     if tune:
         ranked, base = tune_base(ev, problem, state, configs or DEFAULT_CONFIGS, deadline)
     ranked = ranked[:max(int(search_configs), 1)]
     if not state.best.feasible:
         raise _infeasible(problem, state.best)
-    polish_reserve = 0.0 if budget is None else min(0.3 * budget, 0.5)
+    polish_reserve = 0.0
+    if budget is not None and polish_schedules:
+        polish_reserve = POLISH_SHARE * max(deadline - time.perf_counter(), 0.0)
     search = STRATEGIES[strategy](base, state.best.makespan, np.random.default_rng(seed), alpha=alpha, beta=beta,
                                   window=window, rollouts_per_expansion=rollouts_per_expansion, configs=len(ranked))
     limit = rollouts if deterministic else None
+    state.phase = strategy
     if workers > 1:
         from dip.planner.parallel import run_parallel
 
@@ -124,7 +140,7 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
     stats = SearchStats(
         strategy=strategy, rollouts=state.rollouts, time_to_best_s=state.time_to_best,
         search_time_s=time.perf_counter() - t0, curve=state.curve, config=str(state.best.config),
-        initial_time_s=state.initial.makespan, workers=workers, evaluations=ev.calls,
+        initial_time_s=state.initial.makespan, workers=workers, evaluations=ev.calls, gains=dict(state.gains),
     )
     return state, stats
 

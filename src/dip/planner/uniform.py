@@ -69,6 +69,7 @@ def warm_up() -> float:
 
     class _State:
         best = sched
+        phase = ""
 
         def offer(self, other):
             return False

@@ -3,9 +3,9 @@
 The shipped CPU calibration is profiled once, in one setting (threads, load); a rank of ``dip train``
 runs in another. After every step, rank 0 compares each compute action's measured time (its waits for
 messages excluded) with the simulator's time for the same action and keeps one factor per
-``(module, pass)`` (``f`` for forwards, ``b`` for backward passes: ``B``, ``I``, ``W``). The next step
-is planned and predicted with :class:`ScaledCostModel`: the cost model with its times multiplied by
-those factors. Step ``k``'s prediction thus only uses measurements of steps ``< k``. A compute
+``(module, pass)`` (``f`` for forwards, ``b`` for backward passes: ``B``, ``I``, ``W``). The next step's
+plan is simulated with :class:`ScaledCostModel` (the cost model with its times multiplied by those
+factors) to predict its time; plans themselves are made with the shipped cost model. Step ``k``'s prediction thus only uses measurements of steps ``< k``. A compute
 action's measured time runs until the next compute action starts, so the executor's per-action
 overhead (posting its sends and receives) is part of what the factors absorb.
 """
@@ -16,7 +16,11 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
+import numpy as np
+
 from dip.cost import ChunkCost, CostModel, PassTimes
+from dip.data.meta import BatchMeta, work_for
+from dip.schedule.ir import Action, Op, Plan
 
 PASS_OF = {"F": "f", "B": "b", "I": "b", "W": "b"}
 
@@ -62,42 +66,79 @@ class OnlineCalibration:
     def cost_model(self) -> CostModel:
         return ScaledCostModel(self.base, self.factors) if self.factors else self.base
 
-    def update(self, predicted: Mapping[int, Sequence[tuple]], measured: Sequence[Sequence[tuple]]) -> None:
-        """``predicted[rank]``: simulated ``(action, start, end, modules)``; ``measured[rank]``: the step's
-        ``(action, start, end, wait)``. Both for the same plan (made with the current factors)."""
-        sim: dict[tuple[int, str], tuple[float, str]] = {}
-        for r, rows in predicted.items():
-            for a, s, e, modules in rows:
-                sim[(int(r), a)] = (e - s, modules)
-        sums: dict[tuple[str, str], list[float]] = {}
-        for r, rows in enumerate(measured):
-            for a, busy in _busy_times(rows):
-                got = sim.get((r, a))
-                kind = PASS_OF.get(_op(a))
-                if got is None or kind is None or got[0] <= 0:
-                    continue
-                for module in got[1].split("+"):
-                    acc = sums.setdefault((module, kind), [0.0, 0.0])
-                    acc[0] += busy
-                    acc[1] += got[0]
-        for key, (meas, pred) in sums.items():
-            if meas <= 0 or pred <= 0:
+    def update(self, plan: Plan, batch: BatchMeta, measured: Sequence[Sequence[tuple]]) -> None:
+        """Refine the factors with one step: ``measured[rank]`` holds ``(action, start, end, wait)`` of
+        ``plan`` (run on ``batch``). Per pass, the measured busy time of each compute action is fitted
+        as ``sum over the chunk's modules of factor(module) * base time of that module's part``
+        (least squares), so mixed chunks inform every module they hold."""
+        rows: dict[str, list[tuple[dict[str, float], float]]] = {"f": [], "b": []}
+        for acts in measured:
+            for a, busy in _busy_times(acts):
+                action = Action.parse(a)
+                kind = PASS_OF.get(action.op.value)
+                if kind is not None:
+                    rows[kind].append((self._base_times(plan, batch, action), busy))
+        for kind, obs in rows.items():
+            for module, k in _fit(obs).items():
+                key = (module, kind)
+                old = self.factors.get(key)
+                self.factors[key] = k if old is None else math.exp(
+                    (1 - self.weight) * math.log(old) + self.weight * math.log(k))
+
+    def _base_times(self, plan: Plan, batch: BatchMeta, action: Action) -> dict[str, float]:
+        """Shipped-model seconds of ``action`` per module of its chunk."""
+        chunk = plan.graph.chunks[action.chunk]
+        unit = plan.units[chunk.group][action.unit]
+        mb = batch.microbatches[unit.mb]
+        strategies = plan.strategy(action.chunk, action.unit)
+        out: dict[str, float] = {}
+        offset = 0
+        for part in chunk.parts:
+            spec = self.base.model.module(part.module)
+            inst = slice(unit.start, unit.stop) if unit.stop > unit.start else None
+            work = work_for(self.base.model, spec, mb, inst)
+            strat = tuple(strategies[offset:offset + part.layers])
+            offset += part.layers
+            if work.empty:
                 continue
-            ratio = meas / pred
-            old = self.factors.get(key)
-            new = ratio * (old or 1.0)
-            self.factors[key] = new if old is None else math.exp(
-                (1 - self.weight) * math.log(old) + self.weight * math.log(new))
+            c = self.base.chunk_costs(spec, work, part.layer_start, part.layer_end, strat)
+            t = {Op.F: c.f, Op.I: c.i, Op.W: c.w, Op.B: c.i + c.w}[action.op]
+            out[part.module] = out.get(part.module, 0.0) + t
+        return out
 
     def summary(self) -> dict[str, float]:
         return {f"{m} {k}": round(v, 4) for (m, k), v in sorted(self.factors.items())}
+
+
+def _fit(obs: Sequence[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """Least-squares factors ``k`` with ``busy ~= sum_m k[m] * base[m]``; modules whose factor the data
+    cannot pin down (or would make negative) get the ratio of their single-module actions, if any."""
+    modules = sorted({m for base, _ in obs for m in base})
+    if not modules:
+        return {}
+    a = np.array([[base.get(m, 0.0) for m in modules] for base, _ in obs])
+    y = np.array([busy for _, busy in obs])
+    keep = a.sum(axis=1) > 0
+    a, y = a[keep], y[keep]
+    if not len(y):
+        return {}
+    k, *_ = np.linalg.lstsq(a, y, rcond=None)
+    out = {}
+    for j, m in enumerate(modules):
+        if np.isfinite(k[j]) and k[j] > 0:
+            out[m] = float(k[j])
+        else:
+            solo = [(b[m], t) for b, t in obs if set(b) == {m} and b[m] > 0]
+            if solo:
+                out[m] = sum(t for _, t in solo) / sum(b for b, _ in solo)
+    return out
 
 
 def _busy_times(rows: Sequence[tuple]) -> list[tuple[str, float]]:
     """``(action, busy seconds)`` of every compute action of one rank: from its start to the next compute
     action's start (so the sends and receives it posts count as its overhead), minus its waits."""
     rows = sorted(rows, key=lambda x: x[1])
-    compute = [i for i, x in enumerate(rows) if PASS_OF.get(_op(x[0]))]
+    compute = [i for i, x in enumerate(rows) if _op(x[0]) in PASS_OF]
     out = []
     for k, i in enumerate(compute):
         a, s, e, wait = rows[i]

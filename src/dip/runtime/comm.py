@@ -16,6 +16,8 @@ by op (coalescing independent transfers would serialise them on one stream).
 from __future__ import annotations
 
 import datetime
+import queue
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -82,6 +84,8 @@ class P2P:
     what: str
     batch: int = 0
     work: object | None = None
+    posted: threading.Event | None = None  # set once a background poster has issued it
+    error: BaseException | None = None
 
     def op(self, group: dist.ProcessGroup | None) -> dist.P2POp:
         return dist.P2POp(dist.isend if self.send else dist.irecv, self.buffer, self.peer, group, self.tag)
@@ -101,8 +105,57 @@ def post_batch(batch: Sequence[P2P], group: dist.ProcessGroup | None = None) -> 
         p.work = fn(p.buffer, p.peer, group=group, tag=p.tag)
 
 
+class Poster:
+    """Issues communication batches from one background thread, in submission (program) order.
+
+    [Note: posting off the compute thread] Issuing a gloo send can block for milliseconds (writing
+    into a full socket while the peer's I/O thread waits for a CPU); on the compute thread that
+    stalls the pipeline. The poster thread absorbs such stalls (torch's collectives release the GIL);
+    :func:`wait` first waits for the posting, then for the transfer."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None):
+        self.group = group
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None  # started by the first submission
+
+    def submit(self, batch: Sequence[P2P]) -> None:
+        if not batch:
+            return
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._loop, name="dip-poster", daemon=True)
+            self.thread.start()
+        done = threading.Event()
+        for p in batch:
+            p.posted = done
+        self.queue.put((list(batch), done))
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            batch, done = item
+            try:
+                post_batch(batch, self.group)
+            except BaseException as exc:  # noqa: BLE001 - raised by the waiter
+                for p in batch:
+                    p.error = exc
+            finally:
+                done.set()
+
+
 def wait(p: P2P, rank: int, timeout_s: float) -> None:
     """Wait for one transfer, failing after ``timeout_s`` with rank, action and peer in the message."""
+    if p.posted is not None and not p.posted.wait(timeout_s):
+        raise CommTimeout(f"rank {rank}: timed out after {timeout_s:g} s waiting to post {p.what} (peer rank {p.peer})")
+    if p.error is not None:
+        raise RuntimeError(f"rank {rank}: posting {p.what} (peer rank {p.peer}) failed: {p.error}") from p.error
     if p.work is None:
         raise RuntimeError(f"rank {rank}: {p.what} was never posted")
     try:

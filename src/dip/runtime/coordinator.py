@@ -1,6 +1,6 @@
-"""What global rank 0 does besides its own pipeline work: batches and plans for every step (with the
-online calibration and the planner's fixed layer partition), the single-process reference, the report
-and the trace."""
+"""What global rank 0 does besides its own pipeline work: batches and plans for every step (the planner's
+layer partition fixed after the first step, predictions corrected by the online calibration), the
+single-process reference, the report and the trace."""
 from __future__ import annotations
 
 from typing import Any
@@ -66,7 +66,7 @@ class Coordinator:
         """Every rank's measured ``(action, start, end, wait)`` of replica 0: calibration, trace, timeline."""
         pred = predicted_rows(work.plans[0], self.sims[0])
         if self.calibration is not None:
-            self.calibration.update(pred, rows)
+            self.calibration.update(work.plans[0], work.batches[0], rows)
         if self.cfg.timeline:
             self.timelines.append(rows)
             self.predicted.append(pred)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dip.data.meta import BatchMeta
-from dip.runtime.comm import P2P, SendQueue, unpack, wait
+from dip.runtime.comm import P2P, TORCH_DTYPES, Poster, SendQueue, unpack, wait
 from dip.runtime.handlers import DEFAULT_HANDLERS, Handler
 from dip.runtime.shapes import step_specs
 from dip.runtime.stage import PartUnit, StageChunk, UnitState, module_edge
@@ -76,6 +76,7 @@ class StepContext:
     timeout_s: float
     device: torch.device
     sends: SendQueue
+    poster: Poster | None = None
     recvs: dict[tuple, tuple[P2P | None, tuple]] = field(default_factory=dict)
     outbox: dict[tuple, dict[str, Tensor]] = field(default_factory=dict)
     local: dict[tuple, dict[str, Tensor]] = field(default_factory=dict)
@@ -102,7 +103,7 @@ class StepContext:
                                f"which was neither received nor handed over locally before it")
         p, specs = entry
         if p is None:
-            return {s.name: torch.zeros(s.shape, dtype=_dtype(s.dtype), device=self.device) for s in specs}
+            return {s.name: torch.zeros(s.shape, dtype=TORCH_DTYPES[s.dtype], device=self.device) for s in specs}
         t0 = time.perf_counter()
         wait(p, self.rank, self.timeout_s)
         self.sends.trim(p.batch)
@@ -211,11 +212,6 @@ def _comm_runs(program: Program, rank: int) -> dict[int, tuple[int, list]]:
     return runs
 
 
-def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-            "float16": torch.float16}[name]
-
-
 def _key_text(key: tuple) -> str:
     src, su, dst, du, backward = key
     return f"{'gradient' if backward else 'activation'} chunk {src}.{su} -> chunk {dst}.{du}"
@@ -231,7 +227,7 @@ class Executor:
     def __init__(self, rank: int, provider: Any, stages: Mapping[int, StageChunk], *,
                  rank_map: Callable[[int], int] | None = None, group: dist.ProcessGroup | None = None,
                  timeout_s: float = 120.0, device: torch.device | str = "cpu", max_outstanding_sends: int = 64,
-                 handlers: Mapping[str, Handler] | None = None):
+                 handlers: Mapping[str, Handler] | None = None, post_in_background: bool = True):
         self.rank = rank
         self.provider = provider
         self.stages = dict(stages)
@@ -243,10 +239,15 @@ class Executor:
         self.handlers: dict[str, Handler] = dict(DEFAULT_HANDLERS)
         self.handlers.update(handlers or {})
         self._prep: tuple | None = None
+        self.poster = Poster(group) if post_in_background and self.device.type == "cpu" else None
 
     def register(self, op: str | Op, handler: Handler) -> None:
         """Override the handler of ``op`` (``"F"``, ``"SEND_F"``, ..., or ``"BATCH"`` for posting)."""
         self.handlers[op.value if isinstance(op, Op) else str(op)] = handler
+
+    def prepare(self, plan: Plan, program: Program, batch: BatchMeta) -> None:
+        """Build the per-plan structures now (outside a timed region); :meth:`run_step` reuses them."""
+        self._prepared(plan, program, batch)
 
     def _prepared(self, plan: Plan, program: Program, batch: BatchMeta) -> tuple:
         """Per-plan structures (dependencies, communication runs, message specs), kept while the same
@@ -265,7 +266,7 @@ class Executor:
             provider=self.provider, stages=self.stages, specs=specs,
             step_seed=step_seed, mb_offset=mb_offset, loss_scale=loss_scale, rank_map=self.rank_map,
             group=self.group, timeout_s=self.timeout_s, device=self.device,
-            sends=SendQueue(self.rank, self.timeout_s, self.max_outstanding_sends),
+            sends=SendQueue(self.rank, self.timeout_s, self.max_outstanding_sends), poster=self.poster,
         )
 
     def run_step(self, plan: Plan, program: Program, batch: BatchMeta, *, step_seed: int, loss_scale: float,

@@ -187,7 +187,10 @@ def send(action: Action, ctx: "StepContext") -> None:
 def post(batch: Sequence[Action], ctx: "StepContext") -> None:
     """Post the transfers the batch's SEND/RECV handlers prepared."""
     ops, ctx.pending = ctx.pending, []
-    post_batch(ops, ctx.group)
+    if ctx.poster is not None:
+        ctx.poster.submit(ops)
+    else:
+        post_batch(ops, ctx.group)
     ctx.batch_no += 1
 
 

@@ -116,26 +116,26 @@ def plan_replica(schedule: str, model: ModelSpec, batch: BatchMeta, cost_model, 
                  predict_cost_model=None, partition=None):
     """The simulated plan (``SimulatedPlan``: plan, stage costs, simulation result) of one replica's batch.
 
-    ``dip`` runs the planner with a fixed number of rollouts (every run plans the same way) with
-    ``predict_cost_model`` when given and the layer ``partition`` when given (so later steps keep the
-    first step's placement). Baselines are built with ``cost_model``; the simulation that predicts the
-    step time uses ``predict_cost_model`` (e.g. online-calibrated) when given.
+    Every schedule plans with ``cost_model`` (``dip``: the planner with a fixed number of rollouts, so
+    every run plans the same way, and the layer ``partition`` when given, so later steps keep the
+    first step's placement). The simulation that predicts the step time uses ``predict_cost_model``
+    (e.g. online-calibrated) when given.
     """
     from dip.schedule.baselines.memory import SimulatedPlan, simulate_plan
     from dip.schedule.baselines.registry import simulate_schedule
 
+    partition_out = None
     if schedule == "dip":
         from dip.planner import plan_batch
 
-        res = plan_batch(model, batch, predict_cost_model or cost_model, hardware, partition=partition,
-                         rollouts=DIP_ROLLOUTS, seed=seed)
+        res = plan_batch(model, batch, cost_model, hardware, partition=partition, rollouts=DIP_ROLLOUTS, seed=seed)
         res.plan.schedule = "dip"
-        sim = SimulatedPlan(res.plan, res.costs, res.sim)
-        sim.partition = res.partition
-        return sim
-    sim = simulate_schedule(schedule, model, batch, cost_model, hardware)
+        sim, partition_out = SimulatedPlan(res.plan, res.costs, res.sim), res.partition
+    else:
+        sim = simulate_schedule(schedule, model, batch, cost_model, hardware)
     if predict_cost_model is not None:
         sim = simulate_plan(sim.plan, model, predict_cost_model, batch, hardware)
+    sim.partition = partition_out
     return sim
 
 

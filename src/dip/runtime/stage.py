@@ -15,11 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from dip.data.meta import MicroBatchMeta
+from dip.runtime.comm import TORCH_DTYPES
 from dip.schedule.ir import Chunk, ChunkPart, Unit
 from dip.spec.model import Edge, ModelSpec
 from dip.spec.tensors import TensorSpec
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def module_edge(model: ModelSpec, src: str, dst: str) -> Edge:
@@ -42,7 +42,7 @@ class PartUnit:
 
 def empty_outputs(specs: Sequence[TensorSpec], device: torch.device) -> dict[str, Tensor]:
     """Zero-row tensors standing in for the outputs of a part that had nothing to do."""
-    return {s.name: torch.zeros(s.shape, dtype=_DTYPES[s.dtype], device=device) for s in specs}
+    return {s.name: torch.zeros(s.shape, dtype=TORCH_DTYPES[s.dtype], device=device) for s in specs}
 
 
 class StageChunk:

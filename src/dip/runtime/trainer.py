@@ -196,6 +196,7 @@ def _train_step(cfg: TrainConfig, rt: Runtime, executor: Executor, provider, coo
     for p in named_params(rt).values():
         p.grad = None
     seed = step_seed(cfg.seed, step)
+    executor.prepare(plan, program, batch)
     timed_collective(dist.barrier, f"the barrier before step {step}", rt.rank, cfg.timeout_s)
     t0 = time.perf_counter()
     res: StepResult = executor.run_step(plan, program, batch, step_seed=seed, loss_scale=1.0 / total,

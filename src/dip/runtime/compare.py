@@ -1,0 +1,103 @@
+"""Several schedules measured side by side: the same batches, step by step, in one process group.
+
+Every step runs each schedule's plan of that step's batch back to back (alternating which goes first),
+so all schedules see the same machine load; only the pipeline is timed (no optimizer). Per schedule,
+rank 0 keeps an online calibration (:mod:`dip.runtime.calibrate`) fed by that schedule's measured
+actions, and records each step's predicted time (corrected by earlier steps) and the prediction of the
+shipped calibration alone.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from dip.runtime import planning
+from dip.runtime.calibrate import OnlineCalibration
+from dip.runtime.comm import timed_collective
+from dip.runtime.executor import Executor, lower
+from dip.runtime.stage import StageChunk
+
+
+def _stages(cache: dict, plan, rank: int, provider) -> dict[int, StageChunk]:
+    out = {}
+    for c in plan.graph.rank_chunks(rank):
+        key = tuple((p.module, p.layer_start, p.layer_end) for p in c.parts)
+        if key not in cache:
+            cache[key] = StageChunk(c, provider)
+        out[c.id] = cache[key]
+    return out
+
+
+def compare_rank(rank: int, world: int, model_name: str, schedules: list[str], steps: int, microbatches: int,
+                 seed: int, dtype: str, workload: str, timeout_s: float) -> dict[str, Any] | None:
+    """One rank of :func:`compare_schedules` (``RANK``/``WORLD_SIZE`` and env:// already set)."""
+    from dip.runtime.models import SpecModel
+    from dip.spec.presets import load_model
+
+    dist.init_process_group("gloo", init_method="env://")
+    model = planning.with_parallel(load_model(model_name), world, 1)
+    provider = SpecModel(model, seed, dtype)
+    executors = {s: Executor(rank, provider, {}, timeout_s=timeout_s) for s in schedules}
+    caches: dict[str, dict] = {s: {} for s in schedules}
+    out: dict[str, dict[str, list]] = {s: {"measured": [], "predicted": [], "shipped": []} for s in schedules}
+    if rank == 0:
+        cm, hw = planning.cost_setup(model, dtype)
+        batches = planning.make_step_batches(model, steps, 1, microbatches, seed, workload)
+        calib = {s: OnlineCalibration(cm) for s in schedules}
+        partitions: dict[str, Any] = {}
+    for step in range(-1, steps):  # step -1: an untimed warm-up on the first batch
+        for s in schedules if step % 2 == 0 else schedules[::-1]:
+            box = [None]
+            if rank == 0:
+                work, sims = planning.plan_step(max(step, 0), s, model, batches[max(step, 0)], cm, hw, seed,
+                                                calib[s].cost_model(), partitions.get(s))
+                partitions[s] = sims[0].partition or partitions.get(s)
+                box = [work]
+            dist.broadcast_object_list(box, src=0)
+            work = box[0]
+            plan, batch = work.plans[0], work.batches[0]
+            program = lower(plan)
+            ex = executors[s]
+            ex.stages = _stages(caches[s], plan, rank, provider)
+            for st in ex.stages.values():
+                for p in st.params:
+                    p.grad = None
+            total = sum(provider.loss_tokens(mb) for mb in batch.microbatches)
+            ex.prepare(plan, program, batch)
+            timed_collective(dist.barrier, "the comparison barrier", rank, timeout_s)
+            t0 = time.perf_counter()
+            res = ex.run_step(plan, program, batch, step_seed=max(step, 0), loss_scale=1.0 / total)
+            elapsed = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+            timed_collective(dist.all_reduce, "the comparison all-reduce", rank, timeout_s, elapsed,
+                             op=dist.ReduceOp.MAX)
+            rows = [None] * world if rank == 0 else None
+            dist.gather_object([(str(t.action), t.start, t.end, t.wait) for t in res.actions], rows, dst=0)
+            if rank == 0 and step >= 0:
+                calib[s].update(plan, batch, rows)
+                out[s]["measured"].append(float(elapsed[0]))
+                out[s]["predicted"].append(work.predicted_makespan_s)
+                out[s]["shipped"].append(work.predicted_static_makespan_s)
+    dist.barrier()
+    if rank != 0:
+        return None
+    for s in schedules:
+        out[s]["calibration_factors"] = calib[s].summary()
+    return out
+
+
+def compare_schedules(model: str, schedules: list[str], steps: int, microbatches: int = 8, seed: int = 0,
+                      dtype: str = "float32", workload: str = "default", nproc: int = 2,
+                      timeout_s: float = 120.0) -> dict[str, Any]:
+    """Run :func:`compare_rank` on ``nproc`` local processes; per schedule the measured, predicted and
+    shipped-calibration pipeline seconds of every step, and the calibration factors."""
+    from dip.runtime.launch import spawn
+
+    got = spawn(compare_rank, nproc, model, list(schedules), steps, microbatches, seed, dtype, workload, timeout_s,
+                timeout_s=timeout_s * (steps * len(schedules) + 5))
+    bad = [v for ok, v in got if not ok]
+    if bad:
+        raise RuntimeError(f"schedule comparison failed: {bad[0]}")
+    return got[0][1]

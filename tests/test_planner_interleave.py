@@ -1,0 +1,79 @@
+"""The dual-queue greedy interleaving on hand-checked chains, including the memory cap."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dip.planner.evaluate import Evaluator, TrackConfig
+from dip.planner.interleave import interleave, rank_orders
+from dip.planner.uniform import uniform_problem
+
+
+def run(problem, cap=None, alternate=True, reserve=0.0):
+    tg = problem.tg
+    duration, _ = problem.task_durations(problem.cand.fastest)
+    act = problem.cand.mem[np.arange(len(problem.cand.count)), 0].astype(float)
+    cap = problem.cap if cap is None else np.full(problem.num_ranks, float(cap))
+    seq, start, end, peak, forced = interleave(problem.num_ranks, tg.task_rank, tg.task_op, tg.task_stage, duration,
+                                               act, cap, problem.priorities(problem.default_sequence), tg.pred_ptr,
+                                               tg.succ_ptr, tg.succ_idx, problem.succ_delay, reserve, alternate)
+    ptr, tasks = rank_orders(seq, tg.task_rank, problem.num_ranks)
+    orders = {r: " ".join(str(tg.actions[t]) for t in tasks[ptr[r]:ptr[r + 1]]) for r in range(problem.num_ranks)}
+    return orders, float(end.max()), peak, forced
+
+
+def test_two_ranks_two_microbatches_is_1f1b():
+    problem = uniform_problem(2, 2, 1, f=1.0, i=1.0, w=1.0)
+    orders, makespan, _, forced = run(problem)
+    assert orders == {0: "0F0 0F1 0B0 0B1", 1: "1F0 1B0 1F1 1B1"}
+    assert makespan == (2 + 2 - 1) * 3 and forced == 0  # the 1F1B closed form (m + p - 1)(f + b)
+
+
+def test_four_ranks_many_microbatches_reaches_the_closed_form():
+    problem = uniform_problem(4, 8, 1, f=1.0, i=1.0, w=1.0)
+    _, makespan, peak, _ = run(problem)
+    assert makespan == (8 + 4 - 1) * 3
+    assert math.isclose(makespan, max(problem.tg.busiest_rank_bound(), problem.tg.critical_path_bound()) + 9)
+
+
+def test_alternation_after_warmup():
+    orders, _, _, _ = run(uniform_problem(3, 5, 1, 1.0, 1.0, 1.0))
+    last = orders[2].split()
+    assert last[:4] == ["2F0", "2B0", "2F1", "2B1"]  # the last rank alternates forward and backward
+    first = orders[0].split()
+    assert first[:3] == ["0F0", "0F1", "0F2"]  # warm-up: the first rank runs ahead
+
+
+def test_memory_cap_disables_the_forward_queue():
+    problem = uniform_problem(2, 4, 1, 1.0, 1.0, 1.0, act_bytes=1.0)
+    orders, makespan, peak, forced = run(problem, cap=1.0)
+    assert forced == 0 and peak.max() <= 1.0
+    assert orders[0] == "0F0 0B0 0F1 0B1 0F2 0B2 0F3 0B3"  # one activation at a time
+    unlimited, fast, _, _ = run(problem)
+    assert fast < makespan and unlimited[0].startswith("0F0 0F1")
+
+
+def test_over_capacity_is_forced_and_flagged():
+    problem = uniform_problem(2, 2, 1, 1.0, 1.0, 1.0, act_bytes=1.0)
+    _, _, peak, forced = run(problem, cap=0.5)
+    assert forced > 0 and peak.max() > 0.5
+
+
+def test_priority_mode_runs_all_forwards_first_when_they_rank_higher():
+    problem = uniform_problem(2, 3, 1, 1.0, 1.0, 1.0)
+    f_items = [i for i in problem.default_sequence if problem.items[i].direction == 0]
+    b_items = [i for i in problem.default_sequence if problem.items[i].direction == 1]
+    problem.default_sequence = np.asarray(f_items + b_items)
+    orders, _, _, _ = run(problem, alternate=False)
+    assert orders[1].split()[:3] == ["1F0", "1F1", "1F2"]
+
+
+def test_evaluator_matches_the_simulator():
+    from dip.sim import simulate
+    from dip.planner.result import schedule_to_plan
+
+    problem = uniform_problem(3, 6, 2, 1.0, 0.7, 0.5)
+    sched = Evaluator(problem).evaluate(problem.default_sequence, TrackConfig(0.0, "fast"))
+    plan = schedule_to_plan(problem, sched)
+    assert math.isclose(simulate(plan, problem.costs, None).makespan, sched.makespan)
