@@ -209,3 +209,33 @@ class RandomSearch:
 
 
 STRATEGIES = {"mcts": MCTSSearch, "dfs": DFSSearch, "random": RandomSearch}
+
+
+class Portfolio:
+    """Several searches (e.g. MCTS trees with different windows) taking turns; the caller sees one search."""
+
+    def __init__(self, searches: list):
+        self.searches = searches
+        self.name = searches[0].name if searches else "mcts"
+        self._turn = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return all(s.exhausted for s in self.searches)
+
+    def propose(self):
+        for _ in range(len(self.searches)):
+            k = self._turn % len(self.searches)
+            self._turn += 1
+            search = self.searches[k]
+            if search.exhausted:
+                continue
+            got = search.propose()
+            if got is not None:
+                node, seqs, config = got
+                return (k, node), seqs, config
+        return None
+
+    def update(self, node, makespans) -> None:
+        k, inner = node
+        self.searches[k].update(inner, makespans)

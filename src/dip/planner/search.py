@@ -26,7 +26,8 @@ import numpy as np
 from dip.data.meta import BatchMeta
 from dip.errors import BadInput, Infeasible
 from dip.planner.evaluate import DEFAULT_CONFIGS, PAPER_CONFIG, Evaluator, Schedule, TrackConfig
-from dip.planner.mcts import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_ROLLOUTS_PER_EXPANSION, DEFAULT_WINDOW, STRATEGIES
+from dip.planner.mcts import (DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_ROLLOUTS_PER_EXPANSION, DEFAULT_WINDOW, STRATEGIES,
+                              Portfolio)
 from dip.planner.partitioner import Partition
 from dip.planner.polish import polish, tune_base
 from dip.planner.problem import PlanProblem, build_problem
@@ -36,6 +37,9 @@ from dip.spec.hardware import get_hardware
 from dip.spec.model import ModelSpec
 
 DEFAULT_BUDGET_S = 2.0
+SMALL_ITEMS = 48
+SMALL_WINDOWS = (3, 6, 12)
+LARGE_SEARCH_CONFIGS = 3
 POLISH_SHARE = 0.6  # of the time left after tuning: polishing the best schedule pays more than more rollouts
 GIB = 2**30
 
@@ -88,14 +92,17 @@ def plan_batch(model: ModelSpec, batch: BatchMeta, cost_model=None, hardware=Non
 
 def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts: int | None = None,
                    workers: int = 1, seed: int = 0, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,
-                   strategy: str = "mcts", window: int = DEFAULT_WINDOW,
+                   strategy: str = "mcts", window: int | tuple[int, ...] | None = None,
                    rollouts_per_expansion: int = DEFAULT_ROLLOUTS_PER_EXPANSION, tune: bool = True,
                    polish_schedules: bool = True, configs: tuple[TrackConfig, ...] | None = None,
-                   search_configs: int = 3, seeds: tuple = (), t0: float | None = None
+                   search_configs: int | None = None, seeds: tuple = (), t0: float | None = None
                    ) -> tuple[SearchState, SearchStats]:
     """The search phases on a built problem; returns the final state (best and initial schedules).
 
-    ``seeds``: known schedules ``(ptr, tasks, choice)`` of this problem offered as incumbents up front."""
+    ``seeds``: known schedules ``(ptr, tasks, choice)`` of this problem offered as incumbents up front.
+    ``window`` / ``search_configs`` default by size: small problems (few segment items, e.g. a handful of
+    micro-batches) search several windows and every tracking configuration, large ones one narrow window
+    and the best three configurations."""
     t0 = time.perf_counter() if t0 is None else t0
     if strategy not in STRATEGIES:
         raise BadInput(f"unknown search strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
@@ -119,14 +126,22 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
     state.phase = "tune"
     if tune:
         ranked, base = tune_base(ev, problem, state, configs or DEFAULT_CONFIGS, deadline)
+    small = len(problem.items) <= SMALL_ITEMS
+    if search_configs is None:
+        search_configs = len(ranked) if small else LARGE_SEARCH_CONFIGS
+    if window is None:
+        window = SMALL_WINDOWS if small else DEFAULT_WINDOW
     ranked = ranked[:max(int(search_configs), 1)]
     if not state.best.feasible:
         raise _infeasible(problem, state.best)
     polish_reserve = 0.0
     if budget is not None and polish_schedules:
         polish_reserve = POLISH_SHARE * max(deadline - time.perf_counter(), 0.0)
-    search = STRATEGIES[strategy](base, state.best.makespan, np.random.default_rng(seed), alpha=alpha, beta=beta,
-                                  window=window, rollouts_per_expansion=rollouts_per_expansion, configs=len(ranked))
+    windows = (window,) if isinstance(window, int) else tuple(window)
+    rngs = np.random.default_rng(seed).spawn(len(windows))
+    search = Portfolio([STRATEGIES[strategy](base, state.best.makespan, rng, alpha=alpha, beta=beta, window=w,
+                                             rollouts_per_expansion=rollouts_per_expansion, configs=len(ranked))
+                        for w, rng in zip(windows, rngs)])
     limit = rollouts if deterministic else None
     state.phase = strategy
     if workers > 1:

@@ -1,7 +1,8 @@
 """Several schedules measured side by side: the same batches, step by step, in one process group.
 
-Every step runs each schedule's plan of that step's batch back to back (alternating which goes first),
-so all schedules see the same machine load; only the pipeline is timed (no optimizer). Per schedule,
+Every step runs each schedule's plan of that step's batch back to back, ``repeats`` times (alternating
+which goes first), so all schedules see the same machine load; a step's time is its fastest run (the
+least disturbed by other work on the machine); only the pipeline is timed (no optimizer). Per schedule,
 rank 0 keeps an online calibration (:mod:`dip.runtime.calibrate`) fed by that schedule's measured
 actions, and records each step's predicted time (corrected by earlier steps) and the prediction of the
 shipped calibration alone.
@@ -31,8 +32,29 @@ def _stages(cache: dict, plan, rank: int, provider) -> dict[int, StageChunk]:
     return out
 
 
+def _timed_run(ex: Executor, cache: dict, work, rank: int, world: int, provider, step: int,
+               timeout_s: float) -> tuple[float, list | None]:
+    """Run one plan once: (pipeline seconds of the slowest rank, every rank's actions on rank 0)."""
+    plan, batch = work.plans[0], work.batches[0]
+    program = lower(plan)
+    ex.stages = _stages(cache, plan, rank, provider)
+    for st in ex.stages.values():
+        for p in st.params:
+            p.grad = None
+    total = sum(provider.loss_tokens(mb) for mb in batch.microbatches)
+    ex.prepare(plan, program, batch)
+    timed_collective(dist.barrier, "the comparison barrier", rank, timeout_s)
+    t0 = time.perf_counter()
+    res = ex.run_step(plan, program, batch, step_seed=step, loss_scale=1.0 / total)
+    elapsed = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    timed_collective(dist.all_reduce, "the comparison all-reduce", rank, timeout_s, elapsed, op=dist.ReduceOp.MAX)
+    rows = [None] * world if rank == 0 else None
+    dist.gather_object([(str(t.action), t.start, t.end, t.wait) for t in res.actions], rows, dst=0)
+    return float(elapsed[0]), rows
+
+
 def compare_rank(rank: int, world: int, model_name: str, schedules: list[str], steps: int, microbatches: int,
-                 seed: int, dtype: str, workload: str, timeout_s: float) -> dict[str, Any] | None:
+                 seed: int, dtype: str, workload: str, timeout_s: float, repeats: int = 3) -> dict[str, Any] | None:
     """One rank of :func:`compare_schedules` (``RANK``/``WORLD_SIZE`` and env:// already set)."""
     from dip.runtime.models import SpecModel
     from dip.spec.presets import load_model
@@ -49,37 +71,30 @@ def compare_rank(rank: int, world: int, model_name: str, schedules: list[str], s
         calib = {s: OnlineCalibration(cm) for s in schedules}
         partitions: dict[str, Any] = {}
     for step in range(-1, steps):  # step -1: an untimed warm-up on the first batch
-        for s in schedules if step % 2 == 0 else schedules[::-1]:
-            box = [None]
-            if rank == 0:
-                work, sims = planning.plan_step(max(step, 0), s, model, batches[max(step, 0)], cm, hw, seed,
-                                                calib[s].cost_model(), partitions.get(s))
+        k = max(step, 0)
+        box = [None]
+        if rank == 0:
+            works = {}
+            for s in schedules:
+                works[s], sims = planning.plan_step(k, s, model, batches[k], cm, hw, seed, calib[s].cost_model(),
+                                                    partitions.get(s))
                 partitions[s] = sims[0].partition or partitions.get(s)
-                box = [work]
-            dist.broadcast_object_list(box, src=0)
-            work = box[0]
-            plan, batch = work.plans[0], work.batches[0]
-            program = lower(plan)
-            ex = executors[s]
-            ex.stages = _stages(caches[s], plan, rank, provider)
-            for st in ex.stages.values():
-                for p in st.params:
-                    p.grad = None
-            total = sum(provider.loss_tokens(mb) for mb in batch.microbatches)
-            ex.prepare(plan, program, batch)
-            timed_collective(dist.barrier, "the comparison barrier", rank, timeout_s)
-            t0 = time.perf_counter()
-            res = ex.run_step(plan, program, batch, step_seed=max(step, 0), loss_scale=1.0 / total)
-            elapsed = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-            timed_collective(dist.all_reduce, "the comparison all-reduce", rank, timeout_s, elapsed,
-                             op=dist.ReduceOp.MAX)
-            rows = [None] * world if rank == 0 else None
-            dist.gather_object([(str(t.action), t.start, t.end, t.wait) for t in res.actions], rows, dst=0)
-            if rank == 0 and step >= 0:
-                calib[s].update(plan, batch, rows)
-                out[s]["measured"].append(float(elapsed[0]))
-                out[s]["predicted"].append(work.predicted_makespan_s)
-                out[s]["shipped"].append(work.predicted_static_makespan_s)
+            box = [works]
+        dist.broadcast_object_list(box, src=0)
+        works = box[0]
+        best: dict[str, tuple[float, list]] = {}
+        for rep in range(repeats if step >= 0 else 1):
+            for s in schedules if (step + rep) % 2 == 0 else schedules[::-1]:
+                t, rows = _timed_run(executors[s], caches[s], works[s], rank, world, provider, k, timeout_s)
+                if s not in best or t < best[s][0]:
+                    best[s] = (t, rows)
+        if rank == 0 and step >= 0:
+            for s in schedules:
+                t, rows = best[s]
+                calib[s].update(works[s].plans[0], works[s].batches[0], rows)
+                out[s]["measured"].append(t)
+                out[s]["predicted"].append(works[s].predicted_makespan_s)
+                out[s]["shipped"].append(works[s].predicted_static_makespan_s)
     dist.barrier()
     if rank != 0:
         return None
@@ -90,13 +105,14 @@ def compare_rank(rank: int, world: int, model_name: str, schedules: list[str], s
 
 def compare_schedules(model: str, schedules: list[str], steps: int, microbatches: int = 8, seed: int = 0,
                       dtype: str = "float32", workload: str = "default", nproc: int = 2,
-                      timeout_s: float = 120.0) -> dict[str, Any]:
-    """Run :func:`compare_rank` on ``nproc`` local processes; per schedule the measured, predicted and
-    shipped-calibration pipeline seconds of every step, and the calibration factors."""
+                      timeout_s: float = 120.0, repeats: int = 3) -> dict[str, Any]:
+    """Run :func:`compare_rank` on ``nproc`` local processes; per schedule the measured (fastest of
+    ``repeats`` runs), predicted and shipped-calibration pipeline seconds of every step, and the
+    calibration factors."""
     from dip.runtime.launch import spawn
 
     got = spawn(compare_rank, nproc, model, list(schedules), steps, microbatches, seed, dtype, workload, timeout_s,
-                timeout_s=timeout_s * (steps * len(schedules) + 5))
+                repeats, timeout_s=timeout_s * (steps * len(schedules) * repeats + 5))
     bad = [v for ok, v in got if not ok]
     if bad:
         raise RuntimeError(f"schedule comparison failed: {bad[0]}")
