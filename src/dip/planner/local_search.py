@@ -83,3 +83,54 @@ def move_descent(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr,
             stale += 1
             k = (k + 1) % n
     return tasks, best, evals, k
+
+
+@njit(cache=True)
+def _move_item(trial, ptr, task_unit_item, item, shift):
+    """Move every stage of ``item`` ``shift`` places within its rank's order; False if none moved."""
+    moved = False
+    for r in range(ptr.shape[0] - 1):
+        lo, hi = ptr[r], ptr[r + 1]
+        # ascending for moves to the front, descending for moves to the back: earlier moves never
+        # disturb the positions still to be processed
+        k = lo if shift < 0 else hi - 1
+        while lo <= k < hi:
+            if task_unit_item[trial[k]] == item:
+                j = min(max(k + shift, lo), hi - 1)
+                if j != k:
+                    _move(trial, k, j)
+                    moved = True
+            k += 1 if shift < 0 else -1
+    return moved
+
+
+@njit(cache=True)
+def unit_descent(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds,
+                 cap, task_unit_item, n_items, reach, max_evals):
+    """First-improvement descent over *unit moves*: every stage of one unit item (one pass of one
+    sub-microbatch, on all ranks at once) moves up to ``reach`` places earlier or later in its rank's
+    order. Returns ``(tasks, makespan, evaluations)``."""
+    tasks = tasks.copy()
+    best, best2 = _score(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free,
+                         holds, cap)
+    evals = 0
+    improved = True
+    trial = tasks.copy()
+    while improved and evals < max_evals:
+        improved = False
+        for item in range(n_items):
+            for d in range(1, reach + 1):
+                for sign in (-1, 1):
+                    if evals >= max_evals:
+                        return tasks, best, evals
+                    trial[:] = tasks
+                    if not _move_item(trial, ptr, task_unit_item, item, sign * d):
+                        continue
+                    span, span2 = _score(ptr, trial, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx,
+                                         alloc, free, holds, cap)
+                    evals += 1
+                    if span < best * (1.0 - 1e-12) or (span <= best and span2 < best2 * (1.0 - 1e-12)):
+                        best, best2 = span, span2
+                        tasks[:] = trial
+                        improved = True
+    return tasks, best, evals

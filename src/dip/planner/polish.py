@@ -15,18 +15,20 @@ import time
 import numpy as np
 
 from dip.planner.evaluate import Evaluator, TrackConfig
-from dip.planner.local_search import move_descent
+from dip.planner.local_search import _move_item, move_descent, unit_descent
 from dip.planner.memory import ilp_select
 from dip.planner.problem import PlanProblem
 
 SHIFTS = (0, 1, 2, 4, 8)
 REFINE_ROUNDS = 6
 MOVE_REACH = 6
-MOVE_CHUNK = 2000
+UNIT_REACH = 3
+MOVE_KICK = 3
+MOVE_CHUNK_WORK = 2e6
 MOVE_WORK = 5e7
 PRIO_REACH = 4
-PRIO_WORK = 2e6
-PRIO_EVALS_PER_ROLLOUT = 100
+PRIO_WORK = 1e7
+PRIO_EVALS_PER_ROLLOUT = 300
 PRIO_KICK = 3
 ILP_TIME_LIMIT_S = 0.5
 ILP_NODE_LIMIT = 200
@@ -106,7 +108,7 @@ def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, rollouts
     state.phase = "priorities"
     priority_search(ev, problem, state, until(0.65), prio_evals, seed)
     state.phase = "moves"
-    move_search(ev, problem, state, until(0.85), deterministic)
+    move_search(ev, problem, state, until(0.85), deterministic, seed)
     state.phase = "ilp"
     ilp_polish(ev, problem, state, deadline, deterministic)
 
@@ -148,32 +150,60 @@ def ilp_polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, dete
         state.offer(sched)
 
 
-def move_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool) -> None:
-    """Insertion-move descent on the incumbent's order, then a fresh memory choice for the new order.
-
-    Deterministic searches get a fixed amount of simulation work (``MOVE_WORK`` task-steps)."""
+def move_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool,
+                seed: int = 0) -> None:
+    """Iterated local search on the incumbent's order: insertion moves of single stages and of whole
+    unit passes until a local optimum, then a random kick (a few unit moves) and again, keeping the
+    best order; finally a fresh memory choice for it. Deterministic searches get ``MOVE_WORK``
+    task-steps of simulation."""
     best = state.best
     tg = problem.tg
     duration, act = problem.task_durations(best.choice)
     is_f = tg.task_op == 0
     alloc, free = np.where(is_f, act, 0.0), np.where(is_f, 0.0, act)
     n = tg.num_tasks
+    args = (best.ptr, duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay, tg.succ_ptr, tg.succ_idx, alloc, free,
+            ev.holds, ev.cap)
     budget = max(int(MOVE_WORK // max(n, 1)), 4 * n)
-    tasks, offset, used, span = best.tasks, 0, 0, best.makespan
-    while used < budget:
-        if not deterministic and time.perf_counter() >= deadline:
-            break
-        chunk = min(MOVE_CHUNK, budget - used)
-        tasks, span, evals, offset = move_descent(best.ptr, tasks, duration, tg.pred_ptr, tg.pred_idx,
-                                                  tg.pred_delay, tg.succ_ptr, tg.succ_idx, alloc, free,
-                                                  ev.holds, ev.cap, MOVE_REACH, chunk, offset)
-        used += evals
-        if evals < chunk:  # local optimum
-            break
-    if span < best.makespan:
-        sched = ev.simulate(best.sequence, best.ptr, tasks, best.choice, best.config, best.items, best.overflow)
+    n_items = problem.num_unit_items
+    step = max(50, int(MOVE_CHUNK_WORK // max(n, 1)))  # evaluations between clock checks (~0.1 s)
+    rng = np.random.default_rng(seed)
+    used = 0
+
+    def out_of_time() -> bool:
+        return used >= budget or (not deterministic and time.perf_counter() >= deadline)
+
+    def descend(tasks: np.ndarray, span: float) -> tuple[np.ndarray, float]:
+        nonlocal used
+        offset = 0
+        while not out_of_time():
+            chunk = min(step, budget - used)
+            tasks, span, evals, offset = move_descent(args[0], tasks, *args[1:], MOVE_REACH, chunk, offset)
+            used += evals
+            local_optimum = evals < chunk
+            if n_items and not out_of_time():
+                before = span
+                tasks, span, evals = unit_descent(args[0], tasks, *args[1:], problem.task_unit_item, n_items,
+                                                  UNIT_REACH, min(step, budget - used))
+                used += evals
+                local_optimum = local_optimum and span >= before
+            if local_optimum:
+                break
+        return tasks, span
+
+    top, top_span = descend(best.tasks, best.makespan)
+    while n_items and not out_of_time():
+        trial = top.copy()
+        for _ in range(MOVE_KICK):
+            shift = int(rng.integers(1, UNIT_REACH + 1)) * (1 if rng.random() < 0.5 else -1)
+            _move_item(trial, best.ptr, problem.task_unit_item, int(rng.integers(n_items)), shift)
+        trial, span = descend(trial, np.inf)
+        if span < top_span:
+            top, top_span = trial, span
+    if top_span < best.makespan:
+        sched = ev.simulate(best.sequence, best.ptr, top, best.choice, best.config, best.items, best.overflow)
         state.offer(sched)
-        state.offer(ev.finish(best.sequence, best.ptr, tasks, best.config, best.items, False))
+        state.offer(ev.finish(best.sequence, best.ptr, top, best.config, best.items, False))
 
 
 def priority_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, max_evals: int | None = None,
