@@ -77,7 +77,7 @@ class Evaluator:
         self.ilp_time_limit = ilp_time_limit
         tg, cand = problem.tg, problem.cand
         self.cand_t = cand.f + cand.b
-        self.cap = problem.cap.astype(np.float64)
+        self.cap = problem.safe_cap.astype(np.float64)
         self.min_mem = np.zeros(len(cand.count), np.int64)
         self.fastest = cand.fastest.astype(np.int64)
         self.is_f = (tg.task_op == 0)
@@ -155,7 +155,7 @@ class Evaluator:
         status, makespan, start, end, _, _, peak, _, _, _ = simulate_arrays(
             ptr, tasks, duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay, tg.succ_ptr, tg.succ_idx,
             alloc, free, self.holds)
-        fits = bool(np.all(peak <= self.cap * (1 + 1e-9) + 1.0))
+        fits = bool(np.all(peak <= self.cap + 1e-6))
         feasible = status == OK and fits
         return Schedule(float(makespan), sequence, ptr, tasks, choice, start, end, peak, feasible, config,
                         np.asarray(items), overflow if overflow is not None else np.zeros(p.num_ranks), ilp_ranks)

@@ -60,7 +60,7 @@ def _order_makespan(problem: PlanProblem, per_rank: list[list[int]], duration: n
     status, makespan, _, _, _, _, peak, *_ = simulate_arrays(ptr, tasks, duration, tg.pred_ptr, tg.pred_idx,
                                                              tg.pred_delay, tg.succ_ptr, tg.succ_idx, alloc, free,
                                                              holds)
-    if status != OK or (stage_act is not None and np.any(peak > problem.cap + 1.0)):
+    if status != OK or (stage_act is not None and np.any(peak > problem.safe_cap + 1e-6)):
         return math.inf
     return float(makespan)
 

@@ -142,7 +142,7 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
                 need = mem[r] + stage_act[task_stage[nxt_f]]
                 if reserve > 0.0:
                     need += reserve * _fen_prefix(fen, fen_base[r], fen_pos[nxt_f])
-                f_ok = need <= cap[r] * (1.0 + 1e-12) + 1e-6
+                f_ok = need <= cap[r] + 1e-6
             fits[r] = f_ok
             if size[4 * r + 1] > 0 or (f_ok and size[4 * r] > 0):
                 tm = t_last[r]
@@ -207,7 +207,7 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
         if task_op[t] == 0:
             if reserve > 0.0:
                 _fen_add(fen, fen_base[r], fen_base[r + 1] - fen_base[r], fen_pos[t], -act)
-            if mem[r] + act > cap[r] * (1.0 + 1e-12) + 1e-6:
+            if mem[r] + act > cap[r] + 1e-6:
                 forced += 1
             mem[r] += act
             if mem[r] > peak[r]:

@@ -23,7 +23,7 @@ def _score(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_
     if status != OK:
         return np.inf, np.inf
     for q in range(peak.shape[0]):
-        if peak[q] > cap[q] * (1.0 + 1e-12) + 1.0:
+        if peak[q] > cap[q] + 1e-6:
             return np.inf, np.inf
     return span, rank_end.sum()
 

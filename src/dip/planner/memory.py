@@ -275,7 +275,7 @@ def ilp_select(ptr: np.ndarray, tasks: np.ndarray, task_op: np.ndarray, task_sta
             continue
         idx = np.asarray([c for c, _ in entries], np.int32)
         val = np.asarray([v for _, v in entries], float) / scale
-        h.addRow(-inf, (cap[rank] - fixed[k]) / scale + 1e-9, len(idx), idx, val)
+        h.addRow(-inf, (cap[rank] - fixed[k]) / scale - 2e-7, len(idx), idx, val)  # HiGHS tolerance 1e-7
     start = np.zeros(ncol)
     col = 0
     for s in involved:

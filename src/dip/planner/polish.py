@@ -24,12 +24,15 @@ REFINE_ROUNDS = 6
 MOVE_REACH = 6
 UNIT_REACH = 3
 MOVE_KICK = 3
+MOVE_PATIENCE = 60  # kicks without improvement before the iterated local search stops
+MOVE_MAX_EVALS = 300_000
 MOVE_CHUNK_WORK = 2e6
-MOVE_WORK = 2e8
+MOVE_WORK = 5e7
 PRIO_REACH = 4
 PRIO_WORK = 2e6
 PRIO_EVALS_PER_ROLLOUT = 100
 PRIO_KICK = 3
+PRIO_PATIENCE = 30
 ILP_TIME_LIMIT_S = 0.5
 ILP_NODE_LIMIT = 200
 ILP_MAX_COLUMNS = 1500
@@ -164,7 +167,7 @@ def move_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, det
     n = tg.num_tasks
     args = (best.ptr, duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay, tg.succ_ptr, tg.succ_idx, alloc, free,
             ev.holds, ev.cap)
-    budget = max(int(MOVE_WORK // max(n, 1)), 4 * n)
+    budget = min(max(int(MOVE_WORK // max(n, 1)), 4 * n), MOVE_MAX_EVALS)
     n_items = problem.num_unit_items
     step = max(50, int(MOVE_CHUNK_WORK // max(n, 1)))  # evaluations between clock checks (~0.1 s)
     rng = np.random.default_rng(seed)
@@ -192,14 +195,16 @@ def move_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, det
         return tasks, span
 
     top, top_span = descend(best.tasks, best.makespan)
-    while n_items and not out_of_time():
+    stale = 0
+    while n_items and stale < MOVE_PATIENCE and not out_of_time():
         trial = top.copy()
         for _ in range(MOVE_KICK):
             shift = int(rng.integers(1, UNIT_REACH + 1)) * (1 if rng.random() < 0.5 else -1)
             _move_item(trial, best.ptr, problem.task_unit_item, int(rng.integers(n_items)), shift)
         trial, span = descend(trial, np.inf)
+        stale += 1
         if span < top_span:
-            top, top_span = trial, span
+            top, top_span, stale = trial, span, 0
     if top_span < best.makespan:
         sched = ev.simulate(best.sequence, best.ptr, top, best.choice, best.config, best.items, best.overflow)
         state.offer(sched)
@@ -241,7 +246,8 @@ def priority_search(ev: Evaluator, problem: PlanProblem, state, deadline: float,
     top_seq = np.argsort(first, kind="stable").astype(np.int64)
     top = score(top_seq)
     seq, current = top_seq, top
-    while not out_of_time():
+    kicks = 0
+    while not out_of_time() and kicks <= PRIO_PATIENCE:
         stale, i = 0, 0
         while stale < n_items and not out_of_time():
             moved = False
@@ -256,8 +262,9 @@ def priority_search(ev: Evaluator, problem: PlanProblem, state, deadline: float,
                     break
             stale = 0 if moved else stale + 1
             i = (i + (0 if moved else 1)) % n_items
+        kicks += 1
         if current.score < top.score - 1e-12:
-            top_seq, top = seq, current
+            top_seq, top, kicks = seq, current, 0
         seq = top_seq.copy()
         for _ in range(PRIO_KICK):
             k = int(rng.integers(max(n_items - 1, 1)))

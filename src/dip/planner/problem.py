@@ -82,6 +82,13 @@ class PlanProblem:
         """Activation bytes each rank may hold (limit minus static memory)."""
         return self.limit - self.static
 
+    @property
+    def safe_cap(self) -> np.ndarray:
+        """:attr:`cap` less a margin far above float rounding, so that planned peaks stay within the
+        limit when the simulator sums the same bytes in another order."""
+        margin = 1e-9 * abs(self.limit) if np.isfinite(self.limit) else 0.0
+        return self.cap - margin
+
     def priorities(self, sequence: np.ndarray) -> np.ndarray:
         """Per-task priority key (lower runs first) for an item ``sequence`` (item ids, first = highest)."""
         pos = np.empty(len(self.items), np.int64)
