@@ -94,8 +94,8 @@ def _rank(ev: Evaluator, state, configs, base: np.ndarray, deadline: float) -> l
 
 def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, rollouts: int | None = None,
            seed: int = 0) -> None:
-    """Refine the incumbent with its own candidates, reorder unit passes, move stages, then solve the
-    memory ILP per rank. ``rollouts`` (deterministic mode) sizes the work; otherwise ``deadline`` stops it."""
+    """Refine the incumbent with its own candidates, reorder unit passes, solve the memory ILP per rank,
+    then move stages (orders are polished last, for the memory candidates they will run with). ``rollouts`` (deterministic mode) sizes the work; otherwise ``deadline`` stops it."""
     deterministic = rollouts is not None
     now = time.perf_counter()
     left = max(deadline - now, 0.0) if math.isfinite(deadline) else 0.0
@@ -110,10 +110,10 @@ def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, rollouts
         prio_evals = int(min(PRIO_EVALS_PER_ROLLOUT * max(rollouts, 1), PRIO_WORK // max(problem.num_tasks, 1)))
     state.phase = "priorities"
     priority_search(ev, problem, state, until(0.65), prio_evals, seed)
-    state.phase = "moves"
-    move_search(ev, problem, state, until(0.85), deterministic, seed)
     state.phase = "ilp"
-    ilp_polish(ev, problem, state, deadline, deterministic)
+    ilp_polish(ev, problem, state, until(0.8), deterministic)
+    state.phase = "moves"
+    move_search(ev, problem, state, deadline, deterministic, seed)
 
 
 def refine(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool) -> None:

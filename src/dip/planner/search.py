@@ -39,6 +39,7 @@ from dip.spec.model import ModelSpec
 DEFAULT_BUDGET_S = 2.0
 SMALL_ITEMS = 48
 SMALL_WINDOWS = (3, 6, 12)
+POLISH_STARTS = 3
 LARGE_SEARCH_CONFIGS = 3
 POLISH_SHARE = 0.6  # of the time left after tuning: polishing the best schedule pays more than more rollouts
 GIB = 2**30
@@ -56,6 +57,13 @@ class SearchState:
     time_to_best: float = 0.0
     phase: str = "initial"
     gains: dict[str, float] = field(default_factory=dict)
+    pool: dict[str, Schedule] = field(default_factory=dict)
+
+    def remember(self, sched: Schedule) -> None:
+        """Keep the best schedule per tracking configuration: diverse starting points for polishing."""
+        key = str(sched.config)
+        if sched.feasible and (key not in self.pool or sched.score < self.pool[key].score):
+            self.pool[key] = sched
 
     def offer(self, sched: Schedule) -> bool:
         if sched.score < self.best.score - 1e-12:
@@ -151,7 +159,7 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
     else:
         _run_serial(ev, search, ranked, state, limit, deadline - polish_reserve)
     if polish_schedules:
-        polish(ev, problem, state, deadline, rollouts, seed)
+        _polish_pool(ev, problem, state, deadline, rollouts, seed, small)
     stats = SearchStats(
         strategy=strategy, rollouts=state.rollouts, time_to_best_s=state.time_to_best,
         search_time_s=time.perf_counter() - t0, curve=state.curve, config=str(state.best.config),
@@ -179,10 +187,31 @@ def _run_serial(ev: Evaluator, search, configs: list[TrackConfig], state: Search
             sched = ev.evaluate(seq, config)
             state.rollouts += 1
             state.offer(sched)
+            state.remember(sched)
             scores.append(sched.score)
             if limit is None and time.perf_counter() >= deadline:
                 break
         search.update(node, scores)
+
+
+def _polish_pool(ev: Evaluator, problem: PlanProblem, state: SearchState, deadline: float, rollouts: int | None,
+                 seed: int, small: bool) -> None:
+    """Polish the incumbent; on small problems also the best schedule of the other tracking
+    configurations (local searches from diverse starts), sharing the time left."""
+    starts = [state.best]
+    if small:
+        others = sorted((s for s in state.pool.values() if s is not state.best), key=lambda s: s.score)
+        starts += others[:POLISH_STARTS - 1]
+    for k, start in enumerate(starts):
+        now = time.perf_counter()
+        share = deadline if not math.isfinite(deadline) else now + (deadline - now) / (len(starts) - k)
+        if k == 0:
+            polish(ev, problem, state, share, rollouts, seed)
+            continue
+        local = SearchState(state.t0, start, state.initial)
+        polish(ev, problem, local, share, rollouts, seed + k)
+        state.phase = "restarts"
+        state.offer(local.best)
 
 
 def _feasible_fallback(ev: Evaluator, problem: PlanProblem, state: SearchState) -> Schedule:
