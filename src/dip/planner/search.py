@@ -40,6 +40,7 @@ DEFAULT_BUDGET_S = 2.0
 SMALL_ITEMS = 48
 SMALL_WINDOWS = (3, 6, 12)
 POLISH_STARTS = 3
+POLISH_START_S = 2.0  # polishing seconds that justify one more start in budget mode
 LARGE_SEARCH_CONFIGS = 3
 POLISH_SHARE = 0.6  # of the time left after tuning: polishing the best schedule pays more than more rollouts
 GIB = 2**30
@@ -103,7 +104,8 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
                    strategy: str = "mcts", window: int | tuple[int, ...] | None = None,
                    rollouts_per_expansion: int = DEFAULT_ROLLOUTS_PER_EXPANSION, tune: bool = True,
                    polish_schedules: bool = True, configs: tuple[TrackConfig, ...] | None = None,
-                   search_configs: int | None = None, seeds: tuple = (), t0: float | None = None
+                   search_configs: int | None = None, seeds: tuple = (), passes: int = 3,
+                   t0: float | None = None
                    ) -> tuple[SearchState, SearchStats]:
     """The search phases on a built problem; returns the final state (best and initial schedules).
 
@@ -121,7 +123,7 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
     deterministic = rollouts is not None
     budget = None if deterministic else float(budget_s if budget_s is not None else DEFAULT_BUDGET_S)
     deadline = math.inf if budget is None else t0 + budget
-    ev = Evaluator(problem)
+    ev = Evaluator(problem, passes=passes)
     initial = ev.evaluate(problem.default_sequence, PAPER_CONFIG)
     state = SearchState(t0, initial, initial, [(time.perf_counter() - t0, initial.makespan)])
     if not initial.feasible:
@@ -196,12 +198,15 @@ def _run_serial(ev: Evaluator, search, configs: list[TrackConfig], state: Search
 
 def _polish_pool(ev: Evaluator, problem: PlanProblem, state: SearchState, deadline: float, rollouts: int | None,
                  seed: int, small: bool) -> None:
-    """Polish the incumbent; on small problems also the best schedule of the other tracking
-    configurations (local searches from diverse starts), sharing the time left."""
+    """Polish the incumbent and, on small problems or with a few seconds to spare, also the best
+    schedules of other tracking configurations (local searches from diverse starts), sharing the time."""
     starts = [state.best]
-    if small:
-        others = sorted((s for s in state.pool.values() if s is not state.best), key=lambda s: s.score)
-        starts += others[:POLISH_STARTS - 1]
+    if math.isfinite(deadline):
+        extra = min(POLISH_STARTS - 1, int(max(deadline - time.perf_counter(), 0.0) / POLISH_START_S))
+    else:
+        extra = POLISH_STARTS - 1 if small else 0
+    others = sorted((s for s in state.pool.values() if s is not state.best), key=lambda s: s.score)
+    starts += others[:extra]
     for k, start in enumerate(starts):
         now = time.perf_counter()
         share = deadline if not math.isfinite(deadline) else now + (deadline - now) / (len(starts) - k)
