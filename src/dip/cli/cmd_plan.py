@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget", type=float, help="search seconds per batch (default 2)")
     budget.add_argument("--rollouts", type=int, help="rollouts per batch: a deterministic search")
-    p.add_argument("--workers", type=int, default=1, help="search processes sharing MCTS statistics (default 1)")
+    p.add_argument("--workers", type=int,
+                   help="search processes sharing MCTS statistics (default: half of this machine's cores)")
     p.add_argument("--strategy", default="mcts", choices=STRATEGY_CHOICES, help="search strategy (default mcts)")
     p.add_argument("--exact", action="store_true", help="also solve the exact optimum with CP-SAT (small instances)")
     p.add_argument("--exact-time-limit", type=float, default=120.0, help="CP-SAT seconds per batch (default 120)")
@@ -77,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput(f"--rollouts must be >= 0, got {args.rollouts}")
     if args.budget is not None and args.budget <= 0:
         raise BadInput(f"--budget must be > 0 seconds, got {args.budget}")
+    if args.workers is None:
+        from dip.planner.parallel import default_workers
+
+        args.workers = default_workers()
     positive_int("workers", args.workers)
     if args.uniform_costs:
         out, plan, result = run_uniform(args)

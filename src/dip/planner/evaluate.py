@@ -6,8 +6,8 @@ The paper's setting is the most memory-efficient candidate for both (``TrackConf
 tracking bytes of faster candidates (``level`` > 0) lets the interleaver keep fewer stages in flight
 instead of recomputing, and planning with the fastest durations matches the final timeline better.
 Every score is the simulator's makespan of the final order with the chosen candidates. With
-``passes = 2`` (default) a rollout interleaves a second time with the bytes and durations of the
-candidates the memory phase chose, keeping the better of the two.
+``passes > 1`` a rollout interleaves again with the bytes and durations of the candidates the memory
+phase chose, while that improves the score (the search uses 3 passes).
 """
 from __future__ import annotations
 

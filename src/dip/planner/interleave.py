@@ -122,10 +122,18 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
     forced = 0
     fen, fen_base, fen_pos = _reserve_tree(n_ranks, task_rank, task_op, task_stage, stage_act, prio, reserve)
     fits = np.ones(n_ranks, np.bool_)
+    tmin = np.full(n_ranks, INF)
+    dirty = np.ones(n_ranks, np.bool_)  # t_min is recomputed only for ranks whose state changed
     for step in range(n):
         best_r = -1
         best_t = INF
         for r in range(n_ranks):
+            if not dirty[r]:
+                if tmin[r] < best_t:
+                    best_t = tmin[r]
+                    best_r = r
+                continue
+            dirty[r] = False
             for kind in range(2):
                 hp = 4 * r + 2 + kind
                 while size[hp] > 0 and t_start[heap[base[hp]]] <= t_last[r]:
@@ -154,6 +162,7 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
                     tm = t_start[heap[base[4 * r + 2]]]
                 if tm < t_last[r]:
                     tm = t_last[r]
+            tmin[r] = tm
             if tm < best_t:
                 best_t = tm
                 best_r = r
@@ -172,6 +181,7 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
             if best_r < 0:
                 break  # dependency cycle (cannot happen for valid structures)
         r = best_r
+        dirty[r] = True
         f_ok = allow_over or fits[r]
         has_f = f_ok and size[4 * r] > 0
         has_b = size[4 * r + 1] > 0
@@ -222,6 +232,7 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
             remaining[u] -= 1
             if remaining[u] == 0:
                 _push(heap, base, size, 4 * task_rank[u] + 2 + task_op[u], u, t_start, prio)
+                dirty[task_rank[u]] = True
     return sequence, start, end, peak, forced
 
 

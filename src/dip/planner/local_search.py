@@ -86,7 +86,7 @@ def move_descent(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr,
 
 
 @njit(cache=True)
-def _move_item(trial, ptr, task_unit_item, item, shift):
+def move_item(trial, ptr, task_unit_item, item, shift):
     """Move every stage of ``item`` ``shift`` places within its rank's order; False if none moved."""
     moved = False
     for r in range(ptr.shape[0] - 1):
@@ -124,7 +124,7 @@ def unit_descent(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr,
                     if evals >= max_evals:
                         return tasks, best, evals
                     trial[:] = tasks
-                    if not _move_item(trial, ptr, task_unit_item, item, sign * d):
+                    if not move_item(trial, ptr, task_unit_item, item, sign * d):
                         continue
                     span, span2 = _score(ptr, trial, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx,
                                          alloc, free, holds, cap)

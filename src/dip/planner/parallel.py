@@ -75,4 +75,5 @@ def run_parallel(problem, search, configs: list[TrackConfig], state, workers: in
                 state.rollouts += len(seqs)
                 if best is not None:
                     state.offer(best)
+                    state.remember(best)
                 search.update(node, [s if math.isfinite(s) else math.inf for s in scores])

@@ -2,10 +2,16 @@
 
 * :func:`tune_base` picks the tracking configuration (which bytes and durations the interleaver plans
   with) and shifts each (module, direction)'s segment priorities by whole micro-batches (e.g. LM
-  backwards ahead of earlier encoder backwards), by coordinate descent on the default order. The
-  result is the base sequence MCTS explores around.
-* :func:`polish` re-interleaves the best schedule with its own chosen candidates (bytes and
-  durations) while that helps, then runs the per-rank memory ILP on it.
+  backwards ahead of earlier encoder backwards), by coordinate descent. The result is the base
+  sequence MCTS explores around.
+* :func:`polish` (beyond the paper) improves one schedule in four steps, each kept only when it helps:
+  :func:`refine` re-interleaves it with its own chosen candidates (bytes and durations);
+  :func:`priority_search` climbs over the priorities of unit passes (finer than MCTS's items);
+  :func:`ilp_polish` solves the per-rank memory ILP of §5.3 on its order; :func:`move_search` runs an
+  iterated local search on the rank orders themselves (:mod:`dip.planner.local_search`).
+
+Budget mode splits the time given by the deadline; a rollout budget (deterministic mode) sizes each
+step by work instead (evaluations, task-steps), so results never depend on the clock.
 """
 from __future__ import annotations
 
@@ -15,12 +21,14 @@ import time
 import numpy as np
 
 from dip.planner.evaluate import Evaluator, TrackConfig
-from dip.planner.local_search import _move_item, move_descent, unit_descent
+from dip.planner.local_search import move_descent, move_item, unit_descent
 from dip.planner.memory import ilp_select
 from dip.planner.problem import PlanProblem
 
 SHIFTS = (0, 1, 2, 4, 8)
 REFINE_ROUNDS = 6
+PRIO_SHARE = 0.3  # of the polishing time (after 10% for refining); the ILP gets ILP_SHARE, moves the rest
+ILP_SHARE = 0.15
 MOVE_REACH = 6
 UNIT_REACH = 3
 MOVE_KICK = 3
@@ -38,16 +46,20 @@ ILP_NODE_LIMIT = 200
 ILP_MAX_COLUMNS = 1500
 
 
-def shifted_sequence(problem: PlanProblem, shift: dict[tuple[str, int], int]) -> np.ndarray:
-    """The default item order with (group, direction) items moved ``shift`` micro-batches earlier."""
+def shifted_sequence(problem: PlanProblem, shift: dict[tuple[str, int], int],
+                     mb_order: np.ndarray | None = None) -> np.ndarray:
+    """The default item order (micro-batches in ``mb_order``, default: as given) with (group, direction)
+    items moved ``shift`` micro-batches earlier."""
     groups = list(problem.tg.graph.groups)
     items = problem.items
+    n_mb = max(it.mb for it in items) + 1
+    pos = np.arange(n_mb) if mb_order is None else np.argsort(mb_order)
 
     def key(i: int) -> tuple[int, int, int, int]:
         it = items[i]
         gp = groups.index(it.group)
-        return (it.mb - shift.get((it.group, it.direction), 0), it.direction,
-                gp if it.direction == 0 else len(groups) - gp, it.mb)
+        return (int(pos[it.mb]) - shift.get((it.group, it.direction), 0), it.direction,
+                gp if it.direction == 0 else len(groups) - gp, int(pos[it.mb]))
 
     return np.asarray(sorted(range(len(items)), key=key), np.int64)
 
@@ -109,9 +121,9 @@ def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, rollouts
     if deterministic:
         prio_evals = int(min(PRIO_EVALS_PER_ROLLOUT * max(rollouts, 1), PRIO_WORK // max(problem.num_tasks, 1)))
     state.phase = "priorities"
-    priority_search(ev, problem, state, until(0.65), prio_evals, seed)
+    priority_search(ev, problem, state, until(PRIO_SHARE), prio_evals, seed)
     state.phase = "ilp"
-    ilp_polish(ev, problem, state, until(0.8), deterministic)
+    ilp_polish(ev, problem, state, until(PRIO_SHARE + ILP_SHARE), deterministic)
     state.phase = "moves"
     move_search(ev, problem, state, deadline, deterministic, seed)
 
@@ -200,7 +212,7 @@ def move_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, det
         trial = top.copy()
         for _ in range(MOVE_KICK):
             shift = int(rng.integers(1, UNIT_REACH + 1)) * (1 if rng.random() < 0.5 else -1)
-            _move_item(trial, best.ptr, problem.task_unit_item, int(rng.integers(n_items)), shift)
+            move_item(trial, best.ptr, problem.task_unit_item, int(rng.integers(n_items)), shift)
         trial, span = descend(trial, np.inf)
         stale += 1
         if span < top_span:

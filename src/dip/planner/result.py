@@ -28,6 +28,7 @@ class SearchStats:
     workers: int = 1
     evaluations: int = 0
     gains: dict[str, float] = field(default_factory=dict)
+    phase_start: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -2,14 +2,16 @@
 
 :func:`plan_batch` runs the three-phase loop of the paper (Fig. 7) for one batch:
 
-1. the plain dual-queue interleaving of the default segment order with the paper's tracking
-   (most memory-efficient candidates) is the first incumbent, and is never lost;
-2. the tracking configuration and a coarse shift of each module's segment priorities are tuned on the
-   default order (a few rollouts);
+1. the dual-queue interleaving of the default segment order with the paper's tracking (most
+   memory-efficient candidates) is the first incumbent, and is never lost;
+2. the tracking configuration (:class:`~dip.planner.evaluate.TrackConfig`) and a coarse shift of each
+   module's segment priorities are tuned on the default order (a few rollouts);
 3. MCTS (or DFS / random search) reorders segments, every rollout scored by interleaving + memory
-   optimisation + simulation;
-4. the best schedules are polished: the memory ILP per rank, and re-interleaving with the chosen
-   candidates' bytes and durations.
+   optimisation + simulation (the time left is shared with step 4 by ``POLISH_SHARE``);
+4. polishing (:mod:`dip.planner.polish`), beyond the paper: the best schedule of every tracking
+   configuration is re-interleaved with its own candidates; then the incumbent (and, on small
+   problems or long budgets, a few other starts) goes through a finer priority search over unit
+   passes, the per-rank memory ILP and an iterated local search on the rank orders.
 
 ``rollouts`` makes the search deterministic (no wall-clock dependence) and takes precedence over
 ``budget_s``. ``workers > 1`` runs rollouts in processes that share the MCTS statistics
@@ -29,7 +31,7 @@ from dip.planner.evaluate import DEFAULT_CONFIGS, PAPER_CONFIG, Evaluator, Sched
 from dip.planner.mcts import (DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_ROLLOUTS_PER_EXPANSION, DEFAULT_WINDOW, STRATEGIES,
                               Portfolio)
 from dip.planner.partitioner import Partition
-from dip.planner.polish import polish, tune_base
+from dip.planner.polish import polish, refine, tune_base
 from dip.planner.problem import PlanProblem, build_problem
 from dip.planner.result import PlanResult, SearchStats, build_result, default_partition
 from dip.planner.uniform import warm_up
@@ -42,7 +44,7 @@ SMALL_WINDOWS = (3, 6, 12)
 POLISH_STARTS = 3
 POLISH_START_S = 2.0  # polishing seconds that justify one more start in budget mode
 LARGE_SEARCH_CONFIGS = 3
-POLISH_SHARE = 0.6  # of the time left after tuning: polishing the best schedule pays more than more rollouts
+POLISH_SHARE = 0.4  # of the time left after tuning: polishing the best schedule pays more than more rollouts
 GIB = 2**30
 
 
@@ -56,9 +58,19 @@ class SearchState:
     curve: list[tuple[float, float]] = field(default_factory=list)
     rollouts: int = 0
     time_to_best: float = 0.0
-    phase: str = "initial"
+    _phase: str = "initial"
     gains: dict[str, float] = field(default_factory=dict)
+    phase_start: dict[str, float] = field(default_factory=dict)
     pool: dict[str, Schedule] = field(default_factory=dict)
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, name: str) -> None:
+        self._phase = name
+        self.phase_start.setdefault(name, time.perf_counter() - self.t0)
 
     def remember(self, sched: Schedule) -> None:
         """Keep the best schedule per tracking configuration: diverse starting points for polishing."""
@@ -166,6 +178,7 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
         strategy=strategy, rollouts=state.rollouts, time_to_best_s=state.time_to_best,
         search_time_s=time.perf_counter() - t0, curve=state.curve, config=str(state.best.config),
         initial_time_s=state.initial.makespan, workers=workers, evaluations=ev.calls, gains=dict(state.gains),
+        phase_start=dict(state.phase_start),
     )
     return state, stats
 
@@ -199,7 +212,16 @@ def _run_serial(ev: Evaluator, search, configs: list[TrackConfig], state: Search
 def _polish_pool(ev: Evaluator, problem: PlanProblem, state: SearchState, deadline: float, rollouts: int | None,
                  seed: int, small: bool) -> None:
     """Polish the incumbent and, on small problems or with a few seconds to spare, also the best
-    schedules of other tracking configurations (local searches from diverse starts), sharing the time."""
+    schedules of other tracking configurations (local searches from diverse starts), sharing the time.
+    Every configuration's best schedule is first refined (cheap), which may change the incumbent."""
+    state.phase = "restarts"
+    for start in sorted(state.pool.values(), key=lambda s: s.score):
+        if start is state.best or (math.isfinite(deadline) and time.perf_counter() >= deadline):
+            continue
+        local = SearchState(state.t0, start, state.initial)
+        refine(ev, problem, local, deadline, not math.isfinite(deadline))
+        state.pool[str(start.config)] = local.best
+        state.offer(local.best)
     starts = [state.best]
     if math.isfinite(deadline):
         extra = min(POLISH_STARTS - 1, int(max(deadline - time.perf_counter(), 0.0) / POLISH_START_S))
