@@ -19,12 +19,7 @@ F64 = torch.float64
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "byo_model.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Residual(nn.Module):

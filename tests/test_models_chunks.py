@@ -8,23 +8,15 @@ from dip.runtime.models import ReferenceModel, SpecModel, build_chunk, reference
 from dip.runtime.models.fixtures import random_batch, tiny_model
 from dip.runtime.models.sequential import ChunkedModel
 
+from torch_asserts import assert_grads_equal
+
 F64 = torch.float64
 MODELS = ("tiny-vlm", "tiny-t2v")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def assert_grads_equal(got: dict, want: dict, rtol: float = 1e-10) -> None:
-    assert set(got) == set(want)
-    scale = max(g.abs().max().item() for g in want.values())
-    for name, g in want.items():
-        torch.testing.assert_close(got[name], g, rtol=rtol, atol=1e-13 * scale, msg=name)
 
 
 @pytest.fixture(scope="module", params=MODELS)

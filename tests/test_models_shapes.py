@@ -15,12 +15,7 @@ from dip.spec.tensors import (Unit, chunk_input_specs, chunk_output_specs, edge_
                               text_cond_rows)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _shapes(specs) -> dict:

@@ -9,22 +9,14 @@ from dip.runtime.models import ReferenceModel, SpecModel, build_chunk, make_unit
 from dip.runtime.models.fixtures import tiny_model
 from dip.runtime.models.sequential import ChunkedModel
 
+from torch_asserts import assert_grads_equal
+
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def assert_grads_equal(got: dict, want: dict, rtol: float = 1e-10) -> None:
-    scale = max(g.abs().max().item() for g in want.values())
-    assert set(got) == set(want)
-    for name, g in want.items():
-        torch.testing.assert_close(got[name], g, rtol=rtol, atol=1e-13 * scale, msg=name)
 
 
 def test_vit_units_concatenate_to_one_unit():
