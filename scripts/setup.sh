@@ -3,7 +3,9 @@
 # torch is installed first, pinned to the CPU build 2.13.0, so no other resolver picks a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+# The base interpreter, also when another virtual environment is active (a venv made from a venv's
+# python can install into the outer one).
+PY=$("${PYTHON:-python3}" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

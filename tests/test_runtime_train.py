@@ -84,3 +84,17 @@ def test_bad_inputs_are_one_line_errors(capsys):
     assert "1f1b" in err and "gpipe" in err and "zigzag" in err
     assert main(["train", "--model", "tiny-t2v", "--nproc", "2", "--schedule", "optimus"]) == 2
     assert main(["train", "--model", "tiny-vlm", "--nproc", "4", "--pp", "3"]) == 2
+
+
+def test_backend_choice_follows_gpus_per_rank():
+    from dip.errors import BadInput
+    from dip.runtime.trainer import choose_backend
+
+    assert choose_backend(0, 2) == "gloo"  # CPU
+    assert choose_backend(1, 2) == "gloo"  # two ranks share one GPU: NCCL would refuse
+    assert choose_backend(4, 4) == "nccl"
+    assert choose_backend(4, 4, "gloo") == "gloo"
+    with pytest.raises(BadInput, match="DIP_BACKEND"):
+        choose_backend(4, 4, "mpi")
+    with pytest.raises(BadInput, match="needs a CUDA device"):
+        choose_backend(0, 2, "nccl")

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _modules(model_name: str | None, selectors: list[str] | None):
     from dip.cost.profile import REFERENCE_MODULES
 
+    from dip.spec.presets import MODULE_PRESETS
+
     if model_name:
         from dip.spec.presets import get_model
 
@@ -37,12 +39,28 @@ def _modules(model_name: str | None, selectors: list[str] | None):
     if not selectors:
         return modules
     chosen = [m for m in modules if m.name in selectors or m.kind in selectors]
-    unknown = [s for s in selectors if not any(s in (m.name, m.kind) for m in modules)]
+    if not model_name:  # any module preset by name (e.g. Llama3-8B), next to the reference modules
+        have = {m.name for m in chosen}
+        chosen += [_standalone(MODULE_PRESETS[s]) for s in selectors if s in MODULE_PRESETS and s not in have]
+    known = {m.name for m in chosen} | {m.kind for m in chosen}
+    unknown = [s for s in selectors if s not in known]
     if unknown:
         from dip.errors import choices_error
 
-        raise choices_error("module", unknown[0], [*(m.name for m in modules), "vit", "decoder", "dit"])
+        names = [*(m.name for m in modules), *(n for n in MODULE_PRESETS if not model_name)]
+        raise choices_error("module", unknown[0], [*dict.fromkeys(names), "vit", "decoder", "dit"])
     return tuple(chosen)
+
+
+def _standalone(module):
+    """A module preset profiled outside a model: a ViT projects to and a DiT attends to a 4096-wide LM."""
+    from dataclasses import replace
+
+    if module.kind == "vit" and not module.out_hidden:
+        return replace(module, out_hidden=4096)
+    if module.kind == "dit" and not module.cond_hidden:
+        return replace(module, cond_hidden=4096)
+    return module
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,10 +31,12 @@ class TrackConfig:
     durations: str = "memory"
     reserve: float = 0.0
     alternate: bool = True
+    patience: float = 0.0
 
     def __str__(self) -> str:
+        wait = f",patience={self.patience:g}" if self.patience else ""
         return (f"level={self.level:g},durations={self.durations},reserve={self.reserve:g},"
-                f"{'alternate' if self.alternate else 'priority'}")
+                f"{'alternate' if self.alternate else 'priority'}{wait}")
 
 
 PAPER_CONFIG = TrackConfig(0.0, "memory")
@@ -103,7 +105,8 @@ class Evaluator:
         duration, act = self._track(config)
         sequence, _, _, _, _ = interleave(p.num_ranks, tg.task_rank, tg.task_op, tg.task_stage, duration, act,
                                           self.cap, prio, tg.pred_ptr, tg.succ_ptr, tg.succ_idx, p.succ_delay,
-                                          float(config.reserve), bool(config.alternate))
+                                          float(config.reserve), bool(config.alternate),
+                                          float(config.patience))
         ptr, tasks = rank_orders(sequence, tg.task_rank, p.num_ranks)
         sched = self.finish(sequence, ptr, tasks, config, items, self.ilp if ilp is None else ilp)
         for _ in range(self.passes - 1):  # re-plan with the bytes and durations the memory phase chose
@@ -128,7 +131,8 @@ class Evaluator:
         prio = p.priorities(items) if prio is None else prio
         sequence, _, _, _, _ = interleave(p.num_ranks, tg.task_rank, tg.task_op, tg.task_stage, duration, act,
                                           self.cap, prio, tg.pred_ptr, tg.succ_ptr, tg.succ_idx,
-                                          p.succ_delay, float(config.reserve), bool(config.alternate))
+                                          p.succ_delay, float(config.reserve), bool(config.alternate),
+                                          float(config.patience))
         ptr, tasks = rank_orders(sequence, tg.task_rank, p.num_ranks)
         return self.finish(sequence, ptr, tasks, config, items, ilp)
 

@@ -80,7 +80,7 @@ def _pop(heap, base, size, h, kf, ki):
 
 @njit(cache=True)
 def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap, prio,
-               pred_ptr, succ_ptr, succ_idx, succ_delay, reserve=0.0, alternate=True):
+               pred_ptr, succ_ptr, succ_idx, succ_delay, reserve=0.0, alternate=True, patience=0.0):
     """Greedy dual-queue interleaving.
 
     ``task_op``: 0 forward, 1 backward; ``stage_act[s]``: bytes a forward of stage ``s`` holds until
@@ -124,7 +124,9 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
     fits = np.ones(n_ranks, np.bool_)
     tmin = np.full(n_ranks, INF)
     dirty = np.ones(n_ranks, np.bool_)  # t_min is recomputed only for ranks whose state changed
-    for step in range(n):
+    warm = np.zeros(n_ranks, np.bool_)  # a backward ran: the warm-up is over
+    step = 0
+    while step < n:
         best_r = -1
         best_t = INF
         for r in range(n_ranks):
@@ -202,6 +204,13 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
                 if tf < tb:
                     kind = 0
             kind += 2
+        if patience > 0.0 and not warm[r]:
+            cand = heap[base[4 * r + kind]]
+            wait = _awaited(heap, base, size, r, cand, max(t_last[r], t_start[cand]), duration, t_start, prio,
+                            task_op, task_stage, stage_act, mem[r], cap[r], f_ok, patience)
+            if wait > t_last[r]:  # idle until a higher-priority stage arrives (see module docstring)
+                t_last[r] = wait
+                continue
         if kind < 2:
             t = _pop(heap, base, size, 4 * r + kind, zero, prio)
         else:
@@ -213,6 +222,7 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
         t_last[r] = e
         last_op[r] = task_op[t]
         sequence[step] = t
+        step += 1
         act = stage_act[task_stage[t]]
         if task_op[t] == 0:
             if reserve > 0.0:
@@ -224,6 +234,7 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
                 peak[r] = mem[r]
         else:
             mem[r] -= act
+            warm[r] = True
         for k in range(succ_ptr[t], succ_ptr[t + 1]):
             u = succ_idx[k]
             v = e + succ_delay[k]
@@ -234,6 +245,27 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
                 _push(heap, base, size, 4 * task_rank[u] + 2 + task_op[u], u, t_start, prio)
                 dirty[task_rank[u]] = True
     return sequence, start, end, peak, forced
+
+
+@njit(cache=True)
+def _awaited(heap, base, size, r, cand, s, duration, t_start, prio, task_op, task_stage, stage_act, mem, cap, f_ok,
+             patience):
+    """The release time of the highest-priority pending stage of rank ``r`` that starting ``cand`` at ``s``
+    would delay, if waiting for it costs at most ``patience * duration[cand]`` idle time; else -inf."""
+    end = s + duration[cand]
+    best = -1
+    for kind in range(2):
+        h = 4 * r + 2 + kind
+        for k in range(size[h]):
+            u = heap[base[h] + k]
+            if u == cand or t_start[u] >= end or t_start[u] - s > patience * duration[cand]:
+                continue
+            if prio[u] >= prio[cand] or (best >= 0 and prio[u] >= prio[best]):
+                continue
+            if task_op[u] == 0 and (not f_ok or mem + stage_act[task_stage[u]] > cap + 1e-6):
+                continue
+            best = u
+    return t_start[best] if best >= 0 else -INF
 
 
 @njit(cache=True)

@@ -76,6 +76,7 @@ class StepContext:
     timeout_s: float
     device: torch.device
     sends: SendQueue
+    comm_device: torch.device | None = None  # where message buffers live (default: ``device``)
     poster: Poster | None = None
     recvs: dict[tuple, tuple[P2P | None, tuple]] = field(default_factory=dict)
     outbox: dict[tuple, dict[str, Tensor]] = field(default_factory=dict)
@@ -108,7 +109,10 @@ class StepContext:
         wait(p, self.rank, self.timeout_s)
         self.sends.trim(p.batch)
         self.wait_s += time.perf_counter() - t0
-        return {s.name: t for s, t in zip(specs, unpack(p.buffer, specs))}
+        got = unpack(p.buffer, specs)
+        if p.buffer.device != self.device:  # host-staged message (gloo with CUDA compute)
+            got = [t.to(self.device) for t in got]
+        return {s.name: t for s, t in zip(specs, got)}
 
     def emit(self, key: tuple, tensors: dict[str, Tensor], backward: bool) -> None:
         """Hand ``tensors`` to the consumer of message ``key``: locally on this rank, else to its SEND."""
@@ -227,7 +231,8 @@ class Executor:
     def __init__(self, rank: int, provider: Any, stages: Mapping[int, StageChunk], *,
                  rank_map: Callable[[int], int] | None = None, group: dist.ProcessGroup | None = None,
                  timeout_s: float = 120.0, device: torch.device | str = "cpu", max_outstanding_sends: int = 64,
-                 handlers: Mapping[str, Handler] | None = None, post_in_background: bool = True):
+                 handlers: Mapping[str, Handler] | None = None, post_in_background: bool = True,
+                 comm_device: torch.device | str | None = None):
         self.rank = rank
         self.provider = provider
         self.stages = dict(stages)
@@ -235,11 +240,12 @@ class Executor:
         self.group = group
         self.timeout_s = float(timeout_s)
         self.device = torch.device(device)
+        self.comm_device = torch.device(comm_device) if comm_device is not None else self.device
         self.max_outstanding_sends = max_outstanding_sends
         self.handlers: dict[str, Handler] = dict(DEFAULT_HANDLERS)
         self.handlers.update(handlers or {})
         self._prep: tuple | None = None
-        self.poster = Poster(group) if post_in_background and self.device.type == "cpu" else None
+        self.poster = Poster(group) if post_in_background and self.comm_device.type == "cpu" else None
 
     def register(self, op: str | Op, handler: Handler) -> None:
         """Override the handler of ``op`` (``"F"``, ``"SEND_F"``, ..., or ``"BATCH"`` for posting)."""
@@ -265,7 +271,7 @@ class Executor:
             rank=self.rank, plan=plan, program=program, deps=deps, batch=batch,
             provider=self.provider, stages=self.stages, specs=specs,
             step_seed=step_seed, mb_offset=mb_offset, loss_scale=loss_scale, rank_map=self.rank_map,
-            group=self.group, timeout_s=self.timeout_s, device=self.device,
+            group=self.group, timeout_s=self.timeout_s, device=self.device, comm_device=self.comm_device,
             sends=SendQueue(self.rank, self.timeout_s, self.max_outstanding_sends), poster=self.poster,
         )
 

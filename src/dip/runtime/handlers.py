@@ -157,7 +157,7 @@ def recv(action: Action, ctx: "StepContext") -> None:
     if numel(specs) == 0:
         ctx.recvs[key] = (None, specs)
         return
-    p = P2P(False, alloc(specs, ctx.device), ctx.global_rank(comm.src_rank), _tag(ctx, action, comm.seq),
+    p = P2P(False, alloc(specs, ctx.comm_device or ctx.device), ctx.global_rank(comm.src_rank), _tag(ctx, action, comm.seq),
             str(action), ctx.batch_no)
     ctx.recvs[key] = (p, specs)
     ctx.pending.append(p)
@@ -178,7 +178,10 @@ def send(action: Action, ctx: "StepContext") -> None:
                                f"but the shape plan says {tuple(s.shape)}")
     if numel(specs) == 0:
         return
-    p = P2P(True, pack([payload[s.name] for s in specs]), ctx.global_rank(comm.dst_rank),
+    buffer = pack([payload[s.name] for s in specs])
+    if ctx.comm_device is not None and buffer.device != ctx.comm_device:
+        buffer = buffer.to(ctx.comm_device)  # host staging (gloo with CUDA compute)
+    p = P2P(True, buffer, ctx.global_rank(comm.dst_rank),
             _tag(ctx, action, comm.seq), str(action), ctx.batch_no)
     ctx.pending.append(p)
     ctx.sends.add(p)

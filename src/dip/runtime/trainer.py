@@ -11,7 +11,9 @@ Global rank ``g = dp_index * pp + pp_rank``. Every step:
 4. with ``check_reference``, rank 0 compares loss, gradients and parameters with a single-process
    reference (:mod:`dip.runtime.reference_check`).
 
-Gloo on CPU, NCCL on CUDA, chosen by the device.
+Gloo on CPU, NCCL on CUDA, chosen by the device (:func:`choose_backend`). When more ranks than GPUs
+share a node (e.g. 2 ranks on one GPU, where NCCL refuses to run), gloo moves the messages through host
+memory (``comm_device`` = CPU) while the compute stays on the GPU.
 """
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ class Runtime:
     pp: int
     dp: int
     device: torch.device
+    comm_device: torch.device | None = None  # where collectives and messages live (CPU under gloo)
     dp_group: Any = None
     stages: dict[tuple, StageChunk] = field(default_factory=dict)
     optimizer: Any = None
@@ -85,24 +88,49 @@ def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
+BACKENDS = ("gloo", "nccl")
+
+
+def choose_backend(cuda_devices: int, local_world: int, requested: str | None = None) -> str:
+    """``nccl`` when every local rank has its own GPU, ``gloo`` otherwise (CPU, or ranks sharing a
+    GPU); ``requested`` (environment ``DIP_BACKEND``) overrides."""
+    if requested:
+        key = requested.strip().lower()
+        if key not in BACKENDS:
+            raise BadInput(f"DIP_BACKEND must be one of {', '.join(BACKENDS)}, got {requested!r}")
+        if key == "nccl" and cuda_devices == 0:
+            raise BadInput("DIP_BACKEND=nccl needs a CUDA device; this machine has none (use gloo)")
+        return key
+    return "nccl" if 0 < local_world <= cuda_devices else "gloo"
+
+
 def init_distributed(timeout_s: float) -> tuple[int, int, torch.device]:
-    """Join the env:// process group: NCCL on CUDA (device ``LOCAL_RANK``), else gloo on CPU."""
+    """Join the env:// process group; the device is GPU ``LOCAL_RANK mod #GPUs`` when CUDA is there,
+    else the CPU; the backend comes from :func:`choose_backend`."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    backend = choose_backend(gpus, local_world, os.environ.get("DIP_BACKEND"))
+    if gpus:
+        device = torch.device("cuda", local_rank % gpus)
         torch.cuda.set_device(device)
-        backend = "nccl"
     else:
-        device, backend = torch.device("cpu"), "gloo"
+        device = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=max(timeout_s, 60.0)))
     return rank, world, device
 
 
+def comm_device_for(device: torch.device, backend: str) -> torch.device:
+    """Where messages and collectives live: the device itself, except CPU for gloo (host staging)."""
+    return torch.device("cpu") if backend == "gloo" else device
+
+
 def _broadcast(obj: Any, rt: Runtime) -> Any:
     box = [obj]
-    dist.broadcast_object_list(box, src=0, device=rt.device if rt.device.type == "cuda" else None)
+    dist.broadcast_object_list(box, src=0, device=rt.comm_device if rt.comm_device.type == "cuda" else None)
     return box[0]
 
 
@@ -133,7 +161,7 @@ def sync_gradients(rt: Runtime, timeout_s: float) -> None:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     if rt.dp > 1 and params:
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        flat = torch.cat([p.grad.reshape(-1) for p in params]).to(rt.comm_device)
         timed_collective(dist.all_reduce, "the data-parallel gradient all-reduce", rt.rank, timeout_s, flat,
                          group=rt.dp_group)
         off = 0
@@ -160,7 +188,7 @@ def train(cfg: TrainConfig) -> dict | None:
         torch.set_num_threads(cfg.threads)
     pp, dp = planning.check_parallel(load_model(cfg.model), world, cfg.pp, cfg.dp)
     model = planning.with_parallel(load_model(cfg.model), pp, dp)
-    rt = Runtime(rank, world, pp, dp, device)
+    rt = Runtime(rank, world, pp, dp, device, comm_device_for(device, dist.get_backend()))
     for r in range(pp):  # every rank creates every group, in the same order
         g = dist.new_group([d * pp + r for d in range(dp)]) if dp > 1 else None
         if r == rt.pp_rank:
@@ -175,9 +203,13 @@ def train(cfg: TrainConfig) -> dict | None:
             raise BadInput(msg) if kind == "BadInput" else RuntimeError(f"planning on rank 0 failed: {msg}")
         if executor is None:
             executor = Executor(rt.pp_rank, provider, {}, rank_map=rt.global_rank, timeout_s=cfg.timeout_s,
-                                device=device)
+                                device=device, comm_device=rt.comm_device)
         _train_step(cfg, rt, executor, provider, coord, step, work)
-    return coord.result(world, pp, dp) if coord else None
+    if not coord:
+        return None
+    out = coord.result(world, pp, dp)
+    out.update({"device": device.type, "backend": dist.get_backend()})
+    return out
 
 
 def _train_step(cfg: TrainConfig, rt: Runtime, executor: Executor, provider, coord, step: int, work) -> None:
@@ -203,7 +235,7 @@ def _train_step(cfg: TrainConfig, rt: Runtime, executor: Executor, provider, coo
                                         mb_offset=rt.dp_index * cfg.microbatches)
     sync_gradients(rt, cfg.timeout_s)
     t_grads = time.perf_counter() - t0
-    loss_t = torch.tensor([res.loss_sum], dtype=torch.float64, device=rt.device)
+    loss_t = torch.tensor([res.loss_sum], dtype=torch.float64, device=rt.comm_device)
     timed_collective(dist.all_reduce, "the loss all-reduce", rt.rank, cfg.timeout_s, loss_t)
     loss = float(loss_t[0]) / total
     extra: dict[str, Any] = {}
@@ -214,7 +246,7 @@ def _train_step(cfg: TrainConfig, rt: Runtime, executor: Executor, provider, coo
             extra.update(coord.checker.step(global_batch, seed, loss, {k: v for d in got for k, v in d.items()}))
     t1 = time.perf_counter()
     rt.optimizer.step()
-    times = torch.tensor([res.elapsed_s, t_grads + time.perf_counter() - t1], dtype=torch.float64, device=rt.device)
+    times = torch.tensor([res.elapsed_s, t_grads + time.perf_counter() - t1], dtype=torch.float64, device=rt.comm_device)
     timed_collective(dist.all_reduce, "the step-time all-reduce", rt.rank, cfg.timeout_s, times, op=dist.ReduceOp.MAX)
     if cfg.check_reference:
         got = _gather({n: p.detach().cpu() for n, p in named_params(rt).items()} if mine else {}, rt)

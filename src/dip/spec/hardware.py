@@ -20,6 +20,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from dip.errors import BadInput, choices_error
@@ -164,7 +165,14 @@ PRESETS: dict[str, HardwareSpec] = {
         gemm_curve=GemmCurve(m0=1536.0, n0=128.0, k0=128.0), kernel_overhead_s=5e-6,
         description="A100 SXM 80 GB: 312 TFLOPS bf16 dense, 2.04 TB/s HBM2e, NVLink 300 GB/s per direction"),
 }
-CALIBRATED: tuple[str, ...] = ("cpu",)
+
+
+CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "cost" / "calibrations"
+
+
+def shipped_calibrations() -> tuple[str, ...]:
+    """Names of the calibration JSONs shipped in ``dip/cost/calibrations`` (``cpu``, ``h100``, ...)."""
+    return tuple(sorted(f.stem for f in CALIBRATION_DIR.glob("*.json")))
 
 
 def calibration_path(name: str) -> str:
@@ -174,18 +182,19 @@ def calibration_path(name: str) -> str:
 
 def list_hardware() -> list[str]:
     """Names accepted by :func:`get_hardware` (besides calibration file paths)."""
-    return [*PRESETS, *CALIBRATED]
+    return [*PRESETS, *shipped_calibrations()]
 
 
 def get_hardware(name_or_path: str | HardwareSpec) -> HardwareSpec:
-    """A preset by (case-insensitive) name, ``cpu`` (shipped calibration) or a calibration JSON path."""
+    """A preset by (case-insensitive) name, a shipped calibration (``cpu``; ``h100``: profiled on an H100
+    by ``dip profile --device cuda``) or a calibration JSON path."""
     if isinstance(name_or_path, HardwareSpec):
         return name_or_path
     key = str(name_or_path).strip()
     for name, spec in PRESETS.items():
         if name.lower() == key.lower():
             return spec
-    for name in CALIBRATED:
+    for name in shipped_calibrations():
         if name == key.lower():
             return HardwareSpec.load(calibration_path(name))
     if key.lower().endswith(".json") or os.sep in key or os.path.isfile(key):
