@@ -2,7 +2,7 @@
 # GPU checks on a CUDA machine: profile one layer each of ViT-5B, Llama3-8B and DiT-5B (TP 1, bf16)
 # into a calibration file, then run the CUDA tests (tiny models on the GPU equal the CPU; pipelined
 # training on the GPU equals plain training). Usage: bash scripts/gpu_check.sh [OUTDIR]
-# Uses the current python3 (torch with CUDA, numpy, scipy, numba, highspy, pytest); DIP from src/.
+# SKIP_PROFILE=1 runs the tests only. Uses the current python3 (torch with CUDA, numpy, scipy, numba, highspy, pytest); DIP from src/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu-check}
@@ -17,7 +17,7 @@ PY
 name=$(python3 -c "import torch; n = torch.cuda.get_device_name(); print(next((k for k in ('H200', 'H100', 'A100', 'H800', 'H20') if k in n), 'gpu'))")
 lower=$(echo "$name" | tr 'A-Z' 'a-z')
 status=0
-timeout 300 python3 -m dip profile --device cuda --modules ViT-5B Llama3-8B DiT-5B --name "$name" \
+[ -n "${SKIP_PROFILE:-}" ] || timeout 300 python3 -m dip profile --device cuda --modules ViT-5B Llama3-8B DiT-5B --name "$name" \
   --out "$out/$lower.json" 2>&1 | tee "$out/profile.log" || status=1
 timeout 600 python3 -m pytest -q -p no:cacheprovider -m cuda -o addopts="" tests/test_cuda.py 2>&1 \
   | tee "$out/pytest.log" || status=1

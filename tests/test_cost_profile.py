@@ -8,7 +8,7 @@ from cost_fixtures import DIT, QWEN, VIT
 from dip.cost.ops import layer_ops
 from dip.cost.profile import Measurement, calibrate, fit, predict, work_item
 from dip.cost.profile_layers import build_block, scale_module
-from dip.spec.hardware import GemmCurve, HardwareSpec, default_alphas, get_hardware
+from dip.spec.hardware import GemmCurve, HardwareSpec, calibration_path, default_alphas, get_hardware
 
 
 @pytest.mark.parametrize("module", [VIT, QWEN, DIT])
@@ -67,3 +67,25 @@ def test_calibrate_writes_a_loadable_spec(tmp_path):
     assert back == hw
     raw = json.loads(path.read_text())
     assert raw["fit"]["device"] == "cpu" and raw["measurements"][0]["fwd_s"] > 0
+
+
+def test_shipped_h100_calibration_still_predicts_its_measurements():
+    """``h100.json`` holds bf16 layer timings of ViT-5B, Llama3-8B and DiT-5B (TP 1) measured on an H100 by
+    ``dip profile --device cuda``; the current cost model with the fitted parameters must reproduce them."""
+    from dataclasses import replace
+
+    from dip.spec.presets import MODULE_PRESETS
+
+    hw = get_hardware("h100")
+    raw = json.loads(open(calibration_path("h100")).read())
+    assert raw["fit"]["device"] == "cuda" and raw["fit"]["dtype"] == "bfloat16"
+    assert 300e12 < hw.peak_flops < 1000e12 and hw.mem_bytes > 70 * 2**30
+    assert {m["module"] for m in raw["measurements"]} == {"ViT-5B", "Llama3-8B", "DiT-5B"}
+    errors = []
+    for m in raw["measurements"]:
+        spec = MODULE_PRESETS[m["module"]]
+        if spec.kind == "dit":
+            spec = replace(spec, cond_hidden=4096)
+        f, b = predict(hw, layer_ops(spec, work_item(spec, m["tokens"], m["block"]), 1, 2))
+        errors += [abs(np.log(f / m["fwd_s"])), abs(np.log(b / m["bwd_s"]))]
+    assert max(errors) < 0.25 and float(np.sqrt(np.mean(np.square(errors)))) < 0.1

@@ -67,10 +67,17 @@ def test_every_schedule_on_cuda_matches_single_process_training():
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(600)
-def test_cuda_pipeline_by_data_parallel_and_float32():
+def test_cuda_pipeline_by_data_parallel():
     _check(launch_many([_cfg("tiny-vlm", "dip", 4, pp=2, dp=2)])[0])
-    f32 = launch_many([_cfg("tiny-t2v", "dip", dtype="float32", steps=2)])[0]
-    assert f32["device"] == "cuda"
-    # CUDA kernels sum in another order than the CPU reference: fp32 rounding, not a mismatch
-    assert f32["max_grad_rel_err"] <= 1e-4, (f32["max_grad_rel_err"], f32["worst"])
-    assert f32["max_loss_abs_err"] <= 1e-4
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(600)
+def test_cuda_float32_gradients_are_allclose_to_the_reference():
+    for out in launch_many([_cfg("tiny-vlm", "dip", dtype="float32", steps=2),
+                            _cfg("tiny-t2v", "dip", dtype="float32", steps=2)]):
+        assert out["device"] == "cuda"
+        # allclose(rtol=1e-5, atol=1e-6) against the fp32 reference on the same GPU (dip.runtime.reference_check);
+        # GPU-versus-CPU agreement is the float64 model test above
+        assert out["max_grad_allclose_ratio"] <= 1.0, (out["model"], out["max_grad_allclose_ratio"], out["worst"])
+        assert out["max_loss_abs_err"] <= 1e-5, (out["model"], out["max_loss_abs_err"])

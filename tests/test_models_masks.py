@@ -76,3 +76,20 @@ def test_dit_clip_isolation_and_cross_attention_to_own_caption():
     data.latents = [data.latents[0], data.latents[1] + 1.0]  # clip 1's latents
     out = chunk({"text_cond": text}, data)["hidden"]
     assert torch.equal(out[:16], base[:16]) and not torch.allclose(out[16:], base[16:])
+
+
+def test_aligned_attention_inputs_give_the_same_attention_with_aligned_strides():
+    import torch.nn.functional as F
+
+    from dip.runtime.models.layers import aligned_attention_inputs, cross_mask
+
+    mask = cross_mask([3, 5], [4, 6])  # 10 key columns: unaligned
+    q, k, v = (torch.randn(2, n, 4, dtype=torch.float64, requires_grad=True) for n in (8, 10, 10))
+    k2, v2, bias = aligned_attention_inputs(k, v, mask, torch.float64)
+    assert bias.shape == (8, 16) and k2.shape == (2, 16, 4) and bias.stride(0) % 16 == 0
+    assert torch.equal(bias[:, :10] == 0, mask) and torch.isinf(bias[:, 10:]).all()
+    got = F.scaled_dot_product_attention(q, k2, v2, attn_mask=bias)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(got)
+    torch.testing.assert_close(torch.autograd.grad(got, (q, k, v), g), torch.autograd.grad(want, (q, k, v), g))

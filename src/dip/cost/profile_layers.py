@@ -45,9 +45,11 @@ class Attention(nn.Module):
         q_w, kv_w = m.heads * m.head_dim, m.kv_heads * m.head_dim
         if self.cross:
             self.q = nn.Linear(m.hidden, q_w, bias=bias)
-            self.kv = nn.Linear(kv_in, 2 * kv_w, bias=bias)
+            self.kv = nn.Linear(kv_in, 2 * kv_w, bias=False)
         else:
-            self.qkv = nn.Linear(m.hidden, q_w + 2 * kv_w, bias=bias)
+            self.qkv = nn.Linear(m.hidden, q_w + 2 * kv_w, bias=False)
+        # biases of q (self-attention) and v only: a key bias does not change softmax attention
+        self.qv_bias = nn.Parameter(torch.zeros((0 if self.cross else q_w) + kv_w)) if bias else None
         self.proj = nn.Linear(q_w, m.hidden, bias=bias)
         self.rope = rope and not self.cross
 
@@ -60,6 +62,10 @@ class Attention(nn.Module):
             k, v = self.kv(cond).split(kv_w, dim=-1)
         else:
             q, k, v = self.qkv(x).split((q_w, kv_w, kv_w), dim=-1)
+        if self.qv_bias is not None:
+            v = v + self.qv_bias[-kv_w:]
+            if not self.cross:
+                q = q + self.qv_bias[:q_w]
         q = q.view(blocks, s, self.heads, self.hd).transpose(1, 2)
         k = k.reshape(blocks, -1, self.kv_heads, self.hd).transpose(1, 2)
         v = v.reshape(blocks, -1, self.kv_heads, self.hd).transpose(1, 2)

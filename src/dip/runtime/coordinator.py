@@ -28,7 +28,7 @@ def tokens_of(model: ModelSpec, batch) -> int:
 class Coordinator:
     """Rank 0's state across the steps of one training run (``cfg`` is a ``TrainConfig``)."""
 
-    def __init__(self, cfg, model: ModelSpec, dp: int):
+    def __init__(self, cfg, model: ModelSpec, dp: int, device=None):
         self.cfg, self.model = cfg, model
         self.cost_model, self.hardware = planning.cost_setup(model, cfg.dtype, cfg.hardware)
         self.calibration = OnlineCalibration(self.cost_model) if cfg.online_calibration else None
@@ -38,7 +38,7 @@ class Coordinator:
         self.checker = None
         if cfg.check_reference:
             from dip.runtime.reference_check import ReferenceChecker
-            self.checker = ReferenceChecker(model, cfg.seed, cfg.dtype)
+            self.checker = ReferenceChecker(model, cfg.seed, cfg.dtype, device)
         self.reports: list[dict] = []
         self.timelines: list = []
         self.predicted: list = []

@@ -64,11 +64,13 @@ def max_rel_err(got: Mapping[str, Tensor], ref: Mapping[str, Tensor], what: str)
 
 @dataclass
 class ReferenceChecker:
-    """Single-process reference on rank 0 (model built from the same seed and dtype)."""
+    """Single-process reference on rank 0 (model built from the same seed and dtype, on the ranks'
+    device: the same kernels, so float32 differences are the pipeline's, not the hardware's)."""
 
     model: object
     seed: int
     dtype: str
+    device: object = None
     errors: dict[str, float] = field(default_factory=lambda: {"grad": 0.0, "loss": 0.0, "param": 0.0,
                                                                         "allclose": 0.0})
     worst: dict[str, str] = field(default_factory=dict)
@@ -76,7 +78,7 @@ class ReferenceChecker:
     def __post_init__(self):
         from dip.runtime.models import ReferenceModel
 
-        self.ref = ReferenceModel(self.model, self.seed, self.dtype)
+        self.ref = ReferenceModel(self.model, self.seed, self.dtype, self.device)
         self.params = dict(self.ref.canonical_named_parameters())
         self.opt = make_optimizer(self.params.values())
 

@@ -194,7 +194,7 @@ def train(cfg: TrainConfig) -> dict | None:
         if r == rt.pp_rank:
             rt.dp_group = g
     provider = SpecModel(model, cfg.seed, cfg.dtype, device)
-    coord = Coordinator(cfg, model, dp) if rank == 0 else None
+    coord = Coordinator(cfg, model, dp, device) if rank == 0 else None
     executor: Executor | None = None
     for step in range(cfg.steps):
         work = _broadcast(coord.plan(step) if coord else None, rt)

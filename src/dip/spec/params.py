@@ -4,7 +4,7 @@ A module is ``pre`` (lives in its first pipeline chunk) + ``layers`` identical b
 (lives in its last chunk):
 
 * ``vit`` (Qwen2-VL-style): pre = patch-embedding Conv with bias (no learned position embedding,
-  RoPE-2D); block = 2 LayerNorms, QKV and output projections with biases, GELU MLP with biases;
+  RoPE-2D); block = 2 LayerNorms, Q, V and output projections with biases (keys none), GELU MLP with biases;
   post = merger: LayerNorm(hidden), Linear(hidden * merge^2 -> out_hidden), GELU,
   Linear(out_hidden -> out_hidden).
 * ``decoder`` (Llama / Qwen2-style): pre = token embeddings; block = 2 RMSNorms, GQA projections and a
@@ -12,7 +12,7 @@ A module is ``pre`` (lives in its first pipeline chunk) + ``layers`` identical b
 * ``dit`` (MovieGen / PixArt-style): pre = latent patch embedding, text-conditioning projection,
   timestep MLP (256-d sinusoid -> hidden -> hidden) and the shared adaLN-single Linear(hidden -> 6h);
   block = 3 LayerNorms without affine, a 6 x hidden modulation table, self-attention and
-  cross-attention with biases, GELU MLP with biases; post = final norm modulation (2 x hidden) and
+  cross-attention with biases (keys none), GELU MLP with biases; post = final norm modulation (2 x hidden) and
   Linear(hidden -> latent patch).
 """
 from __future__ import annotations
@@ -42,8 +42,8 @@ def _attention(m: ModuleSpec, bias: bool) -> int:
     """Self-attention q, k, v and output projections (query width ``heads * head_dim``)."""
     q_width = m.heads * m.head_dim
     kv = _kv_width(m)
-    return (_linear(m.hidden, q_width, bias) + 2 * _linear(m.hidden, kv, bias)
-            + _linear(q_width, m.hidden, bias))
+    return (_linear(m.hidden, q_width, bias) + _linear(m.hidden, kv, False) + _linear(m.hidden, kv, bias)
+            + _linear(q_width, m.hidden, bias))  # keys carry no bias (softmax ignores it)
 
 
 def layer_params(m: ModuleSpec) -> int:

@@ -68,11 +68,29 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
+def aligned_attention_inputs(k: Tensor, v: Tensor, mask: Tensor, dtype: torch.dtype,
+                             multiple: int = 16) -> tuple[Tensor, Tensor, Tensor]:
+    """``k, v [.., Tk, D]`` zero-padded to a multiple of ``multiple`` keys, and an additive bias
+    ``[Tq, Tk']`` (0 = attend, -inf = not, padding never attended) equal to boolean ``mask [Tq, Tk]``.
+
+    CUDA's memory-efficient attention kernels need every stride of the bias 16-byte aligned (a
+    cross-attention over 10 caption tokens, or 159 packed tokens, fails otherwise)."""
+    tq, tk = mask.shape[-2:]
+    pad = (-tk) % multiple
+    if pad:
+        k, v = F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
+    bias = torch.full((tq, tk + pad), float("-inf"), dtype=dtype, device=mask.device)
+    bias[:, :tk].masked_fill_(mask, 0.0)
+    return k, v, bias
+
+
 def attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     """SDPA of ``q [H, Tq, D]`` over ``k, v [KV, Tk, D]`` (GQA: kv heads repeated) with a boolean mask."""
     if k.shape[0] != q.shape[0]:
         rep = q.shape[0] // k.shape[0]
         k, v = k.repeat_interleave(rep, dim=0), v.repeat_interleave(rep, dim=0)
+    if mask.is_cuda and mask.dtype == torch.bool:
+        k, v, mask = aligned_attention_inputs(k, v, mask, q.dtype)
     return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask)[0]
 
 
@@ -86,7 +104,9 @@ class Attention(nn.Module):
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
         kv_dim = kv_dim or hidden
         self.q = nn.Linear(hidden, heads * self.head_dim, bias=bias)
-        self.k = nn.Linear(kv_dim, kv_heads * self.head_dim, bias=bias)
+        # no key bias: it shifts all scores of a query row equally, so softmax ignores it (its gradient
+        # is exactly zero and in floating point only rounding noise)
+        self.k = nn.Linear(kv_dim, kv_heads * self.head_dim, bias=False)
         self.v = nn.Linear(kv_dim, kv_heads * self.head_dim, bias=bias)
         self.o = nn.Linear(heads * self.head_dim, hidden, bias=bias)
 
