@@ -139,3 +139,26 @@ def test_tp1_has_no_collectives_and_scales():
     w = lm_work(8192)
     assert one.layer_times(QWEN, w).total > eight.layer_times(QWEN, w).total * 3
     assert one.layer_activation_bytes(QWEN, w) > eight.layer_activation_bytes(QWEN, w)
+
+
+def test_runtime_factors_scale_the_module_kinds_passes():
+    base = CostModel(VLM_M, "H800", tp=8)
+    scaled = CostModel(VLM_M, base.hardware.with_(runtime_factors={"vit": {"f": 2.0, "b": 3.0}}), tp=8)
+    work_v, work_l = vit_work(8), lm_work(4096, 4096)
+    b, s = base.layer_times(VIT, work_v), scaled.layer_times(VIT, work_v)
+    assert s.f == pytest.approx(2 * b.f) and s.i == pytest.approx(3 * b.i) and s.w == pytest.approx(3 * b.w)
+    assert scaled.recompute_seconds(VIT, work_v, "full") == pytest.approx(2 * base.recompute_seconds(VIT, work_v, "full"))
+    assert scaled.layer_times(QWEN, work_l) == base.layer_times(QWEN, work_l)
+    cb, cs = base.chunk_costs(VIT, work_v, 0, 3), scaled.chunk_costs(VIT, work_v, 0, 3)
+    assert cs.f == pytest.approx(2 * cb.f) and cs.w == pytest.approx(3 * cb.w)
+
+
+def test_action_overhead_is_added_once_per_chunk_part_with_work():
+    base = CostModel(VLM_M, "H800", tp=8)
+    hw = base.hardware.with_(action_overhead_s={"f": 1e-3, "b": 2e-3})
+    cm = CostModel(VLM_M, hw, tp=8)
+    work = vit_work(4)
+    b, c = base.chunk_costs(VIT, work, 2, 7), cm.chunk_costs(VIT, work, 2, 7)
+    assert c.f == pytest.approx(b.f + 1e-3) and c.i == pytest.approx(b.i + 2e-3) and c.w == b.w
+    empty = vit_work(0)
+    assert cm.chunk_costs(VIT, empty, 2, 7) == base.chunk_costs(VIT, empty, 2, 7)

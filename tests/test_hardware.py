@@ -64,3 +64,18 @@ def test_gemm_efficiency_saturates_and_links():
     assert hw.link(8) == (hw.nvlink_bw, hw.nvlink_latency_s) and hw.link(16) == (hw.net_bw, hw.net_latency_s)
     assert hw.p2p_seconds(0) == 0 and hw.p2p_seconds(1e9, same_node=True) < hw.p2p_seconds(1e9)
     assert isinstance(hw, HardwareSpec)
+
+
+def test_runtime_factors_round_trip_and_validation(tmp_path):
+    hw = PRESETS["H800"].with_(name="rt", runtime_factors={"vit": {"f": 1.5, "b": 1.2}})
+    path = tmp_path / "hw.json"
+    hw.save(str(path), extra={"runtime_calibration": {"models": ["tiny-vlm"]}})
+    back = get_hardware(str(path))
+    assert back.runtime_factor("vit", "f") == 1.5 and back.runtime_factor("vit", "b") == 1.2
+    assert back.runtime_factor("decoder", "f") == 1.0
+    assert "runtime_factors" not in PRESETS["H800"].to_dict()
+    for bad, msg in (({"vit": 2.0}, "per module kind"), ({"vit": {"x": 1.0}}, "unknown passes"),
+                     ({"vit": {"f": -1.0}}, "must be positive")):
+        path.write_text(json.dumps({**PRESETS["H800"].to_dict(), "runtime_factors": bad}))
+        with pytest.raises(BadInput, match=msg):
+            get_hardware(str(path))

@@ -56,3 +56,19 @@ def test_calibration_recovers_a_uniform_slowdown(setup):
     assert set(cal.factors) == {("vit", "f"), ("vit", "b"), ("llm", "f"), ("llm", "b")}
     assert all(k == pytest.approx(3.0, rel=1e-6) for k in cal.factors.values()), cal.factors
     assert isinstance(cal.cost_model(), ScaledCostModel)
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_runtime_factors_are_measured_per_module_kind_and_pass(tmp_path):
+    from dip.cli.main import main
+    from dip.spec.hardware import get_hardware
+
+    out = tmp_path / "cpu-rt.json"
+    assert main(["profile", "--base", "cpu", "--runtime-models", "tiny-vlm", "--runtime-steps", "2",
+                 "--out", str(out), "--json"]) == 0
+    hw = get_hardware(str(out))
+    assert set(hw.runtime_factors) == {"vit", "decoder"}
+    assert all(set(p) == {"f", "b"} and all(0.05 < v < 20 for v in p.values()) for p in hw.runtime_factors.values())
+    assert set(hw.action_overhead_s) == {"f", "b"} and all(v >= 0 for v in hw.action_overhead_s.values())
+    assert hw.peak_flops == get_hardware("cpu").peak_flops  # the block fit is kept

@@ -21,6 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default for this machine)")
     p.add_argument("--name", help="hardware name stored in the file (default: the device)")
     p.add_argument("--out", required=True, help="calibration JSON to write")
+    p.add_argument("--runtime-models", nargs="+", metavar="MODEL",
+                   help="then run these models (e.g. tiny-vlm tiny-t2v) through the executor on 2 local processes "
+                        "and store measured / modelled action time per module kind and pass (runtime_factors)")
+    p.add_argument("--base", metavar="CALIBRATION",
+                   help="with --runtime-models: keep this calibration's block fit (shipped name or JSON) and only "
+                        "re-measure its runtime factors")
+    p.add_argument("--runtime-steps", type=int, default=6, help="steps per model and schedule for --runtime-models")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -81,22 +88,65 @@ def run(args: argparse.Namespace) -> int:
     if args.hidden_scale is not None and not 0 < args.hidden_scale <= 1:
         raise BadInput(f"--hidden-scale must be in (0, 1], got {args.hidden_scale}")
     modules = _modules(args.model, args.modules)
+    runtime_steps = positive_int("--runtime-steps", args.runtime_steps, minimum=2)
+    if args.runtime_models:
+        if cuda:
+            raise BadInput("--runtime-models measures on 2 local CPU processes; use it with --device cpu")
+        from dip.spec.presets import load_model
 
-    from dip.cost.profile import calibrate
+        for name in args.runtime_models:
+            load_model(name)  # a bad name fails before any measuring
 
     threads = positive_int("--threads", args.threads) if args.threads is not None else None
-    hw, record = calibrate(modules, sizes, device, args.hidden_scale, block, args.name, rounds=rounds,
-                           threads=threads)
+    if args.base:
+        if not args.runtime_models:
+            raise BadInput("--base only makes sense with --runtime-models (it skips the block profile)")
+        hw, record = _load_base(args.base)
+    else:
+        from dip.cost.profile import calibrate
+
+        hw, record = calibrate(modules, sizes, device, args.hidden_scale, block, args.name, rounds=rounds,
+                               threads=threads)
+    if args.runtime_models:
+        hw, record = _with_runtime_factors(hw, record, args.out, args.runtime_models, runtime_steps)
     hw.save(args.out, extra=record)
     fit = record["fit"]
     summary = {"out": args.out, "name": hw.name, "device": device, "peak_flops": hw.peak_flops, "mem_bw": hw.mem_bw,
                "alphas": dict(hw.alphas), "gemm_curve": {"m0": hw.gemm_curve.m0, "n0": hw.gemm_curve.n0,
                                                          "k0": hw.gemm_curve.k0},
                "attn_s0": hw.attn_s0, "kernel_overhead_s": hw.kernel_overhead_s,
-               "rms_log_error": fit["rms_log_error"], "points": len(record["measurements"])}
+               "rms_log_error": fit["rms_log_error"], "points": len(record["measurements"]),
+               "runtime_factors": hw.runtime_factors, "action_overhead_s": hw.action_overhead_s}
     text = (f"wrote {args.out}: {hw.name} peak {hw.peak_flops / 1e12:.3f} TFLOP/s, mem {hw.mem_bw / 1e9:.1f} GB/s, "
             f"alpha gemm {hw.alpha('gemm'):.2f} attention {hw.alpha('attention'):.2f} "
             f"elementwise {hw.alpha('elementwise'):.2f}, fit rms log error {fit['rms_log_error']:.3f} "
             f"over {len(record['measurements'])} points")
     emit(summary, args.json, text)
     return 0
+
+
+def _load_base(name: str):
+    """A calibration's spec (without runtime factors) and its measurement record."""
+    import json
+    from dataclasses import replace
+
+    from dip.spec.hardware import calibration_path, get_hardware, shipped_calibrations
+
+    hw = replace(get_hardware(name), runtime_factors={}, action_overhead_s={})
+    path = calibration_path(name.lower()) if name.lower() in shipped_calibrations() else name
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    if "fit" not in raw or "measurements" not in raw:
+        raise BadInput(f"--base {name}: not a calibration written by dip profile (no fit and measurements)")
+    return hw, {"measurements": raw["measurements"], "fit": raw["fit"]}
+
+
+def _with_runtime_factors(hw, record: dict, out: str, models: list[str], steps: int):
+    """Measure runtime factors and action overheads against the block fit (written to ``out`` first)."""
+    from dataclasses import replace
+
+    from dip.runtime.calibrate import measure_runtime_factors
+
+    hw.save(out, extra=record)
+    factors, overhead, report = measure_runtime_factors(out, models, steps)
+    return replace(hw, runtime_factors=factors, action_overhead_s=overhead), {**record, "runtime_calibration": report}

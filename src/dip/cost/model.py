@@ -45,6 +45,10 @@ class PassTimes:
     def scaled(self, k: float) -> "PassTimes":
         return PassTimes(self.f * k, self.i * k, self.w * k)
 
+    def scaled_passes(self, kf: float, kb: float) -> "PassTimes":
+        """Forward scaled by ``kf``, both backward parts by ``kb``."""
+        return self if kf == kb == 1.0 else PassTimes(self.f * kf, self.i * kb, self.w * kb)
+
 
 @dataclass(frozen=True)
 class ChunkCost:
@@ -112,7 +116,8 @@ class CostModel:
         hw, tp, d = self.hardware, self.tp, self.dtype_bytes
         lops = layer_ops(module, work, tp, d, self.flash_attention)
         pre, post = pre_ops(module, work, tp, d), post_ops(module, work, tp, d)
-        layer = _times(lops, hw)
+        kf, kb = hw.runtime_factor(module.kind, "f"), hw.runtime_factor(module.kind, "b")
+        layer = _times(lops, hw).scaled_passes(kf, kb)
         saved = lops.saved_bytes()
         selective_drop = sum(op.selective_bytes for op in lops.f)
         block_input = d * work.tokens * module.hidden if work.tokens else 0.0
@@ -120,11 +125,12 @@ class CostModel:
         xfer = hw.alpha("offload") * saved / hw.host_bw
         recompute = {
             "none": 0.0,
-            "selective": sum(op_seconds(op, hw) for op in lops.f if op.attn_core),
+            "selective": kf * sum(op_seconds(op, hw) for op in lops.f if op.attn_core),
             "full": layer.f,
             "offload": max(0.0, xfer - layer.f) + max(0.0, xfer - layer.b),
         }
-        return _WorkCosts(layer, _times(pre, hw), _times(post, hw), act, recompute,
+        return _WorkCosts(layer, _times(pre, hw).scaled_passes(kf, kb), _times(post, hw).scaled_passes(kf, kb),
+                          act, recompute,
                           pre.saved_bytes(), post.saved_bytes())
 
     # -- public queries ---------------------------------------------------------------------------
@@ -163,6 +169,8 @@ class CostModel:
             act = sum(c.act[check_strategy(s)] for s in strategies)
             rec = sum(c.recompute[s] for s in strategies)
         f, i, w = n * c.layer.f, n * c.layer.i + rec, n * c.layer.w
+        if not work.empty:  # the runtime's fixed cost of running this part in one action
+            f, i = f + self.hardware.action_overhead("f"), i + self.hardware.action_overhead("b")
         if layer_start == 0:
             f, i, w, act = f + c.pre.f, i + c.pre.i, w + c.pre.w, act + c.pre_act
         if layer_end == module.layers:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from dip.data.meta import BatchMeta, work_for
 from dip.schedule.ir import Action, Op, Plan
 
 PASS_OF = {"F": "f", "B": "b", "I": "b", "W": "b"}
+PRIOR_WEIGHT = 2.0  # of the runtime-factor fit's priors, in relative-error units
 
 
 class ScaledCostModel(CostModel):
@@ -62,6 +63,8 @@ class OnlineCalibration:
     base: CostModel
     weight: float = 0.5  # share of the newest step in the (log) factor once a factor exists
     factors: dict[tuple[str, str], float] = field(default_factory=dict)
+    keep_observations: bool = False  # keep every (pass, modelled seconds by module kind, busy seconds)
+    observations: list[tuple[str, dict[str, float], float]] = field(default_factory=list)
 
     def cost_model(self) -> CostModel:
         return ScaledCostModel(self.base, self.factors) if self.factors else self.base
@@ -77,7 +80,10 @@ class OnlineCalibration:
                 action = Action.parse(a)
                 kind = PASS_OF.get(action.op.value)
                 if kind is not None:
-                    rows[kind].append((self._base_times(plan, batch, action), busy))
+                    base = self._base_times(plan, batch, action)
+                    rows[kind].append((base, busy))
+                    if self.keep_observations:
+                        self.observations.append((kind, self._by_kind(base), busy))
         for kind, obs in rows.items():
             for module, k in _fit(obs).items():
                 key = (module, kind)
@@ -104,6 +110,13 @@ class OnlineCalibration:
             c = self.base.chunk_costs(spec, work, part.layer_start, part.layer_end, strat)
             t = {Op.F: c.f, Op.I: c.i, Op.W: c.w, Op.B: c.i + c.w}[action.op]
             out[part.module] = out.get(part.module, 0.0) + t
+        return out
+
+    def _by_kind(self, base: Mapping[str, float]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for module, t in base.items():
+            kind = self.base.model.module(module).kind
+            out[kind] = out.get(kind, 0.0) + t
         return out
 
     def summary(self) -> dict[str, float]:
@@ -153,3 +166,52 @@ def _op(action: str) -> str:
 
 
 _OP = re.compile(r"^\d+([A-Z_]+)")
+
+
+def measure_runtime_factors(hardware: str, models: Sequence[str], steps: int = 6, seed: int = 1,
+                            schedules: Sequence[str] = ("dip", "1f1b")) -> tuple[dict, dict, dict]:
+    """Runtime factors and per-action overheads for the calibration file ``hardware``.
+
+    The executor runs ``schedules`` on each model (2 local processes,
+    :func:`dip.runtime.compare.compare_schedules`); every compute action's busy time is fitted, per pass,
+    as ``sum over its module parts of factor(kind) * modelled seconds + overhead * parts`` (non-negative
+    least squares on relative errors over all models and schedules together, with weak priors factor 1
+    and overhead 0). Returns ``(factors by kind and pass,
+    overhead by pass, report)``; the report holds the fit's median relative error per action before and
+    after, and the online factors per model and schedule."""
+    from scipy.optimize import nnls
+
+    from dip.runtime.compare import compare_schedules
+
+    obs: list[tuple[str, dict[str, float], float]] = []
+    online: dict[str, dict] = {}
+    for name in models:
+        res = compare_schedules(name, list(schedules), steps, seed=seed, hardware=hardware, observations=True)
+        online[name] = {s: r["calibration_factors"] for s, r in res.items()}
+        obs += [o for r in res.values() for o in r["observations"]]
+    factors: dict[str, dict[str, float]] = {}
+    overhead: dict[str, float] = {}
+    report: dict[str, Any] = {"models": list(models), "steps": steps, "schedules": list(schedules),
+                              "online_factors": online, "actions": {}}
+    for pass_ in ("f", "b"):
+        rows = [(base, busy) for p, base, busy in obs if p == pass_ and base]
+        if not rows:
+            continue
+        kinds = sorted({k for base, _ in rows for k in base})
+        a = np.array([[base.get(k, 0.0) for k in kinds] + [len(base)] for base, _ in rows])
+        y = np.array([busy for _, busy in rows])
+        w = 1.0 / np.maximum(y, 1e-6)  # relative errors: small and large actions count alike
+        # weak priors (factor 1, overhead 0 relative to a median action) keep the fit well posed when
+        # the data cannot tell a module's factor from the overhead
+        prior = np.diag([PRIOR_WEIGHT] * len(kinds) + [PRIOR_WEIGHT / float(np.median(y))])
+        x, _ = nnls(np.vstack([a * w[:, None], prior]),
+                    np.concatenate([y * w, [PRIOR_WEIGHT] * len(kinds) + [0.0]]))
+        for k, v in zip(kinds, x[:-1]):
+            if v > 0:
+                factors.setdefault(k, {})[pass_] = round(float(v), 4)
+        overhead[pass_] = float(x[-1])
+        before = np.median(np.abs(a[:, :-1].sum(axis=1) - y) / y)
+        after = np.median(np.abs(a @ x - y) / y)
+        report["actions"][pass_] = {"count": len(rows), "median_rel_err_before": float(before),
+                                    "median_rel_err_after": float(after)}
+    return factors, overhead, report

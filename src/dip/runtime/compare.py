@@ -54,7 +54,8 @@ def _timed_run(ex: Executor, cache: dict, work, rank: int, world: int, provider,
 
 
 def compare_rank(rank: int, world: int, model_name: str, schedules: list[str], steps: int, microbatches: int,
-                 seed: int, dtype: str, workload: str, timeout_s: float, repeats: int = 3) -> dict[str, Any] | None:
+                 seed: int, dtype: str, workload: str, timeout_s: float, repeats: int = 3,
+                 hardware: str = planning.CPU_HARDWARE, observations: bool = False) -> dict[str, Any] | None:
     """One rank of :func:`compare_schedules` (``RANK``/``WORLD_SIZE`` and env:// already set)."""
     from dip.runtime.models import SpecModel
     from dip.spec.presets import load_model
@@ -66,9 +67,9 @@ def compare_rank(rank: int, world: int, model_name: str, schedules: list[str], s
     caches: dict[str, dict] = {s: {} for s in schedules}
     out: dict[str, dict[str, list]] = {s: {"measured": [], "predicted": [], "shipped": []} for s in schedules}
     if rank == 0:
-        cm, hw = planning.cost_setup(model, dtype)
+        cm, hw = planning.cost_setup(model, dtype, hardware)
         batches = planning.make_step_batches(model, steps, 1, microbatches, seed, workload)
-        calib = {s: OnlineCalibration(cm) for s in schedules}
+        calib = {s: OnlineCalibration(cm, keep_observations=observations) for s in schedules}
         partitions: dict[str, Any] = {}
     for step in range(-1, steps):  # step -1: an untimed warm-up on the first batch
         k = max(step, 0)
@@ -100,19 +101,23 @@ def compare_rank(rank: int, world: int, model_name: str, schedules: list[str], s
         return None
     for s in schedules:
         out[s]["calibration_factors"] = calib[s].summary()
+        if observations:
+            out[s]["observations"] = calib[s].observations
     return out
 
 
 def compare_schedules(model: str, schedules: list[str], steps: int, microbatches: int = 8, seed: int = 0,
                       dtype: str = "float32", workload: str = "default", nproc: int = 2,
-                      timeout_s: float = 120.0, repeats: int = 3) -> dict[str, Any]:
+                      timeout_s: float = 120.0, repeats: int = 3,
+                      hardware: str = planning.CPU_HARDWARE, observations: bool = False) -> dict[str, Any]:
     """Run :func:`compare_rank` on ``nproc`` local processes; per schedule the measured (fastest of
     ``repeats`` runs), predicted and shipped-calibration pipeline seconds of every step, and the
-    calibration factors."""
+    calibration factors. ``hardware``: the calibration the plans and predictions use; ``observations``:
+    also every compute action's modelled and measured seconds (:class:`OnlineCalibration`)."""
     from dip.runtime.launch import spawn
 
     got = spawn(compare_rank, nproc, model, list(schedules), steps, microbatches, seed, dtype, workload, timeout_s,
-                repeats, timeout_s=timeout_s * (steps * len(schedules) * repeats + 5))
+                repeats, hardware, observations, timeout_s=timeout_s * (steps * len(schedules) * repeats + 5))
     bad = [v for ok, v in got if not ok]
     if bad:
         raise RuntimeError(f"schedule comparison failed: {bad[0]}")

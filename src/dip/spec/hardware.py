@@ -69,6 +69,13 @@ class HardwareSpec:
     attn_s0: float = 256.0
     kernel_overhead_s: float = 5e-6
     description: str = field(default="", compare=False)
+    # measured / modelled compute time of the runtime's actions per module kind and pass
+    # (``{"vit": {"f": 1.4, "b": 1.2}}``): what the real model code and the executor add to the
+    # profiled blocks (masks, rotary tables, input preparation, per-action overhead)
+    runtime_factors: dict[str, dict[str, float]] = field(default_factory=dict, hash=False)
+    # fixed seconds the runtime spends per compute action and module part (``{"f": .., "b": ..}``):
+    # launching it, preparing its inputs, posting its messages
+    action_overhead_s: dict[str, float] = field(default_factory=dict, hash=False)
 
     def alpha(self, op_class: str) -> float:
         return float(self.alphas.get(op_class, 1.0))
@@ -90,6 +97,14 @@ class HardwareSpec:
         bw, lat = (self.nvlink_bw, self.nvlink_latency_s) if same_node else (self.net_bw, self.net_latency_s)
         return lat + self.alpha("p2p") * nbytes / bw
 
+    def runtime_factor(self, kind: str, pass_: str) -> float:
+        """Runtime factor of module ``kind`` for pass ``"f"`` or ``"b"`` (1 when not calibrated)."""
+        return float(self.runtime_factors.get(kind, {}).get(pass_, 1.0))
+
+    def action_overhead(self, pass_: str) -> float:
+        """Fixed runtime seconds per action of pass ``"f"`` or ``"b"`` (0 when not calibrated)."""
+        return float(self.action_overhead_s.get(pass_, 0.0))
+
     def with_(self, **changes: Any) -> "HardwareSpec":
         return replace(self, **changes)
 
@@ -97,6 +112,9 @@ class HardwareSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["alphas"] = dict(self.alphas)
+        for key in ("runtime_factors", "action_overhead_s"):
+            if not d[key]:
+                d.pop(key)
         return d
 
     @classmethod
@@ -105,6 +123,7 @@ class HardwareSpec:
         data.pop("format", None)
         data.pop("measurements", None)
         data.pop("fit", None)
+        data.pop("runtime_calibration", None)
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -117,6 +136,9 @@ class HardwareSpec:
         if isinstance(curve, dict):
             data["gemm_curve"] = GemmCurve(**{k: float(v) for k, v in curve.items()})
         data["alphas"] = default_alphas(**{k: float(v) for k, v in (data.get("alphas") or {}).items()})
+        data["runtime_factors"] = _runtime_factors(data.get("runtime_factors") or {})
+        data["action_overhead_s"] = _runtime_factors({"action": data.get("action_overhead_s") or {}},
+                                                     zero_ok=True)["action"]
         spec = cls(**data)
         if spec.peak_flops <= 0 or spec.mem_bw <= 0:
             raise BadInput("hardware calibration needs positive peak_flops and mem_bw")
@@ -141,6 +163,23 @@ class HardwareSpec:
         if not isinstance(data, dict):
             raise BadInput(f"hardware file {path!r} must hold a JSON object")
         return cls.from_dict(data)
+
+
+def _runtime_factors(raw: Any, zero_ok: bool = False) -> dict[str, dict[str, float]]:
+    """Validated ``{name: {"f": x, "b": y}}`` (runtime factors by module kind; action overheads)."""
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise BadInput('hardware calibration fields runtime_factors and action_overhead_s take '
+                       '{"f": x, "b": y} (per module kind for runtime_factors)')
+    out = {}
+    for kind, passes in raw.items():
+        where = "action_overhead_s" if zero_ok else f"runtime_factors.{kind}"
+        bad = sorted(set(passes) - {"f", "b"})
+        if bad:
+            raise BadInput(f"{where} has unknown passes {bad}; allowed: f, b")
+        out[str(kind)] = {p: float(v) for p, v in passes.items()}
+        if any(v < 0 or (v == 0 and not zero_ok) for v in out[str(kind)].values()):
+            raise BadInput(f"{where} must be {'non-negative' if zero_ok else 'positive'}")
+    return out
 
 
 def _hopper(name: str, peak: float, mem_bw: float, mem: float, nvlink: float, net: float, desc: str,
