@@ -98,3 +98,29 @@ def test_bad_overrides(vlm_s):
         partition_model(model, cm, segments={"nope": 2})
     with pytest.raises(BadInput, match="layers"):
         partition_model(model, cm, segments={"llm": 9})
+
+
+def test_runtime_action_overhead_coarsens_sub_microbatches_and_segments():
+    from dip.data.workload import generate_batches
+    from dip.spec.hardware import get_hardware
+
+    from dip.runtime.planning import with_parallel
+
+    model = with_parallel(get_model("tiny-vlm"), 2, 1)
+    sample = generate_batches(model, 1, 0, microbatches=8)
+    hw = get_hardware("cpu").with_(runtime_factors={}, action_overhead_s={})
+    plain = partition_model(model, CostModel(model, hw, tp=1, dtype_bytes=4), sample=sample)
+    assert plain.segments["llm"] > 1
+    lat = plain.report["unit_latency_s"]
+    overhead = {"f": 0.05 * lat["vit"], "b": 0.1 * lat["vit"]}
+    slow = partition_model(model, CostModel(model, hw.with_(action_overhead_s=overhead), tp=1, dtype_bytes=4),
+                           sample=sample)
+    assert slow.sub_microbatch["vit"] >= plain.sub_microbatch["vit"]
+    curve = slow.report["efficiency_curve"]["vit"]
+    assert curve[slow.sub_microbatch["vit"] - 1] >= 0.95 - 1e-9
+    oh = sum(overhead.values())
+    for m in model.modules:  # every chunk runs at least overhead / OVERHEAD_SHARE (or the module is whole)
+        k = slow.segments[m.name]
+        assert k == 1 or slow.report["unit_latency_s"][m.name] / (slow.pp * k) >= oh / 0.1 - 1e-12
+        assert k <= plain.segments[m.name]
+    assert slow.segments["llm"] < plain.segments["llm"]

@@ -8,6 +8,11 @@ For every module ``i``:
   ``dit`` clips) are split, decoders run whole micro-batches;
 * **segments** ``K_i = floor(T_i / T_1)`` where ``T_i`` is the module's latency per unit at ``B_i`` and
   ``T_1`` the smallest such latency, capped so that ``P * K_i <= layers``;
+* **runtime overhead** (beyond the paper): where the calibration has a fixed cost per action (CPU
+  runtimes: ~ms per action, :attr:`dip.spec.hardware.HardwareSpec.action_overhead_s`), the efficiency
+  of a sub-microbatch counts one forward and one backward overhead per rank it crosses, and ``K_i``
+  is capped so the overhead stays within ``OVERHEAD_SHARE`` of a chunk's time (finer chunks would
+  spend more on dispatch than they save on bubbles); with no overhead (GPU presets) nothing changes;
 * **chunks**: ``P * K_i`` chunks of consecutive layers, chunk ``c`` on rank ``c mod P``, with layer
   counts from an exact linear partition of per-layer costs (the first layer carries the module's
   pre-processing, the last its post-processing and loss). Modules never share a chunk.
@@ -27,6 +32,7 @@ from dip.schedule.units import SPLITTABLE_KINDS, build_units, module_graph
 from dip.spec.model import ModelSpec, ModuleSpec
 
 DEFAULT_EFFICIENCY = 0.95
+OVERHEAD_SHARE = 0.1  # the most a chunk's fixed per-action runtime overhead may cost of its time
 DEFAULT_CLIP_SECONDS = 4.0
 DEFAULT_CAPTION_TOKENS = 64
 
@@ -98,11 +104,19 @@ class _Representative:
         return max(1, self.model.max_clips_per_microbatch)
 
 
+def action_overhead(cost_model) -> float:
+    """Fixed runtime seconds of one forward plus one backward action (0 without a runtime calibration)."""
+    hw = getattr(cost_model, "hardware", None)
+    return hw.action_overhead("f") + hw.action_overhead("b") if hw is not None else 0.0
+
+
 def choose_sub_microbatch(cost_model, module: ModuleSpec, rep: _Representative,
-                          efficiency: float = DEFAULT_EFFICIENCY) -> tuple[int, list[float]]:
-    """``(B_i, efficiency curve)``: the smallest size within ``efficiency`` of the best throughput."""
+                          efficiency: float = DEFAULT_EFFICIENCY, pp: int = 1) -> tuple[int, list[float]]:
+    """``(B_i, efficiency curve)``: the smallest size within ``efficiency`` of the best throughput (a
+    unit pays the runtime's per-action overhead once per pipeline rank it crosses)."""
     sizes = range(1, rep.max_instances(module) + 1)
-    thr = [n / module_seconds(cost_model, module, rep.instance_work(module, n)) for n in sizes]
+    fixed = pp * action_overhead(cost_model)
+    thr = [n / (module_seconds(cost_model, module, rep.instance_work(module, n)) + fixed) for n in sizes]
     best = max(thr)
     curve = [t / best for t in thr]
     for n, e in zip(sizes, curve):
@@ -146,7 +160,7 @@ def partition_model(model: ModelSpec, cost_model, pp: int | None = None,
             if sub_microbatch and m.name in sub_microbatch:
                 b = int(sub_microbatch[m.name])
             else:
-                b, curves[m.name] = choose_sub_microbatch(cost_model, m, rep, efficiency)
+                b, curves[m.name] = choose_sub_microbatch(cost_model, m, rep, efficiency, pp)
             sizes[m.name] = b
             works[m.name] = rep.instance_work(m, b)
             latency[m.name] = module_seconds(cost_model, m, works[m.name])
@@ -157,6 +171,7 @@ def partition_model(model: ModelSpec, cost_model, pp: int | None = None,
             latency[m.name] = statistics.fmean(secs)
             works[m.name] = dw[min(range(len(dw)), key=lambda k: abs(secs[k] - latency[m.name]))]
     fastest = min(latency.values())
+    overhead = action_overhead(cost_model)
     segs: dict[str, int] = {}
     layouts: dict[str, tuple[tuple[int, int], ...]] = {}
     for m in model.modules:
@@ -167,6 +182,8 @@ def partition_model(model: ModelSpec, cost_model, pp: int | None = None,
                 raise BadInput(f"pp {pp} x {k} segments needs at least {pp * k} layers; module {m.name} has {m.layers}")
         else:
             k = max(1, min(cap, math.floor(latency[m.name] / fastest + 1e-9) if fastest > 0 else 1))
+            if overhead > 0:  # each of the P * K chunks should run >= overhead / OVERHEAD_SHARE
+                k = max(1, min(k, math.floor(latency[m.name] * OVERHEAD_SHARE / (pp * overhead) + 1e-9)))
         if pp > m.layers:
             raise BadInput(f"pp {pp} needs at least {pp} layers; module {m.name} has {m.layers}")
         segs[m.name] = k
