@@ -5,19 +5,19 @@ import math
 
 import numpy as np
 
-from dip.planner.evaluate import Evaluator, TrackConfig
+from dip.planner.evaluate import Evaluator, TrackConfig, active_items, tail_keys
 from dip.planner.interleave import interleave, rank_orders
 from dip.planner.uniform import uniform_problem
 
 
-def run(problem, cap=None, alternate=True, reserve=0.0):
+def run(problem, cap=None, alternate=True, reserve=0.0, drain=False):
     tg = problem.tg
     duration, _ = problem.task_durations(problem.cand.fastest)
     act = problem.cand.mem[np.arange(len(problem.cand.count)), 0].astype(float)
     cap = problem.cap if cap is None else np.full(problem.num_ranks, float(cap))
     seq, start, end, peak, forced = interleave(problem.num_ranks, tg.task_rank, tg.task_op, tg.task_stage, duration,
                                                act, cap, problem.priorities(problem.default_sequence), tg.pred_ptr,
-                                               tg.succ_ptr, tg.succ_idx, problem.succ_delay, reserve, alternate)
+                                               tg.succ_ptr, tg.succ_idx, problem.succ_delay, reserve, alternate, drain)
     ptr, tasks = rank_orders(seq, tg.task_rank, problem.num_ranks)
     orders = {r: " ".join(str(tg.actions[t]) for t in tasks[ptr[r]:ptr[r + 1]]) for r in range(problem.num_ranks)}
     return orders, float(end.max()), peak, forced
@@ -77,3 +77,70 @@ def test_evaluator_matches_the_simulator():
     sched = Evaluator(problem).evaluate(problem.default_sequence, TrackConfig(0.0, "fast"))
     plan = schedule_to_plan(problem, sched)
     assert math.isclose(simulate(plan, problem.costs, None).makespan, sched.makespan)
+
+
+def _chain_arrays(edges, n):
+    """Predecessor / successor CSR arrays of ``n`` tasks from ``(src, dst)`` edges (no delays)."""
+    preds = [[s for s, d in edges if d == t] for t in range(n)]
+    succs = [[d for s, d in edges if s == t] for t in range(n)]
+    pred_ptr = np.cumsum([0] + [len(p) for p in preds]).astype(np.int64)
+    succ_ptr = np.cumsum([0] + [len(s) for s in succs]).astype(np.int64)
+    succ_idx = np.asarray([d for s in succs for d in s], np.int64)
+    return pred_ptr, succ_ptr, succ_idx, np.zeros(len(succ_idx))
+
+
+def test_a_blocked_ready_forward_does_not_hide_a_pending_one_that_fits():
+    # rank 1 runs X, which releases F_b on rank 0 at t = 1. F_a is ready on rank 0 at t = 0 but blocked:
+    # with reserve, it must leave room for F_b (higher priority). F_b fits once released and runs first;
+    # after B_b frees its bytes F_a fits too, so nothing is forced over the cap.
+    x, fb, bb, fa, ba = range(5)
+    pred_ptr, succ_ptr, succ_idx, delay = _chain_arrays([(x, fb), (fb, bb), (fa, ba)], 5)
+    rank = np.array([1, 0, 0, 0, 0], np.int64)
+    op = np.array([0, 0, 1, 0, 1], np.int64)
+    stage = np.array([2, 0, 0, 1, 1], np.int64)
+    act = np.array([1.0, 1.0, 0.0])
+    prio = np.array([0, 0, 1, 2, 3], np.int64)
+    seq, start, _, peak, forced = interleave(2, rank, op, stage, np.ones(5), act, np.array([1.5, 10.0]), prio,
+                                             pred_ptr, succ_ptr, succ_idx, delay, 1.0, True)
+    assert forced == 0 and peak[0] <= 1.5
+    assert [int(t) for t in seq if rank[t] == 0] == [fb, bb, fa, ba]
+    assert start[fb] == 1.0 and start[fa] == 3.0
+
+
+def test_drain_runs_forwards_first_once_every_micro_batch_started():
+    problem = uniform_problem(3, 4, 1, 1.0, 1.0, 1.0)
+    plain, plain_span, _, _ = run(problem)
+    drained, span, _, forced = run(problem, drain=True)
+    assert forced == 0 and plain != drained
+    last = drained[2].split()
+    assert last.index("2F3") < last.index("2B2")  # the last forward no longer waits behind a backward
+    assert plain[2].split().index("2F3") > plain[2].split().index("2B2")
+
+
+def test_tail_keys_rank_tasks_by_the_work_still_ahead():
+    problem = uniform_problem(3, 4, 2, 1.0, 0.7, 0.5)
+    tg = problem.tg
+    duration, _ = problem.task_durations(problem.cand.fastest)
+    keys = tail_keys(problem, duration)
+    for t in range(tg.num_tasks):
+        for e in range(tg.succ_ptr[t], tg.succ_ptr[t + 1]):
+            assert keys[t] < keys[tg.succ_idx[e]]  # a predecessor has the longer path ahead
+    sched = Evaluator(problem).evaluate(problem.default_sequence, TrackConfig(0.0, "fast", backward="tail", drain=True))
+    assert sched.feasible and "backward=tail" in str(sched.config) and "drain" in str(sched.config)
+
+
+def test_backward_items_are_inactive_under_tail_ordering():
+    problem = uniform_problem(3, 5, 2, 1.0, 0.7, 0.5)
+    config = TrackConfig(0.0, "fast", backward="tail", drain=True)
+    mask = active_items(problem, config)
+    assert mask is not None and active_items(problem, TrackConfig(0.0, "fast")) is None
+    assert all(mask[i] == (it.direction == 0) for i, it in enumerate(problem.items))
+    ev = Evaluator(problem, passes=1)
+    seq = problem.default_sequence
+    forwards, backwards = [i for i in seq if mask[i]], [i for i in seq if not mask[i]]
+    a = ev.evaluate(np.asarray(forwards + backwards), config)
+    b = ev.evaluate(np.asarray(forwards + backwards[::-1]), config)
+    assert a.tasks.tolist() == b.tasks.tolist()  # backward items' order is never read
+    c = ev.evaluate(np.asarray(forwards + backwards[::-1]), TrackConfig(0.0, "fast", alternate=False))
+    d = ev.evaluate(np.asarray(forwards + backwards), TrackConfig(0.0, "fast", alternate=False))
+    assert c.tasks.tolist() != d.tasks.tolist()  # ...while the priority mode reads it

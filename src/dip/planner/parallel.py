@@ -65,7 +65,7 @@ def run_parallel(problem, search, configs: list[TrackConfig], state, workers: in
                     left = limit - state.rollouts - sum(len(s) for _, s, _ in batch)
                     seqs = seqs[:max(left, 0)]
                 if not seqs:
-                    search.update(node, [])
+                    search.update(node, [], [])
                     break
                 batch.append((node, seqs, k))
             if not batch:
@@ -76,4 +76,4 @@ def run_parallel(problem, search, configs: list[TrackConfig], state, workers: in
                 if best is not None:
                     state.offer(best)
                     state.remember(best)
-                search.update(node, [s if math.isfinite(s) else math.inf for s in scores])
+                search.update(node, [s if math.isfinite(s) else math.inf for s in scores], seqs)

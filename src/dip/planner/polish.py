@@ -1,9 +1,6 @@
-"""Before and after the tree search: tuning the starting point and polishing the best schedule.
+"""After the tree search: polishing the best schedule (the starting point is tuned in
+:mod:`dip.planner.tuning`).
 
-* :func:`tune_base` picks the tracking configuration (which bytes and durations the interleaver plans
-  with) and shifts each (module, direction)'s segment priorities by whole micro-batches (e.g. LM
-  backwards ahead of earlier encoder backwards), by coordinate descent. The result is the base
-  sequence MCTS explores around.
 * :func:`polish` (beyond the paper) improves one schedule in four steps, each kept only when it helps:
   :func:`refine` re-interleaves it with its own chosen candidates (bytes and durations);
   :func:`priority_search` climbs over the priorities of unit passes (finer than MCTS's items);
@@ -20,12 +17,11 @@ import time
 
 import numpy as np
 
-from dip.planner.evaluate import Evaluator, TrackConfig
+from dip.planner.evaluate import Evaluator
 from dip.planner.local_search import move_descent, move_item, unit_descent
 from dip.planner.memory import ilp_select
 from dip.planner.problem import PlanProblem
 
-SHIFTS = (0, 1, 2, 4, 8)
 REFINE_ROUNDS = 6
 PRIO_SHARE = 0.3  # of the polishing time (after 10% for refining); the ILP gets ILP_SHARE, moves the rest
 ILP_SHARE = 0.15
@@ -44,64 +40,6 @@ PRIO_PATIENCE = 30
 ILP_TIME_LIMIT_S = 0.5
 ILP_NODE_LIMIT = 200
 ILP_MAX_COLUMNS = 1500
-
-
-def shifted_sequence(problem: PlanProblem, shift: dict[tuple[str, int], int],
-                     mb_order: np.ndarray | None = None) -> np.ndarray:
-    """The default item order (micro-batches in ``mb_order``, default: as given) with (group, direction)
-    items moved ``shift`` micro-batches earlier."""
-    groups = list(problem.tg.graph.groups)
-    items = problem.items
-    n_mb = max(it.mb for it in items) + 1
-    pos = np.arange(n_mb) if mb_order is None else np.argsort(mb_order)
-
-    def key(i: int) -> tuple[int, int, int, int]:
-        it = items[i]
-        gp = groups.index(it.group)
-        return (int(pos[it.mb]) - shift.get((it.group, it.direction), 0), it.direction,
-                gp if it.direction == 0 else len(groups) - gp, int(pos[it.mb]))
-
-    return np.asarray(sorted(range(len(items)), key=key), np.int64)
-
-
-def tune_base(ev: Evaluator, problem: PlanProblem, state, configs: tuple[TrackConfig, ...], deadline: float
-              ) -> tuple[list[TrackConfig], np.ndarray]:
-    """Tracking configurations ranked on the tuned base sequence, and that base sequence."""
-    base = problem.default_sequence
-    ranked = _rank(ev, state, configs, base, deadline)
-    if not ranked:
-        return [state.best.config], base
-    config, best_score = ranked[0]
-    shift: dict[tuple[str, int], int] = {}
-    coords = [(g, d) for g in problem.tg.graph.groups for d in (0, 1)]
-    improved = True
-    while improved:
-        improved = False
-        for coord in coords:
-            for value in SHIFTS:
-                if value == shift.get(coord, 0) or time.perf_counter() >= deadline:
-                    continue
-                trial = {**shift, coord: value}
-                seq = shifted_sequence(problem, trial)
-                sched = ev.evaluate(seq, config)
-                state.offer(sched)
-                if sched.score < best_score - 1e-9:
-                    best_score, shift, base, improved = sched.score, trial, seq, True
-    if shift:
-        ranked = _rank(ev, state, configs, base, deadline) or ranked
-    return [cfg for cfg, _ in ranked], base
-
-
-def _rank(ev: Evaluator, state, configs, base: np.ndarray, deadline: float) -> list[tuple[TrackConfig, float]]:
-    scored = []
-    for cfg in configs:
-        if time.perf_counter() >= deadline:
-            break
-        sched = ev.evaluate(base, cfg)
-        state.offer(sched)
-        scored.append((sched.score, str(cfg), cfg))
-    scored.sort(key=lambda x: (x[0], x[1]))
-    return [(cfg, score) for score, _, cfg in scored]
 
 
 def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, rollouts: int | None = None,

@@ -38,6 +38,9 @@ class PlanResult:
     ``lower_bound_s``: the simulator's bound (busiest rank, critical path) for the plan's own stage costs,
     i.e. with its chosen recomputation; ``lower_bound_fastest_s``: the same bound with every layer at its
     fastest strategy (memory ignored), a bound for any plan of the batch under this partition.
+    Both are valid whatever the order: a rank runs its stages one at a time (busiest rank) and every
+    dependency chain, with the simulator's p2p delays, runs in sequence (critical path); the dp
+    all-reduce, which follows the pipeline, is added to the bound as to the time.
     ``initial_time_s``: the plain dual-queue interleaving the search started from.
     """
 

@@ -4,8 +4,9 @@
 
 1. the dual-queue interleaving of the default segment order with the paper's tracking (most
    memory-efficient candidates) is the first incumbent, and is never lost;
-2. the tracking configuration (:class:`~dip.planner.evaluate.TrackConfig`) and a coarse shift of each
-   module's segment priorities are tuned on the default order (a few rollouts);
+2. the tracking configuration (:class:`~dip.planner.evaluate.TrackConfig`), the micro-batch order and
+   a coarse shift of each module's segment priorities are tuned (:mod:`dip.planner.tuning`, a few
+   rollouts);
 3. MCTS (or DFS / random search) reorders segments, every rollout scored by interleaving + memory
    optimisation + simulation (the time left is shared with step 4 by ``POLISH_SHARE``);
 4. polishing (:mod:`dip.planner.polish`), beyond the paper: the best schedule of every tracking
@@ -27,13 +28,15 @@ import numpy as np
 
 from dip.data.meta import BatchMeta
 from dip.errors import BadInput, Infeasible
-from dip.planner.evaluate import DEFAULT_CONFIGS, PAPER_CONFIG, Evaluator, Schedule, TrackConfig
+from dip.planner.evaluate import (DEFAULT_CONFIGS, LARGE_CONFIGS, PAPER_CONFIG, Evaluator, Schedule, TrackConfig,
+                                  active_items)
 from dip.planner.mcts import (DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_ROLLOUTS_PER_EXPANSION, DEFAULT_WINDOW, STRATEGIES,
                               Portfolio)
 from dip.planner.partitioner import Partition
-from dip.planner.polish import polish, refine, tune_base
+from dip.planner.polish import polish, refine
 from dip.planner.problem import PlanProblem, build_problem
 from dip.planner.result import PlanResult, SearchStats, build_result, default_partition
+from dip.planner.tuning import tune_base
 from dip.planner.uniform import warm_up
 from dip.spec.hardware import get_hardware
 from dip.spec.model import ModelSpec
@@ -123,8 +126,8 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
 
     ``seeds``: known schedules ``(ptr, tasks, choice)`` of this problem offered as incumbents up front.
     ``window`` / ``search_configs`` default by size: small problems (few segment items, e.g. a handful of
-    micro-batches) search several windows and every tracking configuration, large ones one narrow window
-    and the best three configurations."""
+    micro-batches) tune and search every tracking configuration with several windows, large ones tune
+    ``LARGE_CONFIGS`` and search the best three with one narrow window."""
     t0 = time.perf_counter() if t0 is None else t0
     if strategy not in STRATEGIES:
         raise BadInput(f"unknown search strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
@@ -146,9 +149,10 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
                                 state.best.items))
     ranked, base = [state.best.config], problem.default_sequence
     state.phase = "tune"
-    if tune:
-        ranked, base = tune_base(ev, problem, state, configs or DEFAULT_CONFIGS, deadline)
     small = len(problem.items) <= SMALL_ITEMS
+    if tune:
+        ranked, base = tune_base(ev, problem, state, configs or (DEFAULT_CONFIGS if small else LARGE_CONFIGS),
+                                 deadline)
     if search_configs is None:
         search_configs = len(ranked) if small else LARGE_SEARCH_CONFIGS
     if window is None:
@@ -161,8 +165,10 @@ def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts
         polish_reserve = POLISH_SHARE * max(deadline - time.perf_counter(), 0.0)
     windows = (window,) if isinstance(window, int) else tuple(window)
     rngs = np.random.default_rng(seed).spawn(len(windows))
+    active = [active_items(problem, cfg) for cfg in ranked]
     search = Portfolio([STRATEGIES[strategy](base, state.best.makespan, rng, alpha=alpha, beta=beta, window=w,
-                                             rollouts_per_expansion=rollouts_per_expansion, configs=len(ranked))
+                                             rollouts_per_expansion=rollouts_per_expansion, configs=len(ranked),
+                                             active=active)
                         for w, rng in zip(windows, rngs)])
     limit = rollouts if deterministic else None
     state.phase = strategy
@@ -206,7 +212,7 @@ def _run_serial(ev: Evaluator, search, configs: list[TrackConfig], state: Search
             scores.append(sched.score)
             if limit is None and time.perf_counter() >= deadline:
                 break
-        search.update(node, scores)
+        search.update(node, scores, seqs[:len(scores)])
 
 
 def _polish_pool(ev: Evaluator, problem: PlanProblem, state: SearchState, deadline: float, rollouts: int | None,
