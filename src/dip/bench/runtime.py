@@ -203,11 +203,11 @@ def effective_cores() -> float:
 
 # --------------------------------------------------------------------------- (b) DIP vs 1F1B
 
-def dip_vs_1f1b(model: str, steps: int, seed: int) -> dict[str, Any]:
+def dip_vs_1f1b(model: str, steps: int, seed: int, repeats: int = 5) -> dict[str, Any]:
     """Part (b): DIP and 1F1B step by step on the same batches (:mod:`dip.runtime.compare`)."""
     from dip.runtime.compare import compare_schedules
 
-    res = compare_schedules(model, ["dip", "1f1b"], steps, seed=seed)
+    res = compare_schedules(model, ["dip", "1f1b"], steps, seed=seed, repeats=repeats)
     dip, base = res["dip"], res["1f1b"]
     pairs = list(zip(base["measured"], dip["measured"]))[1:]  # step 0 has no calibration yet
     accuracy: dict[str, list[float]] = {}

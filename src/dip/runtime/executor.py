@@ -170,20 +170,21 @@ def lower(plan: Plan, backend: str = "gloo") -> Program:
     Candidates, the first that passes :func:`dip.schedule.validate.validate_program` (strictest
     communication model) wins, then ``REDUCE_GRAD`` follows each chunk's last backward:
 
-    * gloo: receives right before their consumers (``"late"``): a gradient send and the next
-      activation receive then form one batch, as in torch's fused 1F1B, with fewer posts per step;
-      else receives as early as possible (``"early"``);
-    * NCCL: receives deferred under the rank-parity rule (:func:`~dip.schedule.lowering.defer_recvs`),
-      else ``"early"``.
+    * receives deferred under the rank-parity rule (:func:`~dip.schedule.lowering.defer_recvs`): posted
+      early enough that the transfer overlaps the compute before its consumer (with gloo this measured
+      ~7% faster on the static 1F1B benchmark than posting right before the consumer);
+    * gloo only: receives right before their consumers (``"late"``: a gradient send and the next
+      activation receive form one batch, as in torch's fused 1F1B);
+    * receives as early as possible (``"early"``).
     """
     from dip.schedule.errors import ScheduleError
     from dip.schedule.lowering import add_reduce_grad, add_send_recv, defer_recvs
     from dip.schedule.validate import validate_program
 
     early = add_send_recv(plan)
-    first = add_send_recv(plan, "late") if backend == "gloo" else defer_recvs(early)
+    candidates = [defer_recvs(early), *([add_send_recv(plan, "late")] if backend == "gloo" else []), early]
     error: ScheduleError | None = None
-    for program in (first, early):
+    for program in candidates:
         program = add_reduce_grad(program)
         try:
             validate_program(plan, program)
