@@ -14,17 +14,14 @@ import torch
 from dip.runtime.launch import launch_many
 from dip.runtime.models import ReferenceModel, reference_step
 from dip.runtime.models.fixtures import random_batch, tiny_model
-from dip.runtime.trainer import TrainConfig
 
 from torch_asserts import assert_grads_equal
+from train_fixtures import T2V_SCHEDULES, VLM_SCHEDULES, check_matches_reference, train_cfg
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 MODELS = ("tiny-vlm", "tiny-t2v")
-VLM_SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb-h1", "megatron", "nnscaler", "optimus", "dip")
-T2V_SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb-h1", "megatron", "nnscaler", "dip")
-FP64_TOL = 1e-9
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -39,19 +36,13 @@ def test_cuda_model_equals_cpu_model_in_float64(name):
     assert_grads_equal({n: g.cpu() for n, g in gpu_grads.items()}, cpu_grads)
 
 
-def _cfg(model: str, schedule: str, nproc: int = 2, **kw) -> TrainConfig:
-    base = dict(steps=3, microbatches=4, dtype="float64", check_reference=True, timeout_s=120.0)
-    base.update(kw)
-    return TrainConfig(model=model, schedule=schedule, nproc=nproc, **base)
+def _cfg(model: str, schedule: str, nproc: int = 2, **kw):
+    return train_cfg(model, schedule, nproc, **{"timeout_s": 120.0, **kw})
 
 
-def _check(out: dict, steps: int = 3, tol: float = FP64_TOL) -> None:
-    tag = f"{out['model']} {out['schedule']} pp={out['pp']} dp={out['dp']}"
-    assert out["device"] == "cuda", tag
-    assert len(out["steps"]) == steps, tag
-    assert out["max_grad_rel_err"] <= tol, (tag, out["max_grad_rel_err"], out["worst"])
-    assert out["max_param_rel_err"] <= tol, (tag, out["max_param_rel_err"], out["worst"])
-    assert out["max_loss_abs_err"] <= tol, (tag, out["max_loss_abs_err"])
+def _check(out: dict, steps: int = 3) -> None:
+    assert out["device"] == "cuda", (out["model"], out["schedule"])
+    check_matches_reference(out, steps)
 
 
 @pytest.mark.multiproc

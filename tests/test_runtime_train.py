@@ -10,28 +10,10 @@ import pytest
 
 from dip.cli.main import main
 from dip.runtime.launch import RankFailed, launch, launch_many
-from dip.runtime.trainer import TrainConfig
+from train_fixtures import T2V_SCHEDULES, VLM_SCHEDULES, check_matches_reference, train_cfg
 
-VLM_SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb-h1", "megatron", "nnscaler", "optimus", "dip")
-T2V_SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb-h1", "megatron", "nnscaler", "dip")
-FP64_TOL = 1e-9
-
-
-def _cfg(model: str, schedule: str, nproc: int = 2, **kw) -> TrainConfig:
-    base = dict(steps=3, microbatches=4, dtype="float64", check_reference=True, timeout_s=60.0)
-    base.update(kw)
-    return TrainConfig(model=model, schedule=schedule, nproc=nproc, **base)
-
-
-def _check(out: dict, steps: int = 3, tol: float = FP64_TOL) -> None:
-    tag = f"{out['model']} {out['schedule']} pp={out['pp']} dp={out['dp']}"
-    assert len(out["steps"]) == steps, tag
-    assert out["max_grad_rel_err"] <= tol, (tag, out["max_grad_rel_err"], out["worst"])
-    assert out["max_param_rel_err"] <= tol, (tag, out["max_param_rel_err"], out["worst"])
-    assert out["max_loss_abs_err"] <= tol, (tag, out["max_loss_abs_err"])
-    losses = [s["loss"] for s in out["steps"]]
-    assert len({round(x, 12) for x in losses}) == steps, (tag, losses)  # every step ran a new batch
-    assert all(s["step_time_s"] > 0 and s["predicted_step_time_s"] > 0 for s in out["steps"]), tag
+_cfg = train_cfg
+_check = check_matches_reference
 
 
 @pytest.mark.multiproc
