@@ -16,6 +16,7 @@ Every action's start and end (seconds since the step started) are recorded.
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -233,7 +234,7 @@ class Executor:
                  rank_map: Callable[[int], int] | None = None, group: dist.ProcessGroup | None = None,
                  timeout_s: float = 120.0, device: torch.device | str = "cpu", max_outstanding_sends: int = 64,
                  handlers: Mapping[str, Handler] | None = None, post_in_background: bool = True,
-                 comm_device: torch.device | str | None = None):
+                 comm_device: torch.device | str | None = None, pause_gc: bool = True):
         self.rank = rank
         self.provider = provider
         self.stages = dict(stages)
@@ -242,6 +243,7 @@ class Executor:
         self.timeout_s = float(timeout_s)
         self.device = torch.device(device)
         self.comm_device = torch.device(comm_device) if comm_device is not None else self.device
+        self.pause_gc = pause_gc
         self.max_outstanding_sends = max_outstanding_sends
         self.handlers: dict[str, Handler] = dict(DEFAULT_HANDLERS)
         self.handlers.update(handlers or {})
@@ -278,7 +280,21 @@ class Executor:
 
     def run_step(self, plan: Plan, program: Program, batch: BatchMeta, *, step_seed: int, loss_scale: float,
                  mb_offset: int = 0) -> StepResult:
-        """Run this rank's program of one step; the loss gradient is ``loss_sum * loss_scale``."""
+        """Run this rank's program of one step; the loss gradient is ``loss_sum * loss_scale``.
+
+        Python's cyclic garbage collector is paused during the step (as Megatron's manual GC does):
+        a collection in the middle of a pipeline step stalls every rank waiting on this one."""
+        paused = self.pause_gc and gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            return self._run_step(plan, program, batch, step_seed, loss_scale, mb_offset)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _run_step(self, plan: Plan, program: Program, batch: BatchMeta, step_seed: int, loss_scale: float,
+                  mb_offset: int) -> StepResult:
         missing = sorted({c.id for c in plan.graph.rank_chunks(self.rank)} - set(self.stages))
         if missing:
             raise RuntimeError(f"rank {self.rank}: the plan places chunks {missing} here, but they were not built")
