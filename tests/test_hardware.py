@@ -74,8 +74,11 @@ def test_runtime_factors_round_trip_and_validation(tmp_path):
     assert back.runtime_factor("vit", "f") == 1.5 and back.runtime_factor("vit", "b") == 1.2
     assert back.runtime_factor("decoder", "f") == 1.0
     assert "runtime_factors" not in PRESETS["H800"].to_dict()
-    for bad, msg in (({"vit": 2.0}, "per module kind"), ({"vit": {"x": 1.0}}, "unknown passes"),
+    for bad, msg in (({"vit": 2.0}, "must be {"), ({"vit": {"x": 1.0}}, "unknown passes"),
                      ({"vit": {"f": -1.0}}, "must be positive")):
         path.write_text(json.dumps({**PRESETS["H800"].to_dict(), "runtime_factors": bad}))
         with pytest.raises(BadInput, match=msg):
             get_hardware(str(path))
+    path.write_text(json.dumps({**PRESETS["H800"].to_dict(), "action_overhead_s": {"f": -1.0}}))
+    with pytest.raises(BadInput, match="action_overhead_s must be non-negative"):
+        get_hardware(str(path))

@@ -99,6 +99,8 @@ class CostModel:
         self.dtype_bytes = dtype_bytes
         self.flash_attention = flash_attention
         self._cache: dict[tuple[ModuleSpec, ModuleWork], _WorkCosts] = {}
+        self._overhead_f = self.hardware.action_overhead("f")  # runtime seconds per action and part
+        self._overhead_b = self.hardware.action_overhead("b")
 
     # -- cached per (module, work) ---------------------------------------------------------------
     def _module(self, module: ModuleSpec | str) -> ModuleSpec:
@@ -170,7 +172,7 @@ class CostModel:
             rec = sum(c.recompute[s] for s in strategies)
         f, i, w = n * c.layer.f, n * c.layer.i + rec, n * c.layer.w
         if not work.empty:  # the runtime's fixed cost of running this part in one action
-            f, i = f + self.hardware.action_overhead("f"), i + self.hardware.action_overhead("b")
+            f, i = f + self._overhead_f, i + self._overhead_b
         if layer_start == 0:
             f, i, w, act = f + c.pre.f, i + c.pre.i, w + c.pre.w, act + c.pre_act
         if layer_end == module.layers:

@@ -137,8 +137,7 @@ class HardwareSpec:
             data["gemm_curve"] = GemmCurve(**{k: float(v) for k, v in curve.items()})
         data["alphas"] = default_alphas(**{k: float(v) for k, v in (data.get("alphas") or {}).items()})
         data["runtime_factors"] = _runtime_factors(data.get("runtime_factors") or {})
-        data["action_overhead_s"] = _runtime_factors({"action": data.get("action_overhead_s") or {}},
-                                                     zero_ok=True)["action"]
+        data["action_overhead_s"] = _passes(data.get("action_overhead_s") or {}, "action_overhead_s", zero_ok=True)
         spec = cls(**data)
         if spec.peak_flops <= 0 or spec.mem_bw <= 0:
             raise BadInput("hardware calibration needs positive peak_flops and mem_bw")
@@ -165,21 +164,24 @@ class HardwareSpec:
         return cls.from_dict(data)
 
 
-def _runtime_factors(raw: Any, zero_ok: bool = False) -> dict[str, dict[str, float]]:
-    """Validated ``{name: {"f": x, "b": y}}`` (runtime factors by module kind; action overheads)."""
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise BadInput('hardware calibration fields runtime_factors and action_overhead_s take '
-                       '{"f": x, "b": y} (per module kind for runtime_factors)')
-    out = {}
-    for kind, passes in raw.items():
-        where = "action_overhead_s" if zero_ok else f"runtime_factors.{kind}"
-        bad = sorted(set(passes) - {"f", "b"})
-        if bad:
-            raise BadInput(f"{where} has unknown passes {bad}; allowed: f, b")
-        out[str(kind)] = {p: float(v) for p, v in passes.items()}
-        if any(v < 0 or (v == 0 and not zero_ok) for v in out[str(kind)].values()):
-            raise BadInput(f"{where} must be {'non-negative' if zero_ok else 'positive'}")
+def _passes(raw: Any, where: str, zero_ok: bool) -> dict[str, float]:
+    """Validated ``{"f": x, "b": y}`` (either key optional)."""
+    if not isinstance(raw, dict):
+        raise BadInput(f'hardware calibration field {where} must be {{"f": x, "b": y}}')
+    bad = sorted(set(raw) - {"f", "b"})
+    if bad:
+        raise BadInput(f"{where} has unknown passes {bad}; allowed: f, b")
+    out = {p: float(v) for p, v in raw.items()}
+    if any(v < 0 or (v == 0 and not zero_ok) for v in out.values()):
+        raise BadInput(f"{where} must be {'non-negative' if zero_ok else 'positive'}")
     return out
+
+
+def _runtime_factors(raw: Any) -> dict[str, dict[str, float]]:
+    """Validated runtime factors ``{module kind: {"f": x, "b": y}}``."""
+    if not isinstance(raw, dict):
+        raise BadInput('hardware calibration field runtime_factors must map module kinds to {"f": x, "b": y}')
+    return {str(kind): _passes(v, f"runtime_factors.{kind}", zero_ok=False) for kind, v in raw.items()}
 
 
 def _hopper(name: str, peak: float, mem_bw: float, mem: float, nvlink: float, net: float, desc: str,
