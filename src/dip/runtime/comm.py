@@ -74,7 +74,8 @@ class P2P:
     """One prepared transfer: ``send`` (else receive) of ``buffer`` with rank ``peer`` under ``tag``.
 
     ``what`` is the action text used in error messages; ``batch`` numbers the communication batch
-    that posted it (program order).
+    that posted it (program order); ``group_peer``, when set, is the peer's rank within the process
+    group, and the transfer is issued on the group object directly (no per-call rank translation).
     """
 
     send: bool
@@ -83,6 +84,7 @@ class P2P:
     tag: int
     what: str
     batch: int = 0
+    group_peer: int | None = None
     work: object | None = None
     posted: threading.Event | None = None  # set once a background poster has issued it
     error: BaseException | None = None
@@ -92,17 +94,28 @@ class P2P:
 
 
 def post_batch(batch: Sequence[P2P], group: dist.ProcessGroup | None = None) -> None:
-    """Issue a batch of transfers; a batch mixing sends and receives uses ``batch_isend_irecv``."""
+    """Issue a batch of transfers; a batch mixing sends and receives uses ``batch_isend_irecv``
+    unless every transfer names its ``group_peer`` (gloo: every operation is asynchronous, so the
+    order of posting cannot deadlock, and ``batch_isend_irecv`` would post them one by one anyway)."""
     if not batch:
         return
-    if len({p.send for p in batch}) > 1:
+    direct = all(p.group_peer is not None for p in batch)
+    if not direct and len({p.send for p in batch}) > 1:
         works = dist.batch_isend_irecv([p.op(group) for p in batch])
         for p, w in zip(batch, works):
             p.work = w
         return
+    pg = group if group is not None else dist.group.WORLD
     for p in batch:
-        fn = dist.isend if p.send else dist.irecv
-        p.work = fn(p.buffer, p.peer, group=group, tag=p.tag)
+        if p.group_peer is not None:
+            p.work = (pg.send if p.send else pg.recv)([p.buffer], p.group_peer, p.tag)
+        else:
+            p.work = (dist.isend if p.send else dist.irecv)(p.buffer, p.peer, group=group, tag=p.tag)
+
+
+def direct_posting(group: dist.ProcessGroup | None) -> bool:
+    """Whether transfers on ``group`` may be issued on the group object directly (gloo)."""
+    return dist.is_initialized() and dist.get_backend(group) == "gloo"
 
 
 class Poster:
@@ -150,6 +163,16 @@ class Poster:
                 done.set()
 
 
+_TIMEOUTS: dict[float, datetime.timedelta] = {}
+
+
+def _timedelta(seconds: float) -> datetime.timedelta:
+    got = _TIMEOUTS.get(seconds)
+    if got is None:
+        got = _TIMEOUTS[seconds] = datetime.timedelta(seconds=seconds)
+    return got
+
+
 def wait(p: P2P, rank: int, timeout_s: float) -> None:
     """Wait for one transfer, failing after ``timeout_s`` with rank, action and peer in the message."""
     if p.posted is not None and not p.posted.wait(timeout_s):
@@ -159,7 +182,7 @@ def wait(p: P2P, rank: int, timeout_s: float) -> None:
     if p.work is None:
         raise RuntimeError(f"rank {rank}: {p.what} was never posted")
     try:
-        p.work.wait(timeout=datetime.timedelta(seconds=timeout_s))
+        p.work.wait(timeout=_timedelta(timeout_s))
     except RuntimeError as exc:
         kind = "send to" if p.send else "receive from"
         raise CommTimeout(

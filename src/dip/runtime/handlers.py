@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from dip.runtime import splitgrad
-from dip.runtime.comm import P2P, alloc, numel, pack, post_batch
+from dip.runtime.comm import P2P, alloc, pack, post_batch
 from dip.runtime.shapes import message_key
 from dip.runtime.stage import UnitState
 from dip.schedule.ir import Action, Op
@@ -146,43 +146,39 @@ def reduce_grad(action: Action, ctx: "StepContext") -> None:
 
 # --------------------------------------------------------------------------- communication
 
-def _tag(ctx: "StepContext", action: Action, seq: int) -> int:
+def _tag(ctx: "StepContext", seq: int) -> int:
     return seq if seq >= 0 else (1 << 20) + len(ctx.pending)
 
 
 def recv(action: Action, ctx: "StepContext") -> None:
-    comm = ctx.program.comms[action]
-    key = message_key(comm.message)
-    specs = ctx.specs(key)
-    if numel(specs) == 0:
-        ctx.recvs[key] = (None, specs)
+    r = ctx.routes[action]
+    if r.numel == 0:
+        ctx.recvs[r.key] = (None, r.specs)
         return
-    p = P2P(False, alloc(specs, ctx.comm_device or ctx.device), ctx.global_rank(comm.src_rank), _tag(ctx, action, comm.seq),
-            str(action), ctx.batch_no)
-    ctx.recvs[key] = (p, specs)
+    p = P2P(False, alloc(r.specs, ctx.comm_device or ctx.device), r.peer, _tag(ctx, r.tag), r.what, ctx.batch_no,
+            r.group_peer)
+    ctx.recvs[r.key] = (p, r.specs)
     ctx.pending.append(p)
 
 
 def send(action: Action, ctx: "StepContext") -> None:
-    comm = ctx.program.comms[action]
-    key = message_key(comm.message)
-    payload = ctx.outbox.pop(key, None)
+    r = ctx.routes[action]
+    payload = ctx.outbox.pop(r.key, None)
     if payload is None:
         raise RuntimeError(f"rank {ctx.rank}: {action} before its producer ran (nothing to send)")
-    specs = ctx.specs(key)
-    for s in specs:
+    for s in r.specs:
         t = payload.get(s.name)
-        if t is None or tuple(t.shape) != tuple(s.shape):
+        if t is None or t.shape != s.shape:
             got = None if t is None else tuple(t.shape)
-            raise RuntimeError(f"rank {ctx.rank}: {action} sends {s.name} of shape {got}, "
-                               f"but the shape plan says {tuple(s.shape)}")
-    if numel(specs) == 0:
+            if got != tuple(s.shape):
+                raise RuntimeError(f"rank {ctx.rank}: {action} sends {s.name} of shape {got}, "
+                                   f"but the shape plan says {tuple(s.shape)}")
+    if r.numel == 0:
         return
-    buffer = pack([payload[s.name] for s in specs])
+    buffer = pack([payload[s.name] for s in r.specs])
     if ctx.comm_device is not None and buffer.device != ctx.comm_device:
         buffer = buffer.to(ctx.comm_device)  # host staging (gloo with CUDA compute)
-    p = P2P(True, buffer, ctx.global_rank(comm.dst_rank),
-            _tag(ctx, action, comm.seq), str(action), ctx.batch_no)
+    p = P2P(True, buffer, r.peer, _tag(ctx, r.tag), r.what, ctx.batch_no, r.group_peer)
     ctx.pending.append(p)
     ctx.sends.add(p)
 

@@ -52,6 +52,7 @@ class ChunkModule(nn.Module):
         self.pre = pre
         self.layers = nn.ModuleDict({str(layer_start + i): b for i, b in enumerate(blocks)})
         self.post = post
+        self._blocks: tuple[nn.Module, ...] = tuple(blocks)  # the hot loop iterates this, not the ModuleDict
 
     @property
     def is_first(self) -> bool:
@@ -76,12 +77,17 @@ class ChunkModule(nn.Module):
         else:
             hidden = inputs["hidden"]
             side = {k: v for k, v in inputs.items() if k != "hidden"}
-        for block, strategy in zip(self.layers.values(), strategies):
+        for block, strategy in zip(self._blocks, strategies):
             hidden = run_block(block, hidden, side, data, strategy, parts)
         out = parts.call_post(self.post, hidden, side, data) if self.post is not None else {"hidden": hidden, **side}
+        if not inputs:
+            return out
         given = list(inputs.values())
         # an output that is an input tensor becomes a view, so it is a distinct autograd output
         return {k: (v.view_as(v) if any(v is t for t in given) else v) for k, v in out.items()}
+
+
+_VALID_STRATEGIES: set[tuple[str, ...]] = set()  # strategy tuples already checked (the plan reuses a few)
 
 
 def _check_strategies(strategies: Sequence[str] | None, n: int) -> tuple[str, ...]:
@@ -90,9 +96,13 @@ def _check_strategies(strategies: Sequence[str] | None, n: int) -> tuple[str, ..
     strategies = tuple(strategies)
     if len(strategies) != n:
         raise ValueError(f"{len(strategies)} memory strategies for {n} layers")
+    if strategies in _VALID_STRATEGIES:
+        return strategies
     for s in strategies:
         if s not in MEMORY_STRATEGIES:
             raise ValueError(f"unknown memory strategy {s!r}; valid: {', '.join(MEMORY_STRATEGIES)}")
+    if len(_VALID_STRATEGIES) < 4096:
+        _VALID_STRATEGIES.add(strategies)
     return strategies
 
 
@@ -120,6 +130,8 @@ def run_block(block: nn.Module, hidden: Tensor, side: dict[str, Tensor], data: A
     backward (parts without that support fall back to ``full``); ``full`` recomputes the whole block;
     ``offload`` keeps saved activations in (pinned) host memory."""
     parts = parts or PartProtocol()
+    if strategy == "none":
+        return parts.call_block(block, hidden, side, data)
     if strategy == "selective" and parts.supports_selective:
         return parts.call_block(block, hidden, side, data, recompute_attention=True)
     if strategy in ("full", "selective"):
