@@ -94,13 +94,12 @@ class P2P:
 
 
 def post_batch(batch: Sequence[P2P], group: dist.ProcessGroup | None = None) -> None:
-    """Issue a batch of transfers; a batch mixing sends and receives uses ``batch_isend_irecv``
-    unless every transfer names its ``group_peer`` (gloo: every operation is asynchronous, so the
-    order of posting cannot deadlock, and ``batch_isend_irecv`` would post them one by one anyway)."""
+    """Issue a batch of transfers: a batch mixing sends and receives goes through one
+    ``batch_isend_irecv`` (no deadlock whatever the peer's order), a homogeneous one op by op (on the
+    group object directly for transfers that name their ``group_peer``)."""
     if not batch:
         return
-    direct = all(p.group_peer is not None for p in batch)
-    if not direct and len({p.send for p in batch}) > 1:
+    if len({p.send for p in batch}) > 1:
         works = dist.batch_isend_irecv([p.op(group) for p in batch])
         for p, w in zip(batch, works):
             p.work = w
