@@ -7,8 +7,11 @@
     ``torch_step_time_ratio`` = ours / torch of each engine's fastest-quartile step time, the least
     disturbed by other work on the machine (target <= 1.00); ``..._median_of_rounds`` is the median of
     the per-round ratios.
-    ``executor_overhead_ms_per_action``: one rank running a tiny stack through the executor versus a
-    plain forward/backward loop over the same chunk.
+    Before every timed step Python's garbage is collected (outside the timing): the executor pauses
+    the cyclic GC during a step, which would otherwise push its collections into torch's next step.
+    ``executor_overhead_ms_per_action`` / ``torch_overhead_ms_per_action``: what each engine adds per
+    compute action to a plain forward/backward loop over the same blocks (one process, one stage, a
+    tiny stack so that the engines' own work dominates; median of alternating runs).
 (b) DIP against 1F1B on ``tiny-vlm`` with batches that change every step, float32: every step runs
     both schedules' plans of that step's batch back to back (:mod:`dip.runtime.compare`), so both see
     the same machine load; ``dip_speedup_vs_1f1b`` = median over steps (after an untimed warm-up step,
@@ -26,6 +29,7 @@ balanced schedule such as DIP cannot gain from overlapping and pays for its fine
 """
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from dataclasses import asdict
@@ -38,7 +42,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("runtime", help="executor vs torch pipelining; DIP vs 1F1B measured; simulator accuracy",
                               description="Measure the runtime on 2 local processes (see dip.bench.runtime).")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--repeats", type=int, default=40, help="timed steps per engine in part (a) (default 40)")
+    p.add_argument("--repeats", type=int, default=100, help="timed steps per engine in part (a) (default 100)")
     p.add_argument("--steps", type=int, default=8, help="steps (new batch each) in part (b) (default 8)")
     p.add_argument("--model", default="tiny-vlm", help="model of part (b) (default tiny-vlm)")
     p.add_argument("--seed", type=int, default=0)
@@ -95,6 +99,7 @@ def _engines_rank(rank: int, world: int, shape_fields: dict, repeats: int, timeo
     def timed(fn, params) -> float:
         for p in params:
             p.grad = None
+        gc.collect()  # each engine starts clean and pays only for its own garbage (ours pauses GC in a step)
         timed_collective(dist.barrier, "the benchmark barrier", rank, timeout_s)
         t0 = time.perf_counter()
         fn()
@@ -138,43 +143,65 @@ def _quartile(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=4)[0] if len(xs) >= 4 else min(xs)
 
 
-def executor_overhead(repeats: int = 100) -> float:
-    """Milliseconds the executor adds per compute action on one rank (tiny static stack, no comm)."""
+def _overhead_rank(rank: int, world: int, repeats: int) -> dict[str, float]:
     import torch
+    import torch.distributed as dist
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 
     from dip.runtime.executor import Executor, lower
     from dip.runtime.stage import StageChunk
-    from dip.runtime.static_stack import MODULE, StackShape, stack_batch, stack_model, stack_plan
+    from dip.runtime.static_stack import (MODULE, StackShape, TorchStage, stack_batch, stack_inputs, stack_model,
+                                          stack_plan)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        shape = StackShape(layers=2, hidden=8, heads=2, tokens=4, microbatches=8)
-        model, plan = stack_model(shape), stack_plan(shape, 1)
-        program, batch = lower(plan), stack_batch(shape)
-        total = sum(model.loss_tokens(mb) for mb in batch.microbatches)
-        ex = Executor(0, model, {c.id: StageChunk(c, model) for c in plan.graph.rank_chunks(0)})
-        chunk = model.build_chunk(MODULE, 0, shape.layers)
-        data = [model.unit_data(mb, k, MODULE, 0, 0, 1) for k, mb in enumerate(batch.microbatches)]
+    dist.init_process_group("gloo", init_method="env://")
+    shape = StackShape(layers=2, hidden=8, heads=2, tokens=4, microbatches=8)
+    model, plan = stack_model(shape), stack_plan(shape, 1)
+    program, batch = lower(plan), stack_batch(shape)
+    total = sum(model.loss_tokens(mb) for mb in batch.microbatches)
+    ex = Executor(0, model, {c.id: StageChunk(c, model) for c in plan.graph.rank_chunks(0)})
+    torch_module = TorchStage(model.build_chunk(MODULE, 0, shape.layers))
+    x, y = stack_inputs(model, shape, step_seed=1)
+    stage = PipelineStage(torch_module, 0, 1, torch.device("cpu"), input_args=(x[:1],), output_args=(x[:1],))
+    sched = Schedule1F1B(stage, shape.microbatches, loss_fn=lambda out, tgt: (out - tgt).pow(2).sum() / total,
+                         scale_grads=False)
+    xs, ys = x.split(1), y.split(1)
 
-        def plain() -> None:
-            for d in data:
-                loss = chunk({}, d)["loss_sum"]
-                torch.autograd.backward([loss], [torch.full_like(loss, 1.0 / total)])
+    def plain() -> None:
+        for xk, yk in zip(xs, ys):
+            torch.autograd.backward([(torch_module(xk) - yk).pow(2).sum() / total])
 
-        def ours() -> None:
-            ex.run_step(plan, program, batch, step_seed=1, loss_scale=1.0 / total)
+    def ours() -> None:
+        ex.run_step(plan, program, batch, step_seed=1, loss_scale=1.0 / total)
 
-        times: dict = {plain: [], ours: []}
-        for i in range(repeats):
-            for fn in (plain, ours) if i % 2 else (ours, plain):
-                t0 = time.perf_counter()
-                fn()
-                times[fn].append(time.perf_counter() - t0)
-        actions = 2 * shape.microbatches
-        return 1e3 * (statistics.median(times[ours]) - statistics.median(times[plain])) / actions
-    finally:
-        torch.set_num_threads(threads)
+    def theirs() -> None:
+        sched.step(x, target=y, losses=[])
+
+    engines = {"plain": plain, "ours": ours, "torch": theirs}
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for i in range(repeats + 2):
+        names = list(engines)[i % 3:] + list(engines)[:i % 3]
+        for name in names:
+            gc.collect()
+            t0 = time.perf_counter()
+            engines[name]()
+            if i >= 2:
+                times[name].append(time.perf_counter() - t0)
+    dist.destroy_process_group()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    actions = 2 * shape.microbatches
+    return {"executor_overhead_ms_per_action": 1e3 * (med["ours"] - med["plain"]) / actions,
+            "torch_overhead_ms_per_action": 1e3 * (med["torch"] - med["plain"]) / actions}
+
+
+def engine_overheads(repeats: int = 200) -> dict[str, float]:
+    """Milliseconds each engine adds per compute action to a plain forward/backward loop over the same
+    blocks: one process, one stage, a tiny static stack (so the engine's own work dominates)."""
+    from dip.runtime.launch import spawn
+
+    ((ok, got),) = spawn(_overhead_rank, 1, repeats, timeout_s=600)
+    if not ok:
+        raise RuntimeError(f"engine overhead benchmark failed: {got}")
+    return got
 
 
 def _busy_loop() -> float:
@@ -238,7 +265,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     out: dict[str, Any] = {"effective_cores_start": effective_cores()}
     out.update(executor_vs_torch(args.repeats))
-    out["executor_overhead_ms_per_action"] = executor_overhead()
+    out.update(engine_overheads())
     out.update(dip_vs_1f1b(args.model, args.steps, args.seed))
     out["effective_cores_end"] = effective_cores()
     out["nproc"] = 2
