@@ -86,8 +86,10 @@ def test_handlers_can_be_overridden():
 
 # --------------------------------------------------------------------------- two processes
 
-def _v_placement_rank(rank: int, world: int):
-    """ViT on ranks 0 -> 1, LM on ranks 1 -> 0: the ViT -> LM channel is a local hand-off on rank 1."""
+def _v_placement_rank(rank: int, world: int, mode: str = "world"):
+    """ViT on ranks 0 -> 1, LM on ranks 1 -> 0: the ViT -> LM channel is a local hand-off on rank 1.
+    ``mode``: ``world`` (default group), ``subgroup`` (transfers on a group of their own, posted with
+    group ranks) or ``poster`` (batches issued by the background thread)."""
     import torch.distributed as dist
 
     from dip.runtime.executor import Executor
@@ -106,8 +108,9 @@ def _v_placement_rank(rank: int, world: int):
     provider = SpecModel(model, 0, "float64")
     stages = {c.id: StageChunk(c, provider) for c in plan.graph.rank_chunks(rank)}
     total = sum(provider.loss_tokens(mb) for mb in batch.microbatches)
-    res = Executor(rank, provider, stages, timeout_s=30).run_step(plan, program, batch, step_seed=1,
-                                                                  loss_scale=1.0 / total)
+    group = dist.new_group([0, 1]) if mode == "subgroup" else None
+    ex = Executor(rank, provider, stages, timeout_s=30, group=group, post_in_background=mode == "poster")
+    res = ex.run_step(plan, program, batch, step_seed=1, loss_scale=1.0 / total)
     grads = {n: p.grad.clone() for s in stages.values() for n, p in s.canonical_named_parameters()}
     sent = [str(a.action) for a in res.actions if a.action.op.is_comm]
     dist.destroy_process_group()
@@ -116,8 +119,9 @@ def _v_placement_rank(rank: int, world: int):
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(120)
-def test_cross_module_hand_off_on_one_rank_of_a_v_placement():
-    got = spawn(_v_placement_rank, 2, timeout_s=100)
+@pytest.mark.parametrize("mode", ["world", "subgroup", "poster"])
+def test_cross_module_hand_off_on_one_rank_of_a_v_placement(mode):
+    got = spawn(_v_placement_rank, 2, mode, timeout_s=100)
     assert all(ok for ok, _ in got), got
     (l0, g0, sent0, _), (l1, g1, sent1, _) = [v for _, v in got]
     # vit chunk 1 (rank 1) feeds llm chunk 2 (rank 1) locally: no message between them

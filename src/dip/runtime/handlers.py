@@ -168,11 +168,10 @@ def send(action: Action, ctx: "StepContext") -> None:
         raise RuntimeError(f"rank {ctx.rank}: {action} before its producer ran (nothing to send)")
     for s in r.specs:
         t = payload.get(s.name)
-        if t is None or t.shape != s.shape:
+        if t is None or tuple(t.shape) != tuple(s.shape):
             got = None if t is None else tuple(t.shape)
-            if got != tuple(s.shape):
-                raise RuntimeError(f"rank {ctx.rank}: {action} sends {s.name} of shape {got}, "
-                                   f"but the shape plan says {tuple(s.shape)}")
+            raise RuntimeError(f"rank {ctx.rank}: {action} sends {s.name} of shape {got}, "
+                               f"but the shape plan says {tuple(s.shape)}")
     if r.numel == 0:
         return
     buffer = pack([payload[s.name] for s in r.specs])
