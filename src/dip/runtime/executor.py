@@ -203,9 +203,10 @@ def lower(plan: Plan, backend: str = "gloo") -> Program:
     Candidates, the first that passes :func:`dip.schedule.validate.validate_program` (strictest
     communication model) wins, then ``REDUCE_GRAD`` follows each chunk's last backward:
 
-    * gloo: receives as early as possible (``"early"``, torch's placement). Gloo sends only once the
-      receiver has posted its receive; a receive posted a compute action ahead saves that handshake on
-      the critical path. On the static 1F1B benchmark this measured 4-8% faster than deferred receives
+    * gloo: receives as early as possible (``"early"``, torch's placement). Gloo writes a message from
+      the sender's thread at once only when the receiver has already posted its receive (otherwise a
+      send-ready / receive-ready handshake through both I/O threads comes first); a receive posted a
+      compute action ahead keeps that handshake off the critical path. On the static 1F1B benchmark this measured 4-8% faster than deferred receives
       (median of paired rounds, 100 rounds, 2 processes);
     * receives deferred under the rank-parity rule (:func:`~dip.schedule.lowering.defer_recvs`):
       posted early enough that the transfer overlaps the compute before its consumer, without holding
