@@ -162,16 +162,6 @@ class Poster:
                 done.set()
 
 
-_TIMEOUTS: dict[float, datetime.timedelta] = {}
-
-
-def _timedelta(seconds: float) -> datetime.timedelta:
-    got = _TIMEOUTS.get(seconds)
-    if got is None:
-        got = _TIMEOUTS[seconds] = datetime.timedelta(seconds=seconds)
-    return got
-
-
 def wait(p: P2P, rank: int, timeout_s: float) -> None:
     """Wait for one transfer, failing after ``timeout_s`` with rank, action and peer in the message."""
     if p.posted is not None and not p.posted.wait(timeout_s):
@@ -181,7 +171,7 @@ def wait(p: P2P, rank: int, timeout_s: float) -> None:
     if p.work is None:
         raise RuntimeError(f"rank {rank}: {p.what} was never posted")
     try:
-        p.work.wait(timeout=_timedelta(timeout_s))
+        p.work.wait(timeout=datetime.timedelta(seconds=timeout_s))
     except RuntimeError as exc:
         kind = "send to" if p.send else "receive from"
         raise CommTimeout(
