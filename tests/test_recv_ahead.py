@@ -45,7 +45,7 @@ def test_post_recvs_ahead_golden(name: str):
     plan, want = GOLDEN[name]
     prog = post_recvs_ahead(add_send_recv(plan))
     assert prog.text() == want
-    validate_program(plan, prog, "edge")
+    validate_program(plan, prog, "op")
 
 
 def test_ahead_is_for_independent_operations_only():
@@ -84,7 +84,7 @@ def test_ahead_only_moves_receives_earlier_and_stays_deadlock_free(rng, which, s
     plan = random_order(TEMPLATES[which], rng, split_p)
     early = add_reduce_grad(add_send_recv(plan))
     ahead = post_recvs_ahead(early)
-    validate_program(plan, ahead, "edge")
+    validate_program(plan, ahead, "op")
     for r, acts in early.actions.items():
         moved = ahead.actions[r]
         assert sorted(map(str, acts)) == sorted(map(str, moved))

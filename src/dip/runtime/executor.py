@@ -209,7 +209,7 @@ def lower(plan: Plan, backend: str = "gloo") -> Program:
       posted its receive (otherwise a send-ready / receive-ready handshake through both I/O threads
       comes first). The early placement must pass the strictest communication model; the moved
       receives then keep its deadlock freedom because gloo's operations complete independently
-      (checked again under ``comm_model="edge"``). Measured on the static 1F1B benchmark: receives
+      (checked again under ``comm_model="op"``). Measured on the static 1F1B benchmark: receives
       ahead 2-5% faster than the early placement alone, which was 4-8% faster than deferred receives
       (medians of paired rounds, 2 processes);
     * gloo: the early placement alone;
@@ -231,7 +231,7 @@ def lower(plan: Plan, backend: str = "gloo") -> Program:
         try:
             validate_program(plan, early)
             ahead = post_recvs_ahead(early)
-            validate_program(plan, ahead, "edge")
+            validate_program(plan, ahead, "op")
             return ahead
         except ScheduleError:
             pass

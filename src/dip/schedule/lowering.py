@@ -150,8 +150,8 @@ class Program:
         return sum(len(v) for v in self.actions.values())
 
 
-CommModel = Literal["rank", "pair", "edge"]
-COMM_MODELS: tuple[str, ...] = ("rank", "pair", "edge")
+CommModel = Literal["rank", "pair", "edge", "op"]
+COMM_MODELS: tuple[str, ...] = ("rank", "pair", "edge", "op")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +185,8 @@ def comm_batches(program: Program, rank: int, comm_model: CommModel = "rank") ->
       communicators): one batch per peer.
     * ``"edge"``: one per directed rank pair (a process group per pipeline edge): one batch per peer
       and direction.
+    * ``"op"``: every SEND/RECV on its own (gloo: operations complete independently, matched by
+      tag): one batch per operation, nothing queues behind another.
 
     The deadlock dry run in :mod:`dip.schedule.validate` assumes exactly this.
     """
@@ -201,7 +203,8 @@ def comm_batches(program: Program, rank: int, comm_model: CommModel = "rank") ->
 
     for i, a in enumerate(acts):
         if a.op in COMM:
-            run.setdefault(stream_of(program, rank, a, comm_model), []).append(i)
+            stream = (rank, -1 - i) if comm_model == "op" else stream_of(program, rank, a, comm_model)
+            run.setdefault(stream, []).append(i)
         else:
             close()
     close()

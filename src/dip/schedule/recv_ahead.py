@@ -15,7 +15,7 @@ blocks anything, so the program keeps the deadlock freedom (and the safe drain p
 executor's send queue) of the program it came from: computes and SENDs stay in place, and every
 message is available no later than before. This does not hold when one communicator runs the
 operations in issue order (NCCL): a RECV posted early holds back the SENDs queued behind it. The
-result must pass :func:`dip.schedule.validate.validate_program` with ``comm_model="edge"``.
+result must pass :func:`dip.schedule.validate.validate_program` with ``comm_model="op"``.
 """
 from __future__ import annotations
 
