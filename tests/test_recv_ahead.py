@@ -97,3 +97,12 @@ def test_ahead_only_moves_receives_earlier_and_stays_deadlock_free(rng, which, s
             assert after[a] in (before[a], before[a] - 1)
             if before[a] > 0 and _consumed_next(acts, i):
                 assert after[a] == before[a] - 1, f"{a} on rank {r} was not moved ahead"
+
+
+def test_runtime_lowering_puts_receives_ahead_on_gloo_only():
+    from dip.runtime.executor import lower
+
+    gloo, nccl = lower(LIN4, "gloo"), lower(LIN4, "nccl")
+    assert gloo.text()[0].startswith("0F0 0SEND_F0:1.0 0RECV_B0:1.0 0F1")
+    assert "0RECV_B0:1.0 0F1" not in nccl.text()[0]
+    validate_program(LIN4, nccl, "rank")
