@@ -3,10 +3,11 @@
 (a) Our executor against ``torch.distributed.pipelining``'s ``Schedule1F1B`` (public API:
     ``PipelineStage`` with static shapes, ``Schedule1F1B``) on the same static-shape model (a stack of
     tiny decoder blocks, :mod:`dip.runtime.static_stack`), the same 1F1B plan and the same parameters;
-    each round times both engines back to back (alternating which goes first);
+    each round times both engines back to back, plus our executor a second time (the order rotates);
     ``torch_step_time_ratio`` = ours / torch of each engine's fastest-quartile step time, the least
     disturbed by other work on the machine (target <= 1.00); ``..._median_of_rounds`` is the median of
-    the per-round ratios.
+    the per-round ratios. ``executor_self_ratio`` (second run of ours / first, same estimators) is the
+    measurement's noise floor: a difference to torch smaller than its distance from 1 is noise.
     Before every timed step Python's garbage is collected (outside the timing): the executor pauses
     the cyclic GC during a step, which would otherwise push its collections into torch's next step.
     ``executor_overhead_ms_per_action`` / ``torch_overhead_ms_per_action``: what each engine adds per
@@ -107,10 +108,11 @@ def _engines_rank(rank: int, world: int, shape_fields: dict, repeats: int, timeo
         timed_collective(dist.all_reduce, "the benchmark all-reduce", rank, timeout_s, t, op=dist.ReduceOp.MAX)
         return float(t[0])
 
-    times: dict[str, list[float]] = {"ours": [], "torch": []}
+    engines = [("ours", run_ours, our_params), ("torch", run_torch, torch_params),
+               ("ours_again", run_ours, our_params)]  # a second run of ours: the measurement's noise floor
+    times: dict[str, list[float]] = {name: [] for name, _, _ in engines}
     for i in range(repeats + 2):
-        pairs = [("ours", run_ours, our_params), ("torch", run_torch, torch_params)]
-        for name, fn, params in (pairs if i % 2 == 0 else pairs[::-1]):
+        for name, fn, params in engines[i % 3:] + engines[:i % 3]:
             t = timed(fn, params)
             if i >= 2:  # two warm-up rounds
                 times[name].append(t)
@@ -130,11 +132,13 @@ def executor_vs_torch(repeats: int, shape=None, timeout_s: float = 120.0) -> dic
     if bad:
         raise RuntimeError(f"executor benchmark failed: {bad[0]}")
     res = got[0][1]
-    t_ours, t_torch = res["times"]["ours"], res["times"]["torch"]
+    t_ours, t_torch, t_again = res["times"]["ours"], res["times"]["torch"], res["times"]["ours_again"]
     # the fastest quartile of each engine: its own speed, least disturbed by other work on the machine
     ours, theirs = _quartile(t_ours), _quartile(t_torch)
     return {"torch_step_time_ratio": ours / theirs, "executor_step_s": ours, "torch_pipelining_step_s": theirs,
             "torch_step_time_ratio_median_of_rounds": statistics.median(a / b for a, b in zip(t_ours, t_torch)),
+            "executor_self_ratio": _quartile(t_again) / ours,
+            "executor_self_ratio_median_of_rounds": statistics.median(a / b for a, b in zip(t_again, t_ours)),
             "same_gradients": res["same_gradients"] and got[1][1]["same_gradients"],
             "static_model": asdict(shape), "repeats": repeats}
 
@@ -271,7 +275,8 @@ def run(args) -> int:
     out["nproc"] = 2
     out["wall_s"] = time.perf_counter() - t0
     text = (f"executor / torch Schedule1F1B step time: {out['torch_step_time_ratio']:.3f} "
-            f"({out['executor_step_s'] * 1e3:.1f} ms vs {out['torch_pipelining_step_s'] * 1e3:.1f} ms)\n"
+            f"({out['executor_step_s'] * 1e3:.1f} ms vs {out['torch_pipelining_step_s'] * 1e3:.1f} ms; "
+            f"noise floor, ours / ours: {out['executor_self_ratio']:.3f})\n"
             f"DIP speedup over 1F1B on {args.model}: {out['dip_speedup_vs_1f1b']:.3f} "
             f"({out['dip_step_s']:.3f} s vs {out['one_f_one_b_step_s']:.3f} s)\n"
             f"simulator accuracy: {out['sim_accuracy']}")
