@@ -228,13 +228,6 @@ def lower(plan: Plan, backend: str = "gloo") -> Program:
     raw = add_send_recv(plan)
     early = add_reduce_grad(raw)
     if backend == "gloo":
-        try:
-            validate_program(plan, early)
-            ahead = post_recvs_ahead(early)
-            validate_program(plan, ahead, "op")
-            return ahead
-        except ScheduleError:
-            pass
         candidates = [early, add_reduce_grad(defer_recvs(raw)), add_reduce_grad(add_send_recv(plan, "late"))]
     else:
         candidates = [add_reduce_grad(defer_recvs(raw)), early]
@@ -242,9 +235,17 @@ def lower(plan: Plan, backend: str = "gloo") -> Program:
     for program in candidates:
         try:
             validate_program(plan, program)
-            return program
         except ScheduleError as exc:
             error = exc
+            continue
+        if backend == "gloo" and program is early:
+            ahead = post_recvs_ahead(early)
+            try:
+                validate_program(plan, ahead, "op")
+                return ahead
+            except ScheduleError:
+                pass
+        return program
     raise error
 
 
