@@ -4,11 +4,13 @@ Each process group runs several trainings back to back (``launch_many``), every 
 batches differ (image counts, text lengths, a text-only micro-batch, clip counts)."""
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
 
 from dip.cli.main import main
+from dip.runtime.affinity import core_slices
 from dip.runtime.launch import RankFailed, launch, launch_many
 from train_fixtures import T2V_SCHEDULES, VLM_SCHEDULES, check_matches_reference, train_cfg
 
@@ -43,6 +45,10 @@ def test_float32_gradients_are_allclose_to_the_reference():
     out = launch(_cfg("tiny-vlm", "dip", dtype="float32", steps=2))
     assert out["max_grad_allclose_ratio"] <= 1.0, (out["max_grad_allclose_ratio"], out["worst"])
     assert out["max_loss_abs_err"] <= 1e-5
+    # default core binding: rank 0 runs on the first slice of the cores (when every rank gets one)
+    slices = core_slices(os.sched_getaffinity(0), 2)
+    assert out["bind_cores"] == "auto"
+    assert out["rank0_cores"] == (list(slices[0]) if slices else None)
 
 
 @pytest.mark.multiproc
@@ -66,6 +72,12 @@ def test_bad_inputs_are_one_line_errors(capsys):
     assert "1f1b" in err and "gpipe" in err and "zigzag" in err
     assert main(["train", "--model", "tiny-t2v", "--nproc", "2", "--schedule", "optimus"]) == 2
     assert main(["train", "--model", "tiny-vlm", "--nproc", "4", "--pp", "3"]) == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--model", "tiny-vlm", "--bind-cores", "sometimes"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--bind-cores" in err and "auto" in err and "off" in err
 
 
 def test_backend_choice_follows_gpus_per_rank():

@@ -6,6 +6,7 @@ import sys
 
 from dip.cli.common import check_writable, emit, positive_int
 from dip.errors import BadInput
+from dip.runtime.affinity import BIND_MODES
 
 DTYPES = ("float32", "float64")
 
@@ -33,6 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--timeout-s", type=float, default=120.0, help="timeout of every wait (seconds)")
     p.add_argument("--static-costs", action="store_true",
                    help="plan and predict with the shipped calibration only (no online correction)")
+    p.add_argument("--bind-cores", choices=BIND_MODES, default="auto",
+                   help="bind each local rank to its own CPU cores: auto (when every rank gets a core and no GPU "
+                        "is used), on, off (default auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -69,7 +73,7 @@ def build_config(args):
                        dp=dp, microbatches=args.microbatches, seed=args.seed,
                        dtype=args.dtype or ("float64" if args.check_reference else "float32"),
                        check_reference=args.check_reference, trace=args.trace, timeout_s=args.timeout_s,
-                       online_calibration=not args.static_costs)
+                       online_calibration=not args.static_costs, bind_cores=args.bind_cores)
 
 
 def run(args) -> int:

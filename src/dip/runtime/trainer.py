@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from dip.errors import BadInput
 from dip.runtime import planning
+from dip.runtime.affinity import bind_local_rank
 from dip.runtime.comm import timed_collective
 from dip.runtime.coordinator import Coordinator
 from dip.runtime.executor import Executor, StepResult, lower
@@ -56,6 +57,7 @@ class TrainConfig:
     online_calibration: bool = True  # correct the cost model with measured action times
     timeline: bool = False  # return every rank's measured action times (benchmarks)
     threads: int | None = None
+    bind_cores: str = "auto"  # auto, on or off (dip.runtime.affinity)
 
 
 @dataclass
@@ -183,9 +185,12 @@ def train(cfg: TrainConfig) -> dict | None:
     from dip.runtime.models import SpecModel
     from dip.spec.presets import load_model
 
+    cores = bind_local_rank(cfg.bind_cores, int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
+                            int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
+                            uses_gpu=torch.cuda.is_available())
     rank, world, device = init_distributed(cfg.timeout_s)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if cfg.threads or cores:
+        torch.set_num_threads(len(cores) if cores else cfg.threads)
     pp, dp = planning.check_parallel(load_model(cfg.model), world, cfg.pp, cfg.dp)
     model = planning.with_parallel(load_model(cfg.model), pp, dp)
     rt = Runtime(rank, world, pp, dp, device, comm_device_for(device, dist.get_backend()))
@@ -208,6 +213,8 @@ def train(cfg: TrainConfig) -> dict | None:
     if not coord:
         return None
     out = coord.result(world, pp, dp)
+    out["bind_cores"] = cfg.bind_cores
+    out["rank0_cores"] = sorted(os.sched_getaffinity(0)) if cores else None  # read back: what the OS applies
     out.update({"device": device.type, "backend": dist.get_backend()})
     return out
 
