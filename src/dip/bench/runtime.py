@@ -8,6 +8,9 @@
     disturbed by other work on the machine (target <= 1.00); ``..._median_of_rounds`` is the median of
     the per-round ratios. ``executor_self_ratio`` (second run of ours / first, same estimators) is the
     measurement's noise floor: a difference to torch smaller than its distance from 1 is noise.
+    ``executor_main_thread_cpu_ms`` / ``torch_main_thread_cpu_ms`` and ``..._preemptions_per_step``:
+    per step, the CPU time and involuntary context switches of each rank's main thread (medians over
+    rounds, mean over ranks; Linux), which separate work an engine does from time it loses to waiting.
     Before every timed step Python's garbage is collected (outside the timing): the executor pauses
     the cyclic GC during a step, which would otherwise push its collections into torch's next step.
     ``executor_overhead_ms_per_action`` / ``torch_overhead_ms_per_action``: what each engine adds per
@@ -97,28 +100,54 @@ def _engines_rank(rank: int, world: int, shape_fields: dict, repeats: int, timeo
         else:
             sched.step()
 
-    def timed(fn, params) -> float:
+    def timed(fn, params, threads: list) -> float:
         for p in params:
             p.grad = None
         gc.collect()  # each engine starts clean and pays only for its own garbage (ours pauses GC in a step)
         timed_collective(dist.barrier, "the benchmark barrier", rank, timeout_s)
+        c0 = _thread_counters()
         t0 = time.perf_counter()
         fn()
         t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        c1 = _thread_counters()
+        if c0 is not None and c1 is not None:
+            threads.append((c1[0] - c0[0], c1[1] - c0[1]))
         timed_collective(dist.all_reduce, "the benchmark all-reduce", rank, timeout_s, t, op=dist.ReduceOp.MAX)
         return float(t[0])
 
     engines = [("ours", run_ours, our_params), ("torch", run_torch, torch_params),
                ("ours_again", run_ours, our_params)]  # a second run of ours: the measurement's noise floor
     times: dict[str, list[float]] = {name: [] for name, _, _ in engines}
+    threads: dict[str, list[tuple[float, int]]] = {name: [] for name, _, _ in engines}
     for i in range(repeats + 2):
         for name, fn, params in engines[i % 3:] + engines[:i % 3]:
-            t = timed(fn, params)
+            t = timed(fn, params, threads[name] if i >= 2 else [])
             if i >= 2:  # two warm-up rounds
                 times[name].append(t)
     same = all(torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6) for a, b in zip(our_params, torch_params))
     dist.destroy_process_group()
-    return {"times": times, "same_gradients": bool(same)}
+    return {"times": times, "threads": threads, "same_gradients": bool(same)}
+
+
+def _thread_counters() -> tuple[float, int] | None:
+    """CPU seconds and involuntary context switches (preemptions) of the calling thread so far, where
+    the operating system reports them per thread (Linux), else ``None``."""
+    try:
+        import resource
+
+        use = resource.getrusage(resource.RUSAGE_THREAD)
+    except (ImportError, AttributeError, OSError):
+        return None
+    return use.ru_utime + use.ru_stime, use.ru_nivcsw
+
+
+def _thread_summary(per_rank: list[dict], name: str) -> dict[str, float | None]:
+    """Per step, medians over rounds averaged over ranks: the main thread's CPU milliseconds and preemptions."""
+    rows = [r["threads"][name] for r in per_rank if r["threads"][name]]
+    if not rows:
+        return {"cpu_ms": None, "preemptions": None}
+    return {"cpu_ms": statistics.mean(statistics.median(c for c, _ in r) for r in rows) * 1e3,
+            "preemptions": statistics.mean(statistics.median(n for _, n in r) for r in rows)}
 
 
 def executor_vs_torch(repeats: int, shape=None, timeout_s: float = 120.0) -> dict[str, Any]:
@@ -133,12 +162,17 @@ def executor_vs_torch(repeats: int, shape=None, timeout_s: float = 120.0) -> dic
         raise RuntimeError(f"executor benchmark failed: {bad[0]}")
     res = got[0][1]
     t_ours, t_torch, t_again = res["times"]["ours"], res["times"]["torch"], res["times"]["ours_again"]
+    ranks = [v for _, v in got]
+    ours_threads, torch_threads = _thread_summary(ranks, "ours"), _thread_summary(ranks, "torch")
     # the fastest quartile of each engine: its own speed, least disturbed by other work on the machine
     ours, theirs = _quartile(t_ours), _quartile(t_torch)
     return {"torch_step_time_ratio": ours / theirs, "executor_step_s": ours, "torch_pipelining_step_s": theirs,
             "torch_step_time_ratio_median_of_rounds": statistics.median(a / b for a, b in zip(t_ours, t_torch)),
             "executor_self_ratio": _quartile(t_again) / ours,
             "executor_self_ratio_median_of_rounds": statistics.median(a / b for a, b in zip(t_again, t_ours)),
+            "executor_main_thread_cpu_ms": ours_threads["cpu_ms"], "torch_main_thread_cpu_ms": torch_threads["cpu_ms"],
+            "executor_preemptions_per_step": ours_threads["preemptions"],
+            "torch_preemptions_per_step": torch_threads["preemptions"],
             "same_gradients": res["same_gradients"] and got[1][1]["same_gradients"],
             "static_model": asdict(shape), "repeats": repeats}
 
