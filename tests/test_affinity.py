@@ -58,9 +58,10 @@ def test_binding_applies_to_every_thread_of_the_rank():
 @needs_affinity
 @pytest.mark.multiproc
 @pytest.mark.timeout(60)
-def test_off_and_gpu_auto_leave_the_affinity_alone():
+def test_off_and_auto_with_a_gpu_or_another_launcher_leave_the_affinity_alone():
     res = spawn(_bound_rank, 1, "off", timeout_s=60)
     assert res[0][0], res
     r = res[0][1]
     assert r["got"] is None and r["main"] == r["before"]
     assert bind_local_rank("auto", 0, 1, uses_gpu=True) is None  # no binding, nothing touched
+    assert bind_local_rank("auto", 0, 1, external_launcher=True) is None  # torchrun places its ranks

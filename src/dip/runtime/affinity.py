@@ -5,8 +5,10 @@ intra-op threads and the communication library's threads then stay on that slice
 the operating system moves the ranks' threads between cores, and a communication thread that wakes
 up on a core busy with another rank's kernels waits for it (see ``docs/runtime.md``).
 
-Modes: ``auto`` binds when every local rank gets at least one core and no GPU is used, ``on`` always
-binds (round-robin, one core each, when there are more ranks than cores), ``off`` never does.
+Modes: ``auto`` binds when every local rank gets at least one core, no GPU is used and ``dip train``
+started the ranks itself (under torchrun or another launcher, placement stays the launcher's: a rank
+it already bound would otherwise be cut into a slice of its own slice); ``on`` always binds
+(round-robin, one core each, when there are more ranks than cores); ``off`` never does.
 """
 from __future__ import annotations
 
@@ -42,10 +44,12 @@ def _threads() -> list[int]:
         return [0]
 
 
-def bind_local_rank(mode: str, local_rank: int, local_world: int, uses_gpu: bool = False) -> tuple[int, ...] | None:
+def bind_local_rank(mode: str, local_rank: int, local_world: int, uses_gpu: bool = False,
+                    external_launcher: bool = False) -> tuple[int, ...] | None:
     """Bind every thread of this process (and the threads it starts later) to the cores of
-    ``local_rank``; returns them, or ``None`` when nothing was bound (mode, GPU, or no affinity support)."""
-    if not hasattr(os, "sched_setaffinity") or (uses_gpu and mode == "auto"):
+    ``local_rank``; returns them, or ``None`` when nothing was bound (mode, GPU, another launcher's
+    ranks under ``auto``, or no affinity support)."""
+    if not hasattr(os, "sched_setaffinity") or (mode == "auto" and (uses_gpu or external_launcher)):
         return None
     slices = core_slices(os.sched_getaffinity(0), local_world, mode)
     if slices is None or not 0 <= local_rank < len(slices):

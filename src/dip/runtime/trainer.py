@@ -187,7 +187,7 @@ def train(cfg: TrainConfig) -> dict | None:
 
     cores = bind_local_rank(cfg.bind_cores, int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
                             int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
-                            uses_gpu=torch.cuda.is_available())
+                            uses_gpu=torch.cuda.is_available(), external_launcher=not os.environ.get("DIP_WORKER"))
     rank, world, device = init_distributed(cfg.timeout_s)
     if cfg.threads or cores:
         torch.set_num_threads(len(cores) if cores else cfg.threads)
