@@ -35,8 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--static-costs", action="store_true",
                    help="plan and predict with the shipped calibration only (no online correction)")
     p.add_argument("--bind-cores", choices=BIND_MODES, default="auto",
-                   help="bind each local rank to its own CPU cores: auto (when every rank gets a core and no GPU "
-                        "is used), on, off (default auto)")
+                   help="bind each local rank to its own CPU cores: auto (when dip train starts the ranks, every "
+                        "rank gets a core and no GPU is used), on, off (default auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
