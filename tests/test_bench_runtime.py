@@ -12,6 +12,7 @@ def test_executor_vs_torch_reports_both_engines_and_the_noise_floor():
                 "executor_self_ratio_median_of_rounds", "executor_step_s", "torch_pipelining_step_s"):
         assert got[key] > 0, key
     assert got["repeats"] == 4
+    assert got["executor_process_cpu_ms"] > 0 and got["torch_process_cpu_ms"] > 0  # every thread of the rank
     if got["executor_main_thread_cpu_ms"] is not None:  # per-thread counters (Linux)
         assert got["executor_main_thread_cpu_ms"] > 0 and got["torch_main_thread_cpu_ms"] > 0
         assert got["executor_preemptions_per_step"] >= 0 and got["torch_preemptions_per_step"] >= 0

@@ -10,7 +10,10 @@
     measurement's noise floor: a difference to torch smaller than its distance from 1 is noise.
     ``executor_main_thread_cpu_ms`` / ``torch_main_thread_cpu_ms`` and ``..._preemptions_per_step``:
     per step, the CPU time and involuntary context switches of each rank's main thread (medians over
-    rounds, mean over ranks; Linux), which separate work an engine does from time it loses to waiting.
+    rounds, mean over ranks; Linux), which separate work an engine does from time it loses to waiting;
+    ``executor_process_cpu_ms`` / ``torch_process_cpu_ms``: the same for the whole process (every
+    thread), the fair measure of work: with receives posted early our sends are written by the main
+    thread, while torch's mostly wait for the receiver and are written by gloo's I/O thread.
     Before every timed step Python's garbage is collected (outside the timing): the executor pauses
     the cyclic GC during a step, which would otherwise push its collections into torch's next step.
     ``executor_overhead_ms_per_action`` / ``torch_overhead_ms_per_action``: what each engine adds per
@@ -105,13 +108,15 @@ def _engines_rank(rank: int, world: int, shape_fields: dict, repeats: int, timeo
             p.grad = None
         gc.collect()  # each engine starts clean and pays only for its own garbage (ours pauses GC in a step)
         timed_collective(dist.barrier, "the benchmark barrier", rank, timeout_s)
-        c0 = _thread_counters()
+        c0, p0 = _thread_counters(), time.process_time()
         t0 = time.perf_counter()
         fn()
         t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-        c1 = _thread_counters()
+        c1, p1 = _thread_counters(), time.process_time()
         if c0 is not None and c1 is not None:
-            threads.append((c1[0] - c0[0], c1[1] - c0[1]))
+            threads.append((c1[0] - c0[0], c1[1] - c0[1], p1 - p0))
+        else:
+            threads.append((None, None, p1 - p0))
         timed_collective(dist.all_reduce, "the benchmark all-reduce", rank, timeout_s, t, op=dist.ReduceOp.MAX)
         return float(t[0])
 
@@ -142,12 +147,18 @@ def _thread_counters() -> tuple[float, int] | None:
 
 
 def _thread_summary(per_rank: list[dict], name: str) -> dict[str, float | None]:
-    """Per step, medians over rounds averaged over ranks: the main thread's CPU milliseconds and preemptions."""
+    """Per step, medians over rounds averaged over ranks: the main thread's CPU milliseconds and
+    preemptions (``None`` where the system has no per-thread counters) and the whole process's CPU
+    milliseconds (every thread: the main thread, gloo's I/O threads, intra-op threads)."""
     rows = [r["threads"][name] for r in per_rank if r["threads"][name]]
-    if not rows:
-        return {"cpu_ms": None, "preemptions": None}
-    return {"cpu_ms": statistics.mean(statistics.median(c for c, _ in r) for r in rows) * 1e3,
-            "preemptions": statistics.mean(statistics.median(n for _, n in r) for r in rows)}
+
+    def per_step(column: int, scale: float) -> float | None:
+        got = [[x[column] for x in r] for r in rows]
+        if not got or any(v is None for r in got for v in r):
+            return None
+        return statistics.mean(statistics.median(r) for r in got) * scale
+
+    return {"cpu_ms": per_step(0, 1e3), "preemptions": per_step(1, 1.0), "process_cpu_ms": per_step(2, 1e3)}
 
 
 def executor_vs_torch(repeats: int, shape=None, timeout_s: float = 120.0) -> dict[str, Any]:
@@ -171,6 +182,8 @@ def executor_vs_torch(repeats: int, shape=None, timeout_s: float = 120.0) -> dic
             "executor_self_ratio": _quartile(t_again) / ours,
             "executor_self_ratio_median_of_rounds": statistics.median(a / b for a, b in zip(t_again, t_ours)),
             "executor_main_thread_cpu_ms": ours_threads["cpu_ms"], "torch_main_thread_cpu_ms": torch_threads["cpu_ms"],
+            "executor_process_cpu_ms": ours_threads["process_cpu_ms"],
+            "torch_process_cpu_ms": torch_threads["process_cpu_ms"],
             "executor_preemptions_per_step": ours_threads["preemptions"],
             "torch_preemptions_per_step": torch_threads["preemptions"],
             "same_gradients": res["same_gradients"] and got[1][1]["same_gradients"],
