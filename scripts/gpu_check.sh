@@ -2,7 +2,9 @@
 # GPU checks on a CUDA machine: profile one layer each of ViT-5B, Llama3-8B and DiT-5B (TP 1, bf16)
 # into a calibration file, then run the CUDA tests (tiny models on the GPU equal the CPU; pipelined
 # training on the GPU equals plain training). Usage: bash scripts/gpu_check.sh [OUTDIR]
-# SKIP_PROFILE=1 runs the tests only. Uses the current python3 (torch with CUDA, numpy, scipy, numba, highspy, pytest); DIP from src/.
+# SKIP_PROFILE=1 runs the tests only. RUNTIME_BENCH=1 also runs `dip bench runtime --json` on the
+# machine's CPUs (gloo, 2 ranks with cores to spare for the communication threads) into
+# OUTDIR/bench_runtime.json. Uses the current python3 (torch with CUDA, numpy, scipy, numba, highspy, pytest); DIP from src/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu-check}
@@ -21,4 +23,7 @@ status=0
   --out "$out/$lower.json" 2>&1 | tee "$out/profile.log" || status=1
 timeout 600 python3 -m pytest -q -p no:cacheprovider -m cuda -o addopts="" tests/test_cuda.py 2>&1 \
   | tee "$out/pytest.log" || status=1
+if [ -n "${RUNTIME_BENCH:-}" ]; then
+  timeout 600 python3 -m dip bench runtime --json >"$out/bench_runtime.json" 2>"$out/bench_runtime.log" || status=1
+fi
 exit $status
