@@ -123,7 +123,7 @@ def _engines_rank(rank: int, world: int, shape_fields: dict, repeats: int, timeo
     engines = [("ours", run_ours, our_params), ("torch", run_torch, torch_params),
                ("ours_again", run_ours, our_params)]  # a second run of ours: the measurement's noise floor
     times: dict[str, list[float]] = {name: [] for name, _, _ in engines}
-    threads: dict[str, list[tuple[float, int]]] = {name: [] for name, _, _ in engines}
+    threads: dict[str, list[tuple[float | None, int | None, float]]] = {name: [] for name, _, _ in engines}
     for i in range(repeats + 2):
         for name, fn, params in engines[i % 3:] + engines[:i % 3]:
             t = timed(fn, params, threads[name] if i >= 2 else [])
