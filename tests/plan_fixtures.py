@@ -60,7 +60,7 @@ def random_order(plan: Plan, rng, split_p: float = 0.5) -> Plan:
     draft: dict[int, list[Action]] = {}
     for k in keys:
         draft.setdefault(graph.chunks[k[0]].rank, []).append(Action(*k))
-    deps = DependencyIndex(replace(plan, order=draft))
+    deps = DependencyIndex.of_plan(replace(plan, order=draft))
     done: set = set()
     left = list(keys)
     order: dict[int, list[Action]] = {r: [] for r in range(graph.num_ranks)}

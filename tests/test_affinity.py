@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from dip.runtime.affinity import bind_local_rank, core_slices
-from dip.runtime.launch import spawn
+from dip.runtime.spawn import spawn
 
 needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
 

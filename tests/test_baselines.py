@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from dip.cost import CostModel
 from dip.data.workload import generate_batches
 from dip.errors import BadInput
-from dip.schedule.baselines import SCHEDULES, build_uniform_plan, get_generator, simulate_schedule
+from dip.planner.schedules import plan_schedule
+from dip.schedule.baselines import SCHEDULES, build_uniform_plan, get_generator
 from dip.schedule.baselines.interleaved import default_group, schedule_table
 from dip.schedule.deps import DependencyIndex
 from dip.schedule.ir import Op
@@ -43,7 +44,7 @@ def assert_complete(plan) -> None:
     keys = [(a.chunk, a.op, a.unit) for acts in plan.order.values() for a in acts]
     counts = Counter(keys)
     assert all(n == 1 for n in counts.values()), [k for k, n in counts.items() if n > 1][:5]
-    assert set(counts) == DependencyIndex(plan).expected_keys()
+    assert set(counts) == DependencyIndex.of_plan(plan).expected_keys()
     for rank, acts in plan.order.items():
         assert all(plan.graph.chunks[a.chunk].rank == rank for a in acts)
 
@@ -171,7 +172,7 @@ def test_model_plans_complete_and_deadlock_free(name: str, model_name: str, pp: 
     batch = generate_batches(model, 1, seed, microbatches=m)[0]
     chunks = v if name in ("gpipe", "interleaved", "megatron", "optimus") else None
     try:
-        sim = simulate_schedule(name, model, batch, cm, hw, chunks=chunks)
+        sim = plan_schedule(name, model, batch, cm, hw, chunks=chunks)
     except BadInput as exc:
         text = str(exc)
         assert ("vision" in text and model_name == "tiny-t2v") or "needs at least" in text, text
@@ -250,7 +251,7 @@ def vlm_s():
 
 def test_optimus_order_structure(vlm_s):
     model, hw, cm, batches = vlm_s
-    plan = simulate_schedule("optimus", model, batches[0], cm, hw).plan
+    plan = plan_schedule("optimus", model, batches[0], cm, hw).plan
     vit_units = plan.units["vit"]
     with_images = [k for k, mb in enumerate(batches[0].microbatches) if mb.images]
     assert [u.mb for u in vit_units] == with_images
@@ -271,8 +272,8 @@ def test_optimus_rejects_models_without_vision_encoder():
 
 def test_nnscaler_plan_is_static(vlm_s):
     model, hw, cm, batches = vlm_s
-    a = simulate_schedule("nnscaler", model, batches[0], cm, hw).plan
-    b = simulate_schedule("nnscaler", model, batches[1], cm, hw).plan
+    a = plan_schedule("nnscaler", model, batches[0], cm, hw).plan
+    b = plan_schedule("nnscaler", model, batches[1], cm, hw).plan
     assert a.graph == b.graph and a.text() == b.text()
     assert len(a.graph.chunks) == model.parallel.pp and not a.split_backward()
     assert a.graph != mixed_partition(model, model.parallel.pp, 1)  # time-, not parameter-balanced
@@ -280,7 +281,7 @@ def test_nnscaler_plan_is_static(vlm_s):
 
 def test_megatron_is_interleaved_over_parameter_balanced_mixed_chunks(vlm_s):
     model, hw, cm, batches = vlm_s
-    sim = simulate_schedule("megatron", model, batches[0], cm, hw)
+    sim = plan_schedule("megatron", model, batches[0], cm, hw)
     assert sim.plan.graph == mixed_partition(model, model.parallel.pp, 2)
     assert sim.plan.meta["chunks_per_rank"] == 2 and sim.plan.meta["memory_strategy"] in ("none", "selective", "full")
     assert 0 < sim.result.lower_bound <= sim.result.iteration_time * (1 + 1e-9)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dip.bench.runtime import executor_vs_torch
-from dip.runtime.static_stack import StackShape
+from dip.bench.static_stack import StackShape
 
 
 def test_executor_vs_torch_reports_both_engines_and_the_noise_floor():

@@ -13,7 +13,7 @@ import torch
 
 from dip.runtime.launch import launch_many
 from dip.runtime.models import ReferenceModel, reference_step
-from dip.runtime.models.fixtures import random_batch, tiny_model
+from model_fixtures import random_batch, tiny_model
 
 from torch_asserts import assert_grads_equal
 from train_fixtures import T2V_SCHEDULES, VLM_SCHEDULES, check_matches_reference, train_cfg

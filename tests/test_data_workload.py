@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dip.data.meta import MicroBatchMeta, lm_sequence_lens
-from dip.data.stats import batch_rows, microbatch_flops, summarize
+from dip.cost.stats import batch_rows, microbatch_flops, summarize
 from dip.data.workload import generate_batches, generate_dynamic_batches, rise_and_fall_bounds
 from dip.errors import BadInput
 from test_data_models import get_model

@@ -8,17 +8,9 @@ from plan_fixtures import fan_in, fan_out, linear
 
 from dip.schedule.errors import ScheduleError
 from dip.schedule.ir import Action, Op, actions, format_actions, order_from_text
-from dip.schedule.lowering import (
-    Program,
-    add_reduce_grad,
-    add_send_recv,
-    comm_batches,
-    defer_recvs,
-    lower,
-    merge_bw,
-    message_of,
-    split_bw,
-)
+from dip.schedule.deps import DependencyIndex
+from dip.schedule.lowering import add_reduce_grad, add_send_recv, defer_recvs, lower, merge_bw, split_bw
+from dip.schedule.program import Program, comm_batches, message_of
 from dip.schedule.validate import validate_program
 
 # 2 ranks, 2 stages, 2 units, 1F1B
@@ -224,8 +216,14 @@ def test_add_send_recv_rejects_misplaced_and_comm_actions():
         add_send_recv(LIN, "lazy")
 
 
-def test_lower_runs_the_passes_in_order():
-    assert lower(V).text() == add_send_recv(V).text()
-    prog = lower(V, defer="stream", reduce_grad=True)
-    assert prog.text() == add_reduce_grad(defer_recvs(add_send_recv(V), "stream")).text()
-    validate_program(V, prog)
+def test_lower_picks_a_validated_program_per_backend():
+    deps = DependencyIndex.of_plan(V)
+    early = add_reduce_grad(add_send_recv(V, deps=deps))
+    nccl = lower(V, "nccl", deps=deps)
+    assert nccl.text() == add_reduce_grad(defer_recvs(add_send_recv(V))).text()
+    validate_program(V, nccl, deps=deps)
+    gloo = lower(V, "gloo")
+    validate_program(V, gloo, "op")
+    assert gloo.compute_order() == early.compute_order()
+    with pytest.raises(ValueError, match="backend"):
+        lower(V, "mpi")

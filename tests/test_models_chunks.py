@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dip.runtime.models import ReferenceModel, SpecModel, build_chunk, reference_step
-from dip.runtime.models.fixtures import random_batch, tiny_model
+from model_fixtures import random_batch, tiny_model
 from dip.runtime.models.sequential import ChunkedModel
 
 from torch_asserts import assert_grads_equal

@@ -6,7 +6,7 @@ import torch
 
 from dip.data.meta import MicroBatchMeta
 from dip.runtime.models import build_chunk, make_unit_data
-from dip.runtime.models.fixtures import tiny_model
+from model_fixtures import tiny_model
 from dip.runtime.models.layers import block_mask, cross_mask
 
 F64 = torch.float64

@@ -1,4 +1,4 @@
-"""The pure-Python shape plan (dip.spec.tensors) equals the shapes the real chunks produce."""
+"""The pure-Python shape plan (dip.data.tensors) equals the shapes the real chunks produce."""
 from __future__ import annotations
 
 import subprocess
@@ -9,9 +9,9 @@ import torch
 
 from dip.data.meta import MicroBatchMeta
 from dip.runtime.models import SpecModel, make_unit_data
-from dip.runtime.models.fixtures import random_batch, tiny_model
+from model_fixtures import random_batch, tiny_model
 from dip.runtime.models.sequential import ChunkCall, ChunkedModel
-from dip.spec.tensors import (Unit, chunk_input_specs, chunk_output_specs, edge_specs, loss_tokens,
+from dip.data.tensors import (Unit, chunk_input_specs, chunk_output_specs, edge_specs, loss_tokens,
                               text_cond_rows)
 
 
@@ -77,5 +77,5 @@ def test_edge_specs_need_the_same_microbatch():
 
 
 def test_tensors_module_imports_no_torch():
-    code = "import sys, dip.spec.tensors; assert 'torch' not in sys.modules"
+    code = "import sys, dip.data.tensors; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dip.runtime.models import MEMORY_STRATEGIES, SpecModel, build_chunk
-from dip.runtime.models.fixtures import random_batch, tiny_model
+from model_fixtures import random_batch, tiny_model
 from dip.runtime.models.sequential import ChunkedModel
 
 F64 = torch.float64

@@ -6,7 +6,7 @@ import torch
 
 from dip.data.meta import BatchMeta, MicroBatchMeta
 from dip.runtime.models import ReferenceModel, SpecModel, build_chunk, make_unit_data, reference_step
-from dip.runtime.models.fixtures import tiny_model
+from model_fixtures import tiny_model
 from dip.runtime.models.sequential import ChunkedModel
 
 from torch_asserts import assert_grads_equal

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 
 from dip.planner.exact import solve_exact
-from dip.planner.uniform import uniform_problem
+from dip.planner.problem import uniform_problem
 from dip.sim.kernel import OK, simulate_arrays
 
 

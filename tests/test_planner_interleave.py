@@ -7,7 +7,7 @@ import numpy as np
 
 from dip.planner.evaluate import Evaluator, TrackConfig, active_items, tail_keys
 from dip.planner.interleave import interleave, rank_orders
-from dip.planner.uniform import uniform_problem
+from dip.planner.problem import uniform_problem
 
 
 def run(problem, cap=None, alternate=True, reserve=0.0, drain=False):

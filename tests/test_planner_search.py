@@ -11,12 +11,14 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from dip.cost import CostModel
 from dip.data.workload import generate_batches
 from dip.errors import Infeasible
+from dip.planner.options import SearchOptions
 from dip.planner import plan_batch
 from dip.planner.evaluate import PAPER_CONFIG, Evaluator
 from dip.planner.problem import build_problem
 from dip.planner.result import default_partition
 from dip.planner.search import search_problem
-from dip.planner.uniform import plan_uniform, uniform_problem
+from dip.planner.problem import uniform_problem
+from dip.planner.uniform import plan_uniform
 from dip.schedule.validate import validate_plan
 from dip.spec import get_model
 from dip.spec.hardware import get_hardware
@@ -37,7 +39,7 @@ def plain_interleaving(model, batch, cm, hardware, limit=None) -> float:
 def test_plan_is_valid_fits_and_beats_the_plain_interleaving(tiny):
     model, cm, hw = tiny
     batch = generate_batches(model, 1, 3, microbatches=6)[0]
-    res = plan_batch(model, batch, cm, hw, rollouts=20, seed=1)
+    res = plan_batch(model, batch, cm, hw, options=SearchOptions(rollouts=20, seed=1))
     validate_plan(res.plan)
     assert not res.sim.oom and res.sim.ok
     assert res.time_s <= plain_interleaving(model, batch, cm, hw) * (1 + 1e-9)
@@ -50,8 +52,8 @@ def test_plan_is_valid_fits_and_beats_the_plain_interleaving(tiny):
 def test_rollout_budget_is_deterministic(tiny):
     model, cm, hw = tiny
     batch = generate_batches(model, 1, 5, microbatches=6)[0]
-    a = plan_batch(model, batch, cm, hw, rollouts=15, seed=7)
-    b = plan_batch(model, batch, cm, hw, rollouts=15, seed=7)
+    a = plan_batch(model, batch, cm, hw, options=SearchOptions(rollouts=15, seed=7))
+    b = plan_batch(model, batch, cm, hw, options=SearchOptions(rollouts=15, seed=7))
     assert a.plan.text() == b.plan.text() and a.plan.strategies == b.plan.strategies
     assert a.time_s == b.time_s
 
@@ -60,7 +62,7 @@ def test_rollout_budget_is_deterministic(tiny):
 def test_other_search_strategies(tiny, strategy):
     model, cm, hw = tiny
     batch = generate_batches(model, 1, 2, microbatches=4)[0]
-    res = plan_batch(model, batch, cm, hw, rollouts=10, strategy=strategy)
+    res = plan_batch(model, batch, cm, hw, options=SearchOptions(rollouts=10, strategy=strategy))
     validate_plan(res.plan)
     assert res.stats.strategy == strategy
 
@@ -69,20 +71,20 @@ def test_infeasible_names_the_rank_and_the_shortfall(tiny):
     model, cm, hw = tiny
     batch = generate_batches(model, 1, 0, microbatches=4)[0]
     with pytest.raises(Infeasible, match=r"rank \d+ needs .* GiB over the .* GiB limit even with full recompute"):
-        plan_batch(model, batch, cm, hw, rollouts=5, memory_limit_bytes=1024.0)
+        plan_batch(model, batch, cm, hw, memory_limit_bytes=1024.0, options=SearchOptions(rollouts=5))
 
 
 def test_parallel_workers_share_one_tree(tiny):
     model, cm, hw = tiny
     batch = generate_batches(model, 1, 4, microbatches=6)[0]
-    one = plan_batch(model, batch, cm, hw, rollouts=24, seed=3, workers=2)
-    two = plan_batch(model, batch, cm, hw, rollouts=24, seed=3, workers=2)
+    one = plan_batch(model, batch, cm, hw, options=SearchOptions(rollouts=24, seed=3, workers=2))
+    two = plan_batch(model, batch, cm, hw, options=SearchOptions(rollouts=24, seed=3, workers=2))
     assert one.stats.rollouts == 24 and one.time_s == two.time_s
     validate_plan(one.plan)
 
 
 def test_uniform_chain_reaches_the_1f1b_closed_form():
-    plan, result, lb, stats = plan_uniform(4, 8, 1, 1.0, 1.0, 1.0, rollouts=5)
+    plan, result, lb, stats = plan_uniform(4, 8, 1, 1.0, 1.0, 1.0, options=SearchOptions(rollouts=5))
     validate_plan(plan)
     assert math.isclose(result.iteration_time, (8 + 4 - 1) * 3)
 
@@ -96,7 +98,7 @@ def test_property_plans_validate_fit_and_never_lose_to_plain_interleaving(tiny, 
     acts = np.bincount(problem.stage_rank, problem.cand.mem[:, 0], minlength=problem.num_ranks)
     limit = float((problem.static + slack * acts).max())  # between "barely" and "plenty"
     try:
-        res = plan_batch(model, batch, cm, hw, rollouts=6, seed=seed, memory_limit_bytes=limit)
+        res = plan_batch(model, batch, cm, hw, memory_limit_bytes=limit, options=SearchOptions(rollouts=6, seed=seed))
     except Infeasible:
         plain = plain_interleaving(model, batch, cm, hw, limit)
         assert not math.isfinite(plain)  # infeasible only where the paper's interleaving is too
@@ -113,7 +115,7 @@ def test_property_uniform_chains(pp, m, chunks, f, b, cap):
     problem = uniform_problem(pp, m, chunks, f, b / 2, b / 2, act_bytes=1.0, memory_limit_bytes=float(cap))
     plain = Evaluator(problem, passes=1).evaluate(problem.default_sequence, PAPER_CONFIG)
     try:
-        state, _ = search_problem(problem, rollouts=4)
+        state, _ = search_problem(problem, SearchOptions(rollouts=4))
     except Infeasible:
         assert not plain.feasible
         return

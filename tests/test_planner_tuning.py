@@ -11,7 +11,7 @@ from dip.data.workload import generate_batches
 from dip.planner.evaluate import DEFAULT_CONFIGS, PAPER_CONFIG, Evaluator
 from dip.planner.problem import build_problem
 from dip.planner.result import default_partition
-from dip.planner.search import SearchState
+from dip.planner.state import SearchState
 from dip.planner.tuning import microbatch_orders, microbatch_work, shifted_sequence, tune_base
 from dip.spec import get_model
 from dip.spec.hardware import get_hardware

@@ -9,7 +9,8 @@ from test_validate import TEMPLATES
 
 from dip.schedule.errors import ScheduleError
 from dip.schedule.ir import Op
-from dip.schedule.lowering import COMM, COMPUTE, RECVS, add_reduce_grad, add_send_recv
+from dip.schedule.lowering import add_reduce_grad, add_send_recv, lower
+from dip.schedule.program import COMM, COMPUTE, RECVS
 from dip.schedule.recv_ahead import post_recvs_ahead
 from dip.schedule.validate import validate_program
 
@@ -100,8 +101,6 @@ def test_ahead_only_moves_receives_earlier_and_stays_deadlock_free(rng, which, s
 
 
 def test_runtime_lowering_puts_receives_ahead_on_gloo_only():
-    from dip.runtime.executor import lower
-
     gloo, nccl = lower(LIN4, "gloo"), lower(LIN4, "nccl")
     assert gloo.text()[0].startswith("0F0 0SEND_F0:1.0 0RECV_B0:1.0 0F1")
     assert "0RECV_B0:1.0 0F1" not in nccl.text()[0]

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import pytest
 
+from dip.data.meta import work_for
 from dip.runtime import planning
-from dip.runtime.calibrate import OnlineCalibration, ScaledCostModel, _busy_times, _fit
+from dip.runtime.calibrate import OnlineCalibration, ScaledCostModel, _fit, busy_times
+from dip.runtime.executor import ActionTime
+from dip.schedule.ir import Action
 from dip.spec.presets import get_model
 
 
@@ -19,8 +22,6 @@ def setup():
 
 def test_scaled_cost_model_multiplies_forward_and_backward_separately(setup):
     model, cm, _, work, _ = setup
-    from dip.data.meta import work_for
-
     mb = work.batches[0].microbatches[0]
     llm = model.module("llm")
     w = work_for(model, llm, mb)
@@ -38,8 +39,9 @@ def test_fit_separates_modules_of_mixed_chunks():
 
 
 def test_busy_time_runs_to_the_next_compute_action_minus_waits():
-    rows = [("0F0", 0.0, 1.0, 0.2), ("0SEND_F0:1.0", 1.0, 1.5, 0.0), ("0B0", 1.5, 3.0, 0.5)]
-    assert _busy_times(rows) == [("0F0", pytest.approx(1.3)), ("0B0", pytest.approx(1.0))]
+    rows = [ActionTime(Action.parse(a), s, e, w)
+            for a, s, e, w in (("0F0", 0.0, 1.0, 0.2), ("0SEND_F0:1.0", 1.0, 1.5, 0.0), ("0B0", 1.5, 3.0, 0.5))]
+    assert busy_times(rows) == [(Action.parse("0F0"), pytest.approx(1.3)), (Action.parse("0B0"), pytest.approx(1.0))]
 
 
 def test_calibration_recovers_a_uniform_slowdown(setup):
@@ -50,7 +52,7 @@ def test_calibration_recovers_a_uniform_slowdown(setup):
     for r, acts in sims[0].result.action_times().items():
         t, rows[r] = 0.0, []
         for a, s, e in acts:  # back to back, every action three times slower than simulated
-            rows[r].append((str(a), t, t + 3 * (e - s), 0.0))
+            rows[r].append(ActionTime(a, t, t + 3 * (e - s)))
             t += 3 * (e - s)
     cal.update(plan, batch, [rows[r] for r in sorted(rows)])
     assert set(cal.factors) == {("vit", "f"), ("vit", "b"), ("llm", "f"), ("llm", "b")}

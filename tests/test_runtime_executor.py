@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from dip.data.meta import BatchMeta, MicroBatchMeta
-from dip.runtime.models.fixtures import random_batch
-from dip.runtime.testing import reference_grads, run_local_step, separated_plan, spawn
+from model_fixtures import random_batch
+from dip.runtime.spawn import spawn
+from runtime_helpers import reference_grads, run_local_step, separated_plan
 from dip.schedule.ir import Plan, actions, order_from_text
-from dip.schedule.lowering import Program, split_bw
+from dip.schedule.lowering import split_bw
+from dip.schedule.program import Program
 from dip.spec.presets import get_model
 
 
@@ -110,7 +112,7 @@ def _v_placement_rank(rank: int, world: int, mode: str = "world"):
     total = sum(provider.loss_tokens(mb) for mb in batch.microbatches)
     group = dist.new_group([0, 1]) if mode == "subgroup" else None
     ex = Executor(rank, provider, stages, timeout_s=30, group=group, post_in_background=mode == "poster")
-    res = ex.run_step(plan, program, batch, step_seed=1, loss_scale=1.0 / total)
+    res = ex.run_step(ex.prepare(plan, program, batch), step_seed=1, loss_scale=1.0 / total)
     grads = {n: p.grad.clone() for s in stages.values() for n, p in s.canonical_named_parameters()}
     sent = [str(a.action) for a in res.actions if a.action.op.is_comm]
     dist.destroy_process_group()
@@ -148,7 +150,8 @@ def _unmatched_recv_rank(rank: int, world: int):
     provider = SpecModel(model, 0, "float64")
     stages = {c.id: StageChunk(c, provider) for c in plan.graph.rank_chunks(rank)}
     try:
-        Executor(rank, provider, stages, timeout_s=2).run_step(plan, program, batch, step_seed=1, loss_scale=1.0)
+        ex = Executor(rank, provider, stages, timeout_s=2)
+        ex.run_step(ex.prepare(plan, program, batch), step_seed=1, loss_scale=1.0)
     except Exception as exc:  # noqa: BLE001 - the message is the result
         return f"{type(exc).__name__}: {exc}"
     return "no error"

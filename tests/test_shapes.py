@@ -9,8 +9,7 @@ from dip.schedule.ir import Action, Channel, Chunk, ChunkPart, Plan, StageGraph,
 from dip.schedule.lowering import add_send_recv
 from dip.spec.model import Edge, ModelSpec, ModuleSpec, ParallelSpec
 
-tensors = pytest.importorskip("dip.spec.tensors")
-from dip.schedule.shapes import ShapePlan, message_key, shape_plan  # noqa: E402
+from dip.schedule.shapes import ShapePlan, shape_plan
 
 VIT = ModuleSpec("vit", "vit", layers=2, hidden=8, ffn_hidden=16, heads=2, kv_heads=2, image_size=28,
                  patch_size=14, spatial_merge=1, out_hidden=16)  # 4 patches and 4 tokens per image
@@ -54,7 +53,7 @@ def test_every_lowered_comm_has_shapes():
     for acts in prog.actions.values():
         for a in acts:
             if a.op.is_comm:
-                assert sp.get(a) == sp.specs[message_key(prog.comms[a].message)]
+                assert sp.get(a) == sp.specs[prog.comms[a].message.key]
 
 
 def test_fan_out_lm_to_dit():

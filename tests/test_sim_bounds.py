@@ -4,6 +4,7 @@ import random
 import numpy as np
 import pytest
 
+from dip.schedule.deps import MessageKey
 from dip.schedule.ir import Action, Op, Plan
 from dip.schedule.units import linear_stage_graph, uniform_units
 from dip.sim import TaskGraph, Topology, list_schedule, simulate, uniform_stage_costs
@@ -110,7 +111,7 @@ def random_structure(rng: random.Random):
         nxt = graph.next_in_group(c.id)
         if nxt is not None:
             for u in units["model"]:
-                costs.message_bytes[(c.id, u.index, nxt, u.index)] = rng.uniform(0, 2e9)
+                costs.message_bytes[MessageKey(c.id, u.index, nxt, u.index)] = rng.uniform(0, 2e9)
     topo = Topology(tp=rng.choice([1, 4, 8]), gpus_per_node=8, intra_bw=1e10, intra_latency_s=1e-3,
                     inter_bw=1e9, inter_latency_s=1e-2)
     split = rng.random() < 0.5

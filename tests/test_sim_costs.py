@@ -4,10 +4,12 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from dip.schedule.deps import MessageKey
+from dip.cost import CostModel
 from dip.data.meta import BatchMeta, MicroBatchMeta
 from dip.data.workload import generate_batches
 from dip.schedule.deps import DependencyIndex
-from dip.schedule.ir import Chunk, ChunkPart, Op, Plan, StageGraph
+from dip.schedule.ir import Action, Chunk, ChunkPart, Op, Plan, StageGraph
 from dip.schedule.units import build_units, chain_channels, module_graph
 from dip.sim import TaskGraph, Topology, list_schedule, simulate, stage_costs
 from dip.spec import get_model
@@ -71,9 +73,9 @@ def test_stage_costs_with_fake_cost_model():
     tpi = model.module("vit").tokens_per_image
     llm0 = costs.stage(2, 0)
     assert costs.f[llm0] == 4 * (50 + 3 * tpi)
-    assert costs.message_bytes[(0, 1, 1, 1)] == 10.0 * ppi
-    assert costs.message_bytes[(1, 0, 2, 0)] == 3.0 * 2 * ppi  # image embeddings of unit 0 (2 images)
-    assert costs.bytes_of(2, 0, 1, 0, backward=True) == costs.message_bytes[(1, 0, 2, 0)]
+    assert costs.message_bytes[MessageKey(0, 1, 1, 1)] == 10.0 * ppi
+    assert costs.message_bytes[MessageKey(1, 0, 2, 0)] == 3.0 * 2 * ppi  # image embeddings of unit 0 (2 images)
+    assert costs.bytes_of(MessageKey(2, 0, 1, 0, True)) == costs.message_bytes[MessageKey(1, 0, 2, 0)]
     assert list(costs.static_bytes) == [2 * (400 + 18), 2 * (400 + 36)]
     assert costs.flops_total == 100.0 and costs.tp == 2
     assert cm.calls <= len(costs.keys)
@@ -95,7 +97,7 @@ def test_strategies_and_mixed_chunks():
     assert costs.f[s] == 6 * tokens
     assert costs.i[s] == 12 * tokens + 2
     assert costs.act_bytes[s] == 4 * tokens
-    assert costs.message_bytes[(0, 0, 1, 0)] == 3.0 * 3 * model.module("vit").patches_per_image
+    assert costs.message_bytes[MessageKey(0, 0, 1, 0)] == 3.0 * 3 * model.module("vit").patches_per_image
 
 
 def test_multimodal_taskgraph_dependencies_and_simulation():
@@ -107,7 +109,7 @@ def test_multimodal_taskgraph_dependencies_and_simulation():
     assert tg.num_tasks == 2 * len(costs.keys) + len(split)
     order = list_schedule(tg)
     plan = Plan(graph, units, flows, order)
-    deps = DependencyIndex(plan)
+    deps = DependencyIndex.of_plan(plan)
     assert deps.split == split
     assert set(tg.actions) == {a for acts in order.values() for a in acts}
     for t, a in enumerate(tg.actions):
@@ -122,20 +124,17 @@ def test_multimodal_taskgraph_dependencies_and_simulation():
 
 
 def plan_action(key):
-    from dip.schedule.ir import Action
-
     return Action(*key)
 
 
 @pytest.mark.parametrize("name,size", [("tiny-vlm", {"vit": 1}), ("tiny-t2v", {"dit": 1})])
 def test_real_cost_model(name, size):
-    cost = pytest.importorskip("dip.cost")
     model = get_model(name)
     batch = generate_batches(model, 1, 0, 6)[0]
     layouts = {m.name: [(0, m.layers // 2), (m.layers // 2, m.layers)] for m in model.modules}
     graph = module_graph(model, 2, layouts)
     units, flows = build_units(model, graph, batch, size)
-    cm = cost.CostModel(model, "H800", 1)
+    cm = CostModel(model, "H800", 1)
     costs = stage_costs(graph, units, flows, model, cm, batch)
     assert np.all(costs.f > 0) and np.all(costs.i > 0) and np.all(costs.act_bytes > 0)
     assert all(v > 0 for v in costs.message_bytes.values())

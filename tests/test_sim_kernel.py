@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from dip.schedule.deps import MessageKey
 from dip.schedule.ir import Plan, order_from_text
 from dip.schedule.units import linear_stage_graph, uniform_units
 from dip.sim import DEADLOCK, DUPLICATE, OK, TaskGraph, Topology, simulate, simulate_order_arrays, uniform_stage_costs
@@ -37,7 +38,7 @@ def test_1f1b_two_ranks_exact_times():
 
 def test_inter_node_delays():
     plan, costs = two_rank_plan({0: "0F0 0F1 0B0 0B1", 1: "1F0 1B0 1F1 1B1"})
-    costs.message_bytes = {(0, u, 1, u): 1e9 for u in range(2)}
+    costs.message_bytes = {MessageKey(0, u, 1, u): 1e9 for u in range(2)}
     topo = Topology(tp=8, gpus_per_node=8, intra_bw=1e12, inter_bw=1e9, inter_latency_s=0.5)
     assert topo.node_of(0) == 0 and topo.node_of(1) == 1
     r = simulate(plan, costs, topo)
@@ -51,7 +52,7 @@ def test_inter_node_delays():
 
 def test_intra_node_uses_nvlink_with_alpha():
     plan, costs = two_rank_plan({0: "0F0 0F1 0B0 0B1", 1: "1F0 1B0 1F1 1B1"})
-    costs.message_bytes = {(0, u, 1, u): 100.0 for u in range(2)}
+    costs.message_bytes = {MessageKey(0, u, 1, u): 100.0 for u in range(2)}
     topo = Topology(tp=2, gpus_per_node=8, intra_bw=100.0, intra_latency_s=0.25, inter_bw=1.0, p2p_alpha=2.0)
     r = simulate(plan, costs, topo)
     start = {str(a): s for a, s, _ in r.action_times()[1]}

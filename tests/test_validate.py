@@ -10,7 +10,8 @@ from plan_fixtures import fan_in, fan_out, linear, random_order
 
 from dip.schedule.errors import ScheduleError, format_grid
 from dip.schedule.ir import Action, order_from_text
-from dip.schedule.lowering import Program, add_send_recv, defer_recvs
+from dip.schedule.lowering import add_send_recv, defer_recvs
+from dip.schedule.program import Program
 from dip.schedule.validate import check_deadlock, validate_plan, validate_program
 
 LIN = linear(2, 2, {0: "0F0 0F1 0B0 0B1", 1: "1F0 1B0 1F1 1B1"})

@@ -3,6 +3,7 @@ import json
 
 from test_sim_costs import BATCH, FakeCostModel
 
+from dip.schedule.deps import MessageKey
 from dip.schedule.ir import Plan, order_from_text
 from dip.schedule.units import build_units, linear_stage_graph, module_graph, uniform_units
 from dip.sim import TaskGraph, Topology, list_schedule, simulate, stage_costs, uniform_stage_costs
@@ -14,7 +15,7 @@ def linear_result():
     graph = linear_stage_graph(2)
     units = uniform_units("model", 2)
     costs = uniform_stage_costs(graph, units, 1.0, 1.0, 1.0)
-    costs.message_bytes = {(0, u, 1, u): 1.0 for u in range(2)}
+    costs.message_bytes = {MessageKey(0, u, 1, u): 1.0 for u in range(2)}
     plan = Plan(graph, units, (), order_from_text({0: "0F0 0F1 0I0 0W0 0I1 0W1", 1: "1F0 1I0 1W0 1F1 1I1 1W1"}))
     return plan, simulate(plan, costs, Topology(intra_bw=10.0))
 

@@ -12,12 +12,13 @@ import pytest
 
 from dip.schedule.export import to_torch_actions, to_torch_csv, to_torch_rows
 from dip.schedule.ir import Action, Chunk, ChunkPart, Plan, StageGraph, order_from_text
-from dip.schedule.lowering import Program, add_send_recv, defer_recvs
+from dip.schedule.lowering import add_send_recv, defer_recvs
+from dip.schedule.program import Program
 from dip.schedule.units import chain_channels, uniform_units
 from dip.schedule.validate import validate_plan, validate_program
 
-schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
-visualizer = pytest.importorskip("torch.distributed.pipelining._schedule_visualizer")
+from torch.distributed.pipelining import schedules
+from torch.distributed.pipelining import _schedule_visualizer as visualizer
 
 
 def gpipe(pp: int, m: int) -> dict[int, str]:

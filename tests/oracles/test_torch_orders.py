@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
-schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
+import torch
+from torch.distributed.pipelining import schedules
 
 from dip.schedule.baselines import build_uniform_plan  # noqa: E402
 

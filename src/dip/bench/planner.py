@@ -16,29 +16,21 @@ import argparse
 import time
 from typing import Any
 
-from dip.cli.common import emit, positive_int
+from dip.cost import CostModel
+from dip.data.workload import generate_batches
+from dip.errors import positive_int
+from dip.io import emit
+from dip.planner import SearchOptions, plan_batch
+from dip.planner.ablation import ablation
+from dip.planner.report import PlanRequest, plan_batches
+from dip.spec import load_model
+from dip.spec.hardware import get_hardware
 
 MODELS = ("VLM-S", "VLM-M", "VLM-L", "T2V-S", "T2V-L")
 PAPER_RANGE = {"vlm": (1.156, 1.762), "t2v": (1.366, 1.973)}
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("planner", help="DIP vs the baselines, ablation, lower-bound gap, search efficiency",
-                              description="Plan generated batches with DIP and every baseline, run the Table-5 "
-                                          "ablation, the time-to-quality curve and MCTS vs DFS vs random.")
-    p.add_argument("--models", nargs="+", default=list(MODELS), help="model presets (default: the paper's five)")
-    p.add_argument("--batches", type=int, help="batches per model (default 50, 3 with --quick)")
-    p.add_argument("--budget", type=float, help="search seconds per batch (default 2, 1 with --quick)")
-    p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
-    p.add_argument("--quick", action="store_true", help="few batches and short searches")
-    p.add_argument("--skip", nargs="+", default=[], choices=("e2e", "ablation", "curve", "strategies"),
-                   help="sections to skip")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run)
-
-
 def e2e(models, batches: int, budget: float, seed: int) -> list[dict[str, Any]]:
-    from dip.planner.report import PlanRequest, plan_batches
 
     rows = []
     for name in models:
@@ -59,18 +51,12 @@ def e2e(models, batches: int, budget: float, seed: int) -> list[dict[str, Any]]:
 
 
 def _batch(model_name: str, seed: int):
-    from dip.cost import CostModel
-    from dip.data.workload import generate_batches
-    from dip.spec import load_model
-    from dip.spec.hardware import get_hardware
-
     model = load_model(model_name)
     hardware = get_hardware("H800")
     return model, generate_batches(model, 1, seed)[0], CostModel(model, hardware), hardware
 
 
 def ablation_rows(budget: float, seed: int) -> list[dict[str, Any]]:
-    from dip.planner.ablation import ablation
 
     model, batch, cost_model, hardware = _batch("VLM-S", seed)
     rows = ablation(model, batch, cost_model, hardware, budget_s=budget, seed=seed)
@@ -80,10 +66,9 @@ def ablation_rows(budget: float, seed: int) -> list[dict[str, Any]]:
 
 
 def curve(budget: float, seed: int) -> dict[str, Any]:
-    from dip.planner import plan_batch
 
     model, batch, cost_model, hardware = _batch("VLM-L", seed)
-    res = plan_batch(model, batch, cost_model, hardware, budget_s=budget, seed=seed)
+    res = plan_batch(model, batch, cost_model, hardware, options=SearchOptions(budget_s=budget, seed=seed))
     final = res.time_s
     reached = next((t for t, v in res.stats.curve if v <= final * 1.01), None)
     return {"model": "VLM-L", "budget_s": budget, "final_s": final, "lower_bound_s": res.lower_bound_s,
@@ -93,13 +78,12 @@ def curve(budget: float, seed: int) -> dict[str, Any]:
 
 def strategies(budget: float, seed: int) -> list[dict[str, Any]]:
     """Search strategies alone (no polishing), same tuned starting point and budget."""
-    from dip.planner import plan_batch
 
     model, batch, cost_model, hardware = _batch("VLM-L", seed)
     rows = []
     for name in ("mcts", "dfs", "random"):
-        res = plan_batch(model, batch, cost_model, hardware, budget_s=budget, seed=seed, strategy=name,
-                         polish_schedules=False)
+        res = plan_batch(model, batch, cost_model, hardware,
+                         options=SearchOptions(budget_s=budget, seed=seed, strategy=name, polish=False))
         rows.append({"strategy": name, "final_s": res.time_s, "rollouts": res.stats.rollouts,
                      "curve": [[t, v] for t, v in res.stats.curve]})
     return rows

@@ -2,7 +2,7 @@
 
 (a) Our executor against ``torch.distributed.pipelining``'s ``Schedule1F1B`` (public API:
     ``PipelineStage`` with static shapes, ``Schedule1F1B``) on the same static-shape model (a stack of
-    tiny decoder blocks, :mod:`dip.runtime.static_stack`), the same 1F1B plan and the same parameters;
+    tiny decoder blocks, :mod:`dip.bench.static_stack`), the same 1F1B plan and the same parameters;
     each round times both engines back to back, plus our executor a second time (the order rotates);
     ``torch_step_time_ratio`` = ours / torch of each engine's fastest-quartile step time, the least
     disturbed by other work on the machine (target <= 1.00); ``..._median_of_rounds`` is the median of
@@ -20,7 +20,7 @@
     compute action to a plain forward/backward loop over the same blocks (one process, one stage, a
     tiny stack so that the engines' own work dominates; median of alternating runs).
 (b) DIP against 1F1B on ``tiny-vlm`` with batches that change every step, float32: every step runs
-    both schedules' plans of that step's batch back to back (:mod:`dip.runtime.compare`), so both see
+    both schedules' plans of that step's batch back to back (:mod:`dip.bench.compare`), so both see
     the same machine load; ``dip_speedup_vs_1f1b`` = median over steps (after an untimed warm-up step,
     step 0 dropped: it has no calibration yet)
     of 1F1B / DIP pipeline time, and the simulator's accuracy on those runs,
@@ -37,47 +37,38 @@ balanced schedule such as DIP cannot gain from overlapping and pays for its fine
 from __future__ import annotations
 
 import gc
+import resource
 import statistics
 import time
 from dataclasses import asdict
 from typing import Any
 
-from dip.cli.common import emit, positive_int
+import torch
+import torch.distributed as dist
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 
+from dip.bench.compare import compare_schedules
+from dip.bench.static_stack import MODULE, StackShape, TorchStage, stack_batch, stack_inputs, stack_model, stack_plan
+from dip.errors import positive_int
+from dip.io import emit
+from dip.runtime.comm import timed_collective
+from dip.runtime.spawn import spawn
+from dip.runtime.step import StepRunner
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("runtime", help="executor vs torch pipelining; DIP vs 1F1B measured; simulator accuracy",
-                              description="Measure the runtime on 2 local processes (see dip.bench.runtime).")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--repeats", type=int, default=100, help="timed steps per engine in part (a) (default 100)")
-    p.add_argument("--steps", type=int, default=8, help="steps (new batch each) in part (b) (default 8)")
-    p.add_argument("--model", default="tiny-vlm", help="model of part (b) (default tiny-vlm)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=run)
+__all__ = ["dip_vs_1f1b", "effective_cores", "engine_overheads", "executor_vs_torch", "run"]
 
 
 # --------------------------------------------------------------------------- (a) executor vs torch
 
 def _engines_rank(rank: int, world: int, shape_fields: dict, repeats: int, timeout_s: float) -> dict:
-    import torch
-    import torch.distributed as dist
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
-
-    from dip.runtime.comm import timed_collective
-    from dip.runtime.executor import Executor, lower
-    from dip.runtime.stage import StageChunk
-    from dip.runtime.static_stack import (MODULE, StackShape, TorchStage, stack_batch, stack_inputs, stack_model,
-                                          stack_plan)
-
     dist.init_process_group("gloo", init_method="env://")
     shape = StackShape(**shape_fields)
     model = stack_model(shape)
     plan = stack_plan(shape, world)
-    program = lower(plan, "gloo")
     batch = stack_batch(shape)
     total = sum(model.loss_tokens(mb) for mb in batch.microbatches)
-    stages = {c.id: StageChunk(c, model) for c in plan.graph.rank_chunks(rank)}
-    ours = Executor(rank, model, stages, timeout_s=timeout_s)
+    ours = StepRunner(rank, model, timeout_s=timeout_s)
+    prepared = ours.prepare(plan, batch)
     (chunk,) = plan.graph.rank_chunks(rank)
     part = chunk.parts[0]
     torch_module = TorchStage(model.build_chunk(MODULE, part.layer_start, part.layer_end))
@@ -89,11 +80,11 @@ def _engines_rank(rank: int, world: int, shape_fields: dict, repeats: int, timeo
                           input_grads=(None,) if rank == 0 else (example,))
     sched = Schedule1F1B(stage, shape.microbatches, loss_fn=lambda out, tgt: (out - tgt).pow(2).sum() / total,
                          scale_grads=False)
-    our_params = [p for s in stages.values() for p in s.params]
+    our_params = ours.parameters()
     torch_params = list(torch_module.parameters())
 
     def run_ours() -> None:
-        ours.run_step(plan, program, batch, step_seed=1, loss_scale=1.0 / total)
+        ours.run(prepared, step_seed=1, loss_scale=1.0 / total)
 
     def run_torch() -> None:
         if rank == 0:
@@ -138,10 +129,8 @@ def _thread_counters() -> tuple[float, int] | None:
     """CPU seconds and involuntary context switches (preemptions) of the calling thread so far, where
     the operating system reports them per thread (Linux), else ``None``."""
     try:
-        import resource
-
         use = resource.getrusage(resource.RUSAGE_THREAD)
-    except (ImportError, AttributeError, OSError):
+    except (AttributeError, OSError):  # RUSAGE_THREAD is Linux-only
         return None
     return use.ru_utime + use.ru_stime, use.ru_nivcsw
 
@@ -163,8 +152,6 @@ def _thread_summary(per_rank: list[dict], name: str) -> dict[str, float | None]:
 
 def executor_vs_torch(repeats: int, shape=None, timeout_s: float = 120.0) -> dict[str, Any]:
     """Part (a): median step times of both engines and their ratio."""
-    from dip.runtime.launch import spawn
-    from dip.runtime.static_stack import StackShape
 
     shape = shape or StackShape()
     got = spawn(_engines_rank, 2, asdict(shape), repeats, timeout_s, timeout_s=20 * timeout_s)
@@ -195,21 +182,12 @@ def _quartile(xs: list[float]) -> float:
 
 
 def _overhead_rank(rank: int, world: int, repeats: int) -> dict[str, float]:
-    import torch
-    import torch.distributed as dist
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
-
-    from dip.runtime.executor import Executor, lower
-    from dip.runtime.stage import StageChunk
-    from dip.runtime.static_stack import (MODULE, StackShape, TorchStage, stack_batch, stack_inputs, stack_model,
-                                          stack_plan)
-
     dist.init_process_group("gloo", init_method="env://")
     shape = StackShape(layers=2, hidden=8, heads=2, tokens=4, microbatches=8)
-    model, plan = stack_model(shape), stack_plan(shape, 1)
-    program, batch = lower(plan), stack_batch(shape)
+    model, plan, batch = stack_model(shape), stack_plan(shape, 1), stack_batch(shape)
     total = sum(model.loss_tokens(mb) for mb in batch.microbatches)
-    ex = Executor(0, model, {c.id: StageChunk(c, model) for c in plan.graph.rank_chunks(0)})
+    runner = StepRunner(0, model)
+    prepared = runner.prepare(plan, batch)
     torch_module = TorchStage(model.build_chunk(MODULE, 0, shape.layers))
     x, y = stack_inputs(model, shape, step_seed=1)
     stage = PipelineStage(torch_module, 0, 1, torch.device("cpu"), input_args=(x[:1],), output_args=(x[:1],))
@@ -222,7 +200,7 @@ def _overhead_rank(rank: int, world: int, repeats: int) -> dict[str, float]:
             torch.autograd.backward([(torch_module(xk) - yk).pow(2).sum() / total])
 
     def ours() -> None:
-        ex.run_step(plan, program, batch, step_seed=1, loss_scale=1.0 / total)
+        runner.run(prepared, step_seed=1, loss_scale=1.0 / total)
 
     def theirs() -> None:
         sched.step(x, target=y, losses=[])
@@ -247,7 +225,6 @@ def _overhead_rank(rank: int, world: int, repeats: int) -> dict[str, float]:
 def engine_overheads(repeats: int = 200) -> dict[str, float]:
     """Milliseconds each engine adds per compute action to a plain forward/backward loop over the same
     blocks: one process, one stage, a tiny static stack (so the engine's own work dominates)."""
-    from dip.runtime.launch import spawn
 
     ((ok, got),) = spawn(_overhead_rank, 1, repeats, timeout_s=600)
     if not ok:
@@ -256,8 +233,6 @@ def engine_overheads(repeats: int = 200) -> dict[str, float]:
 
 
 def _busy_loop() -> float:
-    import torch
-
     torch.set_num_threads(1)
     a = torch.randn(256, 256)
     t0 = time.perf_counter()
@@ -272,7 +247,6 @@ def _busy_rank(rank: int, world: int) -> float:
 
 def effective_cores() -> float:
     """How many cores two ranks really get: 2 x (one process alone) / (two processes at once)."""
-    from dip.runtime.launch import spawn
 
     alone = min(_busy_loop() for _ in range(2))
     both = max(v for ok, v in spawn(_busy_rank, 2, timeout_s=120) if ok)
@@ -282,8 +256,7 @@ def effective_cores() -> float:
 # --------------------------------------------------------------------------- (b) DIP vs 1F1B
 
 def dip_vs_1f1b(model: str, steps: int, seed: int, repeats: int = 5) -> dict[str, Any]:
-    """Part (b): DIP and 1F1B step by step on the same batches (:mod:`dip.runtime.compare`)."""
-    from dip.runtime.compare import compare_schedules
+    """Part (b): DIP and 1F1B step by step on the same batches (:mod:`dip.bench.compare`)."""
 
     res = compare_schedules(model, ["dip", "1f1b"], steps, seed=seed, repeats=repeats)
     dip, base = res["dip"], res["1f1b"]

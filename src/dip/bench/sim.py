@@ -12,9 +12,10 @@ import argparse
 import time
 from typing import Any
 
-from dip.cli.common import emit, positive_int
+from dip.cost import CostModel
 from dip.data.meta import BatchMeta
-from dip.errors import BadInput
+from dip.errors import BadInput, positive_int
+from dip.io import emit
 from dip.data.workload import generate_batches
 from dip.schedule.ir import Plan
 from dip.schedule.units import build_units, module_graph, split_evenly
@@ -29,24 +30,9 @@ from dip.spec.hardware import get_hardware
 SUB_MICROBATCH = 12  # the paper's best ViT/DiT sub-microbatch size
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("sim", help="simulator throughput (simulated actions per second)",
-                              description="Time the simulator's per-candidate call on a paper-sized plan.")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--model", default="VLM-L", help="model preset or file (default VLM-L)")
-    p.add_argument("--repeats", type=int, default=200, help="timed simulations (default 200)")
-    p.add_argument("--microbatches", type=int, default=64, help="micro-batches per global batch (default 64)")
-    p.add_argument("--segments", type=int, default=3, help="pipeline segments per module, K_i (default 3)")
-    p.add_argument("--hardware", default="H800", help="hardware preset (default H800)")
-    p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
-    p.set_defaults(func=run)
-
-
 def build_bench_plan(model: ModelSpec, batch: BatchMeta, segments: int, hardware: str
                      ) -> tuple[Plan, TaskGraph, dict[str, float]]:
     """A separated-partition plan of ``batch`` ordered by the list scheduler, its task graph and timings."""
-    from dip.cost import CostModel
-
     pp, tp = model.parallel.pp, model.parallel.tp
     too_deep = [m.name for m in model.modules if m.layers < segments * pp]
     if too_deep:

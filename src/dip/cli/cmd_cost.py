@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from dip.cli.common import emit, positive_int
-from dip.errors import BadInput
+from dip.cost import STRATEGIES, CostModel, layer_flops
+from dip.data.meta import ModuleWork
+from dip.errors import BadInput, positive_int
+from dip.io import emit
+from dip.spec.hardware import get_hardware
+from dip.spec.presets import get_model
+from dip.spec.validate import with_overrides
 
 DEFAULT_T2V_TEXT_TOKENS = 512
 
@@ -28,8 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def sample_work(module, images: int, text_tokens: int, clips: int, clip_seconds: float):
     """ModuleWork of one sample: ``images`` ViT images, one LM sequence, ``clips`` DiT clips."""
-    from dip.data.meta import ModuleWork
-
     if module.kind == "vit":
         return ModuleWork(seq_lens=(module.patches_per_image,) * images, instances=images)
     if module.kind == "decoder":
@@ -43,8 +46,6 @@ def sample_work(module, images: int, text_tokens: int, clips: int, clip_seconds:
 def cost_report(model, hardware, tp: int | None = None, images: int | None = None, text_tokens: int | None = None,
                 clips: int | None = None, clip_seconds: float | None = None) -> dict:
     """The ``dip cost`` JSON for ``model`` on ``hardware`` (a HardwareSpec or name/path)."""
-    from dip.cost import STRATEGIES, CostModel, layer_flops
-
     tp = int(tp or model.parallel.tp)
     images = model.is_vlm * 8 if images is None else images
     text_tokens = (model.context_length if model.is_vlm else DEFAULT_T2V_TEXT_TOKENS) if text_tokens is None \
@@ -95,10 +96,6 @@ def _text(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dip.spec.hardware import get_hardware
-    from dip.spec.presets import get_model
-    from dip.spec.validate import with_overrides
-
     model = get_model(args.model)
     if args.tp is not None:
         model = with_overrides(model, tp=positive_int("--tp", args.tp))

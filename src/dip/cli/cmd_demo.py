@@ -12,7 +12,7 @@ import shlex
 import subprocess
 import sys
 
-from dip.cli.common import check_writable
+from dip.io import check_writable
 
 
 def register(subparsers) -> None:

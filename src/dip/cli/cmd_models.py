@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dip.cli.common import emit
+from dip.io import emit
 from dip.spec import ModelSpec, list_models, model_params, module_params
 
 

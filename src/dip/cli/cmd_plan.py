@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dip.cli.common import check_writable, emit, positive_int
-from dip.errors import BadInput
+from dip.cli.cmd_simulate import parse_costs
+from dip.errors import BadInput, positive_int
+from dip.io import check_writable, emit
+from dip.schedule.baselines import build_uniform_plan
 
 GIB = 2**30
 VLM_BASELINES = ("megatron", "nnscaler", "optimus", "1f1b", "interleaved", "zb-h1", "gpipe")
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.budget is not None and args.budget <= 0:
         raise BadInput(f"--budget must be > 0 seconds, got {args.budget}")
     if args.workers is None:
-        from dip.planner.parallel import default_workers
+        from dip.planner.parallel import default_workers  # numba planner (about a second to load)
 
         args.workers = default_workers()
     positive_int("workers", args.workers)
@@ -91,11 +93,11 @@ def run(args: argparse.Namespace) -> int:
         out, plan, result = run_model(args)
         text = format_text(out)
     if args.trace:
-        from dip.viz.trace import write_chrome_trace
+        from dip.viz.trace import write_chrome_trace  # numba simulator (about a second to load)
 
         write_chrome_trace(args.trace, plan, result)
     if args.gantt:
-        from dip.viz.gantt import write_gantt_png
+        from dip.viz.gantt import write_gantt_png  # matplotlib and the simulator (seconds to load)
 
         write_gantt_png(args.gantt, plan, result, label=f"dip {out.get('model', 'uniform')}")
     emit(out, args.json, text)
@@ -103,9 +105,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_uniform(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
-    from dip.cli.cmd_simulate import parse_costs
-    from dip.planner.uniform import plan_uniform, warm_up
-    from dip.schedule.baselines import build_uniform_plan
+    # numba-compiled planner and simulator (about a second to load): imported only when planning
+    from dip.planner.options import SearchOptions
+    from dip.planner.uniform import plan_uniform
+    from dip.planner.warmup import warm_up
     from dip.sim import simulate, uniform_stage_costs
 
     f, i, w = parse_costs(args.uniform_costs)
@@ -113,8 +116,8 @@ def run_uniform(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
     m = positive_int("microbatches", args.microbatches)
     v = positive_int("chunks", args.chunks)
     warm_up()
-    plan, result, lb, stats = plan_uniform(pp, m, v, f, i, w, args.budget, args.rollouts, args.seed,
-                                           strategy=args.strategy)
+    options = SearchOptions(budget_s=args.budget, rollouts=args.rollouts, seed=args.seed, strategy=args.strategy)
+    plan, result, lb, stats = plan_uniform(pp, m, v, f, i, w, options=options)
     baselines = {}
     for name in ("1f1b", "gpipe", "interleaved", "zb-h1"):
         try:
@@ -133,7 +136,7 @@ def run_uniform(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
 
 
 def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
-    from dip.planner.report import PlanRequest, plan_batches
+    from dip.planner.report import PlanRequest, plan_batches  # numba planner (about a second to load)
 
     if not args.model:
         raise BadInput("give --model (e.g. VLM-S) or --uniform-costs F:I:W")

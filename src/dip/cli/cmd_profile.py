@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from dip.cli.common import check_writable, emit, positive_int
-from dip.errors import BadInput
+import json
+from dataclasses import replace
+
+from dip.errors import BadInput, choices_error, positive_int
+from dip.io import check_writable, emit
+from dip.spec.hardware import calibration_path, get_hardware, shipped_calibrations
+from dip.spec.presets import MODULE_PRESETS, get_model, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,13 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _modules(model_name: str | None, selectors: list[str] | None):
-    from dip.cost.profile import REFERENCE_MODULES
-
-    from dip.spec.presets import MODULE_PRESETS
+    from dip.cost.profile import REFERENCE_MODULES  # torch (several seconds to load): profiling only
 
     if model_name:
-        from dip.spec.presets import get_model
-
         modules = tuple(get_model(model_name).modules)
     else:
         modules = REFERENCE_MODULES
@@ -52,8 +53,6 @@ def _modules(model_name: str | None, selectors: list[str] | None):
     known = {m.name for m in chosen} | {m.kind for m in chosen}
     unknown = [s for s in selectors if s not in known]
     if unknown:
-        from dip.errors import choices_error
-
         names = [*(m.name for m in modules), *(n for n in MODULE_PRESETS if not model_name)]
         raise choices_error("module", unknown[0], [*dict.fromkeys(names), "vit", "decoder", "dit"])
     return tuple(chosen)
@@ -61,8 +60,6 @@ def _modules(model_name: str | None, selectors: list[str] | None):
 
 def _standalone(module):
     """A module preset profiled outside a model: a ViT projects to and a DiT attends to a 4096-wide LM."""
-    from dataclasses import replace
-
     if module.kind == "vit" and not module.out_hidden:
         return replace(module, out_hidden=4096)
     if module.kind == "dit" and not module.cond_hidden:
@@ -71,7 +68,7 @@ def _standalone(module):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    import torch  # heavy (several seconds to load): only profiling needs it
 
     check_writable(args.out)
     device = args.device.lower()
@@ -92,8 +89,6 @@ def run(args: argparse.Namespace) -> int:
     if args.runtime_models:
         if cuda:
             raise BadInput("--runtime-models measures on 2 local CPU processes; use it with --device cpu")
-        from dip.spec.presets import load_model
-
         for name in args.runtime_models:
             load_model(name)  # a bad name fails before any measuring
 
@@ -103,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             raise BadInput("--base only makes sense with --runtime-models (it skips the block profile)")
         hw, record = _load_base(args.base)
     else:
-        from dip.cost.profile import calibrate
+        from dip.cost.profile import calibrate  # torch (several seconds to load)
 
         hw, record = calibrate(modules, sizes, device, args.hidden_scale, block, args.name, rounds=rounds,
                                threads=threads)
@@ -127,11 +122,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _load_base(name: str):
     """A calibration's spec (without runtime factors) and its measurement record."""
-    import json
-    from dataclasses import replace
-
-    from dip.spec.hardware import calibration_path, get_hardware, shipped_calibrations
-
     hw = replace(get_hardware(name), runtime_factors={}, action_overhead_s={})
     path = calibration_path(name.lower()) if name.lower() in shipped_calibrations() else name
     with open(path, encoding="utf-8") as f:
@@ -143,9 +133,7 @@ def _load_base(name: str):
 
 def _with_runtime_factors(hw, record: dict, out: str, models: list[str], steps: int):
     """Measure runtime factors and action overheads against the block fit (written to ``out`` first)."""
-    from dataclasses import replace
-
-    from dip.runtime.calibrate import measure_runtime_factors
+    from dip.bench.calibration import measure_runtime_factors  # torch (several seconds to load)
 
     hw.save(out, extra=record)
     factors, overhead, report = measure_runtime_factors(out, models, steps)

@@ -12,9 +12,17 @@ import os
 import tempfile
 from typing import Any, Callable
 
-from dip.cli.common import check_writable, emit, positive_int
-from dip.errors import BadInput
+from dip.cost import CostModel
+from dip.data.workload import generate_batches
+from dip.errors import BadInput, positive_int
+from dip.io import check_writable, emit
+from dip.schedule.baselines import build_uniform_plan
+from dip.schedule.export import to_torch_csv
 from dip.schedule.ir import Plan
+from dip.schedule.validate import validate_plan
+from dip.spec.hardware import get_hardware
+from dip.spec.presets import load_model as load_preset
+from dip.spec.validate import with_overrides
 
 GIB = 2**30
 DEFAULT_UNIFORM_PP = 4
@@ -54,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
     for path, field in ((args.trace, "--trace"), (args.gantt, "--gantt"), (args.export_torch, "--export-torch")):
         if path:
             check_writable(path, field)
-    from dip.schedule.baselines import get_generator
+    # numba-compiled planner and simulator (about a second to load): imported once the options are checked
+    from dip.planner.schedules import check_schedule
 
-    get_generator(args.schedule)  # unknown names fail before any work
+    args.schedule = check_schedule(args.schedule)  # unknown names fail before any work
     if args.uniform_costs:
         out, plan, result = run_uniform(args)
         text = (f"{out['schedule']}: pp {out['pp']} x {out['chunks']} chunks, {out['microbatches']} micro-batches: "
@@ -83,15 +92,16 @@ def parse_costs(text: str) -> tuple[float, float, float]:
 
 
 def run_uniform(args: argparse.Namespace) -> tuple[dict[str, Any], Plan, Any]:
-    from dip.schedule.baselines import build_uniform_plan
-    from dip.sim import simulate, uniform_stage_costs
+    from dip.sim import simulate, uniform_stage_costs  # numba (heavy): see run()
 
     f, i, w = parse_costs(args.uniform_costs)
+    if args.schedule == "dip":
+        raise BadInput("schedule dip searches its own order: run `dip plan --uniform-costs F:I:W` for uniform costs")
     pp = positive_int("pp", args.pp if args.pp is not None else DEFAULT_UNIFORM_PP)
     m = positive_int("microbatches", args.microbatches)
     v = positive_int("chunks", args.chunks if args.chunks is not None else 1)
     plan = build_uniform_plan(args.schedule, pp, m, v)
-    validator()(plan)
+    validate_plan(plan)
     costs = uniform_stage_costs(plan.graph, plan.units, f, i, w)
     result = simulate(plan, costs, None, args.memory_limit_gib * GIB if args.memory_limit_gib else None)
     check_completed(result, plan)
@@ -105,23 +115,16 @@ def run_uniform(args: argparse.Namespace) -> tuple[dict[str, Any], Plan, Any]:
 
 # -- model mode -----------------------------------------------------------------------------------
 def load_model(args: argparse.Namespace):
-    from dip.spec.presets import load_model as load
-    from dip.spec.validate import with_overrides
-
     if not args.model:
         raise BadInput("give --model (e.g. VLM-S) or --uniform-costs F:I:W")
-    return with_overrides(load(args.model), tp=args.tp, pp=args.pp, dp=args.dp)
+    return with_overrides(load_preset(args.model), tp=args.tp, pp=args.pp, dp=args.dp)
 
 
 def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Plan, Any]:
-    from dip.cost import CostModel
-    from dip.data.workload import generate_batches
-    from dip.schedule.baselines import get_generator, simulate_schedule
-    from dip.spec.hardware import get_hardware
+    from dip.planner.schedules import check_schedule, plan_schedule  # numba (heavy): see run()
 
     model = load_model(args)
-    sched = get_generator(args.schedule)
-    sched.supports(model)
+    name = check_schedule(args.schedule, model)
     batches_n = positive_int("batches", args.batches)
     m = positive_int("microbatches", args.microbatches)
     positive_int("seed", args.seed, minimum=0)
@@ -135,14 +138,14 @@ def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Plan, Any]:
     limit = args.memory_limit_gib * GIB if args.memory_limit_gib is not None else float(hardware.mem_bytes)
     cost_model = CostModel(model, hardware, model.parallel.tp)
     batches = generate_batches(model, batches_n, args.seed, microbatches=m)
-    check = validator()
     per_batch, first = [], None
     for batch in batches:
-        sim = simulate_schedule(sched.name, model, batch, cost_model, hardware, chunks, limit, check=check)
+        sim = plan_schedule(name, model, batch, cost_model, hardware, chunks=chunks, memory_limit_bytes=limit,
+                            check=validate_plan)
         check_completed(sim.result, sim.plan)
         per_batch.append(batch_row(sim))
         first = first or sim
-    out = summarize(sched.name, model, m, limit, hardware, per_batch)
+    out = summarize(name, model, m, limit, hardware, per_batch)
     return out, first.plan, first.result
 
 
@@ -186,15 +189,6 @@ def format_text(out: dict[str, Any]) -> str:
 
 
 # -- shared ---------------------------------------------------------------------------------------
-def validator() -> Callable[[Plan], None]:
-    """:func:`dip.schedule.validate.validate_plan`, or a no-op where the validator is not installed."""
-    try:
-        from dip.schedule.validate import validate_plan
-    except ImportError:
-        return lambda plan: None
-    return validate_plan
-
-
 def check_completed(result, plan: Plan) -> None:
     if getattr(result, "ok", True):
         return
@@ -204,16 +198,15 @@ def check_completed(result, plan: Plan) -> None:
 
 def write_outputs(args: argparse.Namespace, plan: Plan, result) -> None:
     if args.trace:
-        from dip.viz.trace import write_chrome_trace
+        from dip.viz.trace import write_chrome_trace  # numba simulator (about a second to load)
         write_via_temp(args.trace, lambda tmp: write_chrome_trace(tmp, plan, result))
     if args.gantt:
-        from dip.viz.gantt import write_gantt_png
+        from dip.viz.gantt import write_gantt_png  # matplotlib (about a second to load)
         write_via_temp(args.gantt, lambda tmp: write_gantt_png(tmp, plan, result), suffix=".png")
     if args.export_torch:
         if len(plan.graph.groups) != 1 or plan.flows or any(len(c.parts) != 1 for c in plan.graph.chunks):
             raise BadInput(f"--export-torch needs a linear chain of single-module chunks; "
                            f"the {plan.schedule} plan has groups {', '.join(plan.graph.groups)}")
-        from dip.schedule.export import to_torch_csv
         write_via_temp(args.export_torch, lambda tmp: to_torch_csv(plan, tmp), suffix=".csv")
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import os
 import sys
 
-from dip.cli.common import check_writable, emit, positive_int
-from dip.errors import BadInput
+from dip.errors import BadInput, positive_int
+from dip.io import check_writable, emit
 from dip.runtime.affinity import BIND_MODES
+from dip.spec.presets import load_model
 
 DTYPES = ("float32", "float64")
 
@@ -46,9 +47,10 @@ def _under_torchrun() -> bool:
 
 
 def build_config(args):
+    # torch and the numba-compiled planner (seconds to load): imported only when training
     from dip.runtime import planning
+    from dip.planner import check_schedule
     from dip.runtime.trainer import TrainConfig
-    from dip.spec.presets import load_model
 
     model = load_model(args.model)
     torchrun = _under_torchrun()
@@ -60,7 +62,7 @@ def build_config(args):
     if world is not None and nproc != world:
         raise BadInput(f"nproc {nproc} differs from torchrun's WORLD_SIZE {world}")
     pp, dp = planning.check_parallel(model, nproc, args.pp, args.dp)
-    planning.check_schedule(args.schedule, planning.with_parallel(model, pp, dp))
+    check_schedule(args.schedule, planning.with_parallel(model, pp, dp))
     positive_int("steps", args.steps)
     positive_int("microbatches", args.microbatches)
     if args.seed < 0:
@@ -77,7 +79,7 @@ def build_config(args):
 
 
 def run(args) -> int:
-    from dip.runtime.launch import RankFailed, launch
+    from dip.runtime.launch import RankFailed, launch  # torch (seconds to load): see build_config
     from dip.runtime.trainer import finish, train
 
     cfg = build_config(args)

@@ -4,12 +4,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dip.cli.common import emit, positive_int
+from dip.cost.stats import FIELDS, batch_rows, summarize
+from dip.data.manifest import manifest_batches
 from dip.data.meta import BatchMeta
 from dip.data.sources import source_names
-from dip.data.stats import FIELDS, batch_rows, summarize
-from dip.errors import BadInput
+from dip.data.workload import generate_batches, generate_dynamic_batches
+from dip.errors import BadInput, positive_int
+from dip.io import emit
 from dip.spec.model import ModelSpec
+from dip.spec.presets import get_model
 
 DEFAULT_DYNAMIC_ITERATIONS = 40
 
@@ -38,18 +41,11 @@ def register(subparsers) -> None:
 
 
 def load_model(name: str) -> ModelSpec:
-    """The preset ``name`` (imported lazily so this command loads without the presets module)."""
-    try:
-        from dip.spec.presets import get_model
-    except ImportError:
-        raise BadInput("model presets are not available in this installation (dip.spec.presets)") from None
+    """The preset ``name``."""
     return get_model(name)
 
 
 def build_batches(model: ModelSpec, args: argparse.Namespace) -> list[BatchMeta]:
-    from dip.data.manifest import manifest_batches
-    from dip.data.workload import generate_batches, generate_dynamic_batches
-
     if args.batches is not None:
         positive_int("batches", args.batches)
     positive_int("microbatches", args.microbatches)

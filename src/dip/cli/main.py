@@ -1,29 +1,21 @@
 """The ``dip`` command: one sub-command per module in :data:`COMMANDS`.
 
 Each command module defines ``register(subparsers)`` which adds its parser and sets
-``func(args) -> int | None``. :class:`dip.errors.BadInput` (and argparse usage errors) end the
+``func(args) -> int | None``; it imports only the light layers at load time (spec, data, cost,
+schedule), so ``dip --help`` stays fast, and the heavy ones (the numba planner, torch) when it runs. :class:`dip.errors.BadInput` (and argparse usage errors) end the
 process with exit code 2 and a one-line message on stderr, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from dip.cli import (cmd_bench, cmd_cost, cmd_demo, cmd_models, cmd_plan, cmd_profile, cmd_simulate, cmd_train,
+                     cmd_workload)
 from dip.errors import BadInput
 
-# (module under dip.cli, one-line summary) in the order ``dip --help`` lists them.
-COMMANDS: tuple[str, ...] = (
-    "cmd_models",
-    "cmd_workload",
-    "cmd_cost",
-    "cmd_profile",
-    "cmd_simulate",
-    "cmd_plan",
-    "cmd_train",
-    "cmd_bench",
-    "cmd_demo",
-)
+# The commands in the order ``dip --help`` lists them; each module's ``register(subparsers)`` adds its parser.
+COMMANDS = (cmd_models, cmd_workload, cmd_cost, cmd_profile, cmd_simulate, cmd_plan, cmd_train, cmd_bench, cmd_demo)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,14 +29,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dip", description="DIP: dynamic interleaved pipelines for multimodal model training.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"dip.cli.{name}")
-        except ModuleNotFoundError as exc:  # a command whose module is not built yet
-            if exc.name == f"dip.cli.{name}":
-                continue
-            raise
-        mod.register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

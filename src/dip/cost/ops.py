@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from dip.data.meta import ModuleWork
+from dip.spec import params as P
 from dip.spec.model import ModuleSpec
 from dip.spec.params import TIMESTEP_FREQ_DIM
 
@@ -271,8 +272,6 @@ def tp_split_params(module: ModuleSpec, part: str) -> tuple[int, int]:
     Totals equal :mod:`dip.spec.params`; norms, biases of row-parallel outputs, the ViT/DiT patch
     embeddings and the DiT conditioning/timestep inputs are replicated.
     """
-    from dip.spec import params as P
-
     total = {"layer": P.layer_params, "pre": P.pre_params, "post": P.post_params}[part](module)
     h = module.hidden
     if part == "layer":

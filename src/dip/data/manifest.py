@@ -135,7 +135,7 @@ def _jsonl_rows(path: str) -> list[tuple[str, Any]]:
 
 def _parquet_rows(path: str) -> list[tuple[str, Any]]:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # optional (not a dependency): only Parquet manifests need it
     except ImportError:
         raise BadInput(f"manifest {path}: reading Parquet needs pyarrow; install it or use a JSONL manifest") from None
     try:

@@ -19,19 +19,22 @@ import math
 import numpy as np
 
 from dip.planner.evaluate import PAPER_CONFIG, Evaluator
+from dip.planner.options import SearchOptions
 from dip.planner.problem import build_problem
 from dip.planner.result import build_result, default_partition
+from dip.planner.schedules import plan_schedule
 from dip.planner.search import search_problem
+from dip.schedule.ir import Plan
+from dip.sim import TaskGraph, list_schedule, simulate, stage_costs
+from dip.sim.topology import Topology
+
+__all__ = ["ablation"]
 
 UNIFORM = ("none", "selective", "full")
 
 
 def _list_scheduled(model, batch, cost_model, hardware, partition, limit):
     """Step 2: DIP's partition under the simulator's greedy list scheduler."""
-    from dip.schedule.ir import Plan
-    from dip.sim import TaskGraph, list_schedule, simulate, stage_costs
-    from dip.sim.topology import Topology
-
     units, flows = partition.units(model, batch)
     topo = Topology.from_hardware(hardware, tp=cost_model.tp)
     best = None
@@ -51,11 +54,9 @@ def _list_scheduled(model, batch, cost_model, hardware, partition, limit):
 def ablation(model, batch, cost_model, hardware, budget_s: float = 2.0, rollouts: int | None = None,
              memory_limit_bytes: float | None = None, seed: int = 0) -> list[dict]:
     """Rows ``{"step", "time_s", "strategy", "fits"}`` of the five steps (see module docstring)."""
-    from dip.schedule.baselines.registry import simulate_schedule
-
     limit = float(memory_limit_bytes if memory_limit_bytes is not None else hardware.mem_bytes)
     rows = []
-    mega = simulate_schedule("megatron", model, batch, cost_model, hardware, memory_limit_bytes=limit)
+    mega = plan_schedule("megatron", model, batch, cost_model, hardware, memory_limit_bytes=limit)
     rows.append({"step": "megatron", "time_s": float(mega.result.iteration_time),
                  "strategy": mega.plan.meta.get("memory_strategy"), "fits": not mega.result.oom})
     partition = default_partition(model, cost_model)
@@ -68,15 +69,14 @@ def ablation(model, batch, cost_model, hardware, budget_s: float = 2.0, rollouts
         if plain.feasible:
             break
     rows.append({"step": "+interleaving", "time_s": plain.makespan, "strategy": strategy, "fits": plain.feasible})
-    state, _ = search_problem(uniform_problem, budget_s, rollouts, seed=seed,
-                              seeds=[(plain.ptr, plain.tasks, plain.choice)])
+    search = SearchOptions(budget_s=budget_s, rollouts=rollouts, seed=seed)
+    state, _ = search_problem(uniform_problem, search.replace(seeds=((plain.ptr, plain.tasks, plain.choice),)))
     reordered = state.best
     rows.append({"step": "+reordering", "time_s": reordered.makespan, "strategy": strategy,
                  "fits": reordered.feasible})
     full = build_problem(model, partition, batch, cost_model, hardware, limit)
     choice = _matching_choice(full, uniform_problem)
-    state, stats = search_problem(full, budget_s, rollouts, seed=seed,
-                                  seeds=[(reordered.ptr, reordered.tasks, choice)])
+    state, stats = search_problem(full, search.replace(seeds=((reordered.ptr, reordered.tasks, choice),)))
     result = build_result(full, state.best, state.initial, stats, cost_model, hardware)
     rows.append({"step": "+memory", "time_s": result.time_s, "strategy": "per-layer", "fits": not result.sim.oom})
     base = rows[0]["time_s"]

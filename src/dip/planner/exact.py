@@ -12,11 +12,14 @@ directly comparable with the planner's; ``status`` says whether CP-SAT proved op
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from dip.errors import BadInput
 from dip.planner.problem import PlanProblem
+from dip.schedule.ir import Action, Op
 from dip.sim.kernel import OK, simulate_arrays
 
 SCALE = 1e6  # microseconds
@@ -71,16 +74,12 @@ def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, me
     list of task ids. ``costs``: "plan" (the hint's chosen memory candidates, so the optimum is over
     orders of exactly the planner's stage costs) or "fastest". ``memory``: False (a relaxation: the
     optimum is a lower bound for memory-feasible plans too), True, or None (on when it could bind)."""
-    import time
-
-    from ortools.sat.python import cp_model
+    from ortools.sat.python import cp_model  # heavy (about a second to import): only the exact solver needs it
 
     t_start = time.perf_counter()
     tg = problem.tg
     n = tg.num_tasks
     if n > MAX_TASKS:
-        from dip.errors import BadInput
-
         raise BadInput(f"the exact solver handles at most {MAX_TASKS} tasks; this batch has {n} "
                        f"(use fewer --microbatches)")
     choice = problem.cand.fastest.astype(np.int64)
@@ -178,8 +177,6 @@ def symmetry_classes(problem: PlanProblem, dur: np.ndarray) -> list[list[list[in
     durations on every chunk. Each unit is given as its task ids in a fixed (chunk, op) order, the
     first being its forward on the group's first chunk. Swapping two such units maps schedules onto
     schedules, so ordering their first forwards is a valid symmetry break."""
-    from dip.schedule.ir import Action, Op
-
     tg = problem.tg
     ids = tg.task_ids
     flows_of: dict[tuple[str, int], list] = {}

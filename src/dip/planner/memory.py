@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
+import highspy
 import numpy as np
 from numba import njit
 
@@ -29,8 +30,6 @@ _HIGHS_READY = False
 def new_highs():
     """A silent HiGHS instance (its one-time banner is written to fd 1, which would corrupt JSON output)."""
     global _HIGHS_READY
-    import highspy
-
     if not _HIGHS_READY:
         sys.stdout.flush()
         saved = os.dup(1)
@@ -209,8 +208,6 @@ def ilp_select(ptr: np.ndarray, tasks: np.ndarray, task_op: np.ndarray, task_sta
     Returns the improved per-stage choice (only this rank's stages change), or None when HiGHS found
     nothing better than the warm start. ``node_limit`` without ``time_limit`` keeps the solve deterministic;
     ``max_columns`` skips models with more binary variables (their root solve alone can take seconds)."""
-    import highspy
-
     n_stages = cand_t.shape[0]
     stages, first, last = live_ranges(ptr, tasks, task_op, task_stage, n_stages, rank)
     nf = len(stages)

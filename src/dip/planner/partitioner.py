@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 from dip.data.meta import BatchMeta, MicroBatchMeta, ModuleWork, work_for
 from dip.errors import BadInput
 from dip.schedule.ir import StageGraph, Unit, Flow
-from dip.schedule.partition import linear_partition
+from dip.schedule.partition import Partition, linear_partition
 from dip.schedule.units import SPLITTABLE_KINDS, build_units, module_graph
 from dip.spec.model import ModelSpec, ModuleSpec
 
@@ -35,36 +35,6 @@ DEFAULT_EFFICIENCY = 0.95
 OVERHEAD_SHARE = 0.1  # the most a chunk's fixed per-action runtime overhead may cost of its time
 DEFAULT_CLIP_SECONDS = 4.0
 DEFAULT_CAPTION_TOKENS = 64
-
-
-@dataclass(frozen=True)
-class Partition:
-    """The static part of a DIP plan: stage graph, sub-microbatch sizes ``B_i`` and segments ``K_i``."""
-
-    graph: StageGraph
-    sub_microbatch: dict[str, int | None]
-    segments: dict[str, int]
-    layouts: dict[str, tuple[tuple[int, int], ...]]
-    report: dict = field(default_factory=dict, compare=False)
-
-    @property
-    def pp(self) -> int:
-        return self.graph.num_ranks
-
-    def units(self, model: ModelSpec, batch: BatchMeta | Sequence[MicroBatchMeta]
-              ) -> tuple[dict[str, tuple[Unit, ...]], tuple[Flow, ...]]:
-        """Units (``M_i = ceil(N_i / B_i)`` sub-microbatches per micro-batch) and flows of ``batch``."""
-        return build_units(model, self.graph, batch, self.sub_microbatch)
-
-    def summary(self) -> dict:
-        """JSON-friendly description (the ``partition`` entry of ``dip plan --json``)."""
-        return {
-            "pp": self.pp,
-            "sub_microbatch": dict(self.sub_microbatch),
-            "segments": dict(self.segments),
-            "chunks": {m: [list(r) for r in lay] for m, lay in self.layouts.items()},
-            **self.report,
-        }
 
 
 def module_seconds(cost_model, module: ModuleSpec, work: ModuleWork) -> float:

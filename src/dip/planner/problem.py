@@ -13,6 +13,7 @@ Built once per batch from a :class:`~dip.planner.partitioner.Partition`:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,9 +21,10 @@ import numpy as np
 from dip.data.meta import BatchMeta, work_for
 from dip.errors import BadInput
 from dip.planner.candidates import CandidateBuilder, StageCandidates, pack_candidates, DEFAULT_CANDIDATES
-from dip.planner.partitioner import Partition
+from dip.schedule.partition import Partition
 from dip.schedule.ir import Flow, Unit
-from dip.sim import StageCosts, TaskGraph, stage_costs
+from dip.schedule.units import linear_stage_graph, uniform_units
+from dip.sim import StageCosts, TaskGraph, stage_costs, uniform_stage_costs
 from dip.sim.topology import Topology
 from dip.spec.model import ModelSpec
 
@@ -143,6 +145,9 @@ def build_problem(model: ModelSpec, partition: Partition, batch: BatchMeta, cost
                               int(dp or model.parallel.dp or 1), model, batch)
 
 
+UNIFORM_GROUP = "model"  # the one group of a schedule-only chain
+
+
 def problem_from_costs(partition: Partition, units, flows, costs: StageCosts, topology: Topology,
                        cand: StageCandidates, limit: float, dp: int = 1, model: ModelSpec | None = None,
                        batch: BatchMeta | None = None) -> PlanProblem:
@@ -226,3 +231,15 @@ def _unit_items(graph, tg: TaskGraph) -> tuple[np.ndarray, np.ndarray]:
         seq[t] = (-seg if key[2] == F else seg) * 4096 + c.index
     seq -= seq.min() if n else 0
     return item, seq
+
+
+def uniform_problem(pp: int, m: int, chunks: int = 1, f: float = 1.0, i: float = 1.0, w: float = 1.0,
+                    act_bytes: float = 1.0, memory_limit_bytes: float = math.inf) -> PlanProblem:
+    """The problem of one uniform chain (single memory candidate per stage)."""
+    graph = linear_stage_graph(pp, chunks, module=UNIFORM_GROUP)
+    units = uniform_units(UNIFORM_GROUP, m)
+    costs = uniform_stage_costs(graph, units, f, i, w, act_bytes)
+    cand = pack_candidates([[(f, i + w, act_bytes, ("none",))] for _ in costs.keys])
+    layouts = {UNIFORM_GROUP: tuple((c, c + 1) for c in range(pp * chunks))}
+    partition = Partition(graph, {UNIFORM_GROUP: None}, {UNIFORM_GROUP: chunks}, layouts, {"uniform": True})
+    return problem_from_costs(partition, units, (), costs, Topology(), cand, memory_limit_bytes)

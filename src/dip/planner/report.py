@@ -1,12 +1,24 @@
 """Plan several generated batches and compare DIP with the baselines on each (``dip plan``, benchmarks)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+from dip.cost import CostModel
+from dip.data.workload import generate_batches
 from dip.errors import BadInput
+from dip.planner.exact import solve_exact
+from dip.planner.options import SearchOptions
 from dip.planner.partitioner import partition_model
 from dip.planner.result import CALIBRATION_SEED, PlanResult, default_partition
+from dip.planner.schedules import check_schedule, plan_schedule
 from dip.planner.search import plan_batch
+from dip.spec.hardware import get_hardware
+from dip.spec.presets import load_model
+
+__all__ = ["BASELINES", "PlanRequest", "baseline_times", "plan_batches"]
+
+logger = logging.getLogger(__name__)
 
 BASELINES = ("megatron", "nnscaler", "optimus", "1f1b", "interleaved", "zb-h1", "gpipe")
 
@@ -31,23 +43,22 @@ class PlanRequest:
     segments: dict[str, int] = field(default_factory=dict)
     baselines: bool = True
     baseline_names: tuple[str, ...] = BASELINES
-    search_options: dict = field(default_factory=dict)
+    search_options: dict = field(default_factory=dict)  # further SearchOptions fields
+
+    def search(self, batch_index: int) -> SearchOptions:
+        """The search options of batch ``batch_index`` (each batch its own seed)."""
+        return SearchOptions(budget_s=self.budget_s, rollouts=self.rollouts, workers=self.workers,
+                             seed=self.seed * 1000 + batch_index, strategy=self.strategy, **self.search_options)
 
 
 def resolve_model(model):
-    if isinstance(model, str):
-        from dip.spec.presets import load_model
-
-        return load_model(model)
-    return model
+    return load_model(model) if isinstance(model, str) else model
 
 
 def make_partition(model, cost_model, request: PlanRequest):
     """The offline partition (cached) or one with the requested B_i / K_i overrides."""
     if not request.sub_microbatch and not request.segments:
         return default_partition(model, cost_model)
-    from dip.data.workload import generate_batches
-
     sample = generate_batches(model, 1, CALIBRATION_SEED)
     return partition_model(model, cost_model, sample=sample, sub_microbatch=request.sub_microbatch or None,
                            segments=request.segments or None)
@@ -55,15 +66,14 @@ def make_partition(model, cost_model, request: PlanRequest):
 
 def baseline_times(model, batch, cost_model, hardware, limit: float | None, names) -> tuple[dict, dict]:
     """Iteration time of every applicable baseline on ``batch`` and whether it fits memory."""
-    from dip.schedule.baselines.registry import get_generator, simulate_schedule
-
     times, fits = {}, {}
     for name in names:
         try:
-            get_generator(name).supports(model)
-        except BadInput:
+            check_schedule(name, model)
+        except BadInput as exc:
+            logger.debug("baseline %s skipped: %s", name, exc)
             continue
-        sim = simulate_schedule(name, model, batch, cost_model, hardware, memory_limit_bytes=limit)
+        sim = plan_schedule(name, model, batch, cost_model, hardware, memory_limit_bytes=limit)
         times[name] = float(sim.result.iteration_time)
         fits[name] = not sim.result.oom
     return times, fits
@@ -71,10 +81,6 @@ def baseline_times(model, batch, cost_model, hardware, limit: float | None, name
 
 def plan_batches(request: PlanRequest) -> tuple[dict, PlanResult]:
     """Plan every batch; returns the ``dip plan --json`` object and the first batch's result."""
-    from dip.cost import CostModel
-    from dip.data.workload import generate_batches
-    from dip.spec.hardware import get_hardware
-
     model = resolve_model(request.model)
     hardware = get_hardware(request.hardware)
     cost_model = CostModel(model, hardware)
@@ -82,15 +88,11 @@ def plan_batches(request: PlanRequest) -> tuple[dict, PlanResult]:
     batches = generate_batches(model, request.batches, request.seed, microbatches=request.microbatches)
     rows, first = [], None
     for k, batch in enumerate(batches):
-        res = plan_batch(model, batch, cost_model, hardware, partition, budget_s=request.budget_s,
-                         rollouts=request.rollouts, workers=request.workers, seed=request.seed * 1000 + k,
-                         memory_limit_bytes=request.memory_limit_bytes, strategy=request.strategy,
-                         **request.search_options)
+        res = plan_batch(model, batch, cost_model, hardware, partition=partition,
+                         memory_limit_bytes=request.memory_limit_bytes, options=request.search(k))
         first = first or res
         row = res.summary()
         if request.exact:
-            from dip.planner.exact import solve_exact
-
             ex = solve_exact(res.problem, time_limit_s=request.exact_time_limit_s, hint=res)
             row.update(ex.summary())
         if request.baselines:

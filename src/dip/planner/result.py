@@ -5,10 +5,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dip.data.workload import generate_batches
 from dip.planner.evaluate import Schedule
-from dip.planner.partitioner import Partition, partition_model
+from dip.planner.partitioner import partition_model
 from dip.planner.problem import PlanProblem
 from dip.schedule.ir import Plan
+from dip.schedule.partition import Partition
+from dip.schedule.validate import validate_plan
+from dip.sim import SimResult, StageCosts, simulate, stage_costs
+from dip.sim.plans import SimulatedPlan
+
+__all__ = ["CALIBRATION_SEED", "PlanResult", "SearchStats", "build_result", "default_partition", "schedule_to_plan"]
 
 CALIBRATION_SEED = 20250419  # the offline partition profiles one batch of this seed, not the planned batches
 _PARTITIONS: dict[tuple, Partition] = {}
@@ -45,8 +52,8 @@ class PlanResult:
     """
 
     plan: Plan
-    sim: object
-    costs: object
+    sim: SimResult
+    costs: StageCosts
     lower_bound_s: float
     lower_bound_fastest_s: float
     initial_time_s: float
@@ -59,6 +66,11 @@ class PlanResult:
     @property
     def time_s(self) -> float:
         return float(self.sim.iteration_time)
+
+    @property
+    def simulated(self) -> SimulatedPlan:
+        """The plan with its costs, simulation and partition, as every other schedule reports it."""
+        return SimulatedPlan(self.plan, self.costs, self.sim, self.partition)
 
     def summary(self) -> dict:
         return {
@@ -82,8 +94,6 @@ def default_partition(model, cost_model) -> Partition:
     key = (model, cost_model.hardware.name, cost_model.tp)
     hit = _PARTITIONS.get(key)
     if hit is None:
-        from dip.data.workload import generate_batches
-
         sample = generate_batches(model, 1, CALIBRATION_SEED)
         hit = _PARTITIONS[key] = partition_model(model, cost_model, sample=sample)
     return hit
@@ -109,15 +119,8 @@ def schedule_to_plan(problem: PlanProblem, sched: Schedule) -> Plan:
 def build_result(problem: PlanProblem, best: Schedule, initial: Schedule, stats: SearchStats, cost_model,
                  hardware) -> PlanResult:
     """Assemble the plan, validate it and simulate it with the simulator's full report."""
-    from dip.sim import simulate, stage_costs
-
     plan = schedule_to_plan(problem, best)
-    try:
-        from dip.schedule.validate import validate_plan
-    except ImportError:  # pragma: no cover - validator not installed
-        validate_plan = None
-    if validate_plan is not None:
-        validate_plan(plan)
+    validate_plan(plan)
     costs = stage_costs(plan.graph, plan.units, plan.flows, problem.model, cost_model, problem.batch, plan.strategies)
     sim = simulate(plan, costs, problem.topology, problem.limit, problem.dp)
     if not np.isclose(sim.makespan, best.makespan, rtol=1e-6, atol=1e-9):

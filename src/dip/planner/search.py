@@ -14,34 +14,39 @@
    problems or long budgets, a few other starts) goes through a finer priority search over unit
    passes, the per-rank memory ILP and an iterated local search on the rank orders.
 
-``rollouts`` makes the search deterministic (no wall-clock dependence) and takes precedence over
-``budget_s``. ``workers > 1`` runs rollouts in processes that share the MCTS statistics
-(:mod:`dip.planner.parallel`).
+:class:`~dip.planner.options.SearchOptions` holds every knob: ``rollouts`` makes the search
+deterministic (no wall-clock dependence) and takes precedence over ``budget_s``; ``workers > 1`` runs
+rollouts in processes that share the MCTS statistics (:mod:`dip.planner.parallel`).
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from dip.cost import CostModel
 from dip.data.meta import BatchMeta
-from dip.errors import BadInput, Infeasible
-from dip.planner.evaluate import (DEFAULT_CONFIGS, LARGE_CONFIGS, PAPER_CONFIG, Evaluator, Schedule, TrackConfig,
-                                  active_items)
-from dip.planner.mcts import (DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_ROLLOUTS_PER_EXPANSION, DEFAULT_WINDOW, STRATEGIES,
-                              Portfolio)
-from dip.planner.partitioner import Partition
+from dip.errors import Infeasible
+from dip.planner.evaluate import DEFAULT_CONFIGS, LARGE_CONFIGS, PAPER_CONFIG, Evaluator, Schedule, TrackConfig, active_items
+from dip.planner.mcts import DEFAULT_WINDOW, STRATEGIES, Portfolio
+from dip.planner.options import SearchOptions
+from dip.planner.parallel import run_parallel
 from dip.planner.polish import polish, refine
 from dip.planner.problem import PlanProblem, build_problem
 from dip.planner.result import PlanResult, SearchStats, build_result, default_partition
+from dip.planner.state import SearchState
 from dip.planner.tuning import tune_base
-from dip.planner.uniform import warm_up
+from dip.planner.warmup import warm_up
+from dip.schedule.partition import Partition
 from dip.spec.hardware import get_hardware
 from dip.spec.model import ModelSpec
 
-DEFAULT_BUDGET_S = 2.0
+__all__ = ["plan_batch", "search_problem"]
+
+logger = logging.getLogger(__name__)
+
 SMALL_ITEMS = 48
 SMALL_WINDOWS = (3, 6, 12)
 POLISH_STARTS = 3
@@ -51,139 +56,96 @@ POLISH_SHARE = 0.4  # of the time left after tuning: polishing the best schedule
 GIB = 2**30
 
 
-@dataclass
-class SearchState:
-    """Incumbent tracking shared by the search phases."""
-
-    t0: float
-    best: Schedule
-    initial: Schedule
-    curve: list[tuple[float, float]] = field(default_factory=list)
-    rollouts: int = 0
-    time_to_best: float = 0.0
-    _phase: str = "initial"
-    gains: dict[str, float] = field(default_factory=dict)
-    phase_start: dict[str, float] = field(default_factory=dict)
-    pool: dict[str, Schedule] = field(default_factory=dict)
-
-    @property
-    def phase(self) -> str:
-        return self._phase
-
-    @phase.setter
-    def phase(self, name: str) -> None:
-        self._phase = name
-        self.phase_start.setdefault(name, time.perf_counter() - self.t0)
-
-    def remember(self, sched: Schedule) -> None:
-        """Keep the best schedule per tracking configuration: diverse starting points for polishing."""
-        key = str(sched.config)
-        if sched.feasible and (key not in self.pool or sched.score < self.pool[key].score):
-            self.pool[key] = sched
-
-    def offer(self, sched: Schedule) -> bool:
-        if sched.score < self.best.score - 1e-12:
-            if math.isfinite(self.best.score):
-                self.gains[self.phase] = self.gains.get(self.phase, 0.0) + self.best.score - sched.score
-            self.best = sched
-            self.time_to_best = time.perf_counter() - self.t0
-            self.curve.append((self.time_to_best, sched.makespan))
-            return True
-        return False
-
-
-def plan_batch(model: ModelSpec, batch: BatchMeta, cost_model=None, hardware=None, partition: Partition | None = None,
-               budget_s: float | None = None, rollouts: int | None = None, workers: int = 1, seed: int = 0,
-               memory_limit_bytes: float | None = None, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,
-               strategy: str = "mcts", **options) -> PlanResult:
-    """Search a DIP plan for ``batch`` (see module docstring). Raises :class:`Infeasible` when no plan
-    fits ``memory_limit_bytes`` (default: the hardware's memory). ``options`` go to :func:`search_problem`.
+def plan_batch(model: ModelSpec, batch: BatchMeta, cost_model: CostModel | None = None, hardware=None, *,
+               partition: Partition | None = None, memory_limit_bytes: float | None = None,
+               options: SearchOptions = SearchOptions()) -> PlanResult:
+    """Search a DIP plan for ``batch`` (see module docstring).
 
     The clock (``search_time_s``, the budget) starts after the one-time per-process work: loading the
-    compiled kernels and the offline partition."""
-    if cost_model is None:
-        from dip.cost import CostModel
+    compiled kernels and the offline partition.
 
+    Args:
+        model: the model, with its parallel layout.
+        batch: the global batch's micro-batch metadata.
+        cost_model: pass times and memory (default: the cost model of ``hardware``, else H800).
+        hardware: hardware preset, calibration file or spec (default: the cost model's).
+        partition: the offline partition to reuse (default: profiled once per process).
+        memory_limit_bytes: usable memory per GPU (default: the hardware's).
+        options: how to search (budget or rollouts, seed, strategy, ...).
+
+    Returns:
+        The :class:`PlanResult`; raises :class:`Infeasible` when no plan fits the memory limit.
+    """
+    if cost_model is None:
         cost_model = CostModel(model, hardware or "H800")
     hardware = get_hardware(hardware or cost_model.hardware)
     partition = partition or default_partition(model, cost_model)
     warm_up()
     t0 = time.perf_counter()
     problem = build_problem(model, partition, batch, cost_model, hardware, memory_limit_bytes)
-    state, stats = search_problem(problem, budget_s, rollouts, workers, seed, alpha, beta, strategy, t0=t0, **options)
+    state, stats = search_problem(problem, options, t0=t0)
+    logger.debug("planned batch %s: %.6g s after %d rollouts (initial %.6g s, tracking %s)", batch.index,
+                 state.best.makespan, state.rollouts, state.initial.makespan, state.best.config)
     return build_result(problem, state.best, state.initial, stats, cost_model, hardware)
 
 
-def search_problem(problem: PlanProblem, budget_s: float | None = None, rollouts: int | None = None,
-                   workers: int = 1, seed: int = 0, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,
-                   strategy: str = "mcts", window: int | tuple[int, ...] | None = None,
-                   rollouts_per_expansion: int = DEFAULT_ROLLOUTS_PER_EXPANSION, tune: bool = True,
-                   polish_schedules: bool = True, configs: tuple[TrackConfig, ...] | None = None,
-                   search_configs: int | None = None, seeds: tuple = (), passes: int = 3,
-                   t0: float | None = None
+def search_problem(problem: PlanProblem, options: SearchOptions = SearchOptions(), *, t0: float | None = None
                    ) -> tuple[SearchState, SearchStats]:
     """The search phases on a built problem; returns the final state (best and initial schedules).
 
-    ``seeds``: known schedules ``(ptr, tasks, choice)`` of this problem offered as incumbents up front.
-    ``window`` / ``search_configs`` default by size: small problems (few segment items, e.g. a handful of
-    micro-batches) tune and search every tracking configuration with several windows, large ones tune
-    ``LARGE_CONFIGS`` and search the best three with one narrow window."""
+    ``options.window`` / ``options.search_configs`` default by size: small problems (few segment items,
+    e.g. a handful of micro-batches) tune and search every tracking configuration with several windows,
+    large ones tune ``LARGE_CONFIGS`` and search the best three with one narrow window."""
     t0 = time.perf_counter() if t0 is None else t0
-    if strategy not in STRATEGIES:
-        raise BadInput(f"unknown search strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
-    if rollouts is not None and rollouts < 0:
-        raise BadInput(f"rollouts must be >= 0, got {rollouts}")
-    if budget_s is not None and budget_s <= 0:
-        raise BadInput(f"budget must be > 0 seconds, got {budget_s}")
-    deterministic = rollouts is not None
-    budget = None if deterministic else float(budget_s if budget_s is not None else DEFAULT_BUDGET_S)
+    o = options
+    budget = o.budget
     deadline = math.inf if budget is None else t0 + budget
-    ev = Evaluator(problem, passes=passes)
+    ev = Evaluator(problem, passes=o.passes)
     initial = ev.evaluate(problem.default_sequence, PAPER_CONFIG)
     state = SearchState(t0, initial, initial, [(time.perf_counter() - t0, initial.makespan)])
     if not initial.feasible:
         _feasible_fallback(ev, problem, state)
-    for ptr, tasks, choice in seeds:
+    for ptr, tasks, choice in o.seeds:
         seq = np.asarray(tasks, np.int64)
         state.offer(ev.simulate(seq, np.asarray(ptr, np.int64), seq, np.asarray(choice, np.int64), state.best.config,
                                 state.best.items))
     ranked, base = [state.best.config], problem.default_sequence
     state.phase = "tune"
     small = len(problem.items) <= SMALL_ITEMS
-    if tune:
-        ranked, base = tune_base(ev, problem, state, configs or (DEFAULT_CONFIGS if small else LARGE_CONFIGS),
+    if o.tune:
+        ranked, base = tune_base(ev, problem, state, o.configs or (DEFAULT_CONFIGS if small else LARGE_CONFIGS),
                                  deadline)
+    search_configs = o.search_configs
     if search_configs is None:
         search_configs = len(ranked) if small else LARGE_SEARCH_CONFIGS
+    window = o.window
     if window is None:
         window = SMALL_WINDOWS if small else DEFAULT_WINDOW
     ranked = ranked[:max(int(search_configs), 1)]
     if not state.best.feasible:
         raise _infeasible(problem, state.best)
     polish_reserve = 0.0
-    if budget is not None and polish_schedules:
+    if budget is not None and o.polish:
         polish_reserve = POLISH_SHARE * max(deadline - time.perf_counter(), 0.0)
     windows = (window,) if isinstance(window, int) else tuple(window)
-    rngs = np.random.default_rng(seed).spawn(len(windows))
+    rngs = np.random.default_rng(o.seed).spawn(len(windows))
     active = [active_items(problem, cfg) for cfg in ranked]
-    search = Portfolio([STRATEGIES[strategy](base, state.best.makespan, rng, alpha=alpha, beta=beta, window=w,
-                                             rollouts_per_expansion=rollouts_per_expansion, configs=len(ranked),
-                                             active=active)
+    search = Portfolio([STRATEGIES[o.strategy](base, state.best.makespan, rng, alpha=o.alpha, beta=o.beta, window=w,
+                                               rollouts_per_expansion=o.rollouts_per_expansion, configs=len(ranked),
+                                               active=active)
                         for w, rng in zip(windows, rngs)])
-    limit = rollouts if deterministic else None
-    state.phase = strategy
-    if workers > 1:
-        from dip.planner.parallel import run_parallel
-
-        run_parallel(problem, search, ranked, state, workers, limit, deadline - polish_reserve, seed)
+    limit = o.rollouts
+    state.phase = o.strategy
+    if o.workers > 1:
+        run_parallel(problem, search, ranked, state, o.workers, limit, deadline - polish_reserve, o.seed)
     else:
         _run_serial(ev, search, ranked, state, limit, deadline - polish_reserve)
-    if polish_schedules:
-        _polish_pool(ev, problem, state, deadline, rollouts, seed, small)
+    if o.polish:
+        _polish_pool(ev, problem, state, deadline, o.rollouts, o.seed, small)
     stats = SearchStats(
-        strategy=strategy, rollouts=state.rollouts, time_to_best_s=state.time_to_best,
+        strategy=o.strategy, rollouts=state.rollouts, time_to_best_s=state.time_to_best,
         search_time_s=time.perf_counter() - t0, curve=state.curve, config=str(state.best.config),
-        initial_time_s=state.initial.makespan, workers=workers, evaluations=ev.calls, gains=dict(state.gains),
+        initial_time_s=state.initial.makespan, workers=o.workers, evaluations=ev.calls, gains=dict(state.gains),
         phase_start=dict(state.phase_start),
     )
     return state, stats

@@ -39,7 +39,7 @@ from dip.data.meta import MicroBatchMeta
 from dip.runtime.models.chunk import ChunkModule, PartProtocol
 from dip.runtime.models.seeding import dtype_name, stable_seed, torch_dtype
 from dip.spec.model import Edge, ModelSpec
-from dip.spec.tensors import TensorSpec, UnitLike
+from dip.data.tensors import TensorSpec, UnitLike
 
 SpecFn = Callable[[MicroBatchMeta, int, int], tuple[TensorSpec, ...]]
 
@@ -148,6 +148,11 @@ class ByoModel:
         if layer_end < self.spec.module(module_name).layers:
             return (TensorSpec("hidden", tuple(byo.hidden_shape(mb, a, b)), dtype_name(self.dtype)),)
         return byo.last_outputs(mb, a, b) if byo.last_outputs else ()
+
+    def edge_specs(self, edge: Edge, producer: UnitLike, consumer: UnitLike,
+                   mb: MicroBatchMeta) -> tuple[TensorSpec, ...]:
+        """Across modules the producer's final outputs travel unchanged."""
+        return self.output_specs(edge.src, self.spec.module(edge.src).layers, mb, producer.start, producer.stop)
 
     def edge_tensors(self, edge: Edge, producer_outputs: dict[str, Tensor], producer: UnitLike,
                      consumer: UnitLike, mb: MicroBatchMeta) -> dict[str, Tensor]:

@@ -11,19 +11,23 @@ overhead (posting its sends and receives) is part of what the factors absorb.
 """
 from __future__ import annotations
 
+import logging
 import math
-import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from dip.cost import ChunkCost, CostModel, PassTimes
 from dip.data.meta import BatchMeta, work_for
+from dip.runtime.executor import ActionTime
 from dip.schedule.ir import Action, Op, Plan
 
-PASS_OF = {"F": "f", "B": "b", "I": "b", "W": "b"}
-PRIOR_WEIGHT = 2.0  # of the runtime-factor fit's priors, in relative-error units
+__all__ = ["OnlineCalibration", "PASS_OF", "ScaledCostModel", "busy_times"]
+
+logger = logging.getLogger(__name__)
+
+PASS_OF = {Op.F: "f", Op.B: "b", Op.I: "b", Op.W: "b"}
 
 
 class ScaledCostModel(CostModel):
@@ -69,16 +73,15 @@ class OnlineCalibration:
     def cost_model(self) -> CostModel:
         return ScaledCostModel(self.base, self.factors) if self.factors else self.base
 
-    def update(self, plan: Plan, batch: BatchMeta, measured: Sequence[Sequence[tuple]]) -> None:
-        """Refine the factors with one step: ``measured[rank]`` holds ``(action, start, end, wait)`` of
-        ``plan`` (run on ``batch``). Per pass, the measured busy time of each compute action is fitted
+    def update(self, plan: Plan, batch: BatchMeta, measured: Sequence[Sequence[ActionTime]]) -> None:
+        """Refine the factors with one step: ``measured[rank]`` holds the actions of ``plan`` (run on
+        ``batch``) as that rank measured them. Per pass, the measured busy time of each compute action is fitted
         as ``sum over the chunk's modules of factor(module) * base time of that module's part``
         (least squares), so mixed chunks inform every module they hold."""
         rows: dict[str, list[tuple[dict[str, float], float]]] = {"f": [], "b": []}
         for acts in measured:
-            for a, busy in _busy_times(acts):
-                action = Action.parse(a)
-                kind = PASS_OF.get(action.op.value)
+            for action, busy in busy_times(acts):
+                kind = PASS_OF.get(action.op)
                 if kind is not None:
                     base = self._base_times(plan, batch, action)
                     rows[kind].append((base, busy))
@@ -90,6 +93,7 @@ class OnlineCalibration:
                 old = self.factors.get(key)
                 self.factors[key] = k if old is None else math.exp(
                     (1 - self.weight) * math.log(old) + self.weight * math.log(k))
+        logger.debug("online calibration after batch %s: %s", batch.index, self.summary())
 
     def _base_times(self, plan: Plan, batch: BatchMeta, action: Action) -> dict[str, float]:
         """Shipped-model seconds of ``action`` per module of its chunk."""
@@ -147,71 +151,14 @@ def _fit(obs: Sequence[tuple[dict[str, float], float]]) -> dict[str, float]:
     return out
 
 
-def _busy_times(rows: Sequence[tuple]) -> list[tuple[str, float]]:
+def busy_times(rows: Sequence[ActionTime]) -> list[tuple[Action, float]]:
     """``(action, busy seconds)`` of every compute action of one rank: from its start to the next compute
     action's start (so the sends and receives it posts count as its overhead), minus its waits."""
-    rows = sorted(rows, key=lambda x: x[1])
-    compute = [i for i, x in enumerate(rows) if _op(x[0]) in PASS_OF]
+    rows = sorted(rows, key=lambda t: t.start)
+    compute = [i for i, t in enumerate(rows) if t.action.op in PASS_OF]
     out = []
     for k, i in enumerate(compute):
-        a, s, e, wait = rows[i]
-        end = rows[compute[k + 1]][1] if k + 1 < len(compute) else max(x[2] for x in rows[i:])
-        out.append((a, max(end - s - wait, 0.0)))
+        t = rows[i]
+        end = rows[compute[k + 1]].start if k + 1 < len(compute) else max(x.end for x in rows[i:])
+        out.append((t.action, max(end - t.start - t.wait, 0.0)))
     return out
-
-
-def _op(action: str) -> str:
-    m = _OP.match(action)
-    return m.group(1) if m else ""
-
-
-_OP = re.compile(r"^\d+([A-Z_]+)")
-
-
-def measure_runtime_factors(hardware: str, models: Sequence[str], steps: int = 6, seed: int = 1,
-                            schedules: Sequence[str] = ("dip", "1f1b")) -> tuple[dict, dict, dict]:
-    """Runtime factors and per-action overheads for the calibration file ``hardware``.
-
-    The executor runs ``schedules`` on each model (2 local processes,
-    :func:`dip.runtime.compare.compare_schedules`); every compute action's busy time is fitted, per pass,
-    as ``sum over its module parts of factor(kind) * modelled seconds + overhead * parts`` (non-negative
-    least squares on relative errors over all models and schedules together, with weak priors factor 1
-    and overhead 0). Returns ``(factors by kind and pass,
-    overhead by pass, report)``; the report holds the fit's median relative error per action before and
-    after, and the online factors per model and schedule."""
-    from scipy.optimize import nnls
-
-    from dip.runtime.compare import compare_schedules
-
-    obs: list[tuple[str, dict[str, float], float]] = []
-    online: dict[str, dict] = {}
-    for name in models:
-        res = compare_schedules(name, list(schedules), steps, seed=seed, hardware=hardware, observations=True)
-        online[name] = {s: r["calibration_factors"] for s, r in res.items()}
-        obs += [o for r in res.values() for o in r["observations"]]
-    factors: dict[str, dict[str, float]] = {}
-    overhead: dict[str, float] = {}
-    report: dict[str, Any] = {"models": list(models), "steps": steps, "schedules": list(schedules),
-                              "online_factors": online, "actions": {}}
-    for pass_ in ("f", "b"):
-        rows = [(base, busy) for p, base, busy in obs if p == pass_ and base]
-        if not rows:
-            continue
-        kinds = sorted({k for base, _ in rows for k in base})
-        a = np.array([[base.get(k, 0.0) for k in kinds] + [len(base)] for base, _ in rows])
-        y = np.array([busy for _, busy in rows])
-        w = 1.0 / np.maximum(y, 1e-6)  # relative errors: small and large actions count alike
-        # weak priors (factor 1, overhead 0 relative to a median action) keep the fit well posed when
-        # the data cannot tell a module's factor from the overhead
-        prior = np.diag([PRIOR_WEIGHT] * len(kinds) + [PRIOR_WEIGHT / float(np.median(y))])
-        x, _ = nnls(np.vstack([a * w[:, None], prior]),
-                    np.concatenate([y * w, [PRIOR_WEIGHT] * len(kinds) + [0.0]]))
-        for k, v in zip(kinds, x[:-1]):
-            if v > 0:
-                factors.setdefault(k, {})[pass_] = round(float(v), 4)
-        overhead[pass_] = float(x[-1])
-        before = np.median(np.abs(a[:, :-1].sum(axis=1) - y) / y)
-        after = np.median(np.abs(a @ x - y) / y)
-        report["actions"][pass_] = {"count": len(rows), "median_rel_err_before": float(before),
-                                    "median_rel_err_after": float(after)}
-    return factors, overhead, report

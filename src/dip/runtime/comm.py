@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from dip.spec.tensors import TensorSpec
+from dip.data.tensors import TensorSpec
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16,

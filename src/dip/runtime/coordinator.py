@@ -3,25 +3,36 @@ layer partition fixed after the first step, predictions corrected by the online 
 single-process reference, the report and the trace."""
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Any
 
+from dip.data.meta import BatchMeta, lm_sequence_lens
 from dip.errors import BadInput
+from dip.planner import check_schedule
 from dip.runtime import planning
 from dip.runtime.calibrate import OnlineCalibration
-from dip.schedule.ir import Action, Plan
+from dip.runtime.executor import ActionTime
+from dip.runtime.reference_check import ReferenceChecker
+from dip.runtime.step import layout_of
+from dip.schedule.ir import Plan
+from dip.sim import SimulatedPlan
 from dip.spec.model import ModelSpec
+from dip.viz.trace import write_chrome_trace
+
+__all__ = ["Coordinator", "predicted_rows", "tokens_of", "write_trace"]
+
+logger = logging.getLogger(__name__)
 
 
-def predicted_rows(plan: Plan, sim: Any) -> dict[int, list]:
+def predicted_rows(plan: Plan, sim: SimulatedPlan) -> dict[int, list]:
     """Simulated ``(action, start, end, modules)`` per rank of one plan."""
     return {r: [(str(a), s, e, "+".join(plan.graph.chunks[a.chunk].modules)) for a, s, e in acts]
             for r, acts in sim.result.action_times().items()}
 
 
-def tokens_of(model: ModelSpec, batch) -> int:
+def tokens_of(model: ModelSpec, batch: BatchMeta) -> int:
     """Tokens of a global batch: decoder sequence tokens (text + merged image tokens) plus DiT tokens."""
-    from dip.data.meta import lm_sequence_lens
-
     return int(sum(sum(lm_sequence_lens(model, mb)) + sum(mb.clip_tokens) for mb in batch.microbatches))
 
 
@@ -34,11 +45,8 @@ class Coordinator:
         self.calibration = OnlineCalibration(self.cost_model) if cfg.online_calibration else None
         self.batches = planning.make_step_batches(model, cfg.steps, dp, cfg.microbatches, cfg.seed, cfg.workload)
         self.partition = None
-        self.sims: list = []
-        self.checker = None
-        if cfg.check_reference:
-            from dip.runtime.reference_check import ReferenceChecker
-            self.checker = ReferenceChecker(model, cfg.seed, cfg.dtype, device)
+        self.sims: list[SimulatedPlan] = []
+        self.checker = ReferenceChecker(model, cfg.seed, cfg.dtype, device) if cfg.check_reference else None
         self.reports: list[dict] = []
         self.timelines: list = []
         self.predicted: list = []
@@ -47,14 +55,14 @@ class Coordinator:
     def plan(self, step: int) -> Any:
         """The step's ``StepWork`` to broadcast, or ``(kind, message)`` when planning failed."""
         try:
-            planning.check_schedule(self.cfg.schedule, self.model)
+            check_schedule(self.cfg.schedule, self.model)
             predict = self.calibration.cost_model() if self.calibration else None
             work, self.sims = planning.plan_step(step, self.cfg.schedule, self.model, self.batches[step],
                                                  self.cost_model, self.hardware, self.cfg.seed, predict,
                                                  self.partition)
-            self.partition = getattr(self.sims[0], "partition", None) or self.partition
+            self.partition = self.sims[0].partition or self.partition
             pp = self.model.parallel.pp
-            if len({tuple(planning.layout_of(p, r) for r in range(pp)) for p in work.plans}) > 1:
+            if len({tuple(layout_of(p, r) for r in range(pp)) for p in work.plans}) > 1:
                 raise RuntimeError("data-parallel replicas got plans with different layer placements")
             return work
         except BadInput as exc:
@@ -62,13 +70,13 @@ class Coordinator:
         except Exception as exc:  # noqa: BLE001 - re-raised on every rank by the trainer
             return ("Error", f"{type(exc).__name__}: {exc}")
 
-    def measured(self, work, rows: list) -> None:
-        """Every rank's measured ``(action, start, end, wait)`` of replica 0: calibration, trace, timeline."""
+    def measured(self, work, rows: Sequence[Sequence[ActionTime]]) -> None:
+        """Every rank's measured actions of replica 0: calibration, trace, timeline."""
         pred = predicted_rows(work.plans[0], self.sims[0])
         if self.calibration is not None:
             self.calibration.update(work.plans[0], work.batches[0], rows)
         if self.cfg.timeline:
-            self.timelines.append(rows)
+            self.timelines.append([[(str(t.action), t.start, t.end, t.wait) for t in acts] for acts in rows])
             self.predicted.append(pred)
         self.last_trace = (work.plans[0], self.sims[0], rows)
 
@@ -103,10 +111,8 @@ class Coordinator:
         return out
 
 
-def write_trace(path: str, plan: Plan, sim: Any, rows: list) -> None:
+def write_trace(path: str, plan: Plan, sim: SimulatedPlan, rows: Sequence[Sequence[ActionTime]]) -> None:
     """Chrome/Perfetto trace of the last step: measured compute actions next to the simulated plan."""
-    from dip.viz.trace import write_chrome_trace
-
-    measured = {r: [(a, s, e) for a, s, e in ((Action.parse(x[0]), x[1], x[2]) for x in acts) if a.op.is_compute]
+    measured = {r: [(t.action, t.start, t.end) for t in acts if t.action.op.is_compute]
                 for r, acts in enumerate(rows) if acts}
     write_chrome_trace(path, plan, sim.result, sim.costs, measured=measured)

@@ -17,6 +17,7 @@ Every action's start and end (seconds since the step started) are recorded.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -26,14 +27,19 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dip.data.meta import BatchMeta
+from dip.data.tensors import TensorSpec
 from dip.runtime.comm import P2P, TORCH_DTYPES, Poster, SendQueue, direct_posting, numel, unpack, wait
 from dip.runtime.handlers import DEFAULT_HANDLERS, Handler
-from dip.runtime.shapes import message_key, step_specs
 from dip.runtime.stage import PartUnit, StageChunk, UnitState, module_edge
-from dip.schedule.deps import DependencyIndex
+from dip.schedule.deps import DependencyIndex, MessageKey
 from dip.schedule.ir import Action, Op, Plan, Unit
-from dip.schedule.lowering import Program, comm_batches
+from dip.schedule.program import CommBatch, Program, comm_batches
+from dip.schedule.shapes import ShapePlan
 from dip.spec.model import Edge
+
+__all__ = ["ActionTime", "Executor", "PreparedPlan", "StepContext", "StepResult"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +60,8 @@ class Route:
     ``group_peer`` (rank within the process group, ``None`` when transfers go through
     ``torch.distributed``'s functions), ``tag`` (``-1``: assigned when posted) and the action text."""
 
-    key: tuple
-    specs: tuple
+    key: MessageKey
+    specs: tuple[TensorSpec, ...]
     numel: int
     peer: int
     group_peer: int | None
@@ -63,17 +69,17 @@ class Route:
     what: str
 
 
-def _routes(program: Program, rank: int, specs: Callable[[tuple], tuple], rank_map: Callable[[int], int],
+def _routes(program: Program, rank: int, shapes: ShapePlan, rank_map: Callable[[int], int],
             group: dist.ProcessGroup | None, direct: bool) -> dict[Action, Route]:
     out: dict[Action, Route] = {}
     for a in program.actions.get(rank, ()):
         if not a.op.is_comm:
             continue
         comm = program.comms[a]
-        key = message_key(comm.message)
+        key = comm.message.key
         peer = rank_map(program.peer(a))
         group_peer = (peer if group is None else dist.get_group_rank(group, peer)) if direct else None
-        msg_specs = specs(key)
+        msg_specs = shapes.get(key)
         out[a] = Route(key, msg_specs, numel(msg_specs), peer, group_peer, comm.seq, str(a))
     return out
 
@@ -88,6 +94,20 @@ class StepResult:
     actions: list[ActionTime]
 
 
+@dataclass(frozen=True)
+class PreparedPlan:
+    """What the executor derives once per plan and batch: dependencies, message shapes, the routing
+    of this rank's SEND/RECVs and its communication runs (see :meth:`Executor.prepare`)."""
+
+    plan: Plan
+    program: Program
+    batch: BatchMeta
+    deps: DependencyIndex
+    shapes: ShapePlan
+    runs: dict[int, tuple[int, list[CommBatch]]]
+    routes: dict[Action, Route]
+
+
 @dataclass
 class StepContext:
     """Everything a handler may touch during one step on one rank."""
@@ -99,7 +119,7 @@ class StepContext:
     batch: BatchMeta
     provider: Any
     stages: dict[int, StageChunk]
-    specs: Callable[[tuple], tuple]
+    shapes: ShapePlan
     routes: dict[Action, Route]
     step_seed: int
     mb_offset: int
@@ -111,9 +131,9 @@ class StepContext:
     sends: SendQueue
     comm_device: torch.device | None = None  # where message buffers live (default: ``device``)
     poster: Poster | None = None
-    recvs: dict[tuple, tuple[P2P | None, tuple]] = field(default_factory=dict)
-    outbox: dict[tuple, dict[str, Tensor]] = field(default_factory=dict)
-    local: dict[tuple, dict[str, Tensor]] = field(default_factory=dict)
+    recvs: dict[MessageKey, tuple[P2P | None, tuple[TensorSpec, ...]]] = field(default_factory=dict)
+    outbox: dict[MessageKey, dict[str, Tensor]] = field(default_factory=dict)
+    local: dict[MessageKey, dict[str, Tensor]] = field(default_factory=dict)
     states: dict[tuple[int, int], UnitState] = field(default_factory=dict)
     pending: list[P2P] = field(default_factory=list)
     batch_no: int = 0
@@ -126,14 +146,14 @@ class StepContext:
     def global_rank(self, pp_rank: int) -> int:
         return self.rank_map(pp_rank)
 
-    def take(self, key: tuple, action: Action) -> dict[str, Tensor]:
+    def take(self, key: MessageKey, action: Action) -> dict[str, Tensor]:
         """The tensors of message ``key`` for ``action``: a local hand-off, or a posted receive (waited on now)."""
         got = self.local.pop(key, None)
         if got is not None:
             return got
         entry = self.recvs.pop(key, None)
         if entry is None:
-            raise RuntimeError(f"rank {self.rank}: {action} needs message {_key_text(key)}, "
+            raise RuntimeError(f"rank {self.rank}: {action} needs message {key.describe()}, "
                                f"which was neither received nor handed over locally before it")
         p, specs = entry
         if p is None:
@@ -147,10 +167,10 @@ class StepContext:
             got = [t.to(self.device) for t in got]
         return {s.name: t for s, t in zip(specs, got)}
 
-    def emit(self, key: tuple, tensors: dict[str, Tensor], backward: bool) -> None:
+    def emit(self, key: MessageKey, tensors: dict[str, Tensor]) -> None:
         """Hand ``tensors`` to the consumer of message ``key``: locally on this rank, else to its SEND."""
-        if self.plan.graph.chunks[key[2]].rank == self.rank:
-            if backward:
+        if self.plan.graph.chunks[key.dst_chunk].rank == self.rank:
+            if key.backward:
                 self.local[key] = {n: t.detach() for n, t in tensors.items()}
             else:
                 self.local[key] = {n: t.detach().requires_grad_(t.is_floating_point()) for n, t in tensors.items()}
@@ -197,61 +217,9 @@ class StepContext:
         return got
 
 
-def lower(plan: Plan, backend: str = "gloo") -> Program:
-    """The validated program this runtime executes for ``plan``.
-
-    Candidates, the first that passes :func:`dip.schedule.validate.validate_program` wins (after
-    ``REDUCE_GRAD`` follows each chunk's last backward):
-
-    * gloo: receives as early as possible (torch's placement), then every receive that its consumer
-      immediately follows moved one compute action ahead (:func:`~dip.schedule.recv_ahead.post_recvs_ahead`):
-      gloo writes a message from the sender's thread at once only when the receiver has already
-      posted its receive (otherwise a send-ready / receive-ready handshake through both I/O threads
-      comes first). The early placement must pass the strictest communication model; the moved
-      receives then keep its deadlock freedom because gloo's operations complete independently
-      (checked again under ``comm_model="op"``). Measured on the static 1F1B benchmark: receives
-      ahead 2-5% faster than the early placement alone, which was 4-8% faster than deferred receives
-      (medians of paired rounds, 2 processes);
-    * gloo: the early placement alone;
-    * receives deferred under the rank-parity rule (:func:`~dip.schedule.lowering.defer_recvs`):
-      posted early enough that the transfer overlaps the compute before its consumer, without holding
-      buffers (and, with NCCL, stream slots) for long; the first choice for NCCL;
-    * gloo only: receives right before their consumers (``"late"``: a gradient send and the next
-      activation receive form one batch, as in torch's fused 1F1B);
-    * receives as early as possible for NCCL, last.
-    """
-    from dip.schedule.errors import ScheduleError
-    from dip.schedule.lowering import add_reduce_grad, add_send_recv, defer_recvs
-    from dip.schedule.recv_ahead import post_recvs_ahead
-    from dip.schedule.validate import validate_program
-
-    raw = add_send_recv(plan)
-    early = add_reduce_grad(raw)
-    if backend == "gloo":
-        candidates = [early, add_reduce_grad(defer_recvs(raw)), add_reduce_grad(add_send_recv(plan, "late"))]
-    else:
-        candidates = [add_reduce_grad(defer_recvs(raw)), early]
-    error: ScheduleError | None = None
-    for program in candidates:
-        try:
-            validate_program(plan, program)
-        except ScheduleError as exc:
-            error = exc
-            continue
-        if backend == "gloo" and program is early:
-            ahead = post_recvs_ahead(early)
-            try:
-                validate_program(plan, ahead, "op")
-                return ahead
-            except ScheduleError:
-                pass
-        return program
-    raise error
-
-
-def _comm_runs(program: Program, rank: int) -> dict[int, tuple[int, list]]:
+def _comm_runs(program: Program, rank: int) -> dict[int, tuple[int, list[CommBatch]]]:
     """``{first index of a run of SEND/RECVs: (index after the run, its communication batches)}``."""
-    runs: dict[int, tuple[int, list]] = {}
+    runs: dict[int, tuple[int, list[CommBatch]]] = {}
     acts = program.actions.get(rank, [])
     batches = comm_batches(program, rank)
     k = 0
@@ -270,11 +238,6 @@ def _comm_runs(program: Program, rank: int) -> dict[int, tuple[int, list]]:
         runs[i] = (stop, mine)
         i = stop
     return runs
-
-
-def _key_text(key: tuple) -> str:
-    src, su, dst, du, backward = key
-    return f"{'gradient' if backward else 'activation'} chunk {src}.{su} -> chunk {dst}.{du}"
 
 
 class Executor:
@@ -301,7 +264,6 @@ class Executor:
         self.max_outstanding_sends = max_outstanding_sends
         self.handlers: dict[str, Handler] = dict(DEFAULT_HANDLERS)
         self.handlers.update(handlers or {})
-        self._prep: tuple | None = None
         self._direct: bool | None = None  # gloo on host buffers: post on the group object directly
         self.poster = Poster(group) if post_in_background and self.comm_device.type == "cpu" else None
 
@@ -309,36 +271,38 @@ class Executor:
         """Override the handler of ``op`` (``"F"``, ``"SEND_F"``, ..., or ``"BATCH"`` for posting)."""
         self.handlers[op.value if isinstance(op, Op) else str(op)] = handler
 
-    def prepare(self, plan: Plan, program: Program, batch: BatchMeta) -> None:
-        """Build the per-plan structures now (outside a timed region); :meth:`run_step` reuses them."""
-        self._prepared(plan, program, batch)
+    def prepare(self, plan: Plan, program: Program, batch: BatchMeta, deps: DependencyIndex | None = None
+                ) -> PreparedPlan:
+        """Everything :meth:`run_step` derives from a plan, built now (outside a timed region).
 
-    def _prepared(self, plan: Plan, program: Program, batch: BatchMeta) -> tuple:
-        """Per-plan structures (dependencies, communication runs, message specs), kept while the same
-        plan, program and batch run again."""
-        key = (id(plan), id(program), id(batch))
-        if self._prep is None or self._prep[0] != key:
-            specs = step_specs(plan, batch, self.provider)
-            if self._direct is None:
-                self._direct = self.comm_device.type == "cpu" and direct_posting(self.group)
-            routes = _routes(program, self.rank, specs, self.rank_map, self.group, self._direct)
-            self._prep = (key, DependencyIndex(plan), _comm_runs(program, self.rank), specs, routes,
-                          (plan, program, batch))
-        return self._prep[1:5]
+        Args:
+            plan: the step's plan.
+            program: its lowered program (:func:`dip.schedule.lowering.lower`).
+            batch: this replica's batch metadata.
+            deps: the plan's dependency index, when the caller already built it.
 
-    def context(self, plan: Plan, program: Program, batch: BatchMeta, step_seed: int, mb_offset: int,
-                loss_scale: float) -> StepContext:
-        deps, _, specs, routes = self._prepared(plan, program, batch)
+        Returns:
+            The :class:`PreparedPlan` to run (reuse it for every run of the same plan and batch).
+        """
+        deps = deps or DependencyIndex.of_plan(plan)
+        shapes = ShapePlan(plan, self.provider, batch, deps)
+        if self._direct is None:
+            self._direct = self.comm_device.type == "cpu" and direct_posting(self.group)
+        routes = _routes(program, self.rank, shapes, self.rank_map, self.group, self._direct)
+        return PreparedPlan(plan, program, batch, deps, shapes, _comm_runs(program, self.rank), routes)
+
+    def context(self, prepared: PreparedPlan, step_seed: int, mb_offset: int, loss_scale: float) -> StepContext:
+        p = prepared
         return StepContext(
-            rank=self.rank, plan=plan, program=program, deps=deps, batch=batch,
-            provider=self.provider, stages=self.stages, specs=specs, routes=routes,
+            rank=self.rank, plan=p.plan, program=p.program, deps=p.deps, batch=p.batch,
+            provider=self.provider, stages=self.stages, shapes=p.shapes, routes=p.routes,
             step_seed=step_seed, mb_offset=mb_offset, loss_scale=loss_scale, rank_map=self.rank_map,
             group=self.group, timeout_s=self.timeout_s, device=self.device, comm_device=self.comm_device,
             sends=SendQueue(self.rank, self.timeout_s, self.max_outstanding_sends), poster=self.poster,
         )
 
-    def run_step(self, plan: Plan, program: Program, batch: BatchMeta, *, step_seed: int, loss_scale: float,
-                 mb_offset: int = 0) -> StepResult:
+    def run_step(self, prepared: PreparedPlan, *, step_seed: int, loss_scale: float, mb_offset: int = 0
+                 ) -> StepResult:
         """Run this rank's program of one step; the loss gradient is ``loss_sum * loss_scale``.
 
         Python's cyclic garbage collector is paused during the step (as Megatron's manual GC does):
@@ -347,19 +311,19 @@ class Executor:
         if paused:
             gc.disable()
         try:
-            return self._run_step(plan, program, batch, step_seed, loss_scale, mb_offset)
+            return self._run_step(prepared, step_seed, loss_scale, mb_offset)
         finally:
             if paused:
                 gc.enable()
 
-    def _run_step(self, plan: Plan, program: Program, batch: BatchMeta, step_seed: int, loss_scale: float,
-                  mb_offset: int) -> StepResult:
+    def _run_step(self, prepared: PreparedPlan, step_seed: int, loss_scale: float, mb_offset: int) -> StepResult:
+        plan, program = prepared.plan, prepared.program
         missing = sorted({c.id for c in plan.graph.rank_chunks(self.rank)} - set(self.stages))
         if missing:
             raise RuntimeError(f"rank {self.rank}: the plan places chunks {missing} here, but they were not built")
-        ctx = self.context(plan, program, batch, step_seed, mb_offset, loss_scale)
+        ctx = self.context(prepared, step_seed, mb_offset, loss_scale)
         acts = program.actions.get(self.rank, [])
-        runs = self._prepared(plan, program, batch)[1]
+        runs = prepared.runs
         handlers = self.handlers
         times: list[ActionTime] = []
         clock = time.perf_counter
@@ -394,10 +358,10 @@ class Executor:
         if ctx.states:
             left.append(f"units without a finished backward: {sorted(ctx.states)}")
         if ctx.recvs:
-            left.append(f"receives nobody consumed: {[_key_text(k) for k in ctx.recvs]}")
+            left.append(f"receives nobody consumed: {[k.describe() for k in ctx.recvs]}")
         if ctx.outbox:
-            left.append(f"outputs never sent: {[_key_text(k) for k in ctx.outbox]}")
+            left.append(f"outputs never sent: {[k.describe() for k in ctx.outbox]}")
         if ctx.local:
-            left.append(f"local hand-offs nobody consumed: {[_key_text(k) for k in ctx.local]}")
+            left.append(f"local hand-offs nobody consumed: {[k.describe() for k in ctx.local]}")
         if left:
             raise RuntimeError(f"rank {self.rank}: step ended with " + "; ".join(left))

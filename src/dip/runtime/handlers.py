@@ -20,7 +20,6 @@ from torch import Tensor
 
 from dip.runtime import splitgrad
 from dip.runtime.comm import P2P, alloc, pack, post_batch
-from dip.runtime.shapes import message_key
 from dip.runtime.stage import UnitState
 from dip.schedule.ir import Action, Op
 
@@ -28,12 +27,6 @@ if TYPE_CHECKING:
     from dip.runtime.executor import StepContext
 
 Handler = Callable[[Action, "StepContext"], None]
-
-
-def backward_key(key: tuple) -> tuple:
-    """The gradient message that answers forward message ``key``."""
-    src, su, dst, du, _ = key
-    return (dst, du, src, su, True)
 
 
 # --------------------------------------------------------------------------- compute
@@ -49,7 +42,7 @@ def forward(action: Action, ctx: "StepContext") -> None:
     state = UnitState()
     received = []
     for _, msg in ctx.deps.inputs(c, Op.F, u):
-        key = message_key(msg)
+        key = msg.key
         leaves = {n: (t.requires_grad_() if t.is_floating_point() and not t.requires_grad else t)
                   for n, t in ctx.take(key, action).items()}
         state.inputs[key] = leaves
@@ -72,7 +65,7 @@ def forward(action: Action, ctx: "StepContext") -> None:
         state.loss = loss
         ctx.add_loss(loss)
     for msg in ctx.deps.outputs(c, Op.F, u):
-        key = message_key(msg)
+        key = msg.key
         dst = plan.graph.chunks[msg.dst_chunk]
         if dst.group == chunk.group:
             payload = outputs
@@ -82,7 +75,7 @@ def forward(action: Action, ctx: "StepContext") -> None:
                                                 ctx.part_unit(chunk.parts[-1].module, unit),
                                                 ctx.part_unit(dst.parts[0].module, dst_unit), mb)
         state.outputs[key] = payload
-        ctx.emit(key, payload, backward=False)
+        ctx.emit(key, payload)
     ctx.states[(c, u)] = state
 
 
@@ -94,7 +87,7 @@ def _roots(action: Action, ctx: "StepContext", state: UnitState) -> tuple[list[T
         roots.append(state.loss)
         grads.append(torch.full_like(state.loss, ctx.loss_scale))
     for key, payload in state.outputs.items():
-        got = ctx.take(backward_key(key), action)
+        got = ctx.take(key.reply(), action)
         for name, t in payload.items():
             if t.requires_grad:
                 roots.append(t)
@@ -108,7 +101,7 @@ def _send_input_grads(ctx: "StepContext", state: UnitState, grads: dict[int, Ten
         for name, leaf in leaves.items():
             g = grads.get(id(leaf)) if grads is not None else leaf.grad
             out[name] = g if g is not None else torch.zeros_like(leaf)
-        ctx.emit(backward_key(key), out, backward=True)
+        ctx.emit(key.reply(), out)
 
 
 def backward(action: Action, ctx: "StepContext") -> None:

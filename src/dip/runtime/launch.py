@@ -6,7 +6,7 @@ watches them: when a rank dies the others are killed at once and :class:`RankFai
 and its last error line. Rank 0 writes the report to ``result.json``; a ``BadInput`` raised on a rank
 comes back as ``BadInput``.
 
-:func:`spawn` runs a Python function on N local processes instead (tests, benchmarks).
+(:func:`dip.runtime.spawn.spawn` runs a Python function on N local processes instead: tests, benchmarks.)
 
 Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` already set) ``dip train`` calls
 :func:`dip.runtime.trainer.train` in-process instead (see ``docs/runtime.md``).
@@ -14,37 +14,29 @@ Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` already set) ``dip train`` calls
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
-import pickle
-import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 from dip.errors import BadInput
-from dip.runtime.trainer import TrainConfig
+from dip.runtime.spawn import LOCALHOST, free_port
+from dip.runtime.trainer import TrainConfig, finish, train
+
+__all__ = ["RankFailed", "launch", "launch_many", "worker_main"]
 
 ERROR_FILE = "error-{rank}.json"
 RESULT_FILE = "result.json"
-LOCALHOST = "127.0.0.1"
 
 
 class RankFailed(RuntimeError):
     """A rank exited with an error; the message names the rank and its last error line."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOCALHOST, 0))
-        return s.getsockname()[1]
 
 
 def worker_env(rank: int, world: int, port: int, threads: int) -> dict[str, str]:
@@ -160,8 +152,6 @@ def _log_tail(workdir: str, rank: int) -> str:
 
 def worker_main(config_path: str) -> int:
     """Entry point of one rank started by :func:`launch`."""
-    from dip.runtime.trainer import train
-
     with open(config_path, encoding="utf-8") as f:
         payload = json.load(f)
     cfgs = [TrainConfig(**c) for c in payload["configs"]]
@@ -189,62 +179,10 @@ def worker_main(config_path: str) -> int:
 def _shutdown(timeout_s: float) -> None:
     """Leave the process group once every rank is done with it, then exit without destructors
     (gloo's background threads can abort a process that tears down while a peer still talks)."""
-    from dip.runtime.trainer import finish
-
     finish(timeout_s)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-def _spawn_entry(rank: int, world: int, port: int, fn: Callable, args: tuple, results) -> None:
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": LOCALHOST,
-                       "MASTER_PORT": str(port), "LOCAL_RANK": str(rank)})
-    import torch
-
-    torch.set_num_threads(1)
-    try:
-        results.put((rank, True, pickle.dumps(fn(rank, world, *args))))  # plain bytes: no shared memory
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        results.put((rank, False, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-    finally:
-        results.close()
-        results.join_thread()  # flush the result before leaving without destructors
-        os._exit(0)
-
-
-def spawn(fn: Callable, world: int, *args: Any, timeout_s: float = 120.0) -> list[tuple[bool, Any]]:
-    """Run ``fn(rank, world, *args)`` on ``world`` processes (env:// on 127.0.0.1 set, process group not
-    initialised); returns ``(ok, result or error text)`` per rank. Processes still running after
-    ``timeout_s`` are killed and reported as failed."""
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_spawn_entry, args=(r, world, port, fn, args, results), daemon=True)
-             for r in range(world)]
-    for p in procs:
-        p.start()
-    got: dict[int, tuple[bool, Any]] = {}
-    deadline = time.monotonic() + timeout_s
-    while len(got) < world and time.monotonic() < deadline:
-        try:
-            r, ok, value = results.get(timeout=0.5)
-            got[r] = (ok, pickle.loads(value) if ok else value)
-        except queue.Empty:
-            if all(not p.is_alive() for p in procs) and results.empty():
-                break
-    late = [p.is_alive() for p in procs]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-        p.join(5)
-
-    def missing(r: int) -> str:
-        if late[r]:
-            return f"rank {r} gave no result within {timeout_s:g} s"
-        return f"rank {r} exited with code {procs[r].exitcode} without a result"
-
-    return [got.get(r, (False, missing(r))) for r in range(world)]
 
 
 if __name__ == "__main__":

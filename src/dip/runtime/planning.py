@@ -8,10 +8,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from dip.cost import CostModel
 from dip.data.meta import BatchMeta, MicroBatchMeta
-from dip.data.workload import generate_batches
+from dip.data.workload import generate_batches, generate_dynamic_batches
 from dip.errors import BadInput
+from dip.planner import SearchOptions, plan_schedule
 from dip.schedule.ir import Plan
+from dip.schedule.partition import Partition
+from dip.sim import SimulatedPlan, simulate_plan
+from dip.spec.hardware import HardwareSpec, get_hardware
 from dip.spec.model import ModelSpec
 
 CPU_HARDWARE = "cpu"
@@ -52,8 +57,6 @@ def make_step_batches(model: ModelSpec, steps: int, dp: int, microbatches: int, 
     and fall over the steps (the paper's Fig. 8b). Batches differ from step to step (image counts, text
     lengths, clip counts); a VLM run always contains at least one text-only micro-batch."""
     if workload == "dynamic":
-        from dip.data.workload import generate_dynamic_batches
-
         raw = generate_dynamic_batches(model, seed, microbatches * dp, iterations=max(steps, 1))[:steps]
     elif workload == "default":
         raw = generate_batches(model, steps, seed, microbatches * dp)
@@ -66,15 +69,6 @@ def make_step_batches(model: ModelSpec, steps: int, dp: int, microbatches: int, 
             mbs[-1] = text_only(mbs[-1])
         out.append([BatchMeta(tuple(mbs[d * microbatches:(d + 1) * microbatches]), index=s) for d in range(dp)])
     return out
-
-
-def check_schedule(name: str, model: ModelSpec):
-    """The schedule generator ``name`` (BadInput listing the valid names, or when the model is unsupported)."""
-    from dip.schedule.baselines.registry import get_generator
-
-    sched = get_generator(name)
-    sched.supports(model)
-    return sched
 
 
 def check_parallel(model: ModelSpec, nproc: int, pp: int | None, dp: int | None) -> tuple[int, int]:
@@ -102,40 +96,29 @@ def check_parallel(model: ModelSpec, nproc: int, pp: int | None, dp: int | None)
     return pp, dp
 
 
-def cost_setup(model: ModelSpec, dtype: str, hardware: str = CPU_HARDWARE):
+def cost_setup(model: ModelSpec, dtype: str, hardware: str = CPU_HARDWARE) -> tuple[CostModel, HardwareSpec]:
     """(cost model, hardware) for planning and prediction (the CPU calibration by default)."""
-    from dip.cost import CostModel
-    from dip.spec.hardware import get_hardware
-
     hw = get_hardware(hardware)
     dtype_bytes = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 4)
     return CostModel(model, hw, tp=1, dtype_bytes=dtype_bytes), hw
 
 
-def plan_replica(schedule: str, model: ModelSpec, batch: BatchMeta, cost_model, hardware, seed: int = 0,
-                 predict_cost_model=None, partition=None):
-    """The simulated plan (``SimulatedPlan``: plan, stage costs, simulation result) of one replica's batch.
+def plan_replica(schedule: str, model: ModelSpec, batch: BatchMeta, cost_model: CostModel, hardware: HardwareSpec,
+                 seed: int = 0, predict_cost_model: CostModel | None = None,
+                 partition: Partition | None = None) -> SimulatedPlan:
+    """The simulated plan of one replica's batch.
 
     Every schedule plans with ``cost_model`` (``dip``: the planner with a fixed number of rollouts, so
     every run plans the same way, and the layer ``partition`` when given, so later steps keep the
     first step's placement). The simulation that predicts the step time uses ``predict_cost_model``
-    (e.g. online-calibrated) when given.
+    (e.g. online-calibrated) when given; the result keeps the planner's partition.
     """
-    from dip.schedule.baselines.memory import SimulatedPlan, simulate_plan
-    from dip.schedule.baselines.registry import simulate_schedule
-
-    partition_out = None
-    if schedule == "dip":
-        from dip.planner import plan_batch
-
-        res = plan_batch(model, batch, cost_model, hardware, partition=partition, rollouts=DIP_ROLLOUTS, seed=seed)
-        res.plan.schedule = "dip"
-        sim, partition_out = SimulatedPlan(res.plan, res.costs, res.sim), res.partition
-    else:
-        sim = simulate_schedule(schedule, model, batch, cost_model, hardware)
+    sim = plan_schedule(schedule, model, batch, cost_model, hardware, partition=partition,
+                        search=SearchOptions(rollouts=DIP_ROLLOUTS, seed=seed))
     if predict_cost_model is not None:
-        sim = simulate_plan(sim.plan, model, predict_cost_model, batch, hardware)
-    sim.partition = partition_out
+        predicted = simulate_plan(sim.plan, model, predict_cost_model, batch, hardware)
+        predicted.partition = sim.partition
+        sim = predicted
     return sim
 
 
@@ -155,8 +138,6 @@ def plan_step(step: int, schedule: str, model: ModelSpec, batches: list[BatchMet
     make = max(mss) if all(x is not None for x in mss) else None
     static = make
     if predict_cost_model is not None:
-        from dip.schedule.baselines.memory import simulate_plan
-
         plain = [_finite(simulate_plan(s.plan, model, cost_model, b, hardware).result.makespan)
                  for s, b in zip(sims, batches)]
         static = max(plain) if all(x is not None for x in plain) else None
@@ -167,11 +148,5 @@ def with_parallel(model: ModelSpec, pp: int, dp: int) -> ModelSpec:
     return model.with_parallel(pp=pp, dp=dp, tp=1)
 
 
-def layout_of(plan: Plan, rank: int) -> tuple:
-    """What ``rank`` holds under ``plan``: chunk ids with their layer ranges (must not change across steps)."""
-    return tuple((c.id, tuple((p.module, p.layer_start, p.layer_end) for p in c.parts))
-                 for c in plan.graph.rank_chunks(rank))
-
-
-__all__ = ["StepWork", "make_step_batches", "check_schedule", "check_parallel", "cost_setup", "plan_step",
-           "with_parallel", "layout_of", "text_only"]
+__all__ = ["StepWork", "check_parallel", "cost_setup", "make_step_batches", "plan_replica",
+           "plan_step", "text_only", "with_parallel"]

@@ -15,6 +15,7 @@ Error measures (max over parameters and steps):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from dip.data.meta import BatchMeta
+from dip.runtime.models import ReferenceModel, reference_step
 
 EPS = 1e-6
 ADAMW = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
@@ -54,11 +56,11 @@ def max_rel_err(got: Mapping[str, Tensor], ref: Mapping[str, Tensor], what: str)
     if missing or extra:
         raise RuntimeError(f"{what}: the pipeline and the reference hold different parameters "
                            f"(missing {missing[:5]}, unexpected {extra[:5]})")
-    worst, where = 0.0, ""
+    worst, where = math.nan, ""  # NaN: nothing compared
     for name, r in ref.items():
         e = rel_err(got[name].to(r.device), r)
-        if e > worst or not where:
-            worst, where = max(worst, e), name
+        if not where or e > worst:
+            worst, where = e, name
     return worst, where
 
 
@@ -71,24 +73,21 @@ class ReferenceChecker:
     seed: int
     dtype: str
     device: object = None
-    errors: dict[str, float] = field(default_factory=lambda: {"grad": 0.0, "loss": 0.0, "param": 0.0,
-                                                                        "allclose": 0.0})
+    # NaN until a step was compared: a report never shows "no error" for a comparison that did not happen
+    errors: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("grad", "loss", "param", "allclose"),
+                                                                           math.nan))
     worst: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        from dip.runtime.models import ReferenceModel
-
         self.ref = ReferenceModel(self.model, self.seed, self.dtype, self.device)
         self.params = dict(self.ref.canonical_named_parameters())
         self.opt = make_optimizer(self.params.values())
 
     def step(self, batch: BatchMeta, step_seed: int, loss: float, grads: Mapping[str, Tensor]) -> dict[str, float]:
         """Reference step on ``batch``; compares the loss and gradients, then steps the reference optimizer."""
-        from dip.runtime.models import reference_step
-
         ref_loss, ref_grads = reference_step(self.ref, batch, step_seed)
         g_err, g_at = max_rel_err(grads, ref_grads, "gradients")
-        self.errors["allclose"] = max(self.errors["allclose"], allclose_ratio(grads, ref_grads))
+        self._note("allclose", allclose_ratio(grads, ref_grads), g_at)
         l_err = abs(loss - float(ref_loss))
         for name, p in self.params.items():
             p.grad = ref_grads[name].to(p.dtype)
@@ -104,6 +103,6 @@ class ReferenceChecker:
         return err
 
     def _note(self, kind: str, err: float, where: str) -> None:
-        if err >= self.errors[kind]:
+        if math.isnan(self.errors[kind]) or err >= self.errors[kind]:
             self.errors[kind] = err
             self.worst[kind] = where

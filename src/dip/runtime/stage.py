@@ -18,7 +18,7 @@ from dip.data.meta import MicroBatchMeta
 from dip.runtime.comm import TORCH_DTYPES
 from dip.schedule.ir import Chunk, ChunkPart, Unit
 from dip.spec.model import Edge, ModelSpec
-from dip.spec.tensors import TensorSpec
+from dip.data.tensors import TensorSpec
 
 
 

@@ -18,9 +18,10 @@ memory (``comm_device`` = CPU) while the compute stays on the GPU.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,9 +32,14 @@ from dip.runtime import planning
 from dip.runtime.affinity import bind_local_rank
 from dip.runtime.comm import timed_collective
 from dip.runtime.coordinator import Coordinator
-from dip.runtime.executor import Executor, StepResult, lower
-from dip.runtime.stage import StageChunk
-from dip.schedule.ir import Plan
+from dip.runtime.models import SpecModel
+from dip.runtime.reference_check import make_optimizer
+from dip.runtime.step import StepRunner, gather_actions
+from dip.spec.presets import load_model
+
+__all__ = ["BACKENDS", "TrainConfig", "choose_backend", "finish", "init_distributed", "train"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,7 +77,7 @@ class Runtime:
     device: torch.device
     comm_device: torch.device | None = None  # where collectives and messages live (CPU under gloo)
     dp_group: Any = None
-    stages: dict[tuple, StageChunk] = field(default_factory=dict)
+    runner: StepRunner | None = None
     optimizer: Any = None
 
     @property
@@ -136,29 +142,9 @@ def _broadcast(obj: Any, rt: Runtime) -> Any:
     return box[0]
 
 
-def _stages_for(rt: Runtime, plan: Plan, provider, step: int) -> dict[int, StageChunk]:
-    """Stage chunks of this rank for ``plan`` (built at the first step, reused after)."""
-    out: dict[int, StageChunk] = {}
-    for c in plan.graph.rank_chunks(rt.pp_rank):
-        key = tuple((p.module, p.layer_start, p.layer_end) for p in c.parts)
-        stage = rt.stages.get(key)
-        if stage is None:
-            if step > 0:
-                raise RuntimeError(f"rank {rt.rank}: the plan of step {step} places layers {key} here, which this "
-                                   f"rank did not hold before (plans must keep the layer placement)")
-            stage = rt.stages[key] = StageChunk(c, provider, rt.device)
-        stage.chunk = c
-        out[c.id] = stage
-    return out
-
-
-def named_params(rt: Runtime) -> dict[str, torch.nn.Parameter]:
-    return {n: p for s in rt.stages.values() for n, p in s.canonical_named_parameters()}
-
-
 def sync_gradients(rt: Runtime, timeout_s: float) -> None:
     """Fill missing gradients with zeros and all-reduce them over the data-parallel group."""
-    params = [p for _, p in sorted(named_params(rt).items())]
+    params = [p for _, p in sorted(rt.runner.named_parameters().items())]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -182,9 +168,6 @@ def _gather(obj: Any, rt: Runtime) -> list[Any] | None:
 def train(cfg: TrainConfig) -> dict | None:
     """Run ``cfg.steps`` steps on this rank (``RANK``/``WORLD_SIZE`` from the environment); rank 0
     returns the report, the other ranks ``None``."""
-    from dip.runtime.models import SpecModel
-    from dip.spec.presets import load_model
-
     cores = bind_local_rank(cfg.bind_cores, int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
                             int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
                             uses_gpu=torch.cuda.is_available(), external_launcher=not os.environ.get("DIP_WORKER"))
@@ -199,17 +182,15 @@ def train(cfg: TrainConfig) -> dict | None:
         if r == rt.pp_rank:
             rt.dp_group = g
     provider = SpecModel(model, cfg.seed, cfg.dtype, device)
+    rt.runner = StepRunner(rt.pp_rank, provider, backend=dist.get_backend(), rank_map=rt.global_rank,
+                           timeout_s=cfg.timeout_s, device=device, comm_device=rt.comm_device)
     coord = Coordinator(cfg, model, dp, device) if rank == 0 else None
-    executor: Executor | None = None
     for step in range(cfg.steps):
         work = _broadcast(coord.plan(step) if coord else None, rt)
         if isinstance(work, tuple):
             kind, msg = work
             raise BadInput(msg) if kind == "BadInput" else RuntimeError(f"planning on rank 0 failed: {msg}")
-        if executor is None:
-            executor = Executor(rt.pp_rank, provider, {}, rank_map=rt.global_rank, timeout_s=cfg.timeout_s,
-                                device=device, comm_device=rt.comm_device)
-        _train_step(cfg, rt, executor, provider, coord, step, work)
+        _train_step(cfg, rt, provider, coord, step, work)
     if not coord:
         return None
     out = coord.result(world, pp, dp)
@@ -219,27 +200,20 @@ def train(cfg: TrainConfig) -> dict | None:
     return out
 
 
-def _train_step(cfg: TrainConfig, rt: Runtime, executor: Executor, provider, coord, step: int, work) -> None:
+def _train_step(cfg: TrainConfig, rt: Runtime, provider, coord, step: int, work) -> None:
     """One step on this rank: execute its plan, synchronise gradients, AdamW, compare, measure."""
-    from dip.runtime.reference_check import make_optimizer
-    from dip.schedule.validate import validate_plan
-
+    runner = rt.runner
     plan, batch = work.plans[rt.dp_index], work.batches[rt.dp_index]
-    validate_plan(plan)
-    program = lower(plan, dist.get_backend())  # validated
-    executor.stages = _stages_for(rt, plan, provider, step)
+    prepared = runner.prepare(plan, batch)
     if rt.optimizer is None:
-        rt.optimizer = make_optimizer(named_params(rt).values())
+        rt.optimizer = make_optimizer(runner.named_parameters().values())
     global_batch = work.global_batch
     total = sum(provider.loss_tokens(mb) for mb in global_batch.microbatches)
-    for p in named_params(rt).values():
-        p.grad = None
+    runner.zero_grad()
     seed = step_seed(cfg.seed, step)
-    executor.prepare(plan, program, batch)
     timed_collective(dist.barrier, f"the barrier before step {step}", rt.rank, cfg.timeout_s)
     t0 = time.perf_counter()
-    res: StepResult = executor.run_step(plan, program, batch, step_seed=seed, loss_scale=1.0 / total,
-                                        mb_offset=rt.dp_index * cfg.microbatches)
+    res = runner.run(prepared, step_seed=seed, loss_scale=1.0 / total, mb_offset=rt.dp_index * cfg.microbatches)
     sync_gradients(rt, cfg.timeout_s)
     t_grads = time.perf_counter() - t0
     loss_t = torch.tensor([res.loss_sum], dtype=torch.float64, device=rt.comm_device)
@@ -247,8 +221,9 @@ def _train_step(cfg: TrainConfig, rt: Runtime, executor: Executor, provider, coo
     loss = float(loss_t[0]) / total
     extra: dict[str, Any] = {}
     mine = rt.dp_index == 0  # replica 0 speaks for every replica (identical gradients after the all-reduce)
+    params = runner.named_parameters()
     if cfg.check_reference:
-        got = _gather({n: p.grad.detach().cpu() for n, p in named_params(rt).items()} if mine else {}, rt)
+        got = _gather({n: p.grad.detach().cpu() for n, p in params.items()} if mine else {}, rt)
         if coord:
             extra.update(coord.checker.step(global_batch, seed, loss, {k: v for d in got for k, v in d.items()}))
     t1 = time.perf_counter()
@@ -256,10 +231,10 @@ def _train_step(cfg: TrainConfig, rt: Runtime, executor: Executor, provider, coo
     times = torch.tensor([res.elapsed_s, t_grads + time.perf_counter() - t1], dtype=torch.float64, device=rt.comm_device)
     timed_collective(dist.all_reduce, "the step-time all-reduce", rt.rank, cfg.timeout_s, times, op=dist.ReduceOp.MAX)
     if cfg.check_reference:
-        got = _gather({n: p.detach().cpu() for n, p in named_params(rt).items()} if mine else {}, rt)
+        got = _gather({n: p.detach().cpu() for n, p in params.items()} if mine else {}, rt)
         if coord:
             extra["param_rel_err"] = coord.checker.compare_params({k: v for d in got for k, v in d.items()})
-    rows = _gather([(str(t.action), t.start, t.end, t.wait) for t in res.actions] if mine else [], rt)
+    rows = gather_actions(res if mine else None, rt.rank, rt.world)
     if coord:
         coord.measured(work, rows[:rt.pp])
         coord.add_report(step, work, loss, total, (float(times[0]), float(times[1])), extra)

@@ -62,7 +62,8 @@ def to_torch_csv(plan: Plan, path: str | os.PathLike) -> None:
 
 def to_torch_actions(plan: Plan) -> dict[int, list["_Action"]]:
     """``{rank: [torch _Action, ...]}`` for oracle tests against torch's private schedule helpers."""
-    from torch.distributed.pipelining.schedules import _Action  # private API: oracle use only
+    # torch (heavy, and private API): only the oracle tests convert plans to torch actions
+    from torch.distributed.pipelining.schedules import _Action
 
     return {r: [_Action.from_str(s) for s in row] for r, row in enumerate(to_torch_rows(plan))}
 

@@ -6,6 +6,8 @@
   ``"all"``; chunk ``c`` on rank ``c mod pp``; a chunk may hold layers of several modules.
 * :func:`separated_even_partition` (Optimus): one group per module, module ``i`` cut into
   ``pp * K_i`` chunks with near-equal layer counts.
+* :class:`Partition`: the static part of a DIP plan (stage graph, ``B_i``, ``K_i``), which DIP's
+  offline partitioner (:mod:`dip.planner.partitioner`) chooses.
 
 The cut is an exact linear partition: first the smallest possible maximum chunk weight, then, among the
 cuts that reach it, the one with the smallest sum of squared chunk weights (so chunks that are not the
@@ -13,16 +15,47 @@ bottleneck are balanced too).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
+from dip.data.meta import BatchMeta, MicroBatchMeta
 from dip.errors import BadInput
-from dip.schedule.ir import Chunk, ChunkPart, StageGraph
-from dip.schedule.units import chain_channels, module_graph, split_evenly
+from dip.schedule.ir import Chunk, ChunkPart, Flow, StageGraph, Unit
+from dip.schedule.units import build_units, chain_channels, module_graph, split_evenly
 from dip.spec.model import ModelSpec
 from dip.spec.params import layer_params, post_params, pre_params
 
 MIXED_GROUP = "all"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """The static part of a DIP plan: stage graph, sub-microbatch sizes ``B_i`` and segments ``K_i``."""
+
+    graph: StageGraph
+    sub_microbatch: dict[str, int | None]
+    segments: dict[str, int]
+    layouts: dict[str, tuple[tuple[int, int], ...]]
+    report: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def pp(self) -> int:
+        return self.graph.num_ranks
+
+    def units(self, model: ModelSpec, batch: BatchMeta | Sequence[MicroBatchMeta]
+              ) -> tuple[dict[str, tuple[Unit, ...]], tuple[Flow, ...]]:
+        """Units (``M_i = ceil(N_i / B_i)`` sub-microbatches per micro-batch) and flows of ``batch``."""
+        return build_units(model, self.graph, batch, self.sub_microbatch)
+
+    def summary(self) -> dict:
+        """JSON-friendly description (the ``partition`` entry of ``dip plan --json``)."""
+        return {
+            "pp": self.pp,
+            "sub_microbatch": dict(self.sub_microbatch),
+            "segments": dict(self.segments),
+            "chunks": {m: [list(r) for r in lay] for m, lay in self.layouts.items()},
+            **self.report,
+        }
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ result must pass :func:`dip.schedule.validate.validate_program` with ``comm_mode
 from __future__ import annotations
 
 from dip.schedule.ir import Action, Op
-from dip.schedule.lowering import COMM, COMPUTE, RECVS, Program
+from dip.schedule.program import COMM, COMPUTE, RECVS, Program
 
 
 def _consumes(action: Action, recv: Action) -> bool:

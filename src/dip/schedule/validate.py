@@ -19,14 +19,14 @@ that prints the whole rank x step grid with the failing step marked.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Mapping, Sequence
 
-from dip.schedule.deps import DependencyIndex, Message
+from dip.schedule.deps import DependencyIndex, Message, MessageKey
 from dip.schedule.errors import ScheduleError
 from dip.schedule.ir import Action, Op, Plan
-from dip.schedule.lowering import (BACKWARD, COMM, COMPUTE, RECVS, SENDS, CommBatch, CommModel, Program, comm_batches,
-                                  message_id)
+from dip.schedule.program import BACKWARD, COMM, COMPUTE, RECVS, SENDS, CommBatch, CommModel, Program, comm_batches
+
+__all__ = ["check_deadlock", "validate_plan", "validate_program"]
 
 Order = Mapping[int, Sequence[Action]]
 
@@ -37,9 +37,10 @@ def _key_text(key) -> str:
 
 # --------------------------------------------------------------------------- compute order
 
-def validate_plan(plan: Plan) -> None:
-    """Raise :class:`ScheduleError` unless ``plan.order`` is complete, well placed and executable."""
-    deps = DependencyIndex(plan)
+def validate_plan(plan: Plan, deps: DependencyIndex | None = None) -> None:
+    """Raise :class:`ScheduleError` unless ``plan.order`` is complete, well placed and executable
+    (``deps``: the plan's dependency index, when the caller already has it)."""
+    deps = deps or DependencyIndex.of_plan(plan)
     _check_compute(plan, plan.order, deps, allow_comm=False)
     _check_progress(plan, deps)
 
@@ -162,15 +163,18 @@ def _cycle_text(cycle: list[int]) -> str:
 
 # --------------------------------------------------------------------------- lowered program
 
-def validate_program(plan: Plan, program: Program, comm_model: CommModel = "rank") -> None:
+def validate_program(plan: Plan, program: Program, comm_model: CommModel = "rank",
+                     deps: DependencyIndex | None = None) -> None:
     """Raise :class:`ScheduleError` unless ``program`` is a correct, deadlock-free lowering of ``plan``.
 
     The compute actions are checked as a plan (the program may have merged or split backwards, so
     the expected actions follow the program's own I/W use); then messages, per-pair order, deadlock.
+    ``deps``: the plan's dependency index, reused when the program splits the same backwards.
     """
     order = program.actions
-    compute = replace(plan, order=program.compute_order())
-    deps = DependencyIndex(compute)
+    split = {(a.chunk, a.unit) for acts in order.values() for a in acts if a.op is Op.I}
+    if deps is None or deps.split != split or deps.graph is not plan.graph:
+        deps = DependencyIndex(plan.graph, plan.units, plan.flows, split)
     where = _check_compute(plan, order, deps, allow_comm=True)
     _check_messages(plan, program, deps, where)
     _check_pair_order(program)
@@ -180,11 +184,11 @@ def validate_program(plan: Plan, program: Program, comm_model: CommModel = "rank
 def _check_messages(plan: Plan, program: Program, deps: DependencyIndex, where: dict) -> None:
     order = program.actions
     rank_of = plan.graph.stage_to_rank()
-    wanted: dict[tuple, Message] = {}
+    wanted: dict[MessageKey, Message] = {}
     for key in deps.expected_keys():
         for msg in deps.outputs(*key):
-            wanted[message_id(msg)] = msg
-    seen: dict[tuple, tuple[int, int]] = {}
+            wanted[msg.key] = msg
+    seen: dict[tuple[MessageKey, bool], tuple[int, int]] = {}
     for r in sorted(order):
         for i, a in enumerate(order[r]):
             if a.op not in COMM:
@@ -192,7 +196,7 @@ def _check_messages(plan: Plan, program: Program, deps: DependencyIndex, where: 
             if rank_of[a.chunk] != r:
                 raise ScheduleError(f"chunk {a.chunk} lives on rank {rank_of[a.chunk]}, not rank {r}", order, r, i, a)
             msg = program.comms[a].message
-            mid = message_id(msg)
+            mid = msg.key
             if mid not in wanted:
                 raise ScheduleError(f"{a} carries no message of the plan", order, r, i, a)
             if rank_of[msg.src_chunk] == rank_of[msg.dst_chunk]:
@@ -234,7 +238,7 @@ def _check_pair_order(program: Program) -> None:
         s, d = pair
         ss, rr = sends.get(pair, []), recvs.get(pair, [])
         for k, ((si, sa), (ri, ra)) in enumerate(zip(ss, rr)):
-            if message_id(program.comms[sa].message) != message_id(program.comms[ra].message):
+            if program.comms[sa].message.key != program.comms[ra].message.key:
                 raise ScheduleError(
                     f"message order differs on rank pair {s}->{d} at message {k}: rank {s} sends {sa} "
                     f"(step {si}) but rank {d} receives {ra} (step {ri}); point-to-point matching is "

@@ -10,12 +10,13 @@ Compile once per plan structure, then score orders fast::
 from dip.sim.costs import StageCosts, stage_costs, uniform_stage_costs
 from dip.sim.kernel import BAD_TASK, DEADLOCK, DUPLICATE, INCOMPLETE, OK, simulate_arrays
 from dip.sim.listsched import list_schedule
+from dip.sim.plans import SimulatedPlan, fit_uniform_memory, simulate_plan
 from dip.sim.simulate import FastResult, SimResult, simulate, simulate_order_arrays
 from dip.sim.taskgraph import OrderArrays, TaskGraph
 from dip.sim.topology import Topology
 
 __all__ = [
     "BAD_TASK", "DEADLOCK", "DUPLICATE", "INCOMPLETE", "OK", "FastResult", "OrderArrays", "SimResult",
-    "StageCosts", "TaskGraph", "Topology", "list_schedule", "simulate", "simulate_arrays", "simulate_order_arrays",
-    "stage_costs", "uniform_stage_costs",
+    "SimulatedPlan", "StageCosts", "TaskGraph", "Topology", "fit_uniform_memory", "list_schedule", "simulate",
+    "simulate_arrays", "simulate_order_arrays", "simulate_plan", "stage_costs", "uniform_stage_costs",
 ]

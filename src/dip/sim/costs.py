@@ -7,8 +7,8 @@ backward ends: at the end of ``B``, or at the end of ``W`` when the backward is 
 backward-input pass frees part of the saved tensors in reality; the simulator keeps all of them
 until ``W``, an upper bound).
 
-``message_bytes[(src_chunk, src_unit, dst_chunk, dst_unit)]`` is keyed in the *forward* direction;
-the gradient sent back along the same edge has the same size. All byte counts are per GPU of a
+``message_bytes[key]`` is keyed by the *forward* :class:`~dip.schedule.deps.MessageKey`; the
+gradient sent back along the same edge has the same size. All byte counts are per GPU of a
 tensor-parallel group.
 """
 from __future__ import annotations
@@ -19,12 +19,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from dip.cost.model import PARAM_STATE_BYTES
 from dip.data.meta import BatchMeta, MicroBatchMeta, ModuleWork, work_for
+from dip.schedule.deps import MessageKey
 from dip.schedule.ir import Chunk, ChunkPart, Flow, StageGraph, Unit
 from dip.spec.model import ModelSpec
 
 StageKey = tuple[int, int]
-MessageKey = tuple[int, int, int, int]
 GRAD_BYTES_PER_PARAM = 4  # fp32 gradients are all-reduced across data-parallel replicas
 
 
@@ -62,10 +63,9 @@ class StageCosts:
     def stage(self, chunk: int, unit: int) -> int:
         return self.stage_index[(chunk, unit)]
 
-    def bytes_of(self, src_chunk: int, src_unit: int, dst_chunk: int, dst_unit: int, backward: bool) -> float:
-        """Bytes of one message; backward messages are looked up in the forward direction."""
-        key = (dst_chunk, dst_unit, src_chunk, src_unit) if backward else (src_chunk, src_unit, dst_chunk, dst_unit)
-        return float(self.message_bytes.get(key, 0.0))
+    def bytes_of(self, key: MessageKey) -> float:
+        """Bytes of one message; a gradient is as large as the forward message it answers."""
+        return float(self.message_bytes.get(key.forward(), 0.0))
 
 
 def stage_keys(graph: StageGraph, units: Mapping[str, Sequence[Unit]]) -> list[StageKey]:
@@ -200,7 +200,7 @@ def _message_bytes(graph: StageGraph, units, flows, model: ModelSpec, cost_model
                 nbytes = cost_model.output_bytes(last.module, work) or cost_model.boundary_bytes(last.module, work)
             else:
                 nbytes = cost_model.boundary_bytes(last.module, work)
-            out[(c.id, u.index, nxt, u.index)] = float(nbytes)
+            out[MessageKey(c.id, u.index, nxt, u.index)] = float(nbytes)
     unit_of = {g: {u.index: u for u in us} for g, us in units.items()}
     for fl in flows:
         src = graph.chunks[graph.last_chunk(fl.src_group)]
@@ -208,7 +208,7 @@ def _message_bytes(graph: StageGraph, units, flows, model: ModelSpec, cost_model
         module = src.parts[-1].module
         work = works.get(module, unit_of[fl.src_group][fl.src_unit])
         nbytes = cost_model.output_bytes(module, work) if hasattr(cost_model, "output_bytes") else 0.0
-        out[(src.id, fl.src_unit, dst, fl.dst_unit)] = float(nbytes or cost_model.boundary_bytes(module, work))
+        out[MessageKey(src.id, fl.src_unit, dst, fl.dst_unit)] = float(nbytes or cost_model.boundary_bytes(module, work))
     return out
 
 
@@ -225,8 +225,4 @@ def _static_bytes(graph: StageGraph, model: ModelSpec, cost_model) -> np.ndarray
 
 def _grad_bytes(static_bytes: np.ndarray) -> np.ndarray:
     """Gradient bytes per rank, derived from the cost model's per-parameter state bytes."""
-    try:
-        from dip.cost.model import PARAM_STATE_BYTES
-    except ImportError:  # a cost model without the constant: assume bf16 weights + fp32 grads + AdamW
-        PARAM_STATE_BYTES = 18
     return static_bytes / PARAM_STATE_BYTES * GRAD_BYTES_PER_PARAM

@@ -92,8 +92,7 @@ class TaskGraph:
         topo = as_topology(topology, costs.tp)
         keys = costs.keys
         split_set = frozenset(keys) if split is True else frozenset(split or ())
-        deps = DependencyIndex(Plan(graph, dict(units), tuple(flows), {}))
-        deps.split = set(split_set)
+        deps = DependencyIndex(graph, units, flows, split_set)
         actions: list[Action] = []
         stage_list: list[int] = []
         for s, (chunk, unit) in enumerate(keys):
@@ -114,8 +113,7 @@ class TaskGraph:
                 if p is None:
                     c, op, u = key
                     raise ValueError(f"task {a} depends on {c}{op.value}{u}, which the structure lacks")
-                nbytes = 0.0 if msg is None else costs.bytes_of(msg.src_chunk, msg.src_unit, msg.dst_chunk,
-                                                                msg.dst_unit, msg.backward)
+                nbytes = 0.0 if msg is None else costs.bytes_of(msg.key)
                 preds.append((p, nbytes))
             pred_lists.append(preds)
         unit_mb = {(g, u.index): u.mb for g, us in units.items() for u in us}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dip.errors import BadInput, choices_error
+from dip.io import write_atomic
 
 OP_CLASSES: tuple[str, ...] = ("gemm", "attention", "elementwise", "collective", "p2p", "offload")
 GB = 1e9
@@ -145,8 +146,6 @@ class HardwareSpec:
 
     def save(self, path: str, extra: dict[str, Any] | None = None) -> None:
         """Write this spec as calibration JSON (``extra`` keys such as measurements are kept aside)."""
-        from dip.cli.common import write_atomic
-
         payload = {"format": "dip-hardware-v1", **self.to_dict(), **(extra or {})}
         write_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from dip.cli.common import write_atomic
+from dip.io import write_atomic
 from dip.schedule.ir import Plan
 from dip.sim.simulate import SimResult
 
@@ -25,7 +25,7 @@ def _shade(rgb, amount: float):
 
 
 def _module_colors(plan: Plan) -> dict[str, tuple]:
-    import matplotlib
+    import matplotlib  # heavy (about a second to load): only drawing needs it
 
     cmap = matplotlib.colormaps["tab10"]
     names: list[str] = []
@@ -38,7 +38,7 @@ def _module_colors(plan: Plan) -> dict[str, tuple]:
 
 def write_gantt_png(path: str, plan: Plan, result: SimResult, label: str = "", dpi: int = 120) -> None:
     """Draw ``result`` (simulated from ``plan``) to ``path``."""
-    import matplotlib
+    import matplotlib  # heavy (about a second to load): only drawing needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

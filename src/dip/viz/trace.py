@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from dip.cli.common import write_atomic
+from dip.io import write_atomic
 from dip.schedule.ir import Action, Plan
 from dip.sim.costs import StageCosts
 from dip.sim.simulate import SimResult

@@ -4,7 +4,7 @@ Each sample's tokens, each image's pixels and each clip's latents/noise/timestep
 generator seeded by ``(step_seed, mb_index, kind, instance index)`` only, so any split of a micro-batch
 into units sees exactly the data of the whole micro-batch. Only boundary activations travel.
 
-Decoder layout (see :mod:`dip.spec.tensors`): per sample, its images' merged tokens then its text;
+Decoder layout (see :mod:`dip.data.tensors`): per sample, its images' merged tokens then its text;
 positions restart at 0 for every sample. Text position ``j < text_len - 1`` of a sample is labelled
 with the sample's token ``j + 1``.
 """
@@ -20,7 +20,7 @@ from dip.data.meta import MicroBatchMeta, lm_sequence_lens
 from dip.runtime.models import layers
 from dip.runtime.models.seeding import generator, torch_dtype
 from dip.spec.model import ModelSpec, ModuleSpec
-from dip.spec.tensors import caption_lens, dit_latent_grid, image_tokens, resolve_range
+from dip.data.tensors import caption_lens, dit_latent_grid, image_tokens, resolve_range
 
 
 @dataclass

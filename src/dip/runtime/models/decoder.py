@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from dip.runtime.models.data import UnitData
 from dip.runtime.models.layers import Attention, RMSNorm, SwiGLU
 from dip.spec.model import ModelSpec, ModuleSpec
-from dip.spec.tensors import image_tokens
+from dip.data.tensors import image_tokens
 
 
 class DecoderPre(nn.Module):

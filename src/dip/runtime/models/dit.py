@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from dip.runtime.models.data import UnitData
 from dip.runtime.models.layers import Attention, GeluMLP, timestep_embedding
 from dip.spec.model import ModelSpec, ModuleSpec
-from dip.spec.tensors import T_MOD_PARTS, dit_patch_dim
+from dip.data.tensors import T_MOD_PARTS, dit_patch_dim
 
 FREQ_DIM = 256
 

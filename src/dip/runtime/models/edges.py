@@ -1,7 +1,7 @@
 """Cross-module channels: what a producer unit sends to a consumer unit, and how a consumer assembles
 its first chunk's inputs from everything it received (fan-in of ViT units, fan-out of the LM).
 
-Shapes agree with :func:`dip.spec.tensors.edge_specs` and :func:`dip.spec.tensors.chunk_input_specs`.
+Shapes agree with :func:`dip.data.tensors.edge_specs` and :func:`dip.data.tensors.chunk_input_specs`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import Tensor
 
 from dip.data.meta import MicroBatchMeta
 from dip.spec.model import Edge, ModelSpec
-from dip.spec.tensors import UnitLike, resolve_range, text_cond_rows
+from dip.data.tensors import UnitLike, resolve_range, text_cond_rows
 
 
 def text_cond_index(model: ModelSpec, edge: Edge, consumer: UnitLike, mb: MicroBatchMeta,

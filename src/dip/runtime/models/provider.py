@@ -16,13 +16,15 @@ from dip.runtime.models import edges
 from dip.runtime.models.chunk import ChunkModule, build_chunk
 from dip.runtime.models.data import make_unit_data
 from dip.runtime.models.seeding import dtype_name, torch_dtype
-from dip.spec import tensors
+from dip.data import tensors
 from dip.spec.model import Edge, ModelSpec
-from dip.spec.tensors import TensorSpec, UnitLike
+from dip.data.tensors import TensorSpec, UnitLike
 
 
 class ModelProvider(Protocol):
-    """The model side of a pipelined step (every method is deterministic and rank-local)."""
+    """The model side of a pipelined step (every method is deterministic and rank-local); its
+    ``spec``, ``output_specs`` and ``edge_specs`` are the :class:`dip.schedule.shapes.ShapeRules` the
+    step's shape plan is computed from."""
 
     spec: ModelSpec
 
@@ -42,6 +44,9 @@ class ModelProvider(Protocol):
 
     def output_specs(self, module_name: str, layer_end: int, mb: MicroBatchMeta, start: int,
                      stop: int) -> tuple[TensorSpec, ...]: ...
+
+    def edge_specs(self, edge: Edge, producer: UnitLike, consumer: UnitLike,
+                   mb: MicroBatchMeta) -> tuple[TensorSpec, ...]: ...
 
     def edge_tensors(self, edge: Edge, producer_outputs: dict[str, Tensor], producer: UnitLike,
                      consumer: UnitLike, mb: MicroBatchMeta) -> dict[str, Tensor]: ...
@@ -77,6 +82,9 @@ class SpecModel:
 
     def output_specs(self, module_name, layer_end, mb, start, stop):
         return tensors.chunk_output_specs(self.spec, module_name, layer_end, mb, start, stop, dtype_name(self.dtype))
+
+    def edge_specs(self, edge, producer, consumer, mb):
+        return tensors.edge_specs(self.spec, edge, producer, consumer, mb, dtype_name(self.dtype))
 
     def edge_tensors(self, edge, producer_outputs, producer, consumer, mb):
         return edges.edge_tensors(self.spec, edge, producer_outputs, producer, consumer, mb)

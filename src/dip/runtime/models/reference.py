@@ -14,7 +14,7 @@ from dip.data.meta import BatchMeta, MicroBatchMeta
 from dip.runtime.models.chunk import ChunkModule
 from dip.runtime.models.provider import ModelProvider, as_provider
 from dip.spec.model import ModelSpec
-from dip.spec.tensors import Unit
+from dip.data.tensors import Unit
 
 
 class ReferenceModel:

@@ -16,7 +16,7 @@ from torch import Tensor
 from dip.data.meta import BatchMeta
 from dip.runtime.models.chunk import ChunkModule
 from dip.runtime.models.provider import ModelProvider
-from dip.spec.tensors import Unit
+from dip.data.tensors import Unit
 
 
 @dataclass

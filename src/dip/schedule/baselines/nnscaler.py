@@ -9,6 +9,7 @@ partition never looks at the batch being scheduled.
 """
 from __future__ import annotations
 
+from dip.data.workload import generate_batches
 from dip.data.meta import BatchMeta, work_for
 from dip.schedule.baselines.one_f_one_b import one_f_one_b_order
 from dip.schedule.baselines.plans import mixed_plan
@@ -22,8 +23,6 @@ _PARTITIONS: dict[tuple, object] = {}
 
 def representative_layer_weights(model: ModelSpec, cost_model, microbatches: int) -> list[float]:
     """Per-layer mean pass seconds over a representative batch (fixed seed, default workload)."""
-    from dip.data.workload import generate_batches
-
     batch = generate_batches(model, 1, REPRESENTATIVE_SEED, microbatches=microbatches)[0]
     weights: list[float] = []
     for m in model.modules:

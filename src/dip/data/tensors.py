@@ -30,6 +30,8 @@ from dip.errors import BadInput
 from dip.spec.model import Edge, ModelSpec, ModuleSpec
 
 T_MOD_PARTS = 6  # shift/scale/gate for attention and MLP (adaLN-single)
+DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "int32": 4, "int8": 1,
+               "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,13 @@ class TensorSpec:
         for s in self.shape:
             n *= s
         return n
+
+    @property
+    def nbytes(self) -> int:
+        try:
+            return self.numel * DTYPE_BYTES[self.dtype]
+        except KeyError:
+            raise ValueError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
 
 
 class UnitLike(Protocol):

@@ -1,5 +1,5 @@
-"""Helpers for runtime tests and examples: hand-made plans over any stage graph and a single-process
-step runner (multi-process helpers: :func:`dip.runtime.launch.spawn`)."""
+"""Helpers for the runtime tests: hand-made plans over any stage graph and a single-process step
+(multi-process helpers: :func:`dip.runtime.spawn.spawn`)."""
 from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
@@ -7,7 +7,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from dip.data.meta import BatchMeta
-from dip.runtime.launch import spawn  # noqa: F401 - re-exported for tests
+from dip.runtime.models import ReferenceModel, SpecModel, reference_step
+from dip.runtime.step import StepRunner
 from dip.schedule.ir import Action, Op, Plan, RankOrder, StageGraph
 from dip.schedule.units import build_units, module_graph
 from dip.spec.model import ModelSpec
@@ -49,24 +50,16 @@ def separated_plan(model: ModelSpec, batch: BatchMeta, layouts: Mapping[str, Seq
 
 def run_local_step(model: ModelSpec, plan: Plan, batch: BatchMeta, dtype: str = "float64", step_seed: int = 1,
                    handlers: Mapping[str, Callable] | None = None):
-    """One step of ``plan`` on a single rank (every chunk on rank 0): (loss, grads by canonical name, executor)."""
-    from dip.runtime.executor import Executor
-    from dip.runtime.models import SpecModel
-    from dip.runtime.stage import StageChunk
-    from dip.runtime.executor import lower
-
+    """One step of ``plan`` on a single rank (every chunk on rank 0): (loss, grads by canonical name, result)."""
     provider = SpecModel(model, 0, dtype)
-    stages = {c.id: StageChunk(c, provider) for c in plan.graph.rank_chunks(0)}
-    ex = Executor(0, provider, stages, handlers=handlers)
+    runner = StepRunner(0, provider, handlers=handlers)
     total = sum(provider.loss_tokens(mb) for mb in batch.microbatches)
-    res = ex.run_step(plan, lower(plan), batch, step_seed=step_seed, loss_scale=1.0 / total)
+    res = runner.step(plan, batch, step_seed=step_seed, loss_scale=1.0 / total)
     grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
-             for s in stages.values() for n, p in s.canonical_named_parameters()}
+             for n, p in runner.named_parameters().items()}
     return res.loss_sum / total, grads, res
 
 
 def reference_grads(model: ModelSpec, batch: BatchMeta, dtype: str = "float64", step_seed: int = 1):
-    from dip.runtime.models import ReferenceModel, reference_step
-
     loss, grads = reference_step(ReferenceModel(model, 0, dtype), batch, step_seed)
     return float(loss), grads

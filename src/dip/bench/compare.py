@@ -18,53 +18,38 @@ import torch.distributed as dist
 from dip.runtime import planning
 from dip.runtime.calibrate import OnlineCalibration
 from dip.runtime.comm import timed_collective
-from dip.runtime.executor import Executor, lower
-from dip.runtime.stage import StageChunk
+from dip.runtime.executor import ActionTime
+from dip.runtime.models import SpecModel
+from dip.runtime.spawn import spawn
+from dip.runtime.step import StepRunner, gather_actions
+from dip.spec.presets import load_model
+
+__all__ = ["compare_rank", "compare_schedules"]
 
 
-def _stages(cache: dict, plan, rank: int, provider) -> dict[int, StageChunk]:
-    out = {}
-    for c in plan.graph.rank_chunks(rank):
-        key = tuple((p.module, p.layer_start, p.layer_end) for p in c.parts)
-        if key not in cache:
-            cache[key] = StageChunk(c, provider)
-        out[c.id] = cache[key]
-    return out
-
-
-def _timed_run(ex: Executor, cache: dict, work, rank: int, world: int, provider, step: int,
-               timeout_s: float) -> tuple[float, list | None]:
+def _timed_run(runner: StepRunner, work, rank: int, world: int, provider, step: int,
+               timeout_s: float) -> tuple[float, list[list[ActionTime]] | None]:
     """Run one plan once: (pipeline seconds of the slowest rank, every rank's actions on rank 0)."""
     plan, batch = work.plans[0], work.batches[0]
-    program = lower(plan)
-    ex.stages = _stages(cache, plan, rank, provider)
-    for st in ex.stages.values():
-        for p in st.params:
-            p.grad = None
+    prepared = runner.prepare(plan, batch)
+    runner.zero_grad()
     total = sum(provider.loss_tokens(mb) for mb in batch.microbatches)
-    ex.prepare(plan, program, batch)
     timed_collective(dist.barrier, "the comparison barrier", rank, timeout_s)
     t0 = time.perf_counter()
-    res = ex.run_step(plan, program, batch, step_seed=step, loss_scale=1.0 / total)
+    res = runner.run(prepared, step_seed=step, loss_scale=1.0 / total)
     elapsed = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
     timed_collective(dist.all_reduce, "the comparison all-reduce", rank, timeout_s, elapsed, op=dist.ReduceOp.MAX)
-    rows = [None] * world if rank == 0 else None
-    dist.gather_object([(str(t.action), t.start, t.end, t.wait) for t in res.actions], rows, dst=0)
-    return float(elapsed[0]), rows
+    return float(elapsed[0]), gather_actions(res, rank, world)
 
 
 def compare_rank(rank: int, world: int, model_name: str, schedules: list[str], steps: int, microbatches: int,
                  seed: int, dtype: str, workload: str, timeout_s: float, repeats: int = 3,
                  hardware: str = planning.CPU_HARDWARE, observations: bool = False) -> dict[str, Any] | None:
     """One rank of :func:`compare_schedules` (``RANK``/``WORLD_SIZE`` and env:// already set)."""
-    from dip.runtime.models import SpecModel
-    from dip.spec.presets import load_model
-
     dist.init_process_group("gloo", init_method="env://")
     model = planning.with_parallel(load_model(model_name), world, 1)
     provider = SpecModel(model, seed, dtype)
-    executors = {s: Executor(rank, provider, {}, timeout_s=timeout_s) for s in schedules}
-    caches: dict[str, dict] = {s: {} for s in schedules}
+    runners = {s: StepRunner(rank, provider, timeout_s=timeout_s, fixed_layout=False) for s in schedules}
     out: dict[str, dict[str, list]] = {s: {"measured": [], "predicted": [], "shipped": []} for s in schedules}
     if rank == 0:
         cm, hw = planning.cost_setup(model, dtype, hardware)
@@ -86,7 +71,7 @@ def compare_rank(rank: int, world: int, model_name: str, schedules: list[str], s
         best: dict[str, tuple[float, list]] = {}
         for rep in range(repeats if step >= 0 else 1):
             for s in schedules if (step + rep) % 2 == 0 else schedules[::-1]:
-                t, rows = _timed_run(executors[s], caches[s], works[s], rank, world, provider, k, timeout_s)
+                t, rows = _timed_run(runners[s], works[s], rank, world, provider, k, timeout_s)
                 if s not in best or t < best[s][0]:
                     best[s] = (t, rows)
         if rank == 0 and step >= 0:
@@ -114,8 +99,6 @@ def compare_schedules(model: str, schedules: list[str], steps: int, microbatches
     ``repeats`` runs), predicted and shipped-calibration pipeline seconds of every step, and the
     calibration factors. ``hardware``: the calibration the plans and predictions use; ``observations``:
     also every compute action's modelled and measured seconds (:class:`OnlineCalibration`)."""
-    from dip.runtime.launch import spawn
-
     got = spawn(compare_rank, nproc, model, list(schedules), steps, microbatches, seed, dtype, workload, timeout_s,
                 repeats, hardware, observations, timeout_s=timeout_s * (steps * len(schedules) * repeats + 5))
     bad = [v for ok, v in got if not ok]

@@ -1,4 +1,5 @@
-"""Helpers shared by the CLI commands: JSON output, positive-int parsing, safe file writing."""
+"""Small file and output helpers shared by every layer: one JSON object on stdout, output paths
+checked before any work, and files written atomically (nothing half-written is ever left behind)."""
 from __future__ import annotations
 
 import json
@@ -10,31 +11,28 @@ from typing import Any
 
 from dip.errors import BadInput
 
+__all__ = ["check_writable", "emit", "json_safe", "write_atomic"]
+
 
 def emit(obj: dict[str, Any], as_json: bool, text: str | None = None) -> None:
     """Print exactly one JSON object (``--json``) or a human-readable text."""
     if as_json:
-        sys.stdout.write(json.dumps(_clean(obj)) + "\n")
+        sys.stdout.write(json.dumps(json_safe(obj)) + "\n")
     else:
-        sys.stdout.write((text if text is not None else json.dumps(_clean(obj), indent=2)) + "\n")
+        sys.stdout.write((text if text is not None else json.dumps(json_safe(obj), indent=2)) + "\n")
 
 
-def _clean(x):
+def json_safe(x: Any) -> Any:
+    """``x`` with non-finite floats as ``None``, numpy scalars as Python numbers and keys as strings."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     if hasattr(x, "item") and callable(x.item):  # numpy scalars
-        return _clean(x.item())
+        return json_safe(x.item())
     return x
-
-
-def positive_int(field: str, value: int, minimum: int = 1) -> int:
-    if value is None or int(value) < minimum:
-        raise BadInput(f"{field} must be an integer >= {minimum}, got {value}")
-    return int(value)
 
 
 def check_writable(path: str, field: str = "output file") -> str:
