@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "cmd_simulate",
     "cmd_plan",
     "cmd_train",
+    "cmd_viz",
     "cmd_bench",
     "cmd_demo",
 )
