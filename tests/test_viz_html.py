@@ -114,6 +114,13 @@ def test_bars_per_rank_equal_the_compute_slices(traces):
     assert times == sorted(times)
 
 
+def test_trace_names_its_writer(traces):
+    d, plan = traces
+    other = load(d / "train.json")["otherData"]
+    assert other["generator"] == "dip" and other["ranks"] == plan.num_ranks and other["measured"] is True
+    assert "memory_limit_gib" in other and load(d / "plan.json")["otherData"]["measured"] is False
+
+
 def test_train_trace_has_planned_and_measured_lanes(traces):
     d, plan = traces
     doc = load(d / "train.json")

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, [args.input] + ([args.input2] if args.input2 else []))
     first = load_trace(args.input, "INPUT")
     second = load_trace(args.input2, "INPUT2") if args.input2 else None
-    from dip.viz.html import build_viewer
+    from dip.viz.html import build_viewer  # heavy: the dip.viz package loads the simulator (numba)
 
     page = build_viewer(trace=first, source=args.input, measured=second,
                         measured_source=args.input2 or "measured trace", title=args.title)

@@ -264,7 +264,7 @@ def _script_json(data: Any) -> str:
 
 def _default_title(first: TraceView, second: TraceView | None) -> str:
     meta = first.meta
-    label = "planned vs measured" if "measured" in first.series() else meta.get("label")
+    label = "planned vs measured" if second is None and "measured" in first.series() else meta.get("label")
     what = " ".join(str(x) for x in (meta.get("schedule"), label) if x) or "trace"
     title = f"{what} ({first.name})"
     if second is not None:

@@ -18,7 +18,7 @@
   const tip = document.getElementById("tip");
 
   // ---- data ------------------------------------------------------------------------------------
-  const EMPTY = { bars: { s: [], d: [], m: [], o: [], c: [], u: [], b: [], n: [], a: [] }, mem: { t: [], v: [] } };
+  const EMPTY = { bars: { s: [], d: [], m: [], o: [], c: [], u: [], b: [], n: [], a: [] }, mem: { t: [], v: [] }, maxDur: 0 };
   const laneBy = new Map(D.lanes.map(l => [l.rank + "/" + l.series, l]));
   const laneOf = (rank, series) => laneBy.get(rank + "/" + series) || Object.assign({ rank, series }, EMPTY);
   let totalBars = 0, memPoints = 0, tEnd = 0, memMax = 0;
