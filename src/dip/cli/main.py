@@ -2,8 +2,9 @@
 
 Each command module defines ``register(subparsers)`` which adds its parser and sets
 ``func(args) -> int | None``; it imports only the light layers at load time (spec, data, cost,
-schedule), so ``dip --help`` stays fast, and the heavy ones (the numba planner, torch) when it runs. :class:`dip.errors.BadInput` (and argparse usage errors) end the
-process with exit code 2 and a one-line message on stderr, never a traceback.
+schedule), so ``dip --help`` stays fast, and the heavy ones (the numba planner, torch) when it runs.
+:class:`dip.errors.BadInput` (and argparse usage errors) end the process with exit code 2 and a
+one-line message on stderr, never a traceback.
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import argparse
 import sys
 
 from dip.cli import (cmd_bench, cmd_cost, cmd_demo, cmd_models, cmd_plan, cmd_profile, cmd_simulate, cmd_train,
-                     cmd_workload)
+                     cmd_viz, cmd_workload)
 from dip.errors import BadInput
 
 # The commands in the order ``dip --help`` lists them; each module's ``register(subparsers)`` adds its parser.
-COMMANDS = (cmd_models, cmd_workload, cmd_cost, cmd_profile, cmd_simulate, cmd_plan, cmd_train, cmd_bench, cmd_demo)
+COMMANDS = (cmd_models, cmd_workload, cmd_cost, cmd_profile, cmd_simulate, cmd_plan, cmd_train, cmd_viz, cmd_bench,
+            cmd_demo)
 
 
 class _Parser(argparse.ArgumentParser):

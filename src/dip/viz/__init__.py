@@ -1,5 +1,6 @@
-"""Gantt / memory plots and Perfetto traces of simulated (and measured) plans."""
+"""Gantt / memory plots, Perfetto traces and the interactive HTML viewer of simulated (and measured) plans."""
 from dip.viz.gantt import write_gantt_png
+from dip.viz.html import build_viewer
 from dip.viz.trace import trace_events, write_chrome_trace
 
-__all__ = ["trace_events", "write_chrome_trace", "write_gantt_png"]
+__all__ = ["build_viewer", "trace_events", "write_chrome_trace", "write_gantt_png"]

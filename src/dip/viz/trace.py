@@ -1,8 +1,10 @@
 """Perfetto / Chrome trace of a simulated plan (JSON object format, open in ui.perfetto.dev).
 
 One process per rank with one slice per compute action (``"llm F mb3"``; args: module, chunk, unit,
-mb, op), flow arrows for cross-rank messages and a memory counter per rank. With ``measured`` times
-the plan and the measurement are drawn side by side: ``"rank r (plan)"`` and ``"rank r (measured)"``.
+mb, op, action, layers, act_bytes), flow arrows for cross-rank messages and a memory counter per rank
+(GiB). With ``measured`` times the plan and the measurement are drawn side by side: ``"rank r (plan)"``
+and ``"rank r (measured)"``. ``otherData`` names the writer (``"generator": "dip"``), the number of
+ranks and the memory limit, so ``dip viz`` can tell a dip trace from any other Chrome trace.
 """
 from __future__ import annotations
 
@@ -67,10 +69,13 @@ def trace_events(plan: Plan, result: SimResult, costs: StageCosts | None = None,
         times, values = result.memory_timeline(r)
         events += [{"ph": "C", "name": "memory", "pid": plan_pid(r), "ts": float(ts) * US,
                     "args": {"GiB": float(v) / 2**30}} for ts, v in zip(times, values)]
+    task_of = {a: t for t, a in enumerate(tg.actions)}
     for r, rows in (measured or {}).items():
         for act, start, end in rows:
             act = act if isinstance(act, Action) else Action.parse(str(act))
             name, args = action_label(plan, act)
+            if act in task_of:
+                args["act_bytes"] = float(costs.act_bytes[tg.task_stage[task_of[act]]])
             events.append(_slice(2 * int(r) + 1, name, args, float(start), float(end)))
     return events
 
@@ -106,7 +111,9 @@ def write_chrome_trace(path: str, plan: Plan, result: SimResult, costs: StageCos
     doc = {
         "traceEvents": trace_events(plan, result, costs, measured),
         "displayTimeUnit": "ms",
-        "otherData": {"label": label, "schedule": plan.schedule, "iteration_time_s": _finite(result.iteration_time),
-                      "bubble_fraction": _finite(result.bubble_fraction), "status": result.status},
+        "otherData": {"generator": "dip", "label": label, "schedule": plan.schedule, "ranks": plan.num_ranks,
+                      "measured": measured is not None, "iteration_time_s": _finite(result.iteration_time),
+                      "bubble_fraction": _finite(result.bubble_fraction), "status": result.status,
+                      "memory_limit_gib": _finite(result.memory_limit_bytes / 2**30)},
     }
     write_atomic(path, json.dumps(doc, allow_nan=False, default=float))
