@@ -47,21 +47,25 @@ def separated_plan(model: ModelSpec, batch: BatchMeta, layouts: Mapping[str, Seq
     return Plan(graph, units, flows, gpipe_dag_order(graph, units, model), schedule="test")
 
 
-def run_local_step(model: ModelSpec, plan: Plan, batch: BatchMeta, dtype: str = "float64", step_seed: int = 1,
+def run_local_step(model, plan: Plan, batch: BatchMeta, dtype: str = "float64", step_seed: int = 1,
                    handlers: Mapping[str, Callable] | None = None):
-    """One step of ``plan`` on a single rank (every chunk on rank 0): (loss, grads by canonical name, executor)."""
-    from dip.runtime.executor import Executor
-    from dip.runtime.models import SpecModel
-    from dip.runtime.stage import StageChunk
-    from dip.runtime.executor import lower
+    """One step of ``plan`` on a single rank (every chunk on rank 0): (loss, grads by canonical name, executor).
 
-    provider = SpecModel(model, 0, dtype)
+    ``model``: a :class:`ModelSpec` (built-in models of ``dtype``) or any model provider; tied
+    parameters' copies get their summed gradient."""
+    from dip.runtime.executor import Executor, lower
+    from dip.runtime.models import as_provider
+    from dip.runtime.stage import StageChunk
+    from dip.runtime.ties import sum_tied_grads
+
+    provider = as_provider(model, 0, dtype)
     stages = {c.id: StageChunk(c, provider) for c in plan.graph.rank_chunks(0)}
     ex = Executor(0, provider, stages, handlers=handlers)
     total = sum(provider.loss_tokens(mb) for mb in batch.microbatches)
     res = ex.run_step(plan, lower(plan), batch, step_seed=step_seed, loss_scale=1.0 / total)
-    grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
-             for s in stages.values() for n, p in s.canonical_named_parameters()}
+    params = {n: p for s in stages.values() for n, p in s.canonical_named_parameters()}
+    sum_tied_grads(params, getattr(provider, "tied_groups", tuple)())
+    grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach() for n, p in params.items()}
     return res.loss_sum / total, grads, res
 
 
