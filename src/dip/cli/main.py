@@ -21,6 +21,8 @@ COMMANDS: tuple[str, ...] = (
     "cmd_simulate",
     "cmd_plan",
     "cmd_train",
+    "cmd_data",
+    "cmd_init_model",
     "cmd_bench",
     "cmd_demo",
 )
