@@ -7,8 +7,9 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from dip.data.meta import BatchMeta
-from dip.runtime.models import ReferenceModel, SpecModel, reference_step
+from dip.runtime.models import ReferenceModel, as_provider, reference_step
 from dip.runtime.step import StepRunner
+from dip.runtime.ties import sum_tied_grads
 from dip.schedule.ir import Action, Op, Plan, RankOrder, StageGraph
 from dip.schedule.units import build_units, module_graph
 from dip.spec.model import ModelSpec
@@ -48,15 +49,19 @@ def separated_plan(model: ModelSpec, batch: BatchMeta, layouts: Mapping[str, Seq
     return Plan(graph, units, flows, gpipe_dag_order(graph, units, model), schedule="test")
 
 
-def run_local_step(model: ModelSpec, plan: Plan, batch: BatchMeta, dtype: str = "float64", step_seed: int = 1,
+def run_local_step(model, plan: Plan, batch: BatchMeta, dtype: str = "float64", step_seed: int = 1,
                    handlers: Mapping[str, Callable] | None = None):
-    """One step of ``plan`` on a single rank (every chunk on rank 0): (loss, grads by canonical name, result)."""
-    provider = SpecModel(model, 0, dtype)
+    """One step of ``plan`` on a single rank (every chunk on rank 0): (loss, grads by canonical name, result).
+
+    ``model``: a :class:`ModelSpec` (built-in models of ``dtype``) or any model provider; tied
+    parameters' copies get their summed gradient."""
+    provider = as_provider(model, 0, dtype)
     runner = StepRunner(0, provider, handlers=handlers)
     total = sum(provider.loss_tokens(mb) for mb in batch.microbatches)
     res = runner.step(plan, batch, step_seed=step_seed, loss_scale=1.0 / total)
-    grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
-             for n, p in runner.named_parameters().items()}
+    params = runner.named_parameters()
+    sum_tied_grads(params, getattr(provider, "tied_groups", tuple)())
+    grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach() for n, p in params.items()}
     return res.loss_sum / total, grads, res
 
 

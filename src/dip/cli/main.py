@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dip.cli import (cmd_bench, cmd_cost, cmd_demo, cmd_models, cmd_plan, cmd_profile, cmd_simulate, cmd_train,
-                     cmd_viz, cmd_workload)
+from dip.cli import (cmd_bench, cmd_cost, cmd_data, cmd_demo, cmd_init_model, cmd_models, cmd_plan, cmd_profile,
+                     cmd_simulate, cmd_train, cmd_viz, cmd_workload)
 from dip.errors import BadInput
 
 # The commands in the order ``dip --help`` lists them; each module's ``register(subparsers)`` adds its parser.
-COMMANDS = (cmd_models, cmd_workload, cmd_cost, cmd_profile, cmd_simulate, cmd_plan, cmd_train, cmd_viz, cmd_bench,
-            cmd_demo)
+COMMANDS = (cmd_models, cmd_workload, cmd_cost, cmd_profile, cmd_simulate, cmd_plan, cmd_train, cmd_data,
+            cmd_init_model, cmd_viz, cmd_bench, cmd_demo)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,7 +18,7 @@ def microbatch_row(model: ModelSpec, mb: MicroBatchMeta) -> dict[str, Any]:
     return {
         "text_tokens": mb.text_tokens,
         "images": mb.images,
-        "image_tokens": mb.images * tokens_per_image(model),
+        "image_tokens": int(sum(mb.image_token_counts(tokens_per_image(model)))),
         "clips": mb.clips,
         "video_seconds": round(mb.video_seconds, 4),
         "flops": microbatch_flops(model, mb),

@@ -22,6 +22,12 @@ class MicroBatchMeta:
     ``text_lens[s] + image_counts[s] * tokens_per_image`` tokens). Video clips are listed separately:
     clip ``c`` has ``clip_tokens[c]`` DiT latent tokens, lasts ``clip_seconds[c]`` seconds and is
     conditioned on the text of sample ``clip_sample[c]``.
+
+    Variable-resolution images (real data): ``image_tokens[i]`` and ``image_patches[i]`` give image
+    ``i``'s merged LM tokens and ViT patches (images in sample order); empty means every image has the
+    model's fixed ``tokens_per_image`` / ``patches_per_image``. ``sample_ids[s]`` is sample ``s``'s
+    index in the dataset it came from (empty for generated workloads), so that a model provider can
+    load the real sample.
     """
 
     text_lens: tuple[int, ...]
@@ -29,12 +35,22 @@ class MicroBatchMeta:
     clip_tokens: tuple[int, ...] = ()
     clip_seconds: tuple[float, ...] = ()
     clip_sample: tuple[int, ...] = ()
+    image_tokens: tuple[int, ...] = ()
+    image_patches: tuple[int, ...] = ()
+    sample_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.image_counts and len(self.image_counts) != len(self.text_lens):
             raise ValueError("image_counts must have one entry per sample")
         if not (len(self.clip_tokens) == len(self.clip_seconds) == len(self.clip_sample)):
             raise ValueError("clip_tokens, clip_seconds and clip_sample must have equal length")
+        n_images = sum(self.image_counts)
+        for name in ("image_tokens", "image_patches"):
+            got = getattr(self, name)
+            if got and len(got) != n_images:
+                raise ValueError(f"{name} must have one entry per image ({n_images}), got {len(got)}")
+        if self.sample_ids and len(self.sample_ids) != len(self.text_lens):
+            raise ValueError("sample_ids must have one entry per sample")
 
     @property
     def samples(self) -> int:
@@ -58,6 +74,23 @@ class MicroBatchMeta:
 
     def image_counts_or_zero(self) -> tuple[int, ...]:
         return self.image_counts or (0,) * len(self.text_lens)
+
+    def image_token_counts(self, tokens_per_image: int) -> tuple[int, ...]:
+        """LM tokens of every image (``tokens_per_image`` each unless the micro-batch says otherwise)."""
+        return self.image_tokens or (tokens_per_image,) * self.images
+
+    def image_patch_counts(self, patches_per_image: int) -> tuple[int, ...]:
+        """ViT patches of every image (``patches_per_image`` each unless the micro-batch says otherwise)."""
+        return self.image_patches or (patches_per_image,) * self.images
+
+    def sample_image_tokens(self, tokens_per_image: int) -> tuple[int, ...]:
+        """LM tokens of each sample's images together."""
+        per_image = self.image_token_counts(tokens_per_image)
+        out, i = [], 0
+        for n in self.image_counts_or_zero():
+            out.append(int(sum(per_image[i:i + n])))
+            i += n
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -110,14 +143,15 @@ class BatchMeta:
 def module_work(module: ModuleSpec, mb: MicroBatchMeta, instances: slice | None = None) -> ModuleWork:
     """The work of ``module`` on micro-batch ``mb`` (optionally only instances ``instances``).
 
-    * ``vit``: one block of ``patches_per_image`` tokens per image;
+    * ``vit``: one block per image of ``patches_per_image`` tokens (or the image's own patch count);
     * ``decoder``: one block per sample of ``text + images * tokens_per_image`` tokens (instances = 1);
     * ``dit``: one block per clip, cross-attending to its caption's text tokens.
     """
     if module.kind == "vit":
         n = mb.images
         idx = range(n)[instances] if instances is not None else range(n)
-        return ModuleWork(seq_lens=(module.patches_per_image,) * len(idx), instances=len(idx))
+        patches = mb.image_patch_counts(module.patches_per_image)
+        return ModuleWork(seq_lens=tuple(patches[i] for i in idx), instances=len(idx))
     if module.kind == "decoder":  # text only; use work_for() to include the image tokens of a VLM
         return ModuleWork(seq_lens=tuple(mb.text_lens), instances=1)
     if module.kind == "dit":
@@ -134,7 +168,7 @@ def lm_sequence_lens(model: ModelSpec, mb: MicroBatchMeta) -> tuple[int, ...]:
     """Per-sample LM sequence lengths: text tokens plus the merged image tokens of that sample."""
     vits = model.modules_of_kind("vit")
     tpi = vits[0].tokens_per_image if vits else 0
-    return tuple(t + i * tpi for t, i in zip(mb.text_lens, mb.image_counts_or_zero()))
+    return tuple(t + i for t, i in zip(mb.text_lens, mb.sample_image_tokens(tpi)))
 
 
 def work_for(model: ModelSpec, module: ModuleSpec, mb: MicroBatchMeta, instances: slice | None = None) -> ModuleWork:

@@ -214,3 +214,76 @@ def to_batches(microbatches: Sequence[MicroBatchMeta], per_batch: int, first_ind
         BatchMeta(microbatches=tuple(microbatches[i:i + per_batch]), index=first_index + k)
         for k, i in enumerate(range(0, len(microbatches), per_batch))
     ]
+
+
+@dataclass(frozen=True)
+class DocumentMeta:
+    """One real sample as the whole-sample packer sees it (from a dataset's metadata pass).
+
+    ``index``: the sample's index in its dataset; ``text_tokens``: LM tokens that are not image tokens
+    (a T2V caption's tokens); ``image_tokens`` / ``image_patches``: per image, merged LM tokens and
+    ViT patches; ``clip_tokens`` / ``clip_seconds``: the DiT tokens and duration of its video clip
+    (0: none).
+    """
+
+    index: int
+    text_tokens: int
+    image_tokens: tuple[int, ...] = ()
+    image_patches: tuple[int, ...] = ()
+    clip_tokens: int = 0
+    clip_seconds: float = 0.0
+
+    @property
+    def lm_tokens(self) -> int:
+        return self.text_tokens + int(sum(self.image_tokens))
+
+
+def pack_documents(docs: Iterable[DocumentMeta], *, context_length: int, max_images: int = 0,
+                   max_clips: int = 0) -> list[MicroBatchMeta]:
+    """Greedy next-fit of whole samples into micro-batches (real data: a sample is never split).
+
+    A VLM / text micro-batch holds at most ``context_length`` LM tokens and ``max_images`` images;
+    a T2V micro-batch (documents with clips) at most ``max_clips`` clips and ``context_length``
+    caption tokens. Every micro-batch lists its samples' dataset indices (``sample_ids``) and, per
+    image, its LM tokens and ViT patches. A document that alone exceeds a limit raises
+    :class:`BadInput` (readers skip such samples before packing).
+    """
+    out: list[MicroBatchMeta] = []
+    group: list[DocumentMeta] = []
+    used = {"tokens": 0, "images": 0, "clips": 0}
+
+    def close() -> None:
+        if group:
+            out.append(_document_microbatch(group))
+        group.clear()
+        used.update(tokens=0, images=0, clips=0)
+
+    for doc in docs:
+        tokens = doc.text_tokens if doc.clip_tokens else doc.lm_tokens
+        need = {"tokens": tokens, "images": len(doc.image_tokens), "clips": 1 if doc.clip_tokens else 0}
+        limits = {"tokens": context_length, "images": max_images, "clips": max_clips}
+        for key, n in need.items():
+            if n > limits[key]:
+                raise BadInput(f"sample {doc.index} needs {n} {key} but a micro-batch holds at most {limits[key]}")
+        if any(used[k] + need[k] > limits[k] for k in need):
+            close()
+        group.append(doc)
+        for k in need:
+            used[k] += need[k]
+    close()
+    return out
+
+
+def _document_microbatch(docs: Sequence[DocumentMeta]) -> MicroBatchMeta:
+    clips = [k for k, d in enumerate(docs) if d.clip_tokens]
+    has_images = any(d.image_tokens for d in docs)
+    return MicroBatchMeta(
+        text_lens=tuple(d.text_tokens for d in docs),
+        image_counts=tuple(len(d.image_tokens) for d in docs) if has_images else (),
+        clip_tokens=tuple(docs[k].clip_tokens for k in clips),
+        clip_seconds=tuple(docs[k].clip_seconds for k in clips),
+        clip_sample=tuple(clips),
+        image_tokens=tuple(t for d in docs for t in d.image_tokens),
+        image_patches=tuple(p for d in docs for p in d.image_patches),
+        sample_ids=tuple(d.index for d in docs),
+    )

@@ -160,7 +160,8 @@ def chunk_input_specs(model: ModelSpec, module_name: str, layer_start: int, mb: 
     if m.kind == "decoder":
         vit = _feeds_images(model, m)
         if vit is not None and mb.images > 0:
-            return (TensorSpec("image_embeds", (mb.images * vit.tokens_per_image, vit.out_hidden), dtype),)
+            tokens = sum(mb.image_token_counts(vit.tokens_per_image))
+            return (TensorSpec("image_embeds", (tokens, vit.out_hidden), dtype),)
         return ()
     if m.kind == "dit" and _fed_by_text(model, m):
         return (TensorSpec("text_cond", (sum(caption_lens(mb, a, b)), m.cond_hidden), dtype),)
@@ -175,7 +176,8 @@ def chunk_output_specs(model: ModelSpec, module_name: str, layer_end: int, mb: M
     if layer_end < m.layers:
         return _between_specs(model, m, mb, a, b, dtype)
     if m.kind == "vit":
-        return (TensorSpec("image_embeds", ((b - a) * m.tokens_per_image, m.out_hidden), dtype),)
+        tokens = sum(mb.image_token_counts(m.tokens_per_image)[a:b])
+        return (TensorSpec("image_embeds", (tokens, m.out_hidden), dtype),)
     if m.kind == "decoder" and not m.lm_head:
         return (TensorSpec("text_hidden", (mb.text_tokens, m.hidden), dtype),)
     return ()
@@ -184,7 +186,7 @@ def chunk_output_specs(model: ModelSpec, module_name: str, layer_end: int, mb: M
 def _between_specs(model: ModelSpec, m: ModuleSpec, mb: MicroBatchMeta, a: int, b: int,
                    dtype: str) -> tuple[TensorSpec, ...]:
     if m.kind == "vit":
-        return (TensorSpec("hidden", ((b - a) * m.patches_per_image, m.hidden), dtype),)
+        return (TensorSpec("hidden", (sum(mb.image_patch_counts(m.patches_per_image)[a:b]), m.hidden), dtype),)
     if m.kind == "decoder":
         return (TensorSpec("hidden", (sum(lm_sequence_lens(model, mb)), m.hidden), dtype),)
     if m.kind == "dit":
@@ -212,7 +214,8 @@ def edge_specs(model: ModelSpec, edge: Edge, producer: UnitLike, consumer: UnitL
         a, b = resolve_range(src, mb, producer.start, producer.stop)
         if a == b:
             return ()
-        return (TensorSpec("image_embeds", ((b - a) * src.tokens_per_image, src.out_hidden), dtype),)
+        tokens = sum(mb.image_token_counts(src.tokens_per_image)[a:b])
+        return (TensorSpec("image_embeds", (tokens, src.out_hidden), dtype),)
     if edge.kind == "text_conditioning":
         a, b = resolve_range(dst, mb, consumer.start, consumer.stop)
         if a == b:

@@ -55,11 +55,13 @@ class _Representative:
                  for k, tok in enumerate(mb.clip_tokens)]
         clips.sort()
         self.clip = clips[len(clips) // 2] if clips else None
+        patches = sorted(p for mb in self.sample for p in mb.image_patches)  # variable-resolution images
+        self.image_patches = patches[len(patches) // 2] if patches else None
 
     def instance_work(self, module: ModuleSpec, n: int) -> ModuleWork:
         """Work of ``n`` typical instances of a split module."""
         if module.kind == "vit":
-            return ModuleWork(seq_lens=(module.patches_per_image,) * n, instances=n)
+            return ModuleWork(seq_lens=(self.image_patches or module.patches_per_image,) * n, instances=n)
         tok, cap = self.clip or (module.clip_tokens(DEFAULT_CLIP_SECONDS), DEFAULT_CAPTION_TOKENS)
         return ModuleWork(seq_lens=(tok,) * n, cond_lens=(cap,) * n, instances=n)
 

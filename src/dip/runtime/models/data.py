@@ -59,16 +59,13 @@ class UnitData:
                 return t.device
         return torch.device("cpu")
 
-    def self_mask(self, causal: bool) -> Tensor:
-        key = ("self", causal)
-        if key not in self.cache:
-            self.cache[key] = layers.block_mask(self.seq_lens, causal, self.device)
-        return self.cache[key]
+    def self_mask(self, causal: bool) -> layers.Segments:
+        """Who attends to whom in self-attention: each block (sample / image / clip) on its own."""
+        return layers.Segments.self_attention(self.seq_lens, causal)
 
-    def cross_mask(self) -> Tensor:
-        if "cross" not in self.cache:
-            self.cache["cross"] = layers.cross_mask(self.seq_lens, self.cond_lens, self.device)
-        return self.cache["cross"]
+    def cross_mask(self) -> layers.Segments:
+        """Cross-attention: clip ``i`` attends to its caption only."""
+        return layers.Segments.cross_attention(self.seq_lens, self.cond_lens)
 
     def rope(self, head_dim: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         key = ("rope", head_dim, dtype)

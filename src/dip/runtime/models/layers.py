@@ -1,6 +1,14 @@
-"""Shared building blocks: norms, rotary embeddings, block-diagonal masks, attention and MLPs."""
+"""Shared building blocks: norms, rotary embeddings, document segments, attention and MLPs.
+
+Attention over packed documents (samples, images, clips) never materialises a ``[T, T]`` mask: a
+:class:`Segments` lists the documents' query and key lengths, and :func:`attention_core` runs SDPA per
+document (documents of equal lengths batched into one call), so memory grows with the documents'
+squared lengths, not with the packed length squared. :func:`block_mask` / :func:`cross_mask` remain
+as the reference definition of who attends to whom (tests).
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -52,6 +60,27 @@ def cross_mask(q_lens: Sequence[int], kv_lens: Sequence[int], device: torch.devi
     return segment_ids(q_lens, device)[:, None] == segment_ids(kv_lens, device)[None, :]
 
 
+@dataclass(frozen=True)
+class Segments:
+    """Packed documents of an attention call: query document ``i`` (``q_lens[i]`` rows) attends to key
+    document ``i`` (``kv_lens[i]`` rows) only, causally when ``causal`` (self-attention)."""
+
+    q_lens: tuple[int, ...]
+    kv_lens: tuple[int, ...]
+    causal: bool = False
+
+    @classmethod
+    def self_attention(cls, seq_lens: Sequence[int], causal: bool) -> "Segments":
+        lens = tuple(int(n) for n in seq_lens)
+        return cls(lens, lens, causal)
+
+    @classmethod
+    def cross_attention(cls, q_lens: Sequence[int], kv_lens: Sequence[int]) -> "Segments":
+        if any(n <= 0 for n in kv_lens):
+            raise ValueError("every query block needs at least one key (a clip with an empty caption?)")
+        return cls(tuple(int(n) for n in q_lens), tuple(int(n) for n in kv_lens), False)
+
+
 def rope_tables(positions: Tensor, head_dim: int, dtype: torch.dtype, base: float = 10000.0) -> tuple[Tensor, Tensor]:
     """(cos, sin) ``[T, head_dim]`` for rotate-half rotary embeddings."""
     half = head_dim // 2
@@ -84,14 +113,37 @@ def aligned_attention_inputs(k: Tensor, v: Tensor, mask: Tensor, dtype: torch.dt
     return k, v, bias
 
 
-def attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """SDPA of ``q [H, Tq, D]`` over ``k, v [KV, Tk, D]`` (GQA: kv heads repeated) with a boolean mask."""
+def attention_core(q: Tensor, k: Tensor, v: Tensor, mask: "Tensor | Segments") -> Tensor:
+    """SDPA of ``q [H, Tq, D]`` over ``k, v [KV, Tk, D]`` (GQA: kv heads repeated), per document of a
+    :class:`Segments` (no ``[Tq, Tk]`` mask), or under a boolean ``mask``."""
     if k.shape[0] != q.shape[0]:
         rep = q.shape[0] // k.shape[0]
         k, v = k.repeat_interleave(rep, dim=0), v.repeat_interleave(rep, dim=0)
+    if isinstance(mask, Segments):
+        return segmented_attention(q, k, v, mask)
     if mask.is_cuda and mask.dtype == torch.bool:
         k, v, mask = aligned_attention_inputs(k, v, mask, q.dtype)
     return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask)[0]
+
+
+def segmented_attention(q: Tensor, k: Tensor, v: Tensor, seg: Segments) -> Tensor:
+    """Attention of each document on its own keys; documents of equal (query, key) lengths run as one
+    batched SDPA call. ``q [H, Tq, D]``, ``k, v [H, Tk, D]`` -> ``[H, Tq, D]``."""
+    if sum(seg.q_lens) != q.shape[1] or sum(seg.kv_lens) != k.shape[1]:
+        raise ValueError(f"segments cover {sum(seg.q_lens)} queries / {sum(seg.kv_lens)} keys, "
+                         f"the tensors have {q.shape[1]} / {k.shape[1]}")
+    qs, ks, vs = q.split(seg.q_lens, dim=1), k.split(seg.kv_lens, dim=1), v.split(seg.kv_lens, dim=1)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, shape in enumerate(zip(seg.q_lens, seg.kv_lens)):
+        if shape[0]:
+            groups.setdefault(shape, []).append(i)
+    out: list[Tensor | None] = [q.new_zeros(q.shape[0], 0, v.shape[-1]) if n == 0 else None for n in seg.q_lens]
+    for idx in groups.values():
+        got = F.scaled_dot_product_attention(torch.stack([qs[i] for i in idx]), torch.stack([ks[i] for i in idx]),
+                                             torch.stack([vs[i] for i in idx]), is_causal=seg.causal)
+        for i, o in zip(idx, got.unbind(0)):
+            out[i] = o
+    return torch.cat(out, dim=1) if out else q.new_zeros(q.shape[0], 0, v.shape[-1])
 
 
 class Attention(nn.Module):
@@ -110,7 +162,7 @@ class Attention(nn.Module):
         self.v = nn.Linear(kv_dim, kv_heads * self.head_dim, bias=bias)
         self.o = nn.Linear(heads * self.head_dim, hidden, bias=bias)
 
-    def forward(self, x: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor] | None = None,
+    def forward(self, x: Tensor, mask: "Tensor | Segments", rope: tuple[Tensor, Tensor] | None = None,
                 kv: Tensor | None = None, recompute_core: bool = False) -> Tensor:
         src = x if kv is None else kv
         q = self.q(x).view(x.shape[0], self.heads, self.head_dim).transpose(0, 1)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from dip.data.meta import BatchMeta, MicroBatchMeta
 from dip.runtime.models.chunk import ChunkModule
 from dip.runtime.models.provider import ModelProvider, as_provider
+from dip.runtime.ties import sum_tied_grads
 from dip.spec.model import ModelSpec
 from dip.data.tensors import Unit
 
@@ -64,6 +65,7 @@ def reference_step(ref: ReferenceModel, batch: BatchMeta, step_seed: int) -> tup
     sums = [s for s in sums if s is not None]
     loss = torch.stack(sums).sum() / total
     loss.backward()
+    sum_tied_grads(params, getattr(ref.provider, "tied_groups", tuple)())
     grads = {n: (prm.grad.detach().clone() if prm.grad is not None else torch.zeros_like(prm))
              for n, prm in params.items()}
     return loss.detach(), grads

@@ -17,6 +17,7 @@ from dip.data.meta import BatchMeta
 from dip.runtime.models.chunk import ChunkModule
 from dip.runtime.models.provider import ModelProvider
 from dip.data.tensors import Unit
+from dip.runtime.ties import sum_tied_grads
 
 
 @dataclass
@@ -83,6 +84,7 @@ class ChunkedModel:
         loss = sum(c.outputs["loss_sum"].detach() for c in calls if "loss_sum" in c.outputs) / total
         for call in reversed(calls):
             self._backward(call, total, split_backward)
+        sum_tied_grads(params, getattr(self.provider, "tied_groups", tuple)())
         grads = {n: (prm.grad.detach().clone() if prm.grad is not None else torch.zeros_like(prm))
                  for n, prm in params.items()}
         return loss, grads

@@ -1,0 +1,12 @@
+"""Real checkpoints and real data: transformers / diffusers model families as DIP models.
+
+* :func:`load_model` (:mod:`.loader`): ``--model`` string -> model provider (checkpoint folder,
+  factory, preset or spec file);
+* :mod:`.vlm` + :mod:`.qwen2_vl`: transformers vision-language models (Qwen2-VL);
+* :mod:`.t2v`: text-to-video (Wan: UMT5 text encoder + WanTransformer3DModel);
+* :mod:`.checkpoint`: lazy per-chunk safetensors reads and the write-back of trained weights;
+* :mod:`.init_model`: tiny random-init checkpoints (``dip init-model``).
+"""
+from dip.integrations.loader import load_model, model_source, open_data
+
+__all__ = ["load_model", "model_source", "open_data"]
