@@ -22,6 +22,7 @@ from dip.planner.evaluate import PAPER_CONFIG, Evaluator
 from dip.planner.problem import build_problem
 from dip.planner.result import build_result, default_partition
 from dip.planner.search import search_problem
+from dip.spec.hardware import usable_memory_bytes
 
 UNIFORM = ("none", "selective", "full")
 
@@ -53,7 +54,7 @@ def ablation(model, batch, cost_model, hardware, budget_s: float = 2.0, rollouts
     """Rows ``{"step", "time_s", "strategy", "fits"}`` of the five steps (see module docstring)."""
     from dip.schedule.baselines.registry import simulate_schedule
 
-    limit = float(memory_limit_bytes if memory_limit_bytes is not None else hardware.mem_bytes)
+    limit = float(memory_limit_bytes if memory_limit_bytes is not None else usable_memory_bytes(hardware))
     rows = []
     mega = simulate_schedule("megatron", model, batch, cost_model, hardware, memory_limit_bytes=limit)
     rows.append({"step": "megatron", "time_s": float(mega.result.iteration_time),
