@@ -84,6 +84,18 @@ def test_gpt_block_follows_korthikanti_without_dropout_and_s2_terms():
         assert with_sp.layer_activation_bytes(gpt, work, "selective") == pytest.approx(s * h * 30 / t)
 
 
+@pytest.mark.parametrize("name, mlp_tensors", [("vit", 2), ("llm", 3)])
+@pytest.mark.parametrize("tp, sp", [(1, False), (2, True), (4, True), (4, False), (8, True)])
+def test_closed_form_of_docs_memory(name, mlp_tensors, tp, sp):
+    """docs/memory.md: A_none = 2T(4h/sigma + (2q + 2kv + M f)/t) + 4Ta/t, sigma = t with SP."""
+    m = VLM_S.module(name)
+    work = work_of(m, 3, 4096, 0)
+    q, kv, f, a, T = m.heads * m.head_dim, m.kv_heads * m.head_dim, m.ffn_hidden, m.heads, work.tokens
+    sigma = tp if sp else 1
+    want = 2 * T * (4 * m.hidden / sigma + (2 * q + 2 * kv + mlp_tensors * f) / tp) + 4 * T * a / tp
+    assert cost(VLM_S, tp, sp=sp).layer_activation_bytes(m, work) == pytest.approx(want, rel=1e-12)
+
+
 def test_sp_runs_norms_and_residuals_on_a_token_shard():
     m = VLM_S.module("llm")
     work = work_of(m, 1, 8192, 0)
