@@ -162,10 +162,10 @@ def batch_row(sim) -> dict[str, Any]:
 def summarize(schedule: str, model, m: int, limit: float, hardware, rows: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(rows)
 
+    from dip.cost.options import CostOptions
+
     def mean(key: str) -> float:
         return sum(r[key] for r in rows) / n
-
-    from dip.cost.options import CostOptions
 
     ranks = len(rows[0]["peak_memory_bytes"])
     opts = CostOptions.from_parallel(model.parallel)

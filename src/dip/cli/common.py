@@ -1,6 +1,7 @@
-"""Helpers shared by the CLI commands: JSON output, positive-int parsing, safe file writing."""
+"""Helpers shared by the CLI commands: JSON output, positive-int parsing, safe file writing, memory flags."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -9,6 +10,7 @@ import tempfile
 from typing import Any
 
 from dip.errors import BadInput
+from dip.spec.hardware import GIB, HardwareSpec, usable_memory_bytes
 
 
 def emit(obj: dict[str, Any], as_json: bool, text: str | None = None) -> None:
@@ -60,7 +62,7 @@ def write_atomic(path: str, data: bytes | str) -> None:
         raise
 
 
-def add_memory_arguments(parser, dp: bool = True) -> None:
+def add_memory_arguments(parser: argparse.ArgumentParser, dp: bool = True) -> None:
     """The Megatron memory flags shared by ``dip cost``, ``dip simulate`` and ``dip plan``."""
     if dp:
         parser.add_argument("--dp", type=int, help="data parallel degree (default: the model's)")
@@ -70,7 +72,7 @@ def add_memory_arguments(parser, dp: bool = True) -> None:
                         help="replicate the optimizer state on every DP rank (default: sharded when dp > 1)")
 
 
-def memory_overrides(args) -> dict[str, Any]:
+def memory_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """``with_overrides`` keywords of the memory flags (``--dp``, ``--no-sequence-parallel``, ...)."""
     out: dict[str, Any] = {}
     if getattr(args, "dp", None) is not None:
@@ -82,11 +84,9 @@ def memory_overrides(args) -> dict[str, Any]:
     return out
 
 
-def memory_limit_bytes(hardware, limit_gib: float | None, reserve_gib: float | None) -> float:
+def memory_limit_bytes(hardware: HardwareSpec, limit_gib: float | None, reserve_gib: float | None) -> float:
     """``--memory-limit-gib`` in bytes when given, else the hardware's usable memory (capacity minus
     ``--memory-reserve-gib``, default 8% of the capacity)."""
-    from dip.spec.hardware import GIB, usable_memory_bytes
-
     if limit_gib is not None:
         if not math.isfinite(limit_gib) or limit_gib <= 0:
             raise BadInput(f"--memory-limit-gib must be a number > 0, got {limit_gib}")
