@@ -52,9 +52,20 @@ def test_dynamic_and_manifest(capsys, tmp_path):
     assert rc == 2 and "line 2: text_tokens must be an integer" in err
 
 
+def test_mix_selects_a_mixture_by_name(capsys):
+    rc, out, _ = run(capsys, "--model", "VLM-S", "--microbatches", "8", "--mix", "vlm-text-mix", "--json")
+    assert rc == 0 and json.loads(out)["batches"][0]["source"] == "vlm-text-mix"
+    rc, out, _ = run(capsys, "--model", "VLM-S", "--microbatches", "8", "--json")
+    assert rc == 0 and json.loads(out)["batches"][0]["source"] == "vlm-default"
+    rc, _, err = run(capsys, "--model", "VLM-S", "--mix", "t2v-default")
+    assert rc == 2 and "feeds t2v models" in err and "Traceback" not in err
+
+
 def test_conflicting_options_and_unknown_source(capsys, tmp_path):
     rc, _, err = run(capsys, "--model", "VLM-S", "--source", "nope")
     assert rc == 2 and "valid sources" in err
+    rc, _, err = run(capsys, "--model", "VLM-S", "--mix", "vlm-text-mix", "--dynamic")
+    assert rc == 2 and "--mix" in err
     rc, _, err = run(capsys, "--model", "VLM-S", "--manifest", str(tmp_path / "x.jsonl"), "--dynamic")
     assert rc == 2 and "--manifest" in err
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dip.data.sources import SOURCES, resolve
+from dip.data.sources import MIXTURES, PAPER_SOURCES, SOURCES, proportional, resolve
 from dip.errors import BadInput
 
 N = 20000
@@ -72,10 +72,44 @@ def test_draws_are_deterministic_per_generator():
 
 
 def test_resolve_mixtures_and_errors():
-    assert [n for n, _ in resolve(None, "vlm").components] == ["obelics", "laion-2b", "scienceqa", "web-text"]
+    assert [n for n, _ in resolve(None, "vlm").components] == ["obelics", "laion-2b", "scienceqa"]
     assert [n for n, _ in resolve(None, "t2v").components] == ["sharegpt4video", "internvid", "mmtrail-2m"]
+    assert resolve("vlm-text-mix", "vlm").components[-1] == ("web-text", 0.30)
+    assert resolve("t2v-assumed", "t2v").name == "t2v-assumed"
     assert resolve("laion-2b", "vlm").components == (("laion-2b", 1.0),)
     with pytest.raises(BadInput, match="valid sources"):
         resolve("nope", "vlm")
     with pytest.raises(BadInput, match="feeds t2v models"):
         resolve("internvid", "vlm")
+
+
+@pytest.mark.parametrize("workload", ["vlm", "t2v"])
+def test_default_mixes_use_only_the_papers_sources(workload):
+    mix = resolve(None, workload)
+    names = [n for n, _ in mix.components]
+    assert set(names) <= set(PAPER_SOURCES[workload]) and len(names) == len(set(names))
+    assert all(w >= 0 for _, w in mix.components)
+    assert sum(w for _, w in mix.components) == pytest.approx(1.0, abs=1e-12)
+    assert mix.basis
+
+
+def test_every_mixture_is_normalised_and_names_known_sources():
+    for mix in MIXTURES.values():
+        assert all(n in SOURCES and SOURCES[n].kind in (mix.kind, "text") for n, _ in mix.components)
+        assert sum(w for _, w in mix.components) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_default_weights_follow_the_published_facts():
+    """VLM: IDEFICS' 80% interleaved / 20% pairs, pairs split by size; T2V: by published clip counts."""
+    vlm = dict(resolve(None, "vlm").components)
+    assert vlm["obelics"] == pytest.approx(0.80)
+    assert vlm["laion-2b"] + vlm["scienceqa"] == pytest.approx(0.20)
+    assert vlm["scienceqa"] / vlm["laion-2b"] == pytest.approx(21_208 / 2.32e9)
+    t2v = dict(resolve(None, "t2v").components)
+    assert t2v["internvid"] / t2v["mmtrail-2m"] == pytest.approx(234 / 2)
+    assert t2v["mmtrail-2m"] / t2v["sharegpt4video"] == pytest.approx(2e6 / 40e3)
+
+
+def test_proportional_weights():
+    assert proportional({"a": 1.0, "b": 3.0}) == (("a", 0.25), ("b", 0.75))
+    assert proportional({"a": 2.0, "b": 2.0}, total=0.2) == (("a", 0.1), ("b", 0.1))

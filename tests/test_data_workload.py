@@ -41,6 +41,14 @@ def test_vlm_s_microbatches_span_few_to_many_images():
     assert max(flops) / min(flops) > 2
 
 
+def test_text_mix_stays_selectable_and_adds_text_only_microbatches():
+    model = get_model("VLM-S")
+    (default,) = generate_batches(model, 1, seed=2, microbatches=64)
+    (text,) = generate_batches(model, 1, seed=2, microbatches=64, source="vlm-text-mix")
+    assert default.extra["source"] == "vlm-default" and text.extra["source"] == "vlm-text-mix"
+    assert sum(mb.images == 0 for mb in text.microbatches) > sum(mb.images == 0 for mb in default.microbatches)
+
+
 @pytest.mark.parametrize("source", ["obelics", "laion-2b", "scienceqa"])
 def test_single_sources(source):
     model = get_model("VLM-S")

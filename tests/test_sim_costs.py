@@ -46,6 +46,9 @@ class FakeCostModel:
     def static_bytes(self, module, layer_start, layer_end, include_pre, include_post):
         return 100.0 * (layer_end - layer_start) + 18.0 * include_pre + 36.0 * include_post
 
+    def dp_sync_bytes(self, module, layer_start, layer_end, include_pre, include_post):
+        return 4.0 * (layer_end - layer_start) + 1.0 * include_pre
+
     def microbatch_flops(self, mb):
         return float(mb.text_tokens)
 
@@ -77,6 +80,7 @@ def test_stage_costs_with_fake_cost_model():
     assert costs.message_bytes[MessageKey(1, 0, 2, 0)] == 3.0 * 2 * ppi  # image embeddings of unit 0 (2 images)
     assert costs.bytes_of(MessageKey(2, 0, 1, 0, True)) == costs.message_bytes[MessageKey(1, 0, 2, 0)]
     assert list(costs.static_bytes) == [2 * (400 + 18), 2 * (400 + 36)]
+    assert list(costs.grad_bytes) == [2 * (16 + 1), 2 * 16]  # the cost model's data-parallel bytes
     assert costs.flops_total == 100.0 and costs.tp == 2
     assert cm.calls <= len(costs.keys)
 

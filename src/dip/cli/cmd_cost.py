@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 
+from dip.cli.memory_args import add_memory_arguments, memory_overrides
 from dip.cost import STRATEGIES, CostModel, layer_flops
 from dip.data.meta import ModuleWork
 from dip.errors import BadInput, positive_int
 from dip.io import emit
-from dip.spec.hardware import get_hardware
+from dip.spec.hardware import get_hardware, usable_memory_bytes
 from dip.spec.presets import get_model
 from dip.spec.validate import with_overrides
 
@@ -21,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model preset (see dip models)")
     p.add_argument("--hardware", default="H800", help="hardware preset or calibration JSON (default H800)")
     p.add_argument("--tp", type=int, help="tensor parallel degree (default: the model's)")
+    add_memory_arguments(p)
+    p.add_argument("--memory-reserve-gib", type=float,
+                   help="GiB of each GPU kept free of modelled tensors (default 8%% of its memory)")
     p.add_argument("--images", type=int, help="images run by the ViT (default 8 for VLMs)")
     p.add_argument("--text-tokens", type=int,
                    help=f"LM sequence length of the sample (default: context length for VLMs, "
@@ -44,8 +48,12 @@ def sample_work(module, images: int, text_tokens: int, clips: int, clip_seconds:
 
 
 def cost_report(model, hardware, tp: int | None = None, images: int | None = None, text_tokens: int | None = None,
-                clips: int | None = None, clip_seconds: float | None = None) -> dict:
-    """The ``dip cost`` JSON for ``model`` on ``hardware`` (a HardwareSpec or name/path)."""
+                clips: int | None = None, clip_seconds: float | None = None,
+                memory_reserve_gib: float | None = None) -> dict:
+    """The ``dip cost`` JSON for ``model`` on ``hardware`` (a HardwareSpec or name/path).
+
+    Data parallelism, sequence parallelism and the distributed optimizer come from ``model.parallel``.
+    """
     tp = int(tp or model.parallel.tp)
     images = model.is_vlm * 8 if images is None else images
     text_tokens = (model.context_length if model.is_vlm else DEFAULT_T2V_TEXT_TOKENS) if text_tokens is None \
@@ -56,6 +64,8 @@ def cost_report(model, hardware, tp: int | None = None, images: int | None = Non
         positive_int(field, value, minimum=0)
     if clip_seconds <= 0:
         raise BadInput(f"--clip-seconds must be > 0, got {clip_seconds}")
+    hardware = get_hardware(hardware)
+    limit = usable_memory_bytes(hardware, memory_reserve_gib)
     cm = CostModel(model, hardware, tp=tp)
     rows = []
     for m in model.modules:
@@ -71,10 +81,16 @@ def cost_report(model, hardware, tp: int | None = None, images: int | None = Non
             "layer_flops": fwd_flops + bwd_flops,
             "layer_mfu": cm.layer_efficiency(m, work),
             "pre_s": vars(cm.pre_times(m, work)), "post_s": vars(cm.post_times(m, work)),
+            "layer_params_per_gpu": cm.gpu_params(m, 0, 1, False, False),
             "layer_static_bytes": cm.static_bytes(m, 0, 1, False, False),
+            "layer_grad_bytes": cm.grad_bytes(m, 0, 1, False, False),
         })
-    return {"model": model.name, "hardware": cm.hardware.name, "tp": tp, "images": images,
-            "text_tokens": text_tokens, "clips": clips, "clip_seconds": clip_seconds, "modules": rows}
+    opts = cm.options
+    return {"model": model.name, "hardware": cm.hardware.name, "tp": tp, "dp": opts.dp,
+            "sequence_parallel": opts.sequence_parallel, "distributed_optimizer": opts.distributed_optimizer,
+            "bytes_per_param": opts.param_state_bytes, "memory_capacity_bytes": float(cm.hardware.mem_bytes),
+            "memory_limit_bytes": limit, "images": images, "text_tokens": text_tokens, "clips": clips,
+            "clip_seconds": clip_seconds, "modules": rows}
 
 
 def _text(report: dict) -> str:
@@ -83,24 +99,31 @@ def _text(report: dict) -> str:
         inputs.insert(0, f"{report['images']} images")
     if report["clips"]:
         inputs.append(f"{report['clips']} clips x {report['clip_seconds']:g} s")
-    lines = [f"{report['model']} on {report['hardware']}, tp {report['tp']}: {', '.join(inputs)} (per GPU, one layer)"]
+    gib = 2**30
+    lines = [f"{report['model']} on {report['hardware']}, tp {report['tp']} dp {report['dp']}: {', '.join(inputs)} "
+             f"(per GPU, one layer)",
+             f"sequence parallel {'on' if report['sequence_parallel'] else 'off'}, distributed optimizer "
+             f"{'on' if report['distributed_optimizer'] else 'off'} ({report['bytes_per_param']:g} bytes per "
+             f"parameter), usable memory {report['memory_limit_bytes'] / gib:.1f} of "
+             f"{report['memory_capacity_bytes'] / gib:.1f} GiB"]
     lines.append(f"{'module':<10} {'kind':<8} {'tokens':>8} {'fwd ms':>8} {'bwd ms':>8} {'(I':>7} {'W)':>7} "
-                 f"{'f+b ms':>8} {'act MB':>9} {'full MB':>8} {'MFU':>6}")
+                 f"{'f+b ms':>8} {'act MB':>9} {'full MB':>8} {'static MB':>9} {'MFU':>6}")
     for r in report["modules"]:
         lines.append(f"{r['name']:<10} {r['kind']:<8} {r['tokens']:>8} {r['layer_fwd_s'] * 1e3:>8.3f} "
                      f"{r['layer_bwd_s'] * 1e3:>8.3f} {r['layer_bwd_input_s'] * 1e3:>7.3f} "
                      f"{r['layer_bwd_weight_s'] * 1e3:>7.3f} {(r['layer_fwd_s'] + r['layer_bwd_s']) * 1e3:>8.3f} "
                      f"{r['layer_activation_bytes'] / 1e6:>9.1f} "
-                     f"{r['activation_bytes_by_strategy']['full'] / 1e6:>8.1f} {r['layer_mfu']:>6.3f}")
+                     f"{r['activation_bytes_by_strategy']['full'] / 1e6:>8.1f} "
+                     f"{r['layer_static_bytes'] / 1e6:>9.1f} {r['layer_mfu']:>6.3f}")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     model = get_model(args.model)
-    if args.tp is not None:
-        model = with_overrides(model, tp=positive_int("--tp", args.tp))
+    tp = positive_int("--tp", args.tp) if args.tp is not None else None
+    model = with_overrides(model, tp=tp, **memory_overrides(args))
     hardware = get_hardware(args.hardware)
     report = cost_report(model, hardware, model.parallel.tp, args.images, args.text_tokens, args.clips,
-                         args.clip_seconds)
+                         args.clip_seconds, args.memory_reserve_gib)
     emit(report, args.json, _text(report))
     return 0

@@ -12,9 +12,14 @@ import argparse
 from typing import Any
 
 from dip.cli.cmd_simulate import parse_costs
+from dip.cli.memory_args import add_memory_arguments, memory_limit_bytes, memory_overrides
+from dip.cost.options import CostOptions
 from dip.errors import BadInput, positive_int
 from dip.io import check_writable, emit
 from dip.schedule.baselines import build_uniform_plan
+from dip.spec.hardware import get_hardware
+from dip.spec.presets import load_model
+from dip.spec.validate import with_overrides
 
 GIB = 2**30
 VLM_BASELINES = ("megatron", "nnscaler", "optimus", "1f1b", "interleaved", "zb-h1", "gpipe")
@@ -42,7 +47,12 @@ def register(subparsers) -> None:
     p.add_argument("--strategy", default="mcts", choices=STRATEGY_CHOICES, help="search strategy (default mcts)")
     p.add_argument("--exact", action="store_true", help="also solve the exact optimum with CP-SAT (small instances)")
     p.add_argument("--exact-time-limit", type=float, default=120.0, help="CP-SAT seconds per batch (default 120)")
-    p.add_argument("--memory-limit-gib", type=float, help="GPU memory limit in GiB (default: the hardware's)")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--memory-limit-gib", type=float,
+                       help="usable GPU memory in GiB (default: the hardware's capacity minus the reserve)")
+    limit.add_argument("--memory-reserve-gib", type=float,
+                       help="GiB of each GPU kept free of modelled tensors (default 8%% of its memory)")
+    add_memory_arguments(p)
     p.add_argument("--sub-microbatch", nargs="+", metavar="MODULE=B", default=[],
                    help="override sub-microbatch sizes B_i, e.g. vit=12")
     p.add_argument("--segments", nargs="+", metavar="MODULE=K", default=[],
@@ -140,18 +150,23 @@ def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
 
     if not args.model:
         raise BadInput("give --model (e.g. VLM-S) or --uniform-costs F:I:W")
-    if args.memory_limit_gib is not None and args.memory_limit_gib <= 0:
-        raise BadInput(f"--memory-limit-gib must be > 0, got {args.memory_limit_gib}")
+    model = with_overrides(load_model(args.model), **memory_overrides(args))
+    hardware = get_hardware(args.hardware)
+    limit = memory_limit_bytes(hardware, args.memory_limit_gib, args.memory_reserve_gib)
     request = PlanRequest(
-        model=args.model, batches=positive_int("batches", args.batches),
+        model=model, batches=positive_int("batches", args.batches),
         seed=positive_int("seed", args.seed, minimum=0), microbatches=positive_int("microbatches", args.microbatches),
         hardware=args.hardware, budget_s=args.budget, rollouts=args.rollouts, workers=args.workers,
         strategy=args.strategy, exact=args.exact, exact_time_limit_s=args.exact_time_limit,
-        memory_limit_bytes=None if args.memory_limit_gib is None else args.memory_limit_gib * GIB,
+        memory_limit_bytes=limit,
         sub_microbatch=parse_overrides(args.sub_microbatch, "--sub-microbatch"),
         segments=parse_overrides(args.segments, "--segments"), baselines=not args.no_baselines,
     )
     out, first = plan_batches(request)
+    opts = CostOptions.from_parallel(model.parallel)
+    out.update(tp=opts.tp, dp=opts.dp, sequence_parallel=opts.sequence_parallel,
+               distributed_optimizer=opts.distributed_optimizer,
+               memory_capacity_bytes=float(hardware.mem_bytes), memory_limit_bytes=limit)
     return out, first.plan, first.sim
 
 

@@ -12,7 +12,9 @@ import os
 import tempfile
 from typing import Any, Callable
 
+from dip.cli.memory_args import add_memory_arguments, memory_limit_bytes, memory_overrides
 from dip.cost import CostModel
+from dip.cost.options import CostOptions
 from dip.data.workload import generate_batches
 from dip.errors import BadInput, positive_int
 from dip.io import check_writable, emit
@@ -45,9 +47,13 @@ def register(subparsers) -> None:
     p.add_argument("--hardware", default="H800", help="hardware preset or calibration JSON (default H800)")
     p.add_argument("--tp", type=int, help="tensor parallel degree (default: the model's)")
     p.add_argument("--pp", type=int, help="pipeline parallel degree (default: the model's; uniform mode: 4)")
-    p.add_argument("--dp", type=int, help="data parallel degree (default: the model's)")
+    add_memory_arguments(p)
     p.add_argument("--chunks", type=int, help="chunks per rank (interleaved schedules; default 2 where allowed)")
-    p.add_argument("--memory-limit-gib", type=float, help="GPU memory limit in GiB (default: the hardware's)")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--memory-limit-gib", type=float,
+                       help="usable GPU memory in GiB (default: the hardware's capacity minus the reserve)")
+    limit.add_argument("--memory-reserve-gib", type=float,
+                       help="GiB of each GPU kept free of modelled tensors (default 8%% of its memory)")
     p.add_argument("--uniform-costs", metavar="F:I:W",
                    help="schedule-only mode: every chunk pass costs F (forward), I (backward-input), W (weight)")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace of the first batch")
@@ -117,7 +123,7 @@ def run_uniform(args: argparse.Namespace) -> tuple[dict[str, Any], Plan, Any]:
 def load_model(args: argparse.Namespace):
     if not args.model:
         raise BadInput("give --model (e.g. VLM-S) or --uniform-costs F:I:W")
-    return with_overrides(load_preset(args.model), tp=args.tp, pp=args.pp, dp=args.dp)
+    return with_overrides(load_preset(args.model), tp=args.tp, pp=args.pp, **memory_overrides(args))
 
 
 def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Plan, Any]:
@@ -129,13 +135,11 @@ def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Plan, Any]:
     m = positive_int("microbatches", args.microbatches)
     positive_int("seed", args.seed, minimum=0)
     chunks = positive_int("chunks", args.chunks) if args.chunks is not None else None
-    if args.memory_limit_gib is not None and args.memory_limit_gib <= 0:
-        raise BadInput(f"--memory-limit-gib must be > 0, got {args.memory_limit_gib}")
     if args.export_torch and len(model.modules) > 1:
         raise BadInput(f"--export-torch needs a linear chain (a one-module model or --uniform-costs); "
                        f"model {model.name} has {len(model.modules)} modules")
     hardware = get_hardware(args.hardware)
-    limit = args.memory_limit_gib * GIB if args.memory_limit_gib is not None else float(hardware.mem_bytes)
+    limit = memory_limit_bytes(hardware, args.memory_limit_gib, args.memory_reserve_gib)
     cost_model = CostModel(model, hardware, model.parallel.tp)
     batches = generate_batches(model, batches_n, args.seed, microbatches=m)
     per_batch, first = [], None
@@ -166,13 +170,16 @@ def summarize(schedule: str, model, m: int, limit: float, hardware, rows: list[d
         return sum(r[key] for r in rows) / n
 
     ranks = len(rows[0]["peak_memory_bytes"])
+    opts = CostOptions.from_parallel(model.parallel)
     return {
         "schedule": schedule, "model": model.name, "hardware": hardware.name,
         "tp": model.parallel.tp, "pp": model.parallel.pp, "dp": model.parallel.dp,
+        "sequence_parallel": opts.sequence_parallel, "distributed_optimizer": opts.distributed_optimizer,
         "microbatches": m, "batches": n,
         "iteration_time_s": mean("iteration_time_s"), "bubble_fraction": mean("bubble_fraction"), "mfu": mean("mfu"),
         "peak_memory_bytes": [max(r["peak_memory_bytes"][k] for r in rows) for k in range(ranks)],
-        "lower_bound_s": mean("lower_bound_s"), "memory_limit_bytes": limit, "per_batch": rows,
+        "lower_bound_s": mean("lower_bound_s"), "memory_capacity_bytes": float(hardware.mem_bytes),
+        "memory_limit_bytes": limit, "per_batch": rows,
     }
 
 

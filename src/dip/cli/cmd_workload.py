@@ -32,8 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--microbatches", type=int, default=64, help="micro-batches per global batch M (default 64)")
     p.add_argument("--manifest", metavar="FILE",
                    help="pack the samples of this JSONL (or Parquet) manifest instead of generating them")
-    p.add_argument("--source", metavar="NAME",
-                   help=f"data source or mixture (default: the model's workload mixture): {', '.join(source_names())}")
+    p.add_argument("--mix", "--source", dest="source", metavar="NAME",
+                   help=f"data mixture or single source (default: vlm-default / t2v-default / text-default by "
+                        f"the model's workload): {', '.join(source_names())}")
     p.add_argument("--dynamic", action="store_true",
                    help="Fig. 8b rise-and-fall image-count workload (VLM models; one batch per iteration)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -52,12 +53,12 @@ def build_batches(model: ModelSpec, args: argparse.Namespace) -> list[BatchMeta]
     positive_int("seed", args.seed, minimum=0)
     if args.manifest:
         if args.source or args.dynamic:
-            raise BadInput("--manifest cannot be combined with --source or --dynamic")
+            raise BadInput("--manifest cannot be combined with --mix or --dynamic")
         batches = manifest_batches(model, args.manifest, args.microbatches)
         return batches[:args.batches] if args.batches else batches
     if args.dynamic:
         if args.source:
-            raise BadInput("--dynamic uses its own VLM mixture; it cannot be combined with --source")
+            raise BadInput("--dynamic uses its own VLM mixture; it cannot be combined with --mix")
         return generate_dynamic_batches(model, args.seed, args.microbatches, args.batches or DEFAULT_DYNAMIC_ITERATIONS)
     return generate_batches(model, args.batches or 1, args.seed, args.microbatches, args.source)
 

@@ -3,8 +3,9 @@ from dip.cost.flops import layer_flops, microbatch_flops, module_flops
 from dip.cost.latency import op_seconds
 from dip.cost.model import STRATEGIES, ChunkCost, CostModel, PassTimes
 from dip.cost.ops import Op, PassOps, layer_ops, post_ops, pre_ops
+from dip.cost.options import CostOptions, param_state_bytes
 
 __all__ = [
-    "STRATEGIES", "ChunkCost", "CostModel", "Op", "PassOps", "PassTimes", "layer_flops", "layer_ops",
-    "microbatch_flops", "module_flops", "op_seconds", "post_ops", "pre_ops",
+    "STRATEGIES", "ChunkCost", "CostModel", "CostOptions", "Op", "PassOps", "PassTimes", "layer_flops",
+    "layer_ops", "microbatch_flops", "module_flops", "op_seconds", "param_state_bytes", "post_ops", "pre_ops",
 ]

@@ -2,7 +2,9 @@
 
 Everything is per GPU of a tensor-parallel group of size ``tp``. Per ``(module, work)`` the block,
 pre and post times and the per-strategy activation bytes are computed once and cached, so
-:meth:`CostModel.chunk_costs` is O(1) for a uniform strategy.
+:meth:`CostModel.chunk_costs` is O(1) for a uniform strategy. Memory follows Megatron-LM's accounting
+(:class:`~dip.cost.options.CostOptions`: sequence parallelism, distributed optimizer); the formulas
+and their sources are in docs/memory.md.
 """
 from __future__ import annotations
 
@@ -12,14 +14,15 @@ from typing import Sequence
 from dip.cost.flops import microbatch_flops as _microbatch_flops, layer_flops
 from dip.cost.latency import op_seconds, ops_seconds
 from dip.cost.ops import PassOps, layer_ops, post_ops, pre_ops, tp_split_params
+from dip.cost.options import GRAD_BYTES, CostOptions
 from dip.data.meta import MicroBatchMeta, ModuleWork
 from dip.errors import BadInput, choices_error
 from dip.spec.hardware import HardwareSpec, get_hardware
 from dip.spec.model import ModelSpec, ModuleSpec
 
+__all__ = ["STRATEGIES", "ChunkCost", "CostModel", "PassTimes", "check_strategy"]
+
 STRATEGIES: tuple[str, ...] = ("none", "selective", "full", "offload")
-# bf16 parameter + fp32 gradient + AdamW fp32 master weight, first and second moment
-PARAM_STATE_BYTES = 2 + 4 + 4 + 4 + 4
 
 
 @dataclass(frozen=True)
@@ -87,15 +90,24 @@ def check_strategy(strategy: str) -> str:
 
 
 class CostModel:
-    """Operator-level latency and memory model of ``model`` on ``hardware`` at tensor parallelism ``tp``."""
+    """Operator-level latency and memory model of ``model`` on ``hardware`` at tensor parallelism ``tp``.
+
+    ``options`` (default: from ``model.parallel``, with ``tp`` overriding its tensor-parallel degree)
+    set data parallelism, sequence parallelism and the distributed optimizer.
+    """
 
     def __init__(self, model: ModelSpec, hardware: HardwareSpec | str, tp: int | None = None,
-                 dtype_bytes: int = 2, flash_attention: bool = True):
+                 dtype_bytes: int = 2, flash_attention: bool = True, options: CostOptions | None = None):
         self.model = model
         self.hardware = get_hardware(hardware)
-        self.tp = int(tp or model.parallel.tp or 1)
-        if self.tp < 1:
+        if tp is not None and int(tp) < 1:
             raise BadInput(f"tp must be >= 1, got {tp}")
+        if options is None:
+            options = CostOptions.from_parallel(model.parallel, tp)
+        elif tp is not None and int(tp) != options.tp:
+            raise BadInput(f"tp {tp} differs from the cost options' tp {options.tp}")
+        self.options = options
+        self.tp = options.tp
         self.dtype_bytes = dtype_bytes
         self.flash_attention = flash_attention
         self._cache: dict[tuple[ModuleSpec, ModuleWork], _WorkCosts] = {}
@@ -115,14 +127,15 @@ class CostModel:
         return hit
 
     def _build(self, module: ModuleSpec, work: ModuleWork) -> _WorkCosts:
-        hw, tp, d = self.hardware, self.tp, self.dtype_bytes
-        lops = layer_ops(module, work, tp, d, self.flash_attention)
-        pre, post = pre_ops(module, work, tp, d), post_ops(module, work, tp, d)
+        hw, tp, d, sp = self.hardware, self.tp, self.dtype_bytes, bool(self.options.sequence_parallel)
+        lops = layer_ops(module, work, tp, d, self.flash_attention, sequence_parallel=sp)
+        pre, post = pre_ops(module, work, tp, d), post_ops(module, work, tp, d, sequence_parallel=sp)
         kf, kb = hw.runtime_factor(module.kind, "f"), hw.runtime_factor(module.kind, "b")
         layer = _times(lops, hw).scaled_passes(kf, kb)
         saved = lops.saved_bytes()
-        selective_drop = sum(op.selective_bytes for op in lops.f)
-        block_input = d * work.tokens * module.hidden if work.tokens else 0.0
+        selective_drop = sum(op.selective_bytes for op in lops.f)  # the attention core's tensors
+        # full recompute keeps the block input, on 1/tp of the tokens under sequence parallelism
+        block_input = d * work.tokens * module.hidden / self.options.sequence_shards if work.tokens else 0.0
         act = {"none": saved, "selective": saved - selective_drop, "full": min(block_input, saved), "offload": 0.0}
         xfer = hw.alpha("offload") * saved / hw.host_bw
         recompute = {
@@ -147,7 +160,11 @@ class CostModel:
         return self._costs(module, work).post
 
     def layer_activation_bytes(self, module: ModuleSpec | str, work: ModuleWork, strategy: str = "none") -> float:
-        """Activation bytes one block keeps on the GPU from its forward until its backward."""
+        """Activation bytes one block keeps on the GPU from its forward until its backward.
+
+        ``none``: every saved tensor; ``selective``: without the attention core's (recomputed);
+        ``full``: the block input only; ``offload``: nothing (moved to host memory).
+        """
         return self._costs(module, work).act[check_strategy(strategy)]
 
     def recompute_seconds(self, module: ModuleSpec | str, work: ModuleWork, strategy: str = "none") -> float:
@@ -179,9 +196,9 @@ class CostModel:
             f, i, w, act = f + c.post.f, i + c.post.i, w + c.post.w, act + c.post_act
         return ChunkCost(f, i, w, act, rec)
 
-    def static_bytes(self, module: ModuleSpec | str, layer_start: int, layer_end: int,
-                     include_pre: bool, include_post: bool) -> float:
-        """Parameter, gradient and AdamW state bytes of a chunk on one GPU (TP-sharded parts / tp)."""
+    def gpu_params(self, module: ModuleSpec | str, layer_start: int, layer_end: int,
+                   include_pre: bool, include_post: bool) -> float:
+        """Parameters of a chunk one GPU of the TP group holds (TP-sharded parts / tp)."""
         module = self._module(module)
         parts = [("layer", max(0, layer_end - layer_start))]
         if include_pre:
@@ -192,7 +209,27 @@ class CostModel:
         for part, count in parts:
             sharded, replicated = tp_split_params(module, part)
             per_gpu += count * (sharded / self.tp + replicated)
-        return PARAM_STATE_BYTES * per_gpu
+        return per_gpu
+
+    def static_bytes(self, module: ModuleSpec | str, layer_start: int, layer_end: int,
+                     include_pre: bool, include_post: bool) -> float:
+        """Weight, gradient and AdamW state bytes of a chunk on one GPU: 18 per parameter, or
+        ``6 + 12 / dp`` with the distributed optimizer."""
+        params = self.gpu_params(module, layer_start, layer_end, include_pre, include_post)
+        return self.options.param_state_bytes * params
+
+    def grad_bytes(self, module: ModuleSpec | str, layer_start: int, layer_end: int,
+                   include_pre: bool, include_post: bool) -> float:
+        """Bytes of a chunk's fp32 gradients on one GPU (what data parallelism reduces)."""
+        return GRAD_BYTES * self.gpu_params(module, layer_start, layer_end, include_pre, include_post)
+
+    def dp_sync_bytes(self, module: ModuleSpec | str, layer_start: int, layer_end: int,
+                      include_pre: bool, include_post: bool) -> float:
+        """All-reduce-equivalent bytes of a chunk's data-parallel synchronisation on one GPU: the
+        gradient all-reduce, or with the distributed optimizer the gradient reduce-scatter plus the
+        weight all-gather (see :attr:`CostOptions.dp_sync_bytes_per_param`)."""
+        params = self.gpu_params(module, layer_start, layer_end, include_pre, include_post)
+        return self.options.dp_sync_bytes_per_param * params
 
     def boundary_bytes(self, module: ModuleSpec | str, work: ModuleWork) -> float:
         """Bytes of the activation one chunk of ``module`` sends to the next (plus DiT conditioning)."""

@@ -2,9 +2,15 @@
 
 Passes: ``f`` (forward), ``i`` (backward w.r.t. inputs, incl. the whole attention-core backward) and
 ``w`` (backward w.r.t. weights). Every :class:`Op` carries FLOPs, HBM bytes and network bytes per GPU
-under Megatron tensor parallelism without sequence parallelism (heads and FFN split ``tp`` ways; one
-all-reduce after attention and one after the MLP in forward, two in backward-input). Forward ops also
-record the activation bytes they keep for the backward pass (flash attention: no ``s^2`` buffers).
+under Megatron tensor parallelism (heads and FFN split ``tp`` ways; one all-reduce after attention and
+one after the MLP in forward, two in backward-input). Forward ops also record the activation bytes
+they keep for the backward pass (flash attention: no ``s^2`` buffers).
+
+With sequence parallelism (Korthikanti et al. 2022) the ops outside the tensor-parallel regions
+(norms, residuals, adaLN modulation, the DiT's final layer) run on ``1/tp`` of the tokens and keep
+``1/tp`` of their tensors, and so do the saved inputs of the column-parallel projections (QKV, FC1,
+LM head), which Megatron all-gathers again in backward. Each all-reduce becomes an all-gather plus a
+reduce-scatter, which move the same bytes in as many ring steps, so the collectives are unchanged.
 """
 from __future__ import annotations
 
@@ -64,14 +70,19 @@ class Shard:
     head_dim: int
     tp: int
     d: int
+    seq: int = 1  # ways the tokens outside the TP regions are split (tp with sequence parallelism)
 
     @classmethod
-    def of(cls, m: ModuleSpec, tp: int, d: int) -> "Shard":
+    def of(cls, m: ModuleSpec, tp: int, d: int, sequence_parallel: bool = False) -> "Shard":
         hd = m.head_dim
         heads = max(1, m.heads // tp)
-        kv_heads = max(1, -(-m.kv_heads // tp))
+        kv_heads = max(1, -(-m.kv_heads // tp))  # fewer KV heads than ranks: replicated, as in Megatron
         return cls(h=m.hidden, f=max(1, m.ffn_hidden // tp), q=heads * hd, kv=kv_heads * hd, heads=heads,
-                   head_dim=hd, tp=tp, d=d)
+                   head_dim=hd, tp=tp, d=d, seq=tp if sequence_parallel and tp > 1 else 1)
+
+    def rows(self, tokens: float) -> float:
+        """Tokens one GPU holds outside the tensor-parallel regions (all of them without SP)."""
+        return tokens / self.seq
 
 
 class _Builder:
@@ -81,14 +92,18 @@ class _Builder:
         self.s = shard
         self.ops = PassOps()
 
-    def linear(self, name: str, m: int, n_in: int, n_out: int, save_input: bool = True, dx: bool = True) -> None:
+    def linear(self, name: str, m: float, n_in: int, n_out: int, save_input: bool = True, dx: bool = True,
+               saved_rows: float | None = None) -> None:
+        """``saved_rows``: rows of the input kept for backward (default ``m``; a column-parallel
+        projection under sequence parallelism keeps its ``1/tp`` shard and all-gathers it again)."""
         d = self.s.d
         if m <= 0:
             return
         flops = 2.0 * m * n_in * n_out
         io = d * (m * n_in + n_in * n_out + m * n_out)
+        kept = m if saved_rows is None else saved_rows
         self.ops.f.append(Op(name, "gemm", flops, io, dims=(m, n_out, n_in),
-                             saved_bytes=d * m * n_in if save_input else 0.0, model_flops=flops))
+                             saved_bytes=d * kept * n_in if save_input else 0.0, model_flops=flops))
         if dx:
             self.ops.i.append(Op(name + ".dx", "gemm", flops, io, dims=(m, n_in, n_out)))
         dw_io = d * (m * n_in + m * n_out) + 2 * FP32 * n_in * n_out  # fp32 main-grad accumulate
@@ -137,7 +152,7 @@ class _Builder:
 
 def _self_attention(b: _Builder, t: int, work: ModuleWork, causal: bool, rope: bool, flash: bool) -> None:
     s = b.s
-    b.linear("qkv", t, s.h, s.q + 2 * s.kv)
+    b.linear("qkv", t, s.h, s.q + 2 * s.kv, saved_rows=s.rows(t))
     if rope:
         b.elementwise("rope", 2 * t * (s.q + s.kv), 2 * t * (s.q + s.kv))
     b.attention("attn", work.seq_lens, work.seq_lens, causal, flash)
@@ -146,54 +161,56 @@ def _self_attention(b: _Builder, t: int, work: ModuleWork, causal: bool, rope: b
     b.all_reduce("qkv.dx.allreduce", t * s.h, "i")
 
 
-def layer_ops(module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2, flash: bool = True) -> PassOps:
+def layer_ops(module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2, flash: bool = True,
+              sequence_parallel: bool = False) -> PassOps:
     """Operators of one block of ``module`` running ``work`` on one of ``tp`` GPUs."""
-    s = Shard.of(module, tp, d)
+    s = Shard.of(module, tp, d, sequence_parallel)
     b = _Builder(s)
     t = work.tokens
     if t <= 0:
         return b.ops
     h = s.h
+    r = s.rows(t)  # tokens of the norms, residuals and modulations on this GPU
     if module.kind in ("vit", "decoder"):
         causal = module.kind == "decoder"
-        b.elementwise("norm1", 2 * t * h, 3 * t * h, saved_elems=t * h)
+        b.elementwise("norm1", 2 * r * h, 3 * r * h, saved_elems=r * h)
         _self_attention(b, t, work, causal, True, flash)
-        b.elementwise("residual1", 3 * t * h, 3 * t * h)
-        b.elementwise("norm2", 2 * t * h, 3 * t * h, saved_elems=t * h)
+        b.elementwise("residual1", 3 * r * h, 3 * r * h)
+        b.elementwise("norm2", 2 * r * h, 3 * r * h, saved_elems=r * h)
         if module.kind == "decoder":
-            b.linear("gate_up", t, h, 2 * s.f)
+            b.linear("gate_up", t, h, 2 * s.f, saved_rows=r)
             b.elementwise("swiglu", 3 * t * s.f, 5 * t * s.f, saved_elems=2 * t * s.f)
         else:
-            b.linear("fc1", t, h, s.f)
+            b.linear("fc1", t, h, s.f, saved_rows=r)
             b.elementwise("gelu", 2 * t * s.f, 3 * t * s.f, saved_elems=t * s.f)
         b.linear("fc2", t, s.f, h)
         b.all_reduce("mlp.allreduce", t * h, "f")
         b.all_reduce("fc1.dx.allreduce", t * h, "i")
-        b.elementwise("residual2", 3 * t * h, 3 * t * h)
+        b.elementwise("residual2", 3 * r * h, 3 * r * h)
         return b.ops
     if module.kind == "dit":
         c = work.cond_tokens
         b.elementwise("modulation", 2 * 6 * h * max(work.instances, 1), 2 * 6 * h * max(work.instances, 1))
-        b.elementwise("norm1_modulate", 4 * t * h, 6 * t * h, saved_elems=2 * t * h)
+        b.elementwise("norm1_modulate", 4 * r * h, 6 * r * h, saved_elems=2 * r * h)
         _self_attention(b, t, work, False, True, flash)
-        b.elementwise("gate_residual1", 3 * t * h, 4 * t * h, saved_elems=t * h)
+        b.elementwise("gate_residual1", 3 * r * h, 4 * r * h, saved_elems=r * h)
         if c > 0:  # cross-attention to the projected text conditioning (shared by all blocks)
-            b.elementwise("norm_cross", 2 * t * h, 3 * t * h, saved_elems=t * h)
-            b.linear("cross_q", t, h, s.q)
+            b.elementwise("norm_cross", 2 * r * h, 3 * r * h, saved_elems=r * h)
+            b.linear("cross_q", t, h, s.q, saved_rows=r)
             b.linear("cross_kv", c, h, 2 * s.kv, save_input=False)
             b.attention("cross_attn", work.seq_lens, work.cond_lens, False, flash)
             b.linear("cross_proj", t, s.q, h, save_input=False)
             b.all_reduce("cross.allreduce", t * h, "f")
             b.all_reduce("cross_q.dx.allreduce", t * h, "i")
             b.all_reduce("cross_kv.dx.allreduce", c * h, "i")
-            b.elementwise("residual2", 3 * t * h, 3 * t * h)
-        b.elementwise("norm2_modulate", 4 * t * h, 6 * t * h, saved_elems=2 * t * h)
-        b.linear("fc1", t, h, s.f)
+            b.elementwise("residual2", 3 * r * h, 3 * r * h)
+        b.elementwise("norm2_modulate", 4 * r * h, 6 * r * h, saved_elems=2 * r * h)
+        b.linear("fc1", t, h, s.f, saved_rows=r)
         b.elementwise("gelu", 2 * t * s.f, 3 * t * s.f, saved_elems=t * s.f)
         b.linear("fc2", t, s.f, h)
         b.all_reduce("mlp.allreduce", t * h, "f")
         b.all_reduce("fc1.dx.allreduce", t * h, "i")
-        b.elementwise("gate_residual2", 3 * t * h, 4 * t * h, saved_elems=t * h)
+        b.elementwise("gate_residual2", 3 * r * h, 4 * r * h, saved_elems=r * h)
         return b.ops
     raise ValueError(f"unknown module kind {module.kind!r}")
 
@@ -203,7 +220,11 @@ def dit_patch_dim(m: ModuleSpec) -> int:
 
 
 def pre_ops(module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2) -> PassOps:
-    """Operators in front of the first block (replicated across TP except vocab-parallel embeddings)."""
+    """Operators in front of the first block (replicated across TP except vocab-parallel embeddings).
+
+    They run before the scatter into the sequence-parallel region, so sequence parallelism leaves
+    them unchanged.
+    """
     s = Shard.of(module, tp, d)
     b = _Builder(s)
     t, h = work.tokens, s.h
@@ -228,39 +249,41 @@ def pre_ops(module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2) -> Pa
     return b.ops
 
 
-def post_ops(module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2) -> PassOps:
+def post_ops(module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2,
+             sequence_parallel: bool = False) -> PassOps:
     """Operators after the last block (ViT merger, final norm + LM head + loss, DiT final layer + loss)."""
-    s = Shard.of(module, tp, d)
+    s = Shard.of(module, tp, d, sequence_parallel)
     b = _Builder(s)
     t, h = work.tokens, s.h
     if t <= 0:
         return b.ops
+    r = s.rows(t)
     if module.kind == "vit":
         merge = module.spatial_merge ** 2
         out = module.out_hidden or h
         rows = max(1, t // merge)
-        b.elementwise("merger_norm", 2 * t * h, 3 * t * h, saved_elems=t * h)
-        b.linear("merger_fc1", rows, h * merge, max(1, out // tp))  # column parallel
+        b.elementwise("merger_norm", 2 * r * h, 3 * r * h, saved_elems=r * h)
+        b.linear("merger_fc1", rows, h * merge, max(1, out // tp), saved_rows=s.rows(rows))  # column parallel
         b.elementwise("merger_gelu", 2 * rows * out / tp, 3 * rows * out / tp, saved_elems=rows * out / tp)
         b.linear("merger_fc2", rows, max(1, out // tp), out)  # row parallel
         b.all_reduce("merger.allreduce", rows * out, "f")
         b.all_reduce("merger.dx.allreduce", t * h, "i")
     elif module.kind == "decoder":
-        b.elementwise("final_norm", 2 * t * h, 3 * t * h, saved_elems=t * h)
+        b.elementwise("final_norm", 2 * r * h, 3 * r * h, saved_elems=r * h)
         if module.lm_head and module.vocab_size:
             v = max(1, module.vocab_size // tp)
-            b.linear("lm_head", t, h, v)
+            b.linear("lm_head", t, h, v, saved_rows=r)
             logits = FP32 * t * v  # vocab-parallel cross-entropy keeps fp32 softmax
             b.ops.f.append(Op("cross_entropy", "elementwise", 3 * t * v, d * t * v + 2 * logits,
                               saved_bytes=logits))
             b.ops.i.append(Op("cross_entropy.bwd", "elementwise", 2 * t * v, logits + d * t * v))
             b.all_reduce("cross_entropy.allreduce", 3 * t * FP32 / d, "f")
             b.all_reduce("lm_head.dx.allreduce", t * h, "i")
-    elif module.kind == "dit":
+    elif module.kind == "dit":  # replicated final layer: on its sequence shard under SP
         p = dit_patch_dim(module)
-        b.elementwise("final_norm_modulate", 4 * t * h, 6 * t * h, saved_elems=2 * t * h)
-        b.linear("final_linear", t, h, p)
-        b.elementwise("mse_loss", 3 * t * p, 3 * t * p, saved_elems=t * p)
+        b.elementwise("final_norm_modulate", 4 * r * h, 6 * r * h, saved_elems=2 * r * h)
+        b.linear("final_linear", r, h, p)
+        b.elementwise("mse_loss", 3 * r * p, 3 * r * p, saved_elems=r * p)
     else:
         raise ValueError(f"unknown module kind {module.kind!r}")
     return b.ops

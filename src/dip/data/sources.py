@@ -223,32 +223,76 @@ class Mixture:
     """A weighted mixture of sources; ``weights`` are fractions of packed micro-batches.
 
     Each source is packed on its own and packed micro-batches are blended, as Megatron's blended
-    datasets blend sequences that are already packed per dataset.
+    datasets blend sequences that are already packed per dataset. ``basis`` says where the weights
+    come from.
     """
 
     name: str
     kind: str
     components: tuple[tuple[str, float], ...]
+    basis: str = ""
 
 
 SOURCES: dict[str, SampleSource] = {
     s.name: s for s in (Obelics(), Laion2B(), ScienceQA(), WebText(), ShareGPT4Video(), InternVid(), MMTrail2M())
 }
+# The sources the paper's evaluation draws from (§7.1); the default mixtures use only these.
+PAPER_SOURCES: dict[str, tuple[str, ...]] = {
+    "vlm": ("obelics", "laion-2b", "scienceqa"),
+    "t2v": ("sharegpt4video", "internvid", "mmtrail-2m"),
+}
+
+
+def proportional(sizes: dict[str, float], total: float = 1.0) -> tuple[tuple[str, float], ...]:
+    """``(name, weight)`` pairs proportional to ``sizes`` that add up to ``total``."""
+    whole = sum(sizes.values())
+    return tuple((name, total * size / whole) for name, size in sizes.items())
+
+
+# Published facts the default weights are computed from (docs/data.md cites them).
+# IDEFICS (Laurençon et al., NeurIPS 2023 D&B; model card HuggingFaceM4/idefics-80b), the OBELICS
+# authors' own model, trained on "effective proportions in number of tokens" of OBELICS 73.85%,
+# Wikipedia 6.15% (both interleaved web documents), LAION 17.18% and PMD 2.82% (both image-text
+# pairs). IDEFICS reads images through cross-attention, so its token shares are shares of packed
+# training sequences; DIP's weights are shares of packed micro-batches, the same unit.
+IDEFICS_INTERLEAVED_SHARE = (73.85 + 6.15) / 100
+IDEFICS_PAIR_SHARE = (17.18 + 2.82) / 100
+LAION_2B_EN_PAIRS = 2.32e9  # LAION-5B paper (Schuhmann et al. 2022): 2.32B English image-text pairs
+SCIENCEQA_QUESTIONS = 21_208  # ScienceQA paper (Lu et al. 2022)
+# No published recipe mixes the paper's video sources, so they are mixed in proportion to their
+# published sizes (examples-proportional mixing, Raffel et al. 2020 §3.5.2): each clip once per epoch.
+INTERNVID_CLIPS = 234e6  # InternVid paper (Wang et al. 2024): 7M videos, 760K hours, 234M clips
+MMTRAIL_2M_CLIPS = 2e6  # MMTrail paper (Chi et al. 2024): 2M clips with multimodal captions
+SHAREGPT4VIDEO_VIDEOS = 40e3  # ShareGPT4Video paper (Chen et al. 2024): 40K GPT-4V captioned videos
 
 MIXTURES: dict[str, Mixture] = {
-    # Default VLM mix (paper §7.1: OBELICS, LAION, ScienceQA; the paper publishes no weights).
-    # Weights are fractions of packed micro-batches, chosen so that the mean micro-batch carries
-    # about 13 images: with M = 64 micro-batches this lands VLM-S on the paper's iteration times
-    # (Table 5: 26 s Megatron-LM, 16 s DIP on 16 H800); caption-pair micro-batches pack ~44 images
-    # and would dominate otherwise. The text-only share stands for the language data VLM recipes
-    # mix in (LLaVA-1.5's SFT mix has 40K text-only ShareGPT conversations; MM1 keeps 10% text).
+    # Default VLM mix: the paper's sources (§7.1: OBELICS, LAION, ScienceQA; it publishes no weights)
+    # at the IDEFICS recipe's shares of interleaved documents (80%) and image-text pairs (20%); the
+    # pair share is split between LAION-2B and ScienceQA by their sizes, which leaves ScienceQA
+    # (21K questions next to 2.32B pairs) about 2e-6 of the micro-batches.
     "vlm-default": Mixture(
-        "vlm-default", "vlm", (("obelics", 0.55), ("laion-2b", 0.07), ("scienceqa", 0.08), ("web-text", 0.30))
-    ),
-    # Default T2V mix (paper §7.1: ShareGPT4Video, InternVid, MMTrail; weights assumed): InternVid
-    # is by far the largest, ShareGPT4Video the smallest.
-    "t2v-default": Mixture("t2v-default", "t2v", (("sharegpt4video", 0.2), ("internvid", 0.5), ("mmtrail-2m", 0.3))),
-    "text-default": Mixture("text-default", "text", (("web-text", 1.0),)),
+        "vlm-default", "vlm",
+        (("obelics", IDEFICS_INTERLEAVED_SHARE),
+         *proportional({"laion-2b": LAION_2B_EN_PAIRS, "scienceqa": SCIENCEQA_QUESTIONS}, IDEFICS_PAIR_SHARE)),
+        basis="IDEFICS pre-training recipe (interleaved 80% / pairs 20%), pairs split by dataset size"),
+    # The earlier VLM mix with a synthetic text-only share, for sensitivity studies only: its weights
+    # were chosen so that M = 64 lands VLM-S on the paper's iteration times (Table 5), i.e. tuned to a
+    # result; the text share stands for the language data VLM recipes mix in (LLaVA-1.5's SFT mix has
+    # 40K text-only ShareGPT conversations; MM1 keeps 10% text).
+    "vlm-text-mix": Mixture(
+        "vlm-text-mix", "vlm", (("obelics", 0.55), ("laion-2b", 0.07), ("scienceqa", 0.08), ("web-text", 0.30)),
+        basis="chosen to match the paper's VLM-S iteration times (sensitivity only)"),
+    # Default T2V mix: the paper's sources (§7.1: ShareGPT4Video, InternVid, MMTrail) by published size.
+    "t2v-default": Mixture(
+        "t2v-default", "t2v",
+        proportional({"sharegpt4video": SHAREGPT4VIDEO_VIDEOS, "internvid": INTERNVID_CLIPS,
+                      "mmtrail-2m": MMTRAIL_2M_CLIPS}),
+        basis="proportional to published clip counts (examples-proportional mixing)"),
+    # The earlier T2V mix with assumed weights (InternVid largest, ShareGPT4Video smallest), for
+    # sensitivity studies only.
+    "t2v-assumed": Mixture("t2v-assumed", "t2v", (("sharegpt4video", 0.2), ("internvid", 0.5), ("mmtrail-2m", 0.3)),
+                           basis="assumed weights (sensitivity only)"),
+    "text-default": Mixture("text-default", "text", (("web-text", 1.0),), basis="the only text source"),
 }
 
 DEFAULT_MIXTURE: dict[str, str] = {"vlm": "vlm-default", "t2v": "t2v-default", "text": "text-default"}

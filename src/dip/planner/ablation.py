@@ -29,6 +29,7 @@ from dip.sim import TaskGraph, list_schedule, simulate, stage_costs
 from dip.sim.topology import Topology
 
 __all__ = ["ablation"]
+from dip.spec.hardware import usable_memory_bytes
 
 UNIFORM = ("none", "selective", "full")
 
@@ -54,7 +55,7 @@ def _list_scheduled(model, batch, cost_model, hardware, partition, limit):
 def ablation(model, batch, cost_model, hardware, budget_s: float = 2.0, rollouts: int | None = None,
              memory_limit_bytes: float | None = None, seed: int = 0) -> list[dict]:
     """Rows ``{"step", "time_s", "strategy", "fits"}`` of the five steps (see module docstring)."""
-    limit = float(memory_limit_bytes if memory_limit_bytes is not None else hardware.mem_bytes)
+    limit = float(memory_limit_bytes if memory_limit_bytes is not None else usable_memory_bytes(hardware))
     rows = []
     mega = plan_schedule("megatron", model, batch, cost_model, hardware, memory_limit_bytes=limit)
     rows.append({"step": "megatron", "time_s": float(mega.result.iteration_time),

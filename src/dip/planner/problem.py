@@ -26,6 +26,7 @@ from dip.schedule.ir import Flow, Unit
 from dip.schedule.units import linear_stage_graph, uniform_units
 from dip.sim import StageCosts, TaskGraph, stage_costs, uniform_stage_costs
 from dip.sim.topology import Topology
+from dip.spec.hardware import usable_memory_bytes
 from dip.spec.model import ModelSpec
 
 F, B = 0, 1
@@ -140,7 +141,7 @@ def build_problem(model: ModelSpec, partition: Partition, batch: BatchMeta, cost
             work = works[(module.name, unit)] = work_for(
                 model, module, mbs[u.mb], slice(u.start, u.stop) if u.stop > u.start else None)
         per_stage.append(builder.for_stage(c, work))
-    limit = float(hardware.mem_bytes if memory_limit_bytes is None else memory_limit_bytes)
+    limit = float(usable_memory_bytes(hardware) if memory_limit_bytes is None else memory_limit_bytes)
     return problem_from_costs(partition, units, flows, costs, topo, pack_candidates(per_stage), limit,
                               int(dp or model.parallel.dp or 1), model, batch)
 

@@ -145,7 +145,8 @@ def plan_step(step: int, schedule: str, model: ModelSpec, batches: list[BatchMet
 
 
 def with_parallel(model: ModelSpec, pp: int, dp: int) -> ModelSpec:
-    return model.with_parallel(pp=pp, dp=dp, tp=1)
+    # the trainer all-reduces whole gradients and keeps the whole optimizer state on every replica
+    return model.with_parallel(pp=pp, dp=dp, tp=1, distributed_optimizer=False)
 
 
 __all__ = ["StepWork", "check_parallel", "cost_setup", "make_step_batches", "plan_replica",

@@ -19,14 +19,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from dip.cost.model import PARAM_STATE_BYTES
 from dip.data.meta import BatchMeta, MicroBatchMeta, ModuleWork, work_for
 from dip.schedule.deps import MessageKey
 from dip.schedule.ir import Chunk, ChunkPart, Flow, StageGraph, Unit
 from dip.spec.model import ModelSpec
 
 StageKey = tuple[int, int]
-GRAD_BYTES_PER_PARAM = 4  # fp32 gradients are all-reduced across data-parallel replicas
 
 
 @dataclass
@@ -34,7 +32,8 @@ class StageCosts:
     """Per-stage pass times and activation bytes, message sizes and per-rank static memory.
 
     Arrays ``f``, ``i``, ``w`` (seconds) and ``act_bytes`` are indexed like ``keys`` (``stage_index``
-    maps a (chunk, unit) to its position). ``static_bytes`` / ``grad_bytes``: per rank, per GPU.
+    maps a (chunk, unit) to its position). ``static_bytes`` / ``grad_bytes`` (all-reduce-equivalent
+    bytes of the data-parallel synchronisation): per rank, per GPU.
     ``flops_total``: model FLOPs of the whole batch (for MFU). ``modules``: chunk -> module label.
     """
 
@@ -174,12 +173,12 @@ def stage_costs(graph: StageGraph, units: Mapping[str, Sequence[Unit]], flows: S
     costs = StageCosts(
         keys=keys, f=f, i=i, w=w, act_bytes=act,
         message_bytes=_message_bytes(graph, units, flows, model, cost_model, works),
-        static_bytes=_static_bytes(graph, model, cost_model),
+        static_bytes=_per_rank(graph, model, cost_model.static_bytes),
         flops_total=batch_flops(cost_model, mbs),
         tp=int(getattr(cost_model, "tp", 1)),
         modules={c.id: "+".join(c.modules) for c in graph.chunks},
     )
-    costs.grad_bytes = _grad_bytes(costs.static_bytes)
+    costs.grad_bytes = _per_rank(graph, model, cost_model.dp_sync_bytes)
     return costs
 
 
@@ -212,17 +211,12 @@ def _message_bytes(graph: StageGraph, units, flows, model: ModelSpec, cost_model
     return out
 
 
-def _static_bytes(graph: StageGraph, model: ModelSpec, cost_model) -> np.ndarray:
-    """Parameter, gradient and optimizer bytes of every rank's chunks (per GPU)."""
+def _per_rank(graph: StageGraph, model: ModelSpec, chunk_bytes) -> np.ndarray:
+    """Sum of ``chunk_bytes(module, layer_start, layer_end, has_pre, has_post)`` over every rank's
+    chunk parts (per GPU): the cost model's static bytes or data-parallel synchronisation bytes."""
     out = np.zeros(graph.num_ranks)
     for c in graph.chunks:
         for p in c.parts:
             layers = model.module(p.module).layers
-            out[c.rank] += cost_model.static_bytes(p.module, p.layer_start, p.layer_end,
-                                                   p.layer_start == 0, p.layer_end == layers)
+            out[c.rank] += chunk_bytes(p.module, p.layer_start, p.layer_end, p.layer_start == 0, p.layer_end == layers)
     return out
-
-
-def _grad_bytes(static_bytes: np.ndarray) -> np.ndarray:
-    """Gradient bytes per rank, derived from the cost model's per-parameter state bytes."""
-    return static_bytes / PARAM_STATE_BYTES * GRAD_BYTES_PER_PARAM

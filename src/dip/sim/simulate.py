@@ -130,7 +130,7 @@ def simulate(plan: Plan, costs: StageCosts, topology: Topology | object | None =
              taskgraph: TaskGraph | None = None) -> SimResult:
     """Simulate ``plan`` with ``costs`` on ``topology`` (Topology, HardwareSpec or None = free links).
 
-    ``memory_limit_bytes`` defaults to the topology's GPU memory (inf when unknown).
+    ``memory_limit_bytes`` defaults to the topology's usable GPU memory (inf when unknown).
     ``dp_grad_bytes_per_rank`` defaults to ``costs.grad_bytes``. MFU counts the FLOPs of all ``dp``
     replicas (``dp * costs.flops_total``) over ``tp * pp * dp`` GPUs.
     """

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dip.spec.hardware import usable_memory_bytes
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -25,7 +27,7 @@ class Topology:
     inter_latency_s: float = 0.0
     p2p_alpha: float = 1.0
     peak_flops: float = 0.0
-    mem_bytes: float = math.inf
+    mem_bytes: float = math.inf  # usable GPU memory: capacity minus the reserve
 
     @classmethod
     def from_hardware(cls, hardware, tp: int = 1, gpus_per_node: int | None = None) -> "Topology":
@@ -34,7 +36,7 @@ class Topology:
             tp=int(tp), gpus_per_node=int(gpus_per_node or hardware.gpus_per_node),
             intra_bw=hardware.nvlink_bw, intra_latency_s=hardware.nvlink_latency_s,
             inter_bw=hardware.net_bw, inter_latency_s=hardware.net_latency_s,
-            p2p_alpha=hardware.alpha("p2p"), peak_flops=hardware.peak_flops, mem_bytes=hardware.mem_bytes,
+            p2p_alpha=hardware.alpha("p2p"), peak_flops=hardware.peak_flops, mem_bytes=usable_memory_bytes(hardware),
         )
 
     def node_of(self, rank: int) -> int:

@@ -17,6 +17,7 @@ The ``cpu`` preset is a measured calibration (``dip profile``) shipped in ``dip/
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
@@ -29,6 +30,9 @@ from dip.io import write_atomic
 OP_CLASSES: tuple[str, ...] = ("gemm", "attention", "elementwise", "collective", "p2p", "offload")
 GB = 1e9
 GIB = 2**30
+# Share of a GPU's memory kept free of the modelled tensors: the CUDA context and NCCL buffers,
+# cuBLAS / flash-attention workspaces and the caching allocator's fragmentation (docs/memory.md).
+DEFAULT_MEMORY_RESERVE_FRACTION = 0.08
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,30 @@ class HardwareSpec:
         if not isinstance(data, dict):
             raise BadInput(f"hardware file {path!r} must hold a JSON object")
         return cls.from_dict(data)
+
+
+def usable_memory_bytes(hardware: HardwareSpec, reserve_gib: float | None = None) -> float:
+    """Memory a plan may fill on one GPU of ``hardware``: its capacity minus a reserve.
+
+    Args:
+        hardware: the accelerator; ``mem_bytes`` is its capacity.
+        reserve_gib: GiB kept free (``--memory-reserve-gib``); None keeps
+            :data:`DEFAULT_MEMORY_RESERVE_FRACTION` of the capacity free. 0 is allowed.
+
+    Returns:
+        ``mem_bytes - reserve`` in bytes (positive).
+
+    Raises:
+        BadInput: the reserve is negative, not a finite number, or not below the capacity.
+    """
+    capacity = float(hardware.mem_bytes)
+    if reserve_gib is None:
+        return capacity * (1.0 - DEFAULT_MEMORY_RESERVE_FRACTION)
+    reserve = float(reserve_gib) * GIB
+    if not math.isfinite(reserve) or reserve < 0 or reserve >= capacity:
+        raise BadInput(f"--memory-reserve-gib must be a number >= 0 and below the {capacity / GIB:g} GiB of "
+                       f"{hardware.name}, got {reserve_gib}")
+    return capacity - reserve
 
 
 def _passes(raw: Any, where: str, zero_ok: bool) -> dict[str, float]:

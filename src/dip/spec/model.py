@@ -114,13 +114,20 @@ class Edge:
 
 @dataclass(frozen=True)
 class ParallelSpec:
-    """Tensor, pipeline and data parallel degrees, plus optional per-module segment counts (K_i)."""
+    """Tensor, pipeline and data parallel degrees, plus optional per-module segment counts (K_i).
+
+    ``sequence_parallel`` and ``distributed_optimizer`` follow Megatron-LM's flags of the same names;
+    None means Megatron's default for this layout: sequence parallelism on whenever ``tp > 1``, the
+    distributed optimizer on whenever ``dp > 1`` (the cost model resolves them).
+    """
 
     tp: int = 1
     pp: int = 1
     dp: int = 1
     segments: tuple[tuple[str, int], ...] = ()
     gpus_per_node: int = 8
+    sequence_parallel: bool | None = None
+    distributed_optimizer: bool | None = None
 
     @property
     def gpus(self) -> int:

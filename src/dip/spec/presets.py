@@ -159,7 +159,7 @@ _MODEL_KEYS = ("name", "description", "workload", "context_length", "max_images_
                "max_clips_per_microbatch", "max_video_seconds", "modules", "edges", "parallel")
 _MODULE_KEYS = tuple(f.name for f in fields(ModuleSpec)) + ("preset",)
 _MODULE_REQUIRED = ("kind", "layers", "hidden", "ffn_hidden", "heads", "kv_heads")
-_PARALLEL_KEYS = ("tp", "pp", "dp", "segments", "gpus_per_node")
+_PARALLEL_KEYS = ("tp", "pp", "dp", "segments", "gpus_per_node", "sequence_parallel", "distributed_optimizer")
 _EDGE_KEYS = ("src", "dst", "kind")
 
 
@@ -196,7 +196,9 @@ def model_to_dict(model: ModelSpec) -> dict[str, Any]:
         "modules": modules,
         "edges": [{"src": e.src, "dst": e.dst, "kind": e.kind} for e in model.edges],
         "parallel": {"tp": p.tp, "pp": p.pp, "dp": p.dp, "segments": dict(p.segments),
-                     "gpus_per_node": p.gpus_per_node},
+                     "gpus_per_node": p.gpus_per_node,
+                     **{k: getattr(p, k) for k in ("sequence_parallel", "distributed_optimizer")
+                        if getattr(p, k) is not None}},
     }
 
 
@@ -207,7 +209,7 @@ def model_from_dict(data: Any) -> ModelSpec:
     ``preset`` plus overriding fields, or ``kind, layers, hidden, ffn_hidden, heads, kv_heads`` and
     any other :class:`ModuleSpec` field), ``edges`` (``src, dst, kind``; inferred vit -> decoder ->
     dit when omitted and the model has one decoder), ``parallel`` (``tp, pp, dp, segments: {module:
-    K}, gpus_per_node``), ``workload`` (inferred when omitted), and the ``ModelSpec`` sizes.
+    K}, gpus_per_node, sequence_parallel, distributed_optimizer``), ``workload`` (inferred when omitted), and the ``ModelSpec`` sizes.
     ``vit.out_hidden`` and ``dit.cond_hidden`` default to the hidden size across their edge.
     """
     _check_keys(data, _MODEL_KEYS, "model", required=("name", "modules"))
@@ -291,6 +293,8 @@ def _fill_edge_widths(modules: list[ModuleSpec], edges: list[Edge]) -> list[Modu
 def _parallel_from(raw: Any) -> ParallelSpec:
     _check_keys(raw, _PARALLEL_KEYS, "parallel")
     values = {k: _typed(raw[k], int, f"parallel.{k}") for k in ("tp", "pp", "dp", "gpus_per_node") if k in raw}
+    values.update({k: _typed(raw[k], bool, f"parallel.{k}") for k in ("sequence_parallel", "distributed_optimizer")
+                   if raw.get(k) is not None})
     segments = raw.get("segments") or {}
     if not isinstance(segments, dict):
         raise BadInput("parallel.segments must be a mapping {module: segment count}")

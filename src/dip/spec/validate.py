@@ -92,7 +92,7 @@ def validate_parallel(model: ModelSpec, parallel: ParallelSpec | None = None,
                       segments: dict[str, int] | None = None, gpus: int | None = None) -> None:
     """Check that ``parallel`` (default: the model's own) fits every module of ``model``.
 
-    Rules: tp, pp, dp >= 1; tp divides every module's attention heads, key/value heads, hidden and
+    Rules: tp, pp, dp >= 1; sequence_parallel and distributed_optimizer are booleans or None; tp divides every module's attention heads, key/value heads, hidden and
     ffn hidden sizes; each module has at least ``pp * segments`` layers (one per pipeline chunk);
     ``gpus == tp * pp * dp`` when ``gpus`` is given. ``segments`` overrides ``parallel.segments``.
     """
@@ -101,6 +101,10 @@ def validate_parallel(model: ModelSpec, parallel: ParallelSpec | None = None,
         value = getattr(p, field)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise BadInput(f"{field} must be an integer >= 1, got {value!r}")
+    for field in ("sequence_parallel", "distributed_optimizer"):
+        value = getattr(p, field)
+        if value is not None and not isinstance(value, bool):
+            raise BadInput(f"{field} must be true, false or unset (Megatron's default), got {value!r}")
     seg = dict(p.segments)
     seg.update(segments or {})
     names = [m.name for m in model.modules]
@@ -125,9 +129,12 @@ def validate_parallel(model: ModelSpec, parallel: ParallelSpec | None = None,
 
 
 def with_overrides(model: ModelSpec, tp: int | None = None, pp: int | None = None, dp: int | None = None,
-                   segments: dict[str, int] | None = None) -> ModelSpec:
-    """``model`` with the given parallel degrees (and per-module segment counts) replaced, validated."""
-    changes = {k: v for k, v in (("tp", tp), ("pp", pp), ("dp", dp)) if v is not None}
+                   segments: dict[str, int] | None = None, sequence_parallel: bool | None = None,
+                   distributed_optimizer: bool | None = None) -> ModelSpec:
+    """``model`` with the given parallel degrees, per-module segment counts and Megatron memory flags
+    (``sequence_parallel``, ``distributed_optimizer``; None keeps the model's) replaced, validated."""
+    changes = {k: v for k, v in (("tp", tp), ("pp", pp), ("dp", dp), ("sequence_parallel", sequence_parallel),
+                                 ("distributed_optimizer", distributed_optimizer)) if v is not None}
     if segments is not None:
         merged = dict(model.parallel.segments)
         merged.update(segments)
