@@ -6,6 +6,7 @@ boundary tensor detached, as on a real pipeline) gives the loss and gradients of
 
 Run: ``python examples/byo_model.py``
 """
+
 from __future__ import annotations
 
 import torch
@@ -72,14 +73,19 @@ def mixer_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> ByoModel:
     spec = ModelSpec(
         "byo-mixer",
         (ModuleSpec("mixer", "decoder", LAYERS, HIDDEN, 4 * HIDDEN, 1, 1, vocab_size=PATCH_DIM),),
-        (), ParallelSpec(pp=2), workload="text",
+        (),
+        ParallelSpec(pp=2),
+        workload="text",
     )
     module = ByoModule(
-        make_block=lambda i: MixerBlock(), make_pre=Embed, make_post=Head,
+        make_block=lambda i: MixerBlock(),
+        make_pre=Embed,
+        make_post=Head,
         hidden_shape=lambda mb, a, b: (mb.samples * PATCHES, HIDDEN),
     )
-    return ByoModel(spec, {"mixer": module}, make_data, loss_tokens=lambda mb: mb.samples * TARGET_DIM,
-                    seed=seed, dtype=dtype)
+    return ByoModel(
+        spec, {"mixer": module}, make_data, loss_tokens=lambda mb: mb.samples * TARGET_DIM, seed=seed, dtype=dtype
+    )
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Tiny checkpoints, sample data and the plain transformers / diffusers reference step for the
 integration tests (everything offline)."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,9 @@ def make_t2v(root: str, samples: int = 6) -> tuple[str, str]:
     return ckpt, os.path.join(data, "captions.jsonl")
 
 
-def provider_and_batch(ckpt: str, data: str, *, first: int, context: int, max_images: int = 8, max_clips: int = 2,
-                       pp: int = 1):
+def provider_and_batch(
+    ckpt: str, data: str, *, first: int, context: int, max_images: int = 8, max_clips: int = 2, pp: int = 1
+):
     """The integrated model (float64) with ``data`` attached and a batch of its first samples."""
     model = load_model(ckpt, dtype=F64)
     ds = model.open_data(data)
@@ -55,8 +57,10 @@ def hf_vlm_reference(ckpt: str, ds, batch: BatchMeta) -> tuple[float, dict[str, 
             meta = ds.meta(i)
             kw = {}
             if meta.image_grids:
-                kw = {"pixel_values": torch.cat([ds.image(i, k) for k in range(len(meta.image_grids))]).to(F64),
-                      "image_grid_thw": torch.tensor(meta.image_grids)}
+                kw = {
+                    "pixel_values": torch.cat([ds.image(i, k) for k in range(len(meta.image_grids))]).to(F64),
+                    "image_grid_thw": torch.tensor(meta.image_grids),
+                }
             mm = (ids == hf.config.image_token_id).int()[None]
             logits = hf(input_ids=ids[None], mm_token_type_ids=mm, **kw).logits[0, :-1]
             loss = loss + F.cross_entropy(logits, labels[1:], ignore_index=-100, reduction="sum")
@@ -64,8 +68,11 @@ def hf_vlm_reference(ckpt: str, ds, batch: BatchMeta) -> tuple[float, dict[str, 
     (loss / total).backward()
     grads = {}
     for name, p in hf.named_parameters():  # module names -> checkpoint names
-        key = "model." + name[len("model.language_model."):] if name.startswith("model.language_model.") \
-            else name[len("model."):]
+        key = (
+            "model." + name[len("model.language_model.") :]
+            if name.startswith("model.language_model.")
+            else name[len("model.") :]
+        )
         grads[key] = p.grad.detach().clone()
     grads["lm_head.weight"] = grads["model.embed_tokens.weight"]  # tied
     return float(loss.detach() / total), grads

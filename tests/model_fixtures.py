@@ -1,4 +1,5 @@
 """Tiny models and random micro-batches for the tests of the real torch models."""
+
 from __future__ import annotations
 
 import random

@@ -1,4 +1,5 @@
 """Small hand-built plans shared by the schedule tests (compute orders are written inline as text)."""
+
 from __future__ import annotations
 
 from dip.schedule.ir import Channel, Chunk, ChunkPart, Flow, Plan, StageGraph, Unit, order_from_text

@@ -1,8 +1,9 @@
 """Helpers for the runtime tests: hand-made plans over any stage graph and a single-process step
 (multi-process helpers: :func:`dip.runtime.spawn.spawn`)."""
+
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -40,17 +41,28 @@ def gpipe_dag_order(graph: StageGraph, units: Mapping[str, Sequence], model: Mod
     return order
 
 
-def separated_plan(model: ModelSpec, batch: BatchMeta, layouts: Mapping[str, Sequence[tuple[int, int]]],
-                   placement: Mapping[str, Sequence[int]], pp: int,
-                   sub_microbatch_sizes: Mapping[str, int] | None = None) -> Plan:
+def separated_plan(
+    model: ModelSpec,
+    batch: BatchMeta,
+    layouts: Mapping[str, Sequence[tuple[int, int]]],
+    placement: Mapping[str, Sequence[int]],
+    pp: int,
+    sub_microbatch_sizes: Mapping[str, int] | None = None,
+) -> Plan:
     """One group per module, chunks ``layouts[module]`` on ranks ``placement[module]``, GPipe-over-DAG order."""
     graph = module_graph(model, pp, layouts, placement)
     units, flows = build_units(model, graph, batch, sub_microbatch_sizes)
     return Plan(graph, units, flows, gpipe_dag_order(graph, units, model), schedule="test")
 
 
-def run_local_step(model, plan: Plan, batch: BatchMeta, dtype: str = "float64", step_seed: int = 1,
-                   handlers: Mapping[str, Callable] | None = None):
+def run_local_step(
+    model,
+    plan: Plan,
+    batch: BatchMeta,
+    dtype: str = "float64",
+    step_seed: int = 1,
+    handlers: Mapping[str, Callable] | None = None,
+):
     """One step of ``plan`` on a single rank (every chunk on rank 0): (loss, grads by canonical name, result).
 
     ``model``: a :class:`ModelSpec` (built-in models of ``dtype``) or any model provider; tied

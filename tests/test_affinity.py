@@ -1,4 +1,5 @@
 """CPU core binding of local ranks (``dip train --bind-cores``)."""
+
 from __future__ import annotations
 
 import os
@@ -12,15 +13,18 @@ from dip.runtime.spawn import spawn
 needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
 
 
-@pytest.mark.parametrize("cores, world, mode, want", [
-    ([0, 1], 2, "auto", [(0,), (1,)]),
-    ([3, 1, 2, 0], 2, "auto", [(0, 1), (2, 3)]),       # sorted, consecutive slices
-    ([0, 1, 2, 3, 4], 2, "on", [(0, 1), (2, 3)]),      # the remainder stays unused
-    ([0, 1], 4, "auto", None),                         # more ranks than cores: the OS balances
-    ([0, 1], 3, "on", [(0,), (1,), (0,)]),             # ... unless asked: round-robin
-    ([0, 1, 2, 3], 2, "off", None),
-    ([], 2, "on", None),
-])
+@pytest.mark.parametrize(
+    "cores, world, mode, want",
+    [
+        ([0, 1], 2, "auto", [(0,), (1,)]),
+        ([3, 1, 2, 0], 2, "auto", [(0, 1), (2, 3)]),  # sorted, consecutive slices
+        ([0, 1, 2, 3, 4], 2, "on", [(0, 1), (2, 3)]),  # the remainder stays unused
+        ([0, 1], 4, "auto", None),  # more ranks than cores: the OS balances
+        ([0, 1], 3, "on", [(0,), (1,), (0,)]),  # ... unless asked: round-robin
+        ([0, 1, 2, 3], 2, "off", None),
+        ([], 2, "on", None),
+    ],
+)
 def test_core_slices(cores, world, mode, want):
     assert core_slices(cores, world, mode) == want
 
@@ -38,8 +42,13 @@ def _bound_rank(rank: int, world: int, mode: str) -> dict:
     t.start()
     t.join()
     every = {tuple(sorted(os.sched_getaffinity(int(tid)))) for tid in os.listdir("/proc/self/task")}
-    return {"before": before, "got": got, "main": sorted(os.sched_getaffinity(0)), "new_thread": seen[0],
-            "threads": sorted(every)}
+    return {
+        "before": before,
+        "got": got,
+        "main": sorted(os.sched_getaffinity(0)),
+        "new_thread": seen[0],
+        "threads": sorted(every),
+    }
 
 
 @needs_affinity

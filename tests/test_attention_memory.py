@@ -1,7 +1,10 @@
 """Attention over packed documents scales with the tokens, not their square: one layer's memory (the
 activations saved for backward, and the largest tensor any operation creates) grows about linearly
 with the tokens of a packed micro-batch of fixed-length documents."""
+
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -59,7 +62,7 @@ def test_one_layer_memory_grows_linearly_with_packed_tokens(make):
     for docs in sizes:
         step = _builtin_decoder_layer(docs) if make == "builtin" else _hf_layer(docs)
         got.append(_measure(step))
-    for (s0, l0), (s1, l1) in zip(got, got[1:]):
+    for (s0, l0), (s1, l1) in itertools.pairwise(got):
         assert 1.8 <= s1 / s0 <= 2.2, got  # saved activations: linear in tokens
         assert l1 / l0 <= 2.2, got  # no tensor grows with the square of the tokens
     t = sizes[-1] * 64
@@ -72,9 +75,15 @@ def _hf_layer(docs: int, doc_len: int = 64):
 
     from dip.integrations.attention import register_packed_attention
 
-    cfg = Qwen2VLTextConfig(vocab_size=32, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                            num_attention_heads=4, num_key_value_heads=2,
-                            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]})
+    cfg = Qwen2VLTextConfig(
+        vocab_size=32,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]},
+    )
     cfg._attn_implementation = register_packed_attention()
     layer = Qwen2VLDecoderLayer(cfg, 0)
     t = docs * doc_len

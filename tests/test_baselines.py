@@ -1,4 +1,5 @@
 """Baseline schedules: closed forms, Megatron's interleaved order, partitions, real-model plans."""
+
 from __future__ import annotations
 
 import itertools
@@ -53,7 +54,7 @@ def assert_complete(plan) -> None:
 @pytest.mark.parametrize("pp,m", list(itertools.product(PPS, MS)))
 def test_closed_forms(pp: int, m: int):
     for name in ("1f1b", "gpipe"):
-        plan, r = run_uniform(name, pp, m)
+        _plan, r = run_uniform(name, pp, m)
         assert r.iteration_time == pytest.approx(3 * (m + pp - 1))
         acts = list(r.peak_activations)
         if name == "1f1b":
@@ -80,7 +81,7 @@ def test_zb_h1_splits_backward_and_defers_weight_passes():
     plan = build_uniform_plan("zb-h1", 4, 8)
     assert plan.split_backward()
     for rank, acts in plan.order.items():
-        tail = acts[-(rank + 1):]
+        tail = acts[-(rank + 1) :]
         assert all(a.op is Op.W for a in tail)
 
 
@@ -92,13 +93,14 @@ def reference_interleaved(pp: int, m: int, v: int) -> dict[int, list[str]]:
     total = m * v
     out = {}
     for r in range(pp):
+
         def mb(k):
             return (k // (pp * v)) * pp + k % pp
 
-        def fwd(k):
+        def fwd(k, r=r):
             return f"{((k // pp) % v) * pp + r}F{mb(k)}"
 
-        def bwd(k):
+        def bwd(k, r=r):
             return f"{(v - 1 - (k // pp) % v) * pp + r}B{mb(k)}"
 
         w = min((pp - r - 1) * 2 + (v - 1) * pp, total)
@@ -140,8 +142,12 @@ def uniform_supports(name: str, pp: int, m: int, v: int) -> bool:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "megatron", "nnscaler"]),
-       st.integers(1, 8), st.integers(1, 3), st.integers(1, 24))
+@given(
+    st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "megatron", "nnscaler"]),
+    st.integers(1, 8),
+    st.integers(1, 3),
+    st.integers(1, 24),
+)
 def test_uniform_plans_complete_and_deadlock_free(name: str, pp: int, v: int, m: int):
     if not uniform_supports(name, pp, m, v):
         with pytest.raises(BadInput):
@@ -164,8 +170,14 @@ def tiny(name: str, pp: int):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(list(SCHEDULES)), st.sampled_from(["tiny-vlm", "tiny-t2v"]), st.integers(1, 8),
-       st.integers(1, 3), st.integers(1, 24), st.integers(0, 3))
+@given(
+    st.sampled_from(list(SCHEDULES)),
+    st.sampled_from(["tiny-vlm", "tiny-t2v"]),
+    st.integers(1, 8),
+    st.integers(1, 3),
+    st.integers(1, 24),
+    st.integers(0, 3),
+)
 def test_model_plans_complete_and_deadlock_free(name: str, model_name: str, pp: int, v: int, m: int, seed: int):
     model, cm = tiny(model_name, pp)
     hw = get_hardware("H800")
@@ -188,7 +200,7 @@ def brute_force_max(weights, parts):
     best = float("inf")
     for cuts in itertools.combinations(range(1, n), parts - 1):
         bounds = (0, *cuts, n)
-        best = min(best, max(sum(weights[a:b]) for a, b in zip(bounds, bounds[1:])))
+        best = min(best, max(sum(weights[a:b]) for a, b in itertools.pairwise(bounds)))
     return best
 
 
@@ -198,7 +210,7 @@ def test_linear_partition_is_optimal(weights, parts):
     parts = min(parts, len(weights))
     ranges = linear_partition(weights, parts)
     assert len(ranges) == parts and ranges[0][0] == 0 and ranges[-1][1] == len(weights)
-    assert all(a < b for a, b in ranges) and all(b == c for (_, b), (c, _) in zip(ranges, ranges[1:]))
+    assert all(a < b for a, b in ranges) and all(b == c for (_, b), (c, _) in itertools.pairwise(ranges))
     assert max(sum(weights[a:b]) for a, b in ranges) == brute_force_max(weights, parts)
 
 
@@ -216,7 +228,7 @@ def test_mixed_partition_is_contiguous_and_balanced(name, pp, v):
     sums, k = [], 0
     for c in graph.chunks:
         n = sum(p.layers for p in c.parts)
-        sums.append(sum(weights[k:k + n]))
+        sums.append(sum(weights[k : k + n]))
         k += n
     assert max(sums) <= sum(weights) / len(sums) + max(weights)
 
@@ -255,9 +267,9 @@ def test_optimus_order_structure(vlm_s):
     vit_units = plan.units["vit"]
     with_images = [k for k, mb in enumerate(batches[0].microbatches) if mb.images]
     assert [u.mb for u in vit_units] == with_images
-    for rank, acts in plan.order.items():
+    for _rank, acts in plan.order.items():
         n = len(vit_units)
-        head, middle, tail = acts[:n], acts[n:len(acts) - n], acts[len(acts) - n:]
+        head, middle, tail = acts[:n], acts[n : len(acts) - n], acts[len(acts) - n :]
         assert all(plan.graph.chunks[a.chunk].group == "vit" and a.op is Op.F for a in head)
         assert [a.unit for a in head] == [u.index for u in vit_units]
         assert all(plan.graph.chunks[a.chunk].group == "llm" for a in middle)

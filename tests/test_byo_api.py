@@ -1,5 +1,6 @@
 """The bring-your-own API: named boundary tensors, concatenated fan-in, tied parameters across ranks,
 real samples per unit; one process and two processes (gloo) against the single-process reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,16 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from dip.data.meta import BatchMeta, MicroBatchMeta
+from dip.data.tensors import Unit
 from dip.runtime.byo import ByoModel, ByoModule, ByoUnit, merge_received
 from dip.runtime.models.reference import ReferenceModel, reference_step
 from dip.runtime.models.sequential import ChunkedModel
-from runtime_helpers import run_local_step, separated_plan
-
 from dip.runtime.spawn import spawn
 from dip.runtime.step import StepRunner
 from dip.runtime.ties import TiedGradients, holder_layer, sum_tied_grads, tie_holders
 from dip.spec.model import Edge, ModelSpec, ModuleSpec, ParallelSpec
-from dip.data.tensors import Unit
+from runtime_helpers import separated_plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,8 +27,10 @@ TIE = ("lm.pre.embed.weight", "lm.post.head.weight")
 
 # the "dataset": real samples by index (tokens and one feature row per image)
 SAMPLES = {
-    i: {"tokens": torch.randint(VOCAB, (3 + i % 3,), generator=torch.Generator().manual_seed(i)),
-        "images": torch.randn(i % 3, FEAT, generator=torch.Generator().manual_seed(100 + i), dtype=F64)}
+    i: {
+        "tokens": torch.randint(VOCAB, (3 + i % 3,), generator=torch.Generator().manual_seed(i)),
+        "images": torch.randn(i % 3, FEAT, generator=torch.Generator().manual_seed(100 + i), dtype=F64),
+    }
     for i in range(12)
 }
 
@@ -45,8 +47,13 @@ class Source:
 def batch_of(groups) -> BatchMeta:
     mbs = []
     for ids in groups:
-        mbs.append(MicroBatchMeta(text_lens=tuple(len(SAMPLES[i]["tokens"]) for i in ids),
-                                  image_counts=tuple(len(SAMPLES[i]["images"]) for i in ids), sample_ids=tuple(ids)))
+        mbs.append(
+            MicroBatchMeta(
+                text_lens=tuple(len(SAMPLES[i]["tokens"]) for i in ids),
+                image_counts=tuple(len(SAMPLES[i]["images"]) for i in ids),
+                sample_ids=tuple(ids),
+            )
+        )
     return BatchMeta(tuple(mbs))
 
 
@@ -100,7 +107,7 @@ class LmPost(nn.Module):
 def make_data(unit: ByoUnit):
     samples = unit.samples()
     if unit.module == "enc":
-        rows = torch.cat([s["images"] for s in samples])[unit.start:unit.stop]
+        rows = torch.cat([s["images"] for s in samples])[unit.start : unit.stop]
         return {"images": rows.to(unit.dtype)}
     tokens = torch.cat([s["tokens"] for s in samples])
     rows, labels, off = [], [], 0
@@ -113,25 +120,52 @@ def make_data(unit: ByoUnit):
 
 
 def model(source=None) -> ByoModel:
-    spec = ModelSpec("byo-api", (ModuleSpec("enc", "vit", 2, DIM, DIM, 1, 1, out_hidden=DIM),
-                                 ModuleSpec("lm", "decoder", 4, DIM, DIM, 1, 1, vocab_size=VOCAB)),
-                     (Edge("enc", "lm", "image_embeddings"),), ParallelSpec(pp=2))
-    enc = ByoModule(make_block=lambda i: Residual(), make_pre=EncPre, make_post=EncPost,
-                    hidden_shape=lambda mb, a, b: (b - a, DIM), instances=lambda mb: mb.images,
-                    last_outputs=lambda mb, a, b: {"feat": (b - a, DIM)})
-    lm = ByoModule(make_block=lambda i: Residual(), make_pre=LmPre, make_post=LmPost,
-                   boundary=lambda mb, a, b: {"hidden": (mb.text_tokens, DIM), "bias": (1, DIM)},
-                   first_inputs=lambda mb, a, b: {"feat": (mb.images, DIM)} if mb.images else {})
-    m = ByoModel(spec, {"enc": enc, "lm": lm}, make_data, loss_tokens=lambda mb: mb.text_tokens - mb.samples,
-                 dtype=F64, ties=[TIE])
+    spec = ModelSpec(
+        "byo-api",
+        (
+            ModuleSpec("enc", "vit", 2, DIM, DIM, 1, 1, out_hidden=DIM),
+            ModuleSpec("lm", "decoder", 4, DIM, DIM, 1, 1, vocab_size=VOCAB),
+        ),
+        (Edge("enc", "lm", "image_embeddings"),),
+        ParallelSpec(pp=2),
+    )
+    enc = ByoModule(
+        make_block=lambda i: Residual(),
+        make_pre=EncPre,
+        make_post=EncPost,
+        hidden_shape=lambda mb, a, b: (b - a, DIM),
+        instances=lambda mb: mb.images,
+        last_outputs=lambda mb, a, b: {"feat": (b - a, DIM)},
+    )
+    lm = ByoModule(
+        make_block=lambda i: Residual(),
+        make_pre=LmPre,
+        make_post=LmPost,
+        boundary=lambda mb, a, b: {"hidden": (mb.text_tokens, DIM), "bias": (1, DIM)},
+        first_inputs=lambda mb, a, b: {"feat": (mb.images, DIM)} if mb.images else {},
+    )
+    m = ByoModel(
+        spec,
+        {"enc": enc, "lm": lm},
+        make_data,
+        loss_tokens=lambda mb: mb.text_tokens - mb.samples,
+        dtype=F64,
+        ties=[TIE],
+    )
     m.use_data(source or Source())
     return m
 
 
 def test_merge_concatenates_in_unit_order_never_overwrites():
     e = Edge("enc", "lm", "image_embeddings")
-    got = merge_received("lm", [(e, Unit("enc", 0, 2, 3), {"x": torch.tensor([[3.0]])}),
-                                (e, Unit("enc", 0, 0, 2), {"x": torch.tensor([[1.0], [2.0]])})], [e])
+    got = merge_received(
+        "lm",
+        [
+            (e, Unit("enc", 0, 2, 3), {"x": torch.tensor([[3.0]])}),
+            (e, Unit("enc", 0, 0, 2), {"x": torch.tensor([[1.0], [2.0]])}),
+        ],
+        [e],
+    )
     assert got["x"].flatten().tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="same position"):
         merge_received("lm", [(e, Unit("enc", 0, 0, 1), {"x": torch.ones(1)})] * 2, [e])
@@ -160,7 +194,8 @@ def test_chunked_with_sub_microbatches_matches_the_whole_model_and_reads_real_sa
     ref_loss, ref_grads = reference_step(ReferenceModel(model(src)), batch, step_seed=1)
     assert set(src.loaded) == {0, 1, 2, 3, 4, 6}
     loss, grads = ChunkedModel(model(), {"enc": [0, 1, 2], "lm": [0, 1, 3, 4]}).step(
-        batch, step_seed=1, unit_splits={"enc": 3}, strategies={"lm": ["full", "none", "none", "none"]})
+        batch, step_seed=1, unit_splits={"enc": 3}, strategies={"lm": ["full", "none", "none", "none"]}
+    )
     torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=0)
     assert set(grads) == set(ref_grads) and TIE[1] in grads
     assert torch.equal(grads[TIE[0]], grads[TIE[1]])
@@ -175,8 +210,9 @@ def _layouts():
 def test_executor_one_rank_matches_reference():
     batch = batch_of([(1, 2), (4, 5, 6)])
     m = model()
-    plan = separated_plan(m.spec, batch, _layouts(), {"enc": [0, 0], "lm": [0, 0]}, pp=1,
-                          sub_microbatch_sizes={"enc": 1})
+    plan = separated_plan(
+        m.spec, batch, _layouts(), {"enc": [0, 0], "lm": [0, 0]}, pp=1, sub_microbatch_sizes={"enc": 1}
+    )
     runner = StepRunner(0, m)
     total = sum(m.loss_tokens(mb) for mb in batch.microbatches)
     res = runner.step(plan, batch, step_seed=3, loss_scale=1.0 / total)
@@ -195,11 +231,14 @@ def _two_rank_step(rank: int, world: int):
     torch.set_num_threads(1)
     batch = batch_of([(1, 2), (4, 5, 6), (8,)])
     m = model()
-    plan = separated_plan(m.spec, batch, _layouts(), {"enc": [0, 1], "lm": [0, 1]}, pp=2,
-                          sub_microbatch_sizes={"enc": 1})
+    plan = separated_plan(
+        m.spec, batch, _layouts(), {"enc": [0, 1], "lm": [0, 1]}, pp=2, sub_microbatch_sizes={"enc": 1}
+    )
     runner = StepRunner(rank, m, timeout_s=30)
-    layouts = {r: [p for c in plan.graph.rank_chunks(r) for p in ((q.module, q.layer_start, q.layer_end)
-                                                                   for q in c.parts)] for r in range(2)}
+    layouts = {
+        r: [p for c in plan.graph.rank_chunks(r) for p in ((q.module, q.layer_start, q.layer_end) for q in c.parts)]
+        for r in range(2)
+    }
     ties = TiedGradients.create(m, layouts, pp_rank=rank, pp=2)
     total = sum(m.loss_tokens(mb) for mb in batch.microbatches)
     res = runner.step(plan, batch, step_seed=5, loss_scale=1.0 / total)

@@ -1,4 +1,5 @@
 """``dip simulate`` run in-process: model mode, uniform mode, outputs and bad inputs."""
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,21 @@ def run_bad(capsys, *args) -> str:
 
 
 def test_model_mode_reports_means_and_per_batch_rows(capsys):
-    out = run_json(capsys, "--model", "VLM-S", "--schedule", "megatron", "--batches", 2, "--seed", 0,
-                   "--microbatches", 16)
-    for key in ("schedule", "model", "microbatches", "iteration_time_s", "bubble_fraction", "mfu",
-                "peak_memory_bytes", "lower_bound_s", "memory_limit_bytes", "per_batch"):
+    out = run_json(
+        capsys, "--model", "VLM-S", "--schedule", "megatron", "--batches", 2, "--seed", 0, "--microbatches", 16
+    )
+    for key in (
+        "schedule",
+        "model",
+        "microbatches",
+        "iteration_time_s",
+        "bubble_fraction",
+        "mfu",
+        "peak_memory_bytes",
+        "lower_bound_s",
+        "memory_limit_bytes",
+        "per_batch",
+    ):
         assert key in out
     assert out["schedule"] == "megatron" and out["model"] == "VLM-S" and out["microbatches"] == 16
     assert len(out["per_batch"]) == 2 and len(out["peak_memory_bytes"]) == 4
@@ -55,8 +67,9 @@ def test_uniform_mode(capsys):
     assert out["iteration_time"] == pytest.approx(33.0)
     assert out["peak_activations"] == [4, 3, 2, 1]
     assert 0 <= out["bubble_fraction"] < 1
-    out = run_json(capsys, "--uniform-costs", "1:1:1", "--pp", 4, "--microbatches", 8, "--chunks", 2,
-                   "--schedule", "interleaved")
+    out = run_json(
+        capsys, "--uniform-costs", "1:1:1", "--pp", 4, "--microbatches", 8, "--chunks", 2, "--schedule", "interleaved"
+    )
     assert out["iteration_time"] == pytest.approx((2 * 8 + 4 - 1) * 3)
 
 
@@ -67,21 +80,25 @@ def test_trace_gantt_and_torch_export(capsys, tmp_path):
     events = data if isinstance(data, list) else data["traceEvents"]
     assert events and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv = tmp_path / "o.csv"
-    run_json(capsys, "--uniform-costs", "1:1:1", "--pp", 2, "--microbatches", 4, "--schedule", "zb-h1",
-             "--export-torch", csv)
+    run_json(
+        capsys, "--uniform-costs", "1:1:1", "--pp", 2, "--microbatches", 4, "--schedule", "zb-h1", "--export-torch", csv
+    )
     assert csv.read_text().strip()
     assert [p for p in os.listdir(tmp_path) if p.startswith(".dip-tmp")] == []
 
 
-@pytest.mark.parametrize("args,word", [
-    (["--model", "VLM-S", "--schedule", "no-such-schedule"], "1f1b"),
-    (["--model", "T2V-S", "--schedule", "optimus"], "optimus"),
-    (["--model", "VLM-S", "--schedule", "1f1b", "--tp", 3], "tp"),
-    (["--model", "VLM-S", "--schedule", "1f1b", "--pp", 1000], "pp"),
-    (["--uniform-costs", "1:x:1", "--schedule", "1f1b"], "uniform-costs"),
-    (["--uniform-costs", "1:1:1", "--schedule", "optimus"], "model"),
-    (["--model", "VLM-S", "--schedule", "1f1b", "--export-torch", "x.csv"], "linear chain"),
-])
+@pytest.mark.parametrize(
+    "args,word",
+    [
+        (["--model", "VLM-S", "--schedule", "no-such-schedule"], "1f1b"),
+        (["--model", "T2V-S", "--schedule", "optimus"], "optimus"),
+        (["--model", "VLM-S", "--schedule", "1f1b", "--tp", 3], "tp"),
+        (["--model", "VLM-S", "--schedule", "1f1b", "--pp", 1000], "pp"),
+        (["--uniform-costs", "1:x:1", "--schedule", "1f1b"], "uniform-costs"),
+        (["--uniform-costs", "1:1:1", "--schedule", "optimus"], "model"),
+        (["--model", "VLM-S", "--schedule", "1f1b", "--export-torch", "x.csv"], "linear chain"),
+    ],
+)
 def test_bad_inputs(capsys, args, word):
     assert word in run_bad(capsys, *args)
 

@@ -38,12 +38,15 @@ def test_cost_text_and_t2v(capsys):
     assert rc == 0 and report["tp"] == 2 and report["modules"][0]["layer_fwd_s"] == 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "VLM-S", "--tp", "7"], "tp 7 does not divide"),
-    (["--model", "VLM-S", "--hardware", "TPU"], "unknown hardware 'TPU'"),
-    (["--model", "nope"], "unknown model"),
-    (["--model", "VLM-S", "--images", "-1"], "--images"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "VLM-S", "--tp", "7"], "tp 7 does not divide"),
+        (["--model", "VLM-S", "--hardware", "TPU"], "unknown hardware 'TPU'"),
+        (["--model", "nope"], "unknown model"),
+        (["--model", "VLM-S", "--images", "-1"], "--images"),
+    ],
+)
 def test_cost_bad_input(capsys, argv, message):
     rc, out, err = _run(capsys, "cost", *argv)
     assert rc == 2 and message in err and "Traceback" not in err and out == ""
@@ -57,9 +60,29 @@ def test_cost_report_with_hand_built_model():
 
 def test_profile_cli_writes_calibration(tmp_path, capsys):
     out_file = tmp_path / "cal.json"
-    rc, out, _ = _run(capsys, "profile", "--modules", "vit", "dit", "--sizes", "32", "64", "--hidden-scale", "0.0625",
-                      "--block", "32", "--rounds", "1", "--threads", "1", "--name", "mini", "--out", str(out_file),
-                      "--json")
+    rc, out, _ = _run(
+        capsys,
+        "profile",
+        "--modules",
+        "vit",
+        "dit",
+        "--sizes",
+        "32",
+        "64",
+        "--hidden-scale",
+        "0.0625",
+        "--block",
+        "32",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+        "--name",
+        "mini",
+        "--out",
+        str(out_file),
+        "--json",
+    )
     assert rc == 0
     summary = json.loads(out)
     assert summary["points"] == 4 and summary["name"] == "mini"
@@ -67,12 +90,15 @@ def test_profile_cli_writes_calibration(tmp_path, capsys):
     assert hw.name == "mini" and hw.alpha("gemm") == pytest.approx(summary["alphas"]["gemm"])
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--device", "tpu"], "unknown device"),
-    (["--modules", "audio"], "unknown module"),
-    (["--hidden-scale", "2"], "--hidden-scale"),
-    (["--sizes", "0"], "--sizes"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "tpu"], "unknown device"),
+        (["--modules", "audio"], "unknown module"),
+        (["--hidden-scale", "2"], "--hidden-scale"),
+        (["--sizes", "0"], "--sizes"),
+    ],
+)
 def test_profile_bad_input(tmp_path, capsys, argv, message):
     rc, _, err = _run(capsys, "profile", "--out", str(tmp_path / "x.json"), *argv)
     assert rc == 2 and message in err

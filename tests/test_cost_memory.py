@@ -1,4 +1,5 @@
 """Megatron-grade memory accounting: sequence parallelism, distributed optimizer, memory reserve."""
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,14 @@ def cost(model: ModelSpec, tp: int, sp: bool | None = None, dp: int = 1, dist: b
 
 # -- sequence parallelism ---------------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
-@given(which=st.sampled_from(MODULES), tp=st.sampled_from([2, 4, 8]), n=st.integers(1, 6),
-       length=st.integers(16, 8192), cond=st.integers(0, 512), strategy=st.sampled_from(STRATEGIES))
+@given(
+    which=st.sampled_from(MODULES),
+    tp=st.sampled_from([2, 4, 8]),
+    n=st.integers(1, 6),
+    length=st.integers(16, 8192),
+    cond=st.integers(0, 512),
+    strategy=st.sampled_from(STRATEGIES),
+)
 def test_sp_divides_one_layers_activations_by_tp(which, tp, n, length, cond, strategy):
     """Korthikanti et al. 2022, Table 2: with SP, a layer's activations at TP t are the TP 1 value / t."""
     model, name = which
@@ -63,7 +70,10 @@ def test_without_sp_the_replicated_share_stays_whole(model, name, replicated):
         sp = cost(model, tp).layer_activation_bytes(m, work)
         no_sp = cost(model, tp, sp=False).layer_activation_bytes(m, work)
         assert no_sp - sp == pytest.approx(2 * replicated * work.tokens * m.hidden * (1 - 1 / tp))
-    sp4, no_sp4 = cost(model, 4).layer_activation_bytes(m, work), cost(model, 4, sp=False).layer_activation_bytes(m, work)
+    sp4, no_sp4 = (
+        cost(model, 4).layer_activation_bytes(m, work),
+        cost(model, 4, sp=False).layer_activation_bytes(m, work),
+    )
     assert no_sp4 > 1.15 * sp4
 
 
@@ -79,7 +89,9 @@ def test_gpt_block_follows_korthikanti_without_dropout_and_s2_terms():
         assert no_sp.layer_activation_bytes(gpt, work) == s * h * (8 + 24 / t) + 4 * s * a / t
         with_sp = cost(model, t)
         assert with_sp.layer_activation_bytes(gpt, work) == pytest.approx(s * h * 32 / t + 4 * s * a / t)
-        assert with_sp.layer_activation_bytes(gpt, work, "full") == pytest.approx(2 * s * h / with_sp.options.sequence_shards)
+        assert with_sp.layer_activation_bytes(gpt, work, "full") == pytest.approx(
+            2 * s * h / with_sp.options.sequence_shards
+        )
         # selective: the attention core's output and statistics are recomputed
         assert with_sp.layer_activation_bytes(gpt, work, "selective") == pytest.approx(s * h * 30 / t)
 
@@ -117,8 +129,10 @@ def test_options_resolve_megatron_defaults():
     assert CostOptions.from_parallel(p, tp=2).tp == 2
 
 
-@pytest.mark.parametrize("kwargs", [dict(tp=0), dict(dp=0), dict(tp=True), dict(dp=2.5), dict(sequence_parallel="yes"),
-                                    dict(distributed_optimizer=1)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(tp=0), dict(dp=0), dict(tp=True), dict(dp=2.5), dict(sequence_parallel="yes"), dict(distributed_optimizer=1)],
+)
 def test_bad_options(kwargs):
     with pytest.raises(BadInput):
         CostOptions(**kwargs)
@@ -147,7 +161,8 @@ def test_distributed_optimizer_shards_static_bytes_not_gradients():
     assert one.static_bytes(llm, 0, 1, False, False) == pytest.approx(18 * params)
     assert eight.static_bytes(llm, 0, 1, False, False) == pytest.approx(7.5 * params)
     assert eight.static_bytes(llm, 0, 1, False, False) / one.static_bytes(llm, 0, 1, False, False) == pytest.approx(
-        7.5 / 18)
+        7.5 / 18
+    )
     assert cost(VLM_S, 4, dp=8, dist=False).static_bytes(llm, 0, 1, False, False) == pytest.approx(18 * params)
     assert eight.grad_bytes(llm, 0, 3, True, False) == one.grad_bytes(llm, 0, 3, True, False)
     assert one.grad_bytes(llm, 0, 1, False, False) == pytest.approx(4 * params)
@@ -157,9 +172,8 @@ def test_distributed_optimizer_shards_static_bytes_not_gradients():
 
 
 def test_simulated_gradient_bytes_come_from_the_cost_model():
-    from test_sim_costs import BATCH, vlm_structure
-
     from dip.sim import stage_costs
+    from test_sim_costs import BATCH, vlm_structure
 
     model, graph, units, flows = vlm_structure()
     plain = stage_costs(graph, units, flows, model, cost(model, 1, dp=4, dist=False), BATCH)
@@ -198,5 +212,5 @@ def test_parallel_flags_round_trip_and_validate():
     assert model_from_dict(data).parallel == model.parallel
     assert "sequence_parallel" not in model_to_dict(VLM_S)["parallel"]
     data["parallel"]["sequence_parallel"] = "no"
-    with pytest.raises(BadInput, match="parallel.sequence_parallel"):
+    with pytest.raises(BadInput, match=r"parallel\.sequence_parallel"):
         model_from_dict(data)

@@ -90,8 +90,9 @@ def test_chunk_costs(h800):
     mixed = h800.chunk_costs(VIT, w, 10, 14, ["none", "full", "full", "selective"])
     rec = 2 * h800.recompute_seconds(VIT, w, "full") + h800.recompute_seconds(VIT, w, "selective")
     assert mixed.i == pytest.approx(4 * t.i + rec) and mixed.recompute_s == pytest.approx(rec)
-    assert mixed.act_bytes == pytest.approx(sum(h800.layer_activation_bytes(VIT, w, s)
-                                                for s in ["none", "full", "full", "selective"]))
+    assert mixed.act_bytes == pytest.approx(
+        sum(h800.layer_activation_bytes(VIT, w, s) for s in ["none", "full", "full", "selective"])
+    )
     assert h800.chunk_costs("ViT-5B", w, 10, 14) == mid
     with pytest.raises(BadInput):
         h800.chunk_costs(VIT, w, 3, 99)
@@ -156,7 +157,9 @@ def test_runtime_factors_scale_the_module_kinds_passes():
     work_v, work_l = vit_work(8), lm_work(4096, 4096)
     b, s = base.layer_times(VIT, work_v), scaled.layer_times(VIT, work_v)
     assert s.f == pytest.approx(2 * b.f) and s.i == pytest.approx(3 * b.i) and s.w == pytest.approx(3 * b.w)
-    assert scaled.recompute_seconds(VIT, work_v, "full") == pytest.approx(2 * base.recompute_seconds(VIT, work_v, "full"))
+    assert scaled.recompute_seconds(VIT, work_v, "full") == pytest.approx(
+        2 * base.recompute_seconds(VIT, work_v, "full")
+    )
     assert scaled.layer_times(QWEN, work_l) == base.layer_times(QWEN, work_l)
     cb, cs = base.chunk_costs(VIT, work_v, 0, 3), scaled.chunk_costs(VIT, work_v, 0, 3)
     assert cs.f == pytest.approx(2 * cb.f) and cs.w == pytest.approx(3 * cb.w)

@@ -36,9 +36,13 @@ def test_vit_and_dit_flops():
     assert fwd == pytest.approx(2 * _weight_params(VIT) * w.tokens + 4 * VIT.hidden * w.attn_pairs, rel=1e-12)
     d = dit_work(2, seconds=2.0, caption=100)
     fwd, _ = layer_flops(DIT, d)
-    expected = (2 * (DIT.hidden * 3 * DIT.hidden + DIT.hidden ** 2 + 2 * DIT.hidden * DIT.ffn_hidden
-                     + 2 * DIT.hidden ** 2) * d.tokens + 2 * 2 * DIT.hidden ** 2 * d.cond_tokens
-                + 4 * DIT.hidden * (d.attn_pairs + d.cross_pairs))
+    expected = (
+        2
+        * (DIT.hidden * 3 * DIT.hidden + DIT.hidden**2 + 2 * DIT.hidden * DIT.ffn_hidden + 2 * DIT.hidden**2)
+        * d.tokens
+        + 2 * 2 * DIT.hidden**2 * d.cond_tokens
+        + 4 * DIT.hidden * (d.attn_pairs + d.cross_pairs)
+    )
     assert fwd == pytest.approx(expected, rel=1e-12)
 
 
@@ -52,7 +56,8 @@ def test_gqa_and_tp_sharding():
         assert sharded[name].flops == pytest.approx(full[name].flops / 8)
     attn = [op for op in sharded.values() if op.op_class == "attention"]
     assert sum(op.flops for op in attn) == pytest.approx(
-        sum(op.flops for op in full.values() if op.op_class == "attention") / 8)
+        sum(op.flops for op in full.values() if op.op_class == "attention") / 8
+    )
 
 
 def test_tp_collectives_two_forward_two_backward_input():
@@ -61,7 +66,7 @@ def test_tp_collectives_two_forward_two_backward_input():
         ops = layer_ops(VIT, w, tp=tp)
         counts = [sum(op.op_class == "collective" for op in getattr(ops, p)) for p in "fiw"]
         assert counts == [expected, expected, 0]
-    ar = [op for op in layer_ops(VIT, w, tp=4).f if op.op_class == "collective"][0]
+    ar = next(op for op in layer_ops(VIT, w, tp=4).f if op.op_class == "collective")
     assert ar.net_bytes == pytest.approx(2 * 3 / 4 * 2 * w.tokens * VIT.hidden)
 
 
@@ -108,6 +113,7 @@ def test_microbatch_flops_sums_modules_and_counts_image_tokens():
     lm = work_for(VLM_M, QWEN, mb)
     assert lm.seq_lens == (6502 + 1690, 1000)
     from dip.cost import module_flops
+
     assert total == pytest.approx(module_flops(VIT, work_for(VLM_M, VIT, mb)) + module_flops(QWEN, lm))
     assert microbatch_flops(VLM_M, MicroBatchMeta(text_lens=(0,))) == 0
 

@@ -25,6 +25,7 @@ def test_blocks_run_forward_and_backward(module):
     assert x.grad is not None and torch.isfinite(x.grad).all()
     n_params = sum(p.numel() for p in block.parameters())
     from dip.spec.params import layer_params
+
     assert n_params == layer_params(small.with_(cond_hidden=small.hidden) if small.kind == "dit" else small)
 
 
@@ -41,8 +42,12 @@ def test_decoder_block_is_causal():
 
 def test_fit_recovers_synthetic_times():
     base = HardwareSpec("synthetic", 1e11, 1e10, 1e9, 1e9, 1e-5, 1e9, 1e-5, 1e9)
-    truth = base.with_(alphas=default_alphas(gemm=2.0, attention=3.0, elementwise=1.5),
-                       gemm_curve=GemmCurve(100.0, 40.0, 30.0), attn_s0=64.0, kernel_overhead_s=2e-5)
+    truth = base.with_(
+        alphas=default_alphas(gemm=2.0, attention=3.0, elementwise=1.5),
+        gemm_curve=GemmCurve(100.0, 40.0, 30.0),
+        attn_s0=64.0,
+        kernel_overhead_s=2e-5,
+    )
     meas = []
     for m in (VIT, QWEN, DIT):
         small = scale_module(m, 1 / 8)
@@ -58,8 +63,16 @@ def test_fit_recovers_synthetic_times():
 
 
 def test_calibrate_writes_a_loadable_spec(tmp_path):
-    hw, record = calibrate(modules=(VIT, QWEN), sizes=(32, 64), hidden_scale=1 / 16, block=32, name="tiny-cpu",
-                           min_time=0.005, rounds=1, threads=1)
+    hw, record = calibrate(
+        modules=(VIT, QWEN),
+        sizes=(32, 64),
+        hidden_scale=1 / 16,
+        block=32,
+        name="tiny-cpu",
+        min_time=0.005,
+        rounds=1,
+        threads=1,
+    )
     assert hw.name == "tiny-cpu" and hw.peak_flops > 0 and len(record["measurements"]) == 4
     path = tmp_path / "cal.json"
     hw.save(str(path), extra=record)

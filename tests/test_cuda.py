@@ -6,6 +6,7 @@ With one GPU, 2 ranks share it: NCCL refuses two ranks on one device, so the run
 stages messages through host memory (:func:`dip.runtime.trainer.choose_backend`); with one GPU per
 rank it uses NCCL.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -14,12 +15,10 @@ import torch
 from dip.runtime.launch import launch_many
 from dip.runtime.models import ReferenceModel, reference_step
 from model_fixtures import random_batch, tiny_model
-
 from torch_asserts import assert_grads_equal
 from train_fixtures import T2V_SCHEDULES, VLM_SCHEDULES, check_matches_reference, train_cfg
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 MODELS = ("tiny-vlm", "tiny-t2v")
 
@@ -65,8 +64,9 @@ def test_cuda_pipeline_by_data_parallel():
 @pytest.mark.multiproc
 @pytest.mark.timeout(600)
 def test_cuda_float32_gradients_are_allclose_to_the_reference():
-    for out in launch_many([_cfg("tiny-vlm", "dip", dtype="float32", steps=2),
-                            _cfg("tiny-t2v", "dip", dtype="float32", steps=2)]):
+    for out in launch_many(
+        [_cfg("tiny-vlm", "dip", dtype="float32", steps=2), _cfg("tiny-t2v", "dip", dtype="float32", steps=2)]
+    ):
         assert out["device"] == "cuda"
         # allclose(rtol=1e-5, atol=1e-6) against the fp32 reference on the same GPU (dip.runtime.reference_check);
         # GPU-versus-CPU agreement is the float64 model test above

@@ -1,4 +1,5 @@
 """``dip workload`` end to end through the CLI entry point."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Manifest reader: validation messages with line numbers, packing, partial last batch."""
+
 from __future__ import annotations
 
 import json
@@ -46,23 +47,31 @@ def test_t2v_manifest(tmp_path):
     assert max(s for mb in batch.microbatches for s in mb.clip_seconds) == 16.0
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"text_tokens": "12"}, "line 2: text_tokens must be an integer"),
-    ({"text_tokens": 1.5}, "line 2: text_tokens must be an integer"),
-    ({"text_tokens": -4}, "line 2: text_tokens must be >= 0"),
-    ({"text_tokens": True}, "line 2: text_tokens must be an integer"),
-    ({"images": []}, "line 2: text_tokens is missing"),
-    ({"text_tokens": 3, "audio": 1}, "line 2: unknown key 'audio'"),
-    ({"text_tokens": 3, "images": [{"width": 0, "height": 5}]}, r"line 2: images\[0\].width must be >= 1"),
-    ({"text_tokens": 3, "images": [{"width": 4}]}, r"line 2: images\[0\].height is missing"),
-    ({"text_tokens": 3, "images": [{"width": 4, "height": 4, "dpi": 3}]}, r"line 2: unknown key 'dpi' in images\[0\]"),
-    ({"text_tokens": 3, "images": "two"}, "line 2: images must be a list"),
-    ({"text_tokens": 3, "images": -1}, "line 2: images must be >= 0"),
-    ({"text_tokens": 3, "videos": [{"seconds": -1, "width": 4, "height": 4}]},
-     r"line 2: videos\[0\].seconds must be > 0"),
-    ({"text_tokens": 3, "videos": {"seconds": 1}}, "line 2: videos must be a list"),
-    ([1, 2], "line 2: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"text_tokens": "12"}, "line 2: text_tokens must be an integer"),
+        ({"text_tokens": 1.5}, "line 2: text_tokens must be an integer"),
+        ({"text_tokens": -4}, "line 2: text_tokens must be >= 0"),
+        ({"text_tokens": True}, "line 2: text_tokens must be an integer"),
+        ({"images": []}, "line 2: text_tokens is missing"),
+        ({"text_tokens": 3, "audio": 1}, "line 2: unknown key 'audio'"),
+        ({"text_tokens": 3, "images": [{"width": 0, "height": 5}]}, r"line 2: images\[0\].width must be >= 1"),
+        ({"text_tokens": 3, "images": [{"width": 4}]}, r"line 2: images\[0\].height is missing"),
+        (
+            {"text_tokens": 3, "images": [{"width": 4, "height": 4, "dpi": 3}]},
+            r"line 2: unknown key 'dpi' in images\[0\]",
+        ),
+        ({"text_tokens": 3, "images": "two"}, "line 2: images must be a list"),
+        ({"text_tokens": 3, "images": -1}, "line 2: images must be >= 0"),
+        (
+            {"text_tokens": 3, "videos": [{"seconds": -1, "width": 4, "height": 4}]},
+            r"line 2: videos\[0\].seconds must be > 0",
+        ),
+        ({"text_tokens": 3, "videos": {"seconds": 1}}, "line 2: videos must be a list"),
+        ([1, 2], "line 2: expected a JSON object"),
+    ],
+)
 def test_malformed_lines_name_line_and_field(tmp_path, bad, message):
     path = write(tmp_path, [GOOD[0], bad])
     with pytest.raises(BadInput, match=message):

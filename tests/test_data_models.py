@@ -1,4 +1,5 @@
 """Models for the data tests: the presets, plus a tiny text-only model (no preset has one)."""
+
 from __future__ import annotations
 
 from dip.spec import presets

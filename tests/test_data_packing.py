@@ -1,4 +1,5 @@
 """Packing invariants: limits respected, nothing lost, paper examples reproduced."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Generator statistics against the published figures documented in dip.data.sources."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,11 +1,14 @@
 """Generated workloads: determinism, realistic spread, tiny models, Fig. 8b dynamic bounds."""
+
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
 
-from dip.data.meta import MicroBatchMeta, lm_sequence_lens
 from dip.cost.stats import batch_rows, microbatch_flops, summarize
+from dip.data.meta import MicroBatchMeta, lm_sequence_lens
 from dip.data.workload import generate_batches, generate_dynamic_batches, rise_and_fall_bounds
 from dip.errors import BadInput
 from test_data_models import get_model
@@ -93,7 +96,7 @@ def test_rise_and_fall_bounds_reproduce_fig_8b():
     assert [b.iteration for b in bounds] == list(range(1, 41))
     assert [(b.lower, b.upper) for b in bounds[:5]] == [(0, 32), (4, 32), (8, 32), (12, 32), (16, 32)]
     falling = bounds[4:20]
-    assert all(a.lower >= b.lower and a.upper >= b.upper for a, b in zip(falling, falling[1:]))
+    assert all(a.lower >= b.lower and a.upper >= b.upper for a, b in itertools.pairwise(falling))
     assert (bounds[19].lower, bounds[19].upper) == (0, 0)
     assert [(b.lower, b.upper) for b in bounds[20:]] == [(b.lower, b.upper) for b in bounds[:20]]
     assert all(b.lower <= b.upper for b in bounds)

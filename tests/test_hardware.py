@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dip.errors import BadInput
-from dip.spec.hardware import GemmCurve, HardwareSpec, PRESETS, calibration_path, get_hardware, list_hardware
+from dip.spec.hardware import PRESETS, GemmCurve, HardwareSpec, calibration_path, get_hardware, list_hardware
 
 
 def test_presets_match_datasheets():
@@ -19,7 +19,7 @@ def test_get_hardware_is_case_insensitive_and_lists_choices():
     assert get_hardware("h800") is PRESETS["H800"]
     assert get_hardware(" a100-80g ").name == "A100-80G"
     assert set(list_hardware()) >= {"H800", "H100-SXM", "H20", "A100-80G", "cpu"}
-    with pytest.raises(BadInput, match="unknown hardware 'B300'.*H800"):
+    with pytest.raises(BadInput, match=r"unknown hardware 'B300'.*H800"):
         get_hardware("B300")
 
 
@@ -32,8 +32,12 @@ def test_cpu_preset_is_the_shipped_calibration():
 
 
 def test_calibration_round_trip(tmp_path):
-    hw = PRESETS["H800"].with_(name="mine", alphas={**PRESETS["H800"].alphas, "gemm": 1.7},
-                               gemm_curve=GemmCurve(10.0, 20.0, 30.0), attn_s0=99.0)
+    hw = PRESETS["H800"].with_(
+        name="mine",
+        alphas={**PRESETS["H800"].alphas, "gemm": 1.7},
+        gemm_curve=GemmCurve(10.0, 20.0, 30.0),
+        attn_s0=99.0,
+    )
     path = tmp_path / "hw.json"
     hw.save(str(path), extra={"measurements": [{"x": 1}], "fit": {"rms_log_error": 0.1}})
     back = get_hardware(str(path))
@@ -74,8 +78,11 @@ def test_runtime_factors_round_trip_and_validation(tmp_path):
     assert back.runtime_factor("vit", "f") == 1.5 and back.runtime_factor("vit", "b") == 1.2
     assert back.runtime_factor("decoder", "f") == 1.0
     assert "runtime_factors" not in PRESETS["H800"].to_dict()
-    for bad, msg in (({"vit": 2.0}, "must be {"), ({"vit": {"x": 1.0}}, "unknown passes"),
-                     ({"vit": {"f": -1.0}}, "must be positive")):
+    for bad, msg in (
+        ({"vit": 2.0}, "must be {"),
+        ({"vit": {"x": 1.0}}, "unknown passes"),
+        ({"vit": {"f": -1.0}}, "must be positive"),
+    ):
         path.write_text(json.dumps({**PRESETS["H800"].to_dict(), "runtime_factors": bad}))
         with pytest.raises(BadInput, match=msg):
             get_hardware(str(path))

@@ -2,18 +2,18 @@
 all chunks on one rank and on two processes (gloo), in float64, under a DIP-like separated plan with
 vision / clip sub-microbatches and under a 1F1B plan, equal to the plain transformers / diffusers
 models on the same samples (relative error <= 1e-9)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
-from runtime_helpers import run_local_step, separated_plan
 
 from dip.runtime.spawn import spawn
 from dip.runtime.step import StepRunner
 from dip.schedule.baselines.one_f_one_b import one_f_one_b_order
 from dip.schedule.baselines.plans import mixed_plan
 from hf_fixtures import hf_vlm_reference, hf_wan_reference, make_t2v, make_vlm, max_rel_err, provider_and_batch
+from runtime_helpers import run_local_step, separated_plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TOL = 1e-9
@@ -79,8 +79,10 @@ def _two_rank_step(rank: int, world: int, family: str, kind: str, root: str):
     _, model, _, batch = (_vlm if family == "vlm" else _t2v)(root, pp=2)
     plan = _plan(model, batch, kind, 2)
     runner = StepRunner(rank, model, timeout_s=60)
-    layouts = {r: [(p.module, p.layer_start, p.layer_end) for c in plan.graph.rank_chunks(r) for p in c.parts]
-               for r in range(2)}
+    layouts = {
+        r: [(p.module, p.layer_start, p.layer_end) for c in plan.graph.rank_chunks(r) for p in c.parts]
+        for r in range(2)
+    }
     ties = TiedGradients.create(model, layouts, pp_rank=rank, pp=2)
     total = sum(model.loss_tokens(mb) for mb in batch.microbatches)
     res = runner.step(plan, batch, step_seed=1, loss_scale=1.0 / total)

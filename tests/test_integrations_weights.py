@@ -1,5 +1,6 @@
 """Checkpoint weights: init-model folders load with from_pretrained, a chunk reads only its own tensors,
 trained weights written back load with from_pretrained; the planner's spec comes from the config."""
+
 from __future__ import annotations
 
 import json
@@ -40,11 +41,19 @@ def test_spec_is_derived_from_the_config(root):
     spec = load_model(vlm).spec
     cfg = json.load(open(os.path.join(vlm, "config.json")))
     vit, llm = spec.module("vision"), spec.module("llm")
-    assert (vit.layers, vit.hidden, vit.heads) == (cfg["vision_config"]["depth"], cfg["vision_config"]["embed_dim"],
-                                                   cfg["vision_config"]["num_heads"])
+    assert (vit.layers, vit.hidden, vit.heads) == (
+        cfg["vision_config"]["depth"],
+        cfg["vision_config"]["embed_dim"],
+        cfg["vision_config"]["num_heads"],
+    )
     t = cfg["text_config"]
     assert (llm.layers, llm.hidden, llm.heads, llm.kv_heads, llm.vocab_size) == (
-        t["num_hidden_layers"], t["hidden_size"], t["num_attention_heads"], t["num_key_value_heads"], t["vocab_size"])
+        t["num_hidden_layers"],
+        t["hidden_size"],
+        t["num_attention_heads"],
+        t["num_key_value_heads"],
+        t["vocab_size"],
+    )
     assert vit.patch_size == 14 and vit.spatial_merge == 2 and vit.out_hidden == llm.hidden
     wan, _ = make_t2v(root)
     dit = load_model(wan).spec.module("dit")
@@ -55,7 +64,9 @@ def test_a_chunk_reads_only_its_tensors(root):
     vlm, _ = make_vlm(root)
     model = load_model(vlm)
     model.build_chunk("llm", 1, 3)
-    assert model.weights.reads and all(n.startswith(("model.layers.1.", "model.layers.2.")) for n in model.weights.reads)
+    assert model.weights.reads and all(
+        n.startswith(("model.layers.1.", "model.layers.2.")) for n in model.weights.reads
+    )
     model.weights.reads.clear()
     model.build_chunk("vision", 0, 1)
     assert {n.split(".")[1] for n in model.weights.reads} == {"patch_embed", "blocks"}
@@ -87,8 +98,11 @@ def test_wan_save_back_round_trip(root, tmp_path):
 
     wan, _ = make_t2v(root)
     model = load_model(wan)
-    params = {n: p.detach() * 2 for m in model.spec.modules
-              for n, p in model.build_chunk(m.name, 0, m.layers).canonical_named_parameters()}
+    params = {
+        n: p.detach() * 2
+        for m in model.spec.modules
+        for n, p in model.build_chunk(m.name, 0, m.layers).canonical_named_parameters()
+    }
     out = str(tmp_path / "wan")
     model.save_checkpoint(out, params)
     a = WanTransformer3DModel.from_pretrained(os.path.join(wan, "transformer"))
@@ -104,7 +118,7 @@ def test_model_source_and_bad_specs(root, tmp_path):
     assert model_source("examples/byo_model.py:mixer_model") == "factory"
     assert model_source("dip.runtime.models:SpecModel") == "factory"
     assert model_source("tiny-vlm") == "spec"
-    with pytest.raises(BadInput, match="neither model_index.json"):
+    with pytest.raises(BadInput, match=r"neither model_index\.json"):
         load_model(str(tmp_path))
     with pytest.raises(BadInput, match="no function"):
         load_model("examples/byo_model.py:nope")

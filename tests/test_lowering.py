@@ -1,23 +1,29 @@
 """Lowering passes: golden outputs written as short action strings."""
+
 from __future__ import annotations
 
 from dataclasses import replace
 
 import pytest
-from plan_fixtures import fan_in, fan_out, linear
 
+from dip.schedule.deps import DependencyIndex
 from dip.schedule.errors import ScheduleError
 from dip.schedule.ir import Action, Op, actions, format_actions, order_from_text
-from dip.schedule.deps import DependencyIndex
 from dip.schedule.lowering import add_reduce_grad, add_send_recv, defer_recvs, lower, merge_bw, split_bw
 from dip.schedule.program import Program, comm_batches, message_of
 from dip.schedule.validate import validate_program
+from plan_fixtures import fan_in, fan_out, linear
 
 # 2 ranks, 2 stages, 2 units, 1F1B
 LIN = linear(2, 2, {0: "0F0 0F1 0B0 0B1", 1: "1F0 1B0 1F1 1B1"})
 # V placement: stage_to_rank [0, 1, 1, 0], split backward; stages 1 -> 2 hand over locally on rank 1
-V = linear(2, 2, {0: "0F0 0F1 3F0 3I0 3F1 3I1 0I0 3W0 0I1 3W1 0W0 0W1",
-                  1: "1F0 2F0 1F1 2F1 2I0 1I0 2I1 1I1 2W0 2W1 1W0 1W1"}, chunks_per_rank=2, style="v")
+V = linear(
+    2,
+    2,
+    {0: "0F0 0F1 3F0 3I0 3F1 3I1 0I0 3W0 0I1 3W1 0W0 0W1", 1: "1F0 2F0 1F1 2F1 2I0 1I0 2I1 1I1 2W0 2W1 1W0 1W1"},
+    chunks_per_rank=2,
+    style="v",
+)
 # ViT chunks 0 (rank 0), 1 (rank 1); LM chunks 2 (rank 0), 3 (rank 1); ViT units 0, 1 -> LM unit 0
 FAN_IN = fan_in({0: "0F0 0F1 2F0 2B0 0B0 0B1", 1: "1F0 1F1 3F0 3B0 1B0 1B1"})
 # same, but the ViT's last chunk and the LM's first chunk share rank 0: a local hand-off
@@ -26,27 +32,44 @@ FAN_IN_LOCAL = fan_in({0: "0F0 0F1 1F0 1B0 0B0 0B1", 1: "2F0 2B0"}, vit_ranks=(0
 FAN_OUT = fan_out({0: "0F0 2F0 2F1 2B0 2B1 0B0", 1: "1F0 1F1 1B0 1B1"})
 
 EARLY = {
-    "linear": (LIN, {
-        0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
-        1: "1RECV_F0:0.0 1F0 1RECV_F1:0.1 1B0 1SEND_B0:0.0 1F1 1B1 1SEND_B1:0.1"}),
-    "v": (V, {
-        0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 3RECV_F0:2.0 3F0 3I0 3SEND_B0:2.0 3RECV_F1:2.1 3F1 3I1 "
-           "3SEND_B1:2.1 0RECV_B0:1.0 0I0 3W0 0RECV_B1:1.1 0I1 3W1 0W0 0W1",
-        1: "1RECV_F0:0.0 1F0 1RECV_F1:0.1 2F0 2SEND_F0:3.0 1F1 2RECV_B0:3.0 2F1 2SEND_F1:3.1 2I0 "
-           "2RECV_B1:3.1 1I0 1SEND_B0:0.0 2I1 1I1 1SEND_B1:0.1 2W0 2W1 1W0 1W1"}),
-    "fan_in": (FAN_IN, {
-        0: "0F0 0SEND_F0:1.0 2RECV_F0:1.0 0F1 0SEND_F1:1.1 2RECV_F0:1.1 2F0 2SEND_F0:3.0 2RECV_B0:3.0 "
-           "2B0 2SEND_B0:1.0 2SEND_B0:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
-        1: "1RECV_F0:0.0 1F0 1SEND_F0:2.0 1RECV_F1:0.1 1F1 1SEND_F1:2.0 3RECV_F0:2.0 3F0 3B0 3SEND_B0:2.0 "
-           "1RECV_B0:2.0 1RECV_B1:2.0 1B0 1SEND_B0:0.0 1B1 1SEND_B1:0.1"}),
-    "fan_in_local": (FAN_IN_LOCAL, {
-        0: "0F0 0F1 1F0 1SEND_F0:2.0 1RECV_B0:2.0 1B0 0B0 0B1",
-        1: "2RECV_F0:1.0 2F0 2B0 2SEND_B0:1.0"}),
-    "fan_out": (FAN_OUT, {
-        0: "0F0 0SEND_F0:1.0 0SEND_F0:1.1 2RECV_F0:1.0 2F0 2RECV_F1:1.1 2F1 2B0 2SEND_B0:1.0 0RECV_B0:1.0 "
-           "2B1 2SEND_B1:1.1 0RECV_B0:1.1 0B0",
-        1: "1RECV_F0:0.0 1RECV_F1:0.0 1F0 1SEND_F0:2.0 1F1 1SEND_F1:2.1 1RECV_B0:2.0 1B0 1SEND_B0:0.0 "
-           "1RECV_B1:2.1 1B1 1SEND_B1:0.0"}),
+    "linear": (
+        LIN,
+        {
+            0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
+            1: "1RECV_F0:0.0 1F0 1RECV_F1:0.1 1B0 1SEND_B0:0.0 1F1 1B1 1SEND_B1:0.1",
+        },
+    ),
+    "v": (
+        V,
+        {
+            0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 3RECV_F0:2.0 3F0 3I0 3SEND_B0:2.0 3RECV_F1:2.1 3F1 3I1 "
+            "3SEND_B1:2.1 0RECV_B0:1.0 0I0 3W0 0RECV_B1:1.1 0I1 3W1 0W0 0W1",
+            1: "1RECV_F0:0.0 1F0 1RECV_F1:0.1 2F0 2SEND_F0:3.0 1F1 2RECV_B0:3.0 2F1 2SEND_F1:3.1 2I0 "
+            "2RECV_B1:3.1 1I0 1SEND_B0:0.0 2I1 1I1 1SEND_B1:0.1 2W0 2W1 1W0 1W1",
+        },
+    ),
+    "fan_in": (
+        FAN_IN,
+        {
+            0: "0F0 0SEND_F0:1.0 2RECV_F0:1.0 0F1 0SEND_F1:1.1 2RECV_F0:1.1 2F0 2SEND_F0:3.0 2RECV_B0:3.0 "
+            "2B0 2SEND_B0:1.0 2SEND_B0:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
+            1: "1RECV_F0:0.0 1F0 1SEND_F0:2.0 1RECV_F1:0.1 1F1 1SEND_F1:2.0 3RECV_F0:2.0 3F0 3B0 3SEND_B0:2.0 "
+            "1RECV_B0:2.0 1RECV_B1:2.0 1B0 1SEND_B0:0.0 1B1 1SEND_B1:0.1",
+        },
+    ),
+    "fan_in_local": (
+        FAN_IN_LOCAL,
+        {0: "0F0 0F1 1F0 1SEND_F0:2.0 1RECV_B0:2.0 1B0 0B0 0B1", 1: "2RECV_F0:1.0 2F0 2B0 2SEND_B0:1.0"},
+    ),
+    "fan_out": (
+        FAN_OUT,
+        {
+            0: "0F0 0SEND_F0:1.0 0SEND_F0:1.1 2RECV_F0:1.0 2F0 2RECV_F1:1.1 2F1 2B0 2SEND_B0:1.0 0RECV_B0:1.0 "
+            "2B1 2SEND_B1:1.1 0RECV_B0:1.1 0B0",
+            1: "1RECV_F0:0.0 1RECV_F1:0.0 1F0 1SEND_F0:2.0 1F1 1SEND_F1:2.1 1RECV_B0:2.0 1B0 1SEND_B0:0.0 "
+            "1RECV_B1:2.1 1B1 1SEND_B1:0.0",
+        },
+    ),
 }
 
 
@@ -59,19 +82,31 @@ def test_add_send_recv_early_golden(name: str):
 
 
 LATE = {
-    "linear": (LIN, {
-        0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
-        1: "1RECV_F0:0.0 1F0 1B0 1SEND_B0:0.0 1RECV_F1:0.1 1F1 1B1 1SEND_B1:0.1"}),
-    "fan_in": (FAN_IN, {
-        0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 2RECV_F0:1.0 2RECV_F0:1.1 2F0 2SEND_F0:3.0 2RECV_B0:3.0 "
-           "2B0 2SEND_B0:1.0 2SEND_B0:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
-        1: "1RECV_F0:0.0 1F0 1SEND_F0:2.0 1RECV_F1:0.1 1F1 1SEND_F1:2.0 3RECV_F0:2.0 3F0 3B0 3SEND_B0:2.0 "
-           "1RECV_B0:2.0 1B0 1SEND_B0:0.0 1RECV_B1:2.0 1B1 1SEND_B1:0.1"}),
-    "fan_out": (FAN_OUT, {
-        0: "0F0 0SEND_F0:1.0 0SEND_F0:1.1 2RECV_F0:1.0 2F0 2RECV_F1:1.1 2F1 2B0 2SEND_B0:1.0 2B1 "
-           "2SEND_B1:1.1 0RECV_B0:1.0 0RECV_B0:1.1 0B0",
-        1: "1RECV_F0:0.0 1F0 1SEND_F0:2.0 1RECV_F1:0.0 1F1 1SEND_F1:2.1 1RECV_B0:2.0 1B0 1SEND_B0:0.0 "
-           "1RECV_B1:2.1 1B1 1SEND_B1:0.0"}),
+    "linear": (
+        LIN,
+        {
+            0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
+            1: "1RECV_F0:0.0 1F0 1B0 1SEND_B0:0.0 1RECV_F1:0.1 1F1 1B1 1SEND_B1:0.1",
+        },
+    ),
+    "fan_in": (
+        FAN_IN,
+        {
+            0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 2RECV_F0:1.0 2RECV_F0:1.1 2F0 2SEND_F0:3.0 2RECV_B0:3.0 "
+            "2B0 2SEND_B0:1.0 2SEND_B0:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
+            1: "1RECV_F0:0.0 1F0 1SEND_F0:2.0 1RECV_F1:0.1 1F1 1SEND_F1:2.0 3RECV_F0:2.0 3F0 3B0 3SEND_B0:2.0 "
+            "1RECV_B0:2.0 1B0 1SEND_B0:0.0 1RECV_B1:2.0 1B1 1SEND_B1:0.1",
+        },
+    ),
+    "fan_out": (
+        FAN_OUT,
+        {
+            0: "0F0 0SEND_F0:1.0 0SEND_F0:1.1 2RECV_F0:1.0 2F0 2RECV_F1:1.1 2F1 2B0 2SEND_B0:1.0 2B1 "
+            "2SEND_B1:1.1 0RECV_B0:1.0 0RECV_B0:1.1 0B0",
+            1: "1RECV_F0:0.0 1F0 1SEND_F0:2.0 1RECV_F1:0.0 1F1 1SEND_F1:2.1 1RECV_B0:2.0 1B0 1SEND_B0:0.0 "
+            "1RECV_B1:2.1 1B1 1SEND_B1:0.0",
+        },
+    ),
 }
 
 
@@ -108,23 +143,39 @@ def test_program_routing_peer_and_sequence():
 
 
 DEFERRED = {
-    ("linear", "parity"): (LIN, {
-        0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
-        1: "1RECV_F0:0.0 1F0 1B0 1SEND_B0:0.0 1RECV_F1:0.1 1F1 1B1 1SEND_B1:0.1"}),
-    ("linear", "stream"): (LIN, {
-        0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
-        1: "1RECV_F0:0.0 1F0 1B0 1RECV_F1:0.1 1SEND_B0:0.0 1F1 1B1 1SEND_B1:0.1"}),
-    ("v", "stream"): (V, {
-        0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 3RECV_F0:2.0 3F0 3I0 3SEND_B0:2.0 3RECV_F1:2.1 3F1 3I1 "
-           "3SEND_B1:2.1 0RECV_B0:1.0 0I0 3W0 0RECV_B1:1.1 0I1 3W1 0W0 0W1",
-        1: "1RECV_F0:0.0 1F0 2F0 1RECV_F1:0.1 2SEND_F0:3.0 1F1 2F1 2RECV_B0:3.0 2SEND_F1:3.1 2I0 1I0 "
-           "2RECV_B1:3.1 1SEND_B0:0.0 2I1 1I1 1SEND_B1:0.1 2W0 2W1 1W0 1W1"}),
+    ("linear", "parity"): (
+        LIN,
+        {
+            0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
+            1: "1RECV_F0:0.0 1F0 1B0 1SEND_B0:0.0 1RECV_F1:0.1 1F1 1B1 1SEND_B1:0.1",
+        },
+    ),
+    ("linear", "stream"): (
+        LIN,
+        {
+            0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
+            1: "1RECV_F0:0.0 1F0 1B0 1RECV_F1:0.1 1SEND_B0:0.0 1F1 1B1 1SEND_B1:0.1",
+        },
+    ),
+    ("v", "stream"): (
+        V,
+        {
+            0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 3RECV_F0:2.0 3F0 3I0 3SEND_B0:2.0 3RECV_F1:2.1 3F1 3I1 "
+            "3SEND_B1:2.1 0RECV_B0:1.0 0I0 3W0 0RECV_B1:1.1 0I1 3W1 0W0 0W1",
+            1: "1RECV_F0:0.0 1F0 2F0 1RECV_F1:0.1 2SEND_F0:3.0 1F1 2F1 2RECV_B0:3.0 2SEND_F1:3.1 2I0 1I0 "
+            "2RECV_B1:3.1 1SEND_B0:0.0 2I1 1I1 1SEND_B1:0.1 2W0 2W1 1W0 1W1",
+        },
+    ),
     # rank 0 < peer 1: the deferred 0RECV_B0:1.0 is posted before 2SEND_B1:1.1 (rank parity)
-    ("fan_out", "parity"): (FAN_OUT, {
-        0: "0F0 0SEND_F0:1.0 0SEND_F0:1.1 2RECV_F0:1.0 2F0 2RECV_F1:1.1 2F1 2B0 2SEND_B0:1.0 2B1 "
-           "0RECV_B0:1.0 2SEND_B1:1.1 0RECV_B0:1.1 0B0",
-        1: "1RECV_F0:0.0 1F0 1SEND_F0:2.0 1RECV_F1:0.0 1F1 1SEND_F1:2.1 1RECV_B0:2.0 1B0 1SEND_B0:0.0 "
-           "1RECV_B1:2.1 1B1 1SEND_B1:0.0"}),
+    ("fan_out", "parity"): (
+        FAN_OUT,
+        {
+            0: "0F0 0SEND_F0:1.0 0SEND_F0:1.1 2RECV_F0:1.0 2F0 2RECV_F1:1.1 2F1 2B0 2SEND_B0:1.0 2B1 "
+            "0RECV_B0:1.0 2SEND_B1:1.1 0RECV_B0:1.1 0B0",
+            1: "1RECV_F0:0.0 1F0 1SEND_F0:2.0 1RECV_F1:0.0 1F1 1SEND_F1:2.1 1RECV_B0:2.0 1B0 1SEND_B0:0.0 "
+            "1RECV_B1:2.1 1B1 1SEND_B1:0.0",
+        },
+    ),
 }
 
 
@@ -169,8 +220,10 @@ def test_add_reduce_grad_golden():
 
 
 def test_add_reduce_grad_on_plan_and_program():
-    assert format_actions(add_reduce_grad(V)[1]) == \
-        "1F0 2F0 1F1 2F1 2I0 1I0 2I1 1I1 2W0 2W1 2REDUCE_GRAD 1W0 1W1 1REDUCE_GRAD"
+    assert (
+        format_actions(add_reduce_grad(V)[1])
+        == "1F0 2F0 1F1 2F1 2I0 1I0 2I1 1I1 2W0 2W1 2REDUCE_GRAD 1W0 1W1 1REDUCE_GRAD"
+    )
     prog = add_reduce_grad(add_send_recv(LIN))
     assert isinstance(prog, Program)
     # after the last backward and the gradient send it produces
@@ -184,9 +237,13 @@ def test_add_reduce_grad_on_plan_and_program():
 def test_comm_batches_rule():
     prog = add_send_recv(V)
     got = [(b.indices, format_actions(b.actions)) for b in comm_batches(prog, 0)]
-    assert got == [((1,), "0SEND_F0:1.0"), ((3, 4), "0SEND_F1:1.1 3RECV_F0:2.0"),
-                   ((7, 8), "3SEND_B0:2.0 3RECV_F1:2.1"), ((11, 12), "3SEND_B1:2.1 0RECV_B0:1.0"),
-                   ((15,), "0RECV_B1:1.1")]
+    assert got == [
+        ((1,), "0SEND_F0:1.0"),
+        ((3, 4), "0SEND_F1:1.1 3RECV_F0:2.0"),
+        ((7, 8), "3SEND_B0:2.0 3RECV_F1:2.1"),
+        ((11, 12), "3SEND_B1:2.1 0RECV_B0:1.0"),
+        ((15,), "0RECV_B1:1.1"),
+    ]
     assert all(b.stream == (0,) for b in comm_batches(prog, 0))
     # one communicator per directed pair: a mixed run splits by direction
     edge = [(b.stream, b.indices) for b in comm_batches(prog, 0, "edge")]

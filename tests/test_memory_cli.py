@@ -1,5 +1,6 @@
 """The memory flags of ``dip cost``, ``dip simulate`` and ``dip plan``: --dp, --no-sequence-parallel,
 --no-distributed-optimizer, --memory-reserve-gib, and the capacity / usable memory they report."""
+
 from __future__ import annotations
 
 import json
@@ -64,12 +65,15 @@ def test_cost_reports_capacity_and_usable_memory(capsys):
     assert rc == 0 and "sequence parallel off" in out and "usable memory 73.6 of 80.0 GiB" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--memory-reserve-gib", "-1"], "--memory-reserve-gib"),
-    (["--memory-reserve-gib", "nan"], "--memory-reserve-gib"),
-    (["--memory-reserve-gib", "80"], "--memory-reserve-gib"),
-    (["--dp", "0"], "--dp"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--memory-reserve-gib", "-1"], "--memory-reserve-gib"),
+        (["--memory-reserve-gib", "nan"], "--memory-reserve-gib"),
+        (["--memory-reserve-gib", "80"], "--memory-reserve-gib"),
+        (["--dp", "0"], "--dp"),
+    ],
+)
 def test_cost_bad_memory_flags(capsys, args, message):
     rc, out, err = run(capsys, "cost", "--model", "VLM-S", *args)
     assert rc == 2 and out == "" and message in err
@@ -95,8 +99,20 @@ def test_simulate_reports_capacity_and_usable_memory(capsys):
 
 
 def test_plan_reports_capacity_and_usable_memory(capsys):
-    base = ("plan", "--model", "tiny-vlm", "--microbatches", 4, "--rollouts", 3, "--workers", 1, "--no-baselines",
-            "--hardware", "H800")
+    base = (
+        "plan",
+        "--model",
+        "tiny-vlm",
+        "--microbatches",
+        4,
+        "--rollouts",
+        3,
+        "--workers",
+        1,
+        "--no-baselines",
+        "--hardware",
+        "H800",
+    )
     out = run_json(capsys, *base, "--memory-reserve-gib", 20)
     assert out["memory_capacity_bytes"] == 80 * GIB and out["memory_limit_bytes"] == 60 * GIB
     assert out["per_batch"][0]["memory_limit_bytes"] == 60 * GIB

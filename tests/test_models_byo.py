@@ -1,4 +1,5 @@
 """Bring-your-own models: chunks compose to the whole model, through the same interface."""
+
 from __future__ import annotations
 
 import runpy
@@ -69,7 +70,7 @@ def two_module_model() -> ByoModel:
     """encoder (4 layers, width 8) -> head (5 layers, width 6); the encoder's post sends "features"."""
     modules = (ModuleSpec("enc", "decoder", 4, 8, 16, 1, 1), ModuleSpec("head", "decoder", 5, 6, 12, 1, 1))
     spec = ModelSpec("byo-two", modules, (Edge("enc", "head", "text_conditioning"),), ParallelSpec(pp=2))
-    rows = lambda width: (lambda mb, a, b: (mb.text_tokens, width))  # noqa: E731
+    rows = lambda width: lambda mb, a, b: (mb.text_tokens, width)  # noqa: E731
     enc = ByoModule(make_block=lambda i: Residual(8), hidden_shape=rows(8), make_pre=lambda: Encode(8), make_post=Emit)
     head = ByoModule(make_block=lambda i: Residual(6), hidden_shape=rows(6), make_pre=lambda: Decode(6), make_post=Loss)
     return ByoModel(spec, {"enc": enc, "head": head}, make_data, loss_tokens=lambda mb: mb.text_tokens, dtype=F64)
@@ -81,7 +82,8 @@ def test_byo_chunks_compose_to_whole_model():
     cases = [({"enc": [0, 1, 4], "head": [0, 2, 3, 5]}, False), ({"enc": [0, 3, 4], "head": [0, 4, 5]}, True)]
     for cuts, split in cases:
         loss, grads = ChunkedModel(two_module_model(), cuts).step(
-            batch, step_seed=2, strategies={"enc": ["full", "selective", "offload", "none"]}, split_backward=split)
+            batch, step_seed=2, strategies={"enc": ["full", "selective", "offload", "none"]}, split_backward=split
+        )
         torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=0)
         assert set(grads) == set(ref_grads) and "head.layers.4.fc.weight" in grads
         for name, g in ref_grads.items():

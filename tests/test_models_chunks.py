@@ -1,13 +1,13 @@
 """Chunks [0,3) + [3,8) of every module compose to the single-process reference (fp64)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from dip.runtime.models import ReferenceModel, SpecModel, build_chunk, reference_step
-from model_fixtures import random_batch, tiny_model
 from dip.runtime.models.sequential import ChunkedModel
-
+from model_fixtures import random_batch, tiny_model
 from torch_asserts import assert_grads_equal
 
 F64 = torch.float64
@@ -15,8 +15,6 @@ MODELS = ("tiny-vlm", "tiny-t2v")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 
 
 @pytest.fixture(scope="module", params=MODELS)

@@ -1,4 +1,5 @@
 """Block-diagonal attention: one sample / image / clip never sees another."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,8 @@ import torch
 
 from dip.data.meta import MicroBatchMeta
 from dip.runtime.models import build_chunk, make_unit_data
-from model_fixtures import tiny_model
 from dip.runtime.models.layers import block_mask, cross_mask
+from model_fixtures import tiny_model
 
 F64 = torch.float64
 

@@ -1,19 +1,17 @@
 """The pure-Python shape plan (dip.data.tensors) equals the shapes the real chunks produce."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
 
 import pytest
-import torch
 
 from dip.data.meta import MicroBatchMeta
+from dip.data.tensors import Unit, chunk_input_specs, chunk_output_specs, edge_specs, loss_tokens, text_cond_rows
 from dip.runtime.models import SpecModel, make_unit_data
-from model_fixtures import random_batch, tiny_model
 from dip.runtime.models.sequential import ChunkCall, ChunkedModel
-from dip.data.tensors import (Unit, chunk_input_specs, chunk_output_specs, edge_specs, loss_tokens,
-                              text_cond_rows)
-
+from model_fixtures import random_batch, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

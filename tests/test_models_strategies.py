@@ -1,12 +1,13 @@
 """Every per-layer memory strategy gives the gradients of "none"."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from dip.runtime.models import MEMORY_STRATEGIES, SpecModel, build_chunk
-from model_fixtures import random_batch, tiny_model
 from dip.runtime.models.sequential import ChunkedModel
+from model_fixtures import random_batch, tiny_model
 
 F64 = torch.float64
 
@@ -26,13 +27,15 @@ def baseline(request):
 MIXED = ("selective", "full", "offload", "none", "full", "selective", "offload", "none")
 
 
-@pytest.mark.parametrize("pattern,split", [(("selective",) * 8, False), (("full",) * 8, False),
-                                           (("offload",) * 8, False), (MIXED, True)])
+@pytest.mark.parametrize(
+    "pattern,split", [(("selective",) * 8, False), (("full",) * 8, False), (("offload",) * 8, False), (MIXED, True)]
+)
 def test_strategies_match_none(baseline, pattern, split):
     model, batch, chunked, ref_loss, ref_grads = baseline
     strategies = {m.name: pattern for m in model.modules}
-    loss, grads = chunked.step(batch, step_seed=8, unit_splits={"vit": 2, "dit": 2}, strategies=strategies,
-                               split_backward=split)
+    loss, grads = chunked.step(
+        batch, step_seed=8, unit_splits={"vit": 2, "dit": 2}, strategies=strategies, split_backward=split
+    )
     torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=0)
     for name, g in ref_grads.items():
         torch.testing.assert_close(grads[name], g, rtol=1e-12, atol=1e-16, msg=name)

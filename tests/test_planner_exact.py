@@ -1,4 +1,5 @@
 """The CP-SAT exact reference against brute force on a tiny instance."""
+
 from __future__ import annotations
 
 import itertools
@@ -20,8 +21,9 @@ def brute_force(problem) -> float:
     for orders in itertools.product(*(itertools.permutations(ts) for ts in per_rank)):
         ptr = np.concatenate(([0], np.cumsum([len(o) for o in orders]))).astype(np.int64)
         tasks = np.asarray([t for o in orders for t in o], np.int64)
-        status, span, *_ = simulate_arrays(ptr, tasks, duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay,
-                                           tg.succ_ptr, tg.succ_idx, zeros, zeros, holds)
+        status, span, *_ = simulate_arrays(
+            ptr, tasks, duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay, tg.succ_ptr, tg.succ_idx, zeros, zeros, holds
+        )
         if status == OK:
             best = min(best, span)
     return float(best)
@@ -41,7 +43,7 @@ def test_exact_never_worse_than_its_hint_and_respects_memory():
     from dip.planner.evaluate import Evaluator, TrackConfig
 
     sched = Evaluator(problem).evaluate(problem.default_sequence, TrackConfig(0.0, "fast"))
-    hint = [list(sched.tasks[sched.ptr[r]:sched.ptr[r + 1]]) for r in range(problem.num_ranks)]
+    hint = [list(sched.tasks[sched.ptr[r] : sched.ptr[r + 1]]) for r in range(problem.num_ranks)]
     got = solve_exact(problem, time_limit_s=20, hint=hint, memory=True, workers=1, costs="fastest")
     assert got.memory and got.time_s <= sched.makespan + 1e-9
     assert got.time_s >= (3 + 2 - 1) * 3 - 1e-9  # one activation per rank at a time: no better than 1F1B

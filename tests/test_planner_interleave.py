@@ -1,4 +1,5 @@
 """The dual-queue greedy interleaving on hand-checked chains, including the memory cap."""
+
 from __future__ import annotations
 
 import math
@@ -15,11 +16,25 @@ def run(problem, cap=None, alternate=True, reserve=0.0, drain=False):
     duration, _ = problem.task_durations(problem.cand.fastest)
     act = problem.cand.mem[np.arange(len(problem.cand.count)), 0].astype(float)
     cap = problem.cap if cap is None else np.full(problem.num_ranks, float(cap))
-    seq, start, end, peak, forced = interleave(problem.num_ranks, tg.task_rank, tg.task_op, tg.task_stage, duration,
-                                               act, cap, problem.priorities(problem.default_sequence), tg.pred_ptr,
-                                               tg.succ_ptr, tg.succ_idx, problem.succ_delay, reserve, alternate, drain)
+    seq, _start, end, peak, forced = interleave(
+        problem.num_ranks,
+        tg.task_rank,
+        tg.task_op,
+        tg.task_stage,
+        duration,
+        act,
+        cap,
+        problem.priorities(problem.default_sequence),
+        tg.pred_ptr,
+        tg.succ_ptr,
+        tg.succ_idx,
+        problem.succ_delay,
+        reserve,
+        alternate,
+        drain,
+    )
     ptr, tasks = rank_orders(seq, tg.task_rank, problem.num_ranks)
-    orders = {r: " ".join(str(tg.actions[t]) for t in tasks[ptr[r]:ptr[r + 1]]) for r in range(problem.num_ranks)}
+    orders = {r: " ".join(str(tg.actions[t]) for t in tasks[ptr[r] : ptr[r + 1]]) for r in range(problem.num_ranks)}
     return orders, float(end.max()), peak, forced
 
 
@@ -32,7 +47,7 @@ def test_two_ranks_two_microbatches_is_1f1b():
 
 def test_four_ranks_many_microbatches_reaches_the_closed_form():
     problem = uniform_problem(4, 8, 1, f=1.0, i=1.0, w=1.0)
-    _, makespan, peak, _ = run(problem)
+    _, makespan, _peak, _ = run(problem)
     assert makespan == (8 + 4 - 1) * 3
     assert math.isclose(makespan, max(problem.tg.busiest_rank_bound(), problem.tg.critical_path_bound()) + 9)
 
@@ -70,8 +85,8 @@ def test_priority_mode_runs_all_forwards_first_when_they_rank_higher():
 
 
 def test_evaluator_matches_the_simulator():
-    from dip.sim import simulate
     from dip.planner.result import schedule_to_plan
+    from dip.sim import simulate
 
     problem = uniform_problem(3, 6, 2, 1.0, 0.7, 0.5)
     sched = Evaluator(problem).evaluate(problem.default_sequence, TrackConfig(0.0, "fast"))
@@ -100,8 +115,9 @@ def test_a_blocked_ready_forward_does_not_hide_a_pending_one_that_fits():
     stage = np.array([2, 0, 0, 1, 1], np.int64)
     act = np.array([1.0, 1.0, 0.0])
     prio = np.array([0, 0, 1, 2, 3], np.int64)
-    seq, start, _, peak, forced = interleave(2, rank, op, stage, np.ones(5), act, np.array([1.5, 10.0]), prio,
-                                             pred_ptr, succ_ptr, succ_idx, delay, 1.0, True)
+    seq, start, _, peak, forced = interleave(
+        2, rank, op, stage, np.ones(5), act, np.array([1.5, 10.0]), prio, pred_ptr, succ_ptr, succ_idx, delay, 1.0, True
+    )
     assert forced == 0 and peak[0] <= 1.5
     assert [int(t) for t in seq if rank[t] == 0] == [fb, bb, fa, ba]
     assert start[fb] == 1.0 and start[fa] == 3.0
@@ -109,8 +125,8 @@ def test_a_blocked_ready_forward_does_not_hide_a_pending_one_that_fits():
 
 def test_drain_runs_forwards_first_once_every_micro_batch_started():
     problem = uniform_problem(3, 4, 1, 1.0, 1.0, 1.0)
-    plain, plain_span, _, _ = run(problem)
-    drained, span, _, forced = run(problem, drain=True)
+    plain, _plain_span, _, _ = run(problem)
+    drained, _span, _, forced = run(problem, drain=True)
     assert forced == 0 and plain != drained
     last = drained[2].split()
     assert last.index("2F3") < last.index("2B2")  # the last forward no longer waits behind a backward

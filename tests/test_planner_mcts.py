@@ -1,17 +1,34 @@
 """MCTS segment reordering: UCB selection, expansion, back-propagation; DFS and random search."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from dip.planner.mcts import (DFSSearch, MCTSSearch, Node, RandomSearch, candidates_after, guided_completion,
-                              random_completion)
+from dip.planner.mcts import (
+    DFSSearch,
+    MCTSSearch,
+    Node,
+    RandomSearch,
+    candidates_after,
+    guided_completion,
+    random_completion,
+)
 
 
 def search(n=5, window=2, configs=1, k=3, epsilon=0.1):
-    return MCTSSearch(np.arange(n), reference=10.0, rng=np.random.default_rng(0), alpha=2.0, beta=0.5,
-                      window=window, rollouts_per_expansion=k, configs=configs, epsilon=epsilon)
+    return MCTSSearch(
+        np.arange(n),
+        reference=10.0,
+        rng=np.random.default_rng(0),
+        alpha=2.0,
+        beta=0.5,
+        window=window,
+        rollouts_per_expansion=k,
+        configs=configs,
+        epsilon=epsilon,
+    )
 
 
 def test_ucb_prefers_unvisited_then_score_plus_exploration():
@@ -21,7 +38,7 @@ def test_ucb_prefers_unvisited_then_score_plus_exploration():
     fresh = Node(0, 1, parent)
     good, bad = Node(1, 1, parent, visits=5, best=8.2), Node(2, 1, parent, visits=5, best=9.0)
     assert s.ucb(parent, fresh) == math.inf
-    expected = 0.9 ** 2 + 0.5 * math.sqrt(math.log(10) / 5)
+    expected = 0.9**2 + 0.5 * math.sqrt(math.log(10) / 5)
     assert math.isclose(s.ucb(parent, good), expected)
     assert s.ucb(parent, good) > s.ucb(parent, bad)
     rarely = Node(3, 1, parent, visits=1, best=9.0)
@@ -135,8 +152,9 @@ def test_window_helpers():
 def test_searches_order_only_the_items_a_configuration_reads():
     active = np.array([True, False, True, False, True, False])
     base = np.array([0, 1, 2, 3, 4, 5])
-    s = MCTSSearch(base, 10.0, np.random.default_rng(0), window=2, rollouts_per_expansion=4, configs=2,
-                   active=[active, None])
+    s = MCTSSearch(
+        base, 10.0, np.random.default_rng(0), window=2, rollouts_per_expansion=4, configs=2, active=[active, None]
+    )
     for _ in range(6):
         node, seqs, config = s.propose()
         for q in seqs:

@@ -1,4 +1,5 @@
 """Per-layer memory optimisation: knapsack candidates, greedy and ILP against brute force."""
+
 from __future__ import annotations
 
 import itertools
@@ -41,7 +42,7 @@ def test_candidate_selection_keeps_extremes_and_buckets():
     keep = select_candidates(secs, mem, 5)
     assert keep[0] == 0 and keep[-1] == len(mem) - 1 and len(keep) <= 5
     edges = np.linspace(mem[0], mem[-1], 4)
-    for a, b in zip(edges, edges[1:]):  # each bucket's fastest point is kept
+    for a, b in itertools.pairwise(edges):  # each bucket's fastest point is kept
         inside = [i for i in range(len(mem)) if a <= mem[i] <= b]
         assert min(inside, key=lambda i: secs[i]) in keep or not inside
 
@@ -86,8 +87,9 @@ def test_greedy_is_feasible_and_ilp_matches_brute_force(seed):
     assert max(load) <= cap + 1e-6
     greedy_time = sum(cand_t[s, choice[s]] for s in range(4))
     assert greedy_time >= best[0] - 1e-9
-    exact = ilp_select(ptr, tasks, task_op, task_stage, cand_t, mem, count, np.array([cap]), 0, choice, gap=0.0,
-                       time_limit=None)
+    exact = ilp_select(
+        ptr, tasks, task_op, task_stage, cand_t, mem, count, np.array([cap]), 0, choice, gap=0.0, time_limit=None
+    )
     final = choice if exact is None else exact
     assert abs(sum(cand_t[s, final[s]] for s in range(4)) - best[0]) < 1e-6
 

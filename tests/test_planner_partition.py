@@ -1,5 +1,8 @@
 """The offline modality-aware partitioner: B_i, K_i, chunk layouts, sub-microbatch mapping."""
+
 from __future__ import annotations
+
+import itertools
 
 import pytest
 
@@ -22,7 +25,7 @@ def test_vit_63_layers_split_evenly_by_cost(vlm_s):
     layout = part.layouts["vit"]
     assert len(layout) == 16  # P * K_i chunks
     assert layout[0][0] == 0 and layout[-1][1] == 63
-    assert all(a[1] == b[0] for a, b in zip(layout, layout[1:]))  # consecutive, no gaps
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(layout))  # consecutive, no gaps
     counts = [b - a for a, b in layout]
     assert max(counts) - min(counts) <= 1  # 63 / 16: threes and fours
     vit = model.module("vit")
@@ -60,7 +63,7 @@ def test_sub_microbatch_is_smallest_size_within_95_percent(vlm_s):
     b = part.sub_microbatch["vit"]
     curve = part.report["efficiency_curve"]["vit"]
     assert curve[b - 1] >= 0.95 - 1e-9
-    assert all(e < 0.95 for e in curve[:b - 1])
+    assert all(e < 0.95 for e in curve[: b - 1])
     assert part.sub_microbatch["llm"] is None  # decoders are not split
 
 
@@ -83,8 +86,10 @@ def test_segments_follow_latency_ratio_and_cap(vlm_s):
 def test_overrides_and_sub_microbatch_mapping(vlm_s):
     model, cm = vlm_s
     part = partition_model(model, cm, sub_microbatch={"vit": 8}, segments={"vit": 1})
-    mbs = (MicroBatchMeta(text_lens=(100, 200), image_counts=(12, 8)),  # 20 images -> 3 units: 7, 7, 6
-           MicroBatchMeta(text_lens=(500,), image_counts=(0,)))  # text only: no encoder unit
+    mbs = (
+        MicroBatchMeta(text_lens=(100, 200), image_counts=(12, 8)),  # 20 images -> 3 units: 7, 7, 6
+        MicroBatchMeta(text_lens=(500,), image_counts=(0,)),
+    )  # text only: no encoder unit
     units, flows = part.units(model, BatchMeta(mbs))
     vit = units["vit"]
     assert [u.instances for u in vit] == [7, 7, 6] and all(u.mb == 0 for u in vit)
@@ -102,9 +107,8 @@ def test_bad_overrides(vlm_s):
 
 def test_runtime_action_overhead_coarsens_sub_microbatches_and_segments():
     from dip.data.workload import generate_batches
-    from dip.spec.hardware import get_hardware
-
     from dip.runtime.planning import with_parallel
+    from dip.spec.hardware import get_hardware
 
     model = with_parallel(get_model("tiny-vlm"), 2, 1)
     sample = generate_batches(model, 1, 0, microbatches=8)
@@ -113,8 +117,9 @@ def test_runtime_action_overhead_coarsens_sub_microbatches_and_segments():
     assert plain.segments["llm"] > 1
     lat = plain.report["unit_latency_s"]
     overhead = {"f": 0.05 * lat["vit"], "b": 0.1 * lat["vit"]}
-    slow = partition_model(model, CostModel(model, hw.with_(action_overhead_s=overhead), tp=1, dtype_bytes=4),
-                           sample=sample)
+    slow = partition_model(
+        model, CostModel(model, hw.with_(action_overhead_s=overhead), tp=1, dtype_bytes=4), sample=sample
+    )
     assert slow.sub_microbatch["vit"] >= plain.sub_microbatch["vit"]
     curve = slow.report["efficiency_curve"]["vit"]
     assert curve[slow.sub_microbatch["vit"] - 1] >= 0.95 - 1e-9

@@ -1,23 +1,24 @@
 """The planner end to end on the tiny models: valid plans, memory, determinism, never worse than the
 plain dual-queue interleaving; property tests over random batches and memory limits."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dip.cost import CostModel
 from dip.data.workload import generate_batches
 from dip.errors import Infeasible
-from dip.planner.options import SearchOptions
 from dip.planner import plan_batch
 from dip.planner.evaluate import PAPER_CONFIG, Evaluator
-from dip.planner.problem import build_problem
+from dip.planner.options import SearchOptions
+from dip.planner.problem import build_problem, uniform_problem
 from dip.planner.result import default_partition
 from dip.planner.search import search_problem
-from dip.planner.problem import uniform_problem
 from dip.planner.uniform import plan_uniform
 from dip.schedule.validate import validate_plan
 from dip.spec import get_model
@@ -45,8 +46,15 @@ def test_plan_is_valid_fits_and_beats_the_plain_interleaving(tiny):
     assert res.time_s <= plain_interleaving(model, batch, cm, hw) * (1 + 1e-9)
     assert res.lower_bound_fastest_s <= res.lower_bound_s * (1 + 1e-9) <= res.time_s * (1 + 1e-9)
     assert res.stats.rollouts == 20 and res.stats.curve and res.stats.time_to_best_s <= res.stats.search_time_s
-    assert set(res.summary()) >= {"dip_time_s", "lower_bound_s", "peak_memory_bytes", "memory_limit_bytes",
-                                  "search_time_s", "rollouts", "time_to_best_s"}
+    assert set(res.summary()) >= {
+        "dip_time_s",
+        "lower_bound_s",
+        "peak_memory_bytes",
+        "memory_limit_bytes",
+        "search_time_s",
+        "rollouts",
+        "time_to_best_s",
+    }
 
 
 def test_rollout_budget_is_deterministic(tiny):
@@ -84,7 +92,7 @@ def test_parallel_workers_share_one_tree(tiny):
 
 
 def test_uniform_chain_reaches_the_1f1b_closed_form():
-    plan, result, lb, stats = plan_uniform(4, 8, 1, 1.0, 1.0, 1.0, options=SearchOptions(rollouts=5))
+    plan, result, _lb, _stats = plan_uniform(4, 8, 1, 1.0, 1.0, 1.0, options=SearchOptions(rollouts=5))
     validate_plan(plan)
     assert math.isclose(result.iteration_time, (8 + 4 - 1) * 3)
 
@@ -109,8 +117,14 @@ def test_property_plans_validate_fit_and_never_lose_to_plain_interleaving(tiny, 
 
 
 @settings(max_examples=10, deadline=None)
-@given(pp=st.integers(2, 3), m=st.integers(1, 5), chunks=st.integers(1, 2), f=st.floats(0.1, 2.0),
-       b=st.floats(0.1, 3.0), cap=st.integers(1, 6))
+@given(
+    pp=st.integers(2, 3),
+    m=st.integers(1, 5),
+    chunks=st.integers(1, 2),
+    f=st.floats(0.1, 2.0),
+    b=st.floats(0.1, 3.0),
+    cap=st.integers(1, 6),
+)
 def test_property_uniform_chains(pp, m, chunks, f, b, cap):
     problem = uniform_problem(pp, m, chunks, f, b / 2, b / 2, act_bytes=1.0, memory_limit_bytes=float(cap))
     plain = Evaluator(problem, passes=1).evaluate(problem.default_sequence, PAPER_CONFIG)

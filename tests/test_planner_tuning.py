@@ -1,4 +1,5 @@
 """Tuning the search's starting point: micro-batch orders, shifts and tracking configurations."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """Real-data formats: the sample writer, the readers, the metadata pass and its cache, bad samples
 (skipped and counted, or an error naming file and line under strict), labels on assistant turns."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,11 @@ def test_sample_writer_is_deterministic_and_varied(tmp_path):
     assert open(a.data_file).read() == open(b.data_file).read()
     counts = [len(r["image"]) if isinstance(r.get("image"), list) else int("image" in r) for r in rows]
     assert min(counts) == 0 and max(counts) >= 2
-    sizes = {read_size(os.path.join(str(tmp_path / "a"), p)) for r in rows for p in
-             ([r["image"]] if isinstance(r.get("image"), str) else r.get("image", []))}
+    sizes = {
+        read_size(os.path.join(str(tmp_path / "a"), p))
+        for r in rows
+        for p in ([r["image"]] if isinstance(r.get("image"), str) else r.get("image", []))
+    }
     assert len(sizes) > 5 and any(w != h for w, h in sizes)
     assert all(56 <= s <= 448 for wh in sizes for s in wh)
 
@@ -102,7 +106,7 @@ def test_variable_resolution_reaches_the_microbatches(vlm):
     metas = [m for m in ds.metas if m.image_tokens]
     assert len({t for m in metas for t in m.image_tokens}) > 2  # tokens per image follow the size
     for m in metas:
-        for (w, h), (t, gh, gw), tok in zip(m.image_sizes, m.image_grids, m.image_tokens):
+        for (_w, _h), (t, gh, gw), tok in zip(m.image_sizes, m.image_grids, m.image_tokens):
             assert tok == t * gh * gw // 4
     mbs = pack_documents(ds.documents(), context_length=600, max_images=6)
     assert sum(len(mb.sample_ids) for mb in mbs) == len(ds)
@@ -132,8 +136,11 @@ def test_labels_cover_only_assistant_turns(vlm):
 def _broken(root, data) -> str:
     path = os.path.join(os.path.dirname(data), "broken.jsonl")
     rows = list(open(data))[:4]
-    bad_image = {"id": "missing", "image": "no-such-image.png",
-                 "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "No."}]}
+    bad_image = {
+        "id": "missing",
+        "image": "no-such-image.png",
+        "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "No."}],
+    }
     corrupt = os.path.join(root, "corrupt.png")
     with open(corrupt, "wb") as f:
         f.write(b"not a png at all")
@@ -145,8 +152,16 @@ def _broken(root, data) -> str:
         f.write("{not json\n")
         f.write(json.dumps(bad_pixels) + "\n")
         f.write(json.dumps(long) + "\n")
-        f.write(json.dumps({"id": "x", "conversations": [{"from": "human", "value": "<image> <image>"},
-                                                         {"from": "gpt", "value": "two"}], "image": "a.png"}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "id": "x",
+                    "conversations": [{"from": "human", "value": "<image> <image>"}, {"from": "gpt", "value": "two"}],
+                    "image": "a.png",
+                }
+            )
+            + "\n"
+        )
         f.writelines(rows[2:])
     return path
 
@@ -168,12 +183,21 @@ def test_strict_mode_names_file_and_line(vlm, root):
 
 def test_cli_sample_and_strict_exit_code(tmp_path):
     dip = [sys.executable, "-m", "dip.cli.main"]
-    out = subprocess.run(dip + ["data", "sample", "--kind", "t2v", "--out", str(tmp_path / "t"), "--samples", "3",
-                                "--seed", "0", "--json"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        dip
+        + ["data", "sample", "--kind", "t2v", "--out", str(tmp_path / "t"), "--samples", "3", "--seed", "0", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["samples"] == 3
-    bad = subprocess.run(dip + ["data", "sample", "--kind", "t2v", "--out", str(tmp_path / "u"), "--samples", "0"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        dip + ["data", "sample", "--kind", "t2v", "--out", str(tmp_path / "u"), "--samples", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "samples must be" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -1,11 +1,10 @@
 """Receives one compute action ahead (gloo): golden outputs and properties."""
+
 from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from plan_fixtures import fan_in, linear, random_order
-from test_validate import TEMPLATES
 
 from dip.schedule.errors import ScheduleError
 from dip.schedule.ir import Op
@@ -13,6 +12,8 @@ from dip.schedule.lowering import add_reduce_grad, add_send_recv, lower
 from dip.schedule.program import COMM, COMPUTE, RECVS
 from dip.schedule.recv_ahead import post_recvs_ahead
 from dip.schedule.validate import validate_program
+from plan_fixtures import fan_in, linear, random_order
+from test_validate import TEMPLATES
 
 # 2 ranks, 1F1B over 4 units
 LIN4 = linear(2, 4, {0: "0F0 0F1 0B0 0F2 0B1 0F3 0B2 0B3", 1: "1F0 1B0 1F1 1B1 1F2 1B2 1F3 1B3"})
@@ -20,24 +21,34 @@ LIN4 = linear(2, 4, {0: "0F0 0F1 0B0 0F2 0B1 0F3 0B2 0B3", 1: "1F0 1B0 1F1 1B1 1
 GOLDEN = {
     # rank 0's gradient RECVs move before the forward that used to precede them; rank 1's activation
     # RECVs already have a backward between them and their consumer and stay
-    "1f1b": (LIN4, {
-        0: "0F0 0SEND_F0:1.0 0RECV_B0:1.0 0F1 0SEND_F1:1.1 0B0 0RECV_B1:1.1 0F2 0SEND_F2:1.2 0B1 "
-           "0RECV_B2:1.2 0F3 0SEND_F3:1.3 0RECV_B3:1.3 0B2 0B3",
-        1: "1RECV_F0:0.0 1F0 1RECV_F1:0.1 1B0 1SEND_B0:0.0 1F1 1RECV_F2:0.2 1B1 1SEND_B1:0.1 1F2 "
-           "1RECV_F3:0.3 1B2 1SEND_B2:0.2 1F3 1B3 1SEND_B3:0.3"}),
+    "1f1b": (
+        LIN4,
+        {
+            0: "0F0 0SEND_F0:1.0 0RECV_B0:1.0 0F1 0SEND_F1:1.1 0B0 0RECV_B1:1.1 0F2 0SEND_F2:1.2 0B1 "
+            "0RECV_B2:1.2 0F3 0SEND_F3:1.3 0RECV_B3:1.3 0B2 0B3",
+            1: "1RECV_F0:0.0 1F0 1RECV_F1:0.1 1B0 1SEND_B0:0.0 1F1 1RECV_F2:0.2 1B1 1SEND_B1:0.1 1F2 "
+            "1RECV_F3:0.3 1B2 1SEND_B2:0.2 1F3 1B3 1SEND_B3:0.3",
+        },
+    ),
     # ViT units 0, 1 feed LM unit 0: every RECV its consumer directly followed moves, past SENDs
-    "fan_in": (fan_in({0: "0F0 0F1 2F0 2B0 0B0 0B1", 1: "1F0 1F1 3F0 3B0 1B0 1B1"}), {
-        0: "0F0 0SEND_F0:1.0 2RECV_F0:1.0 2RECV_F0:1.1 0F1 0SEND_F1:1.1 2RECV_B0:3.0 2F0 2SEND_F0:3.0 "
-           "0RECV_B0:1.0 2B0 2SEND_B0:1.0 2SEND_B0:1.1 0RECV_B1:1.1 0B0 0B1",
-        1: "1RECV_F0:0.0 1RECV_F1:0.1 1F0 1SEND_F0:2.0 3RECV_F0:2.0 1F1 1SEND_F1:2.0 3F0 1RECV_B0:2.0 "
-           "3B0 3SEND_B0:2.0 1RECV_B1:2.0 1B0 1SEND_B0:0.0 1B1 1SEND_B1:0.1"}),
+    "fan_in": (
+        fan_in({0: "0F0 0F1 2F0 2B0 0B0 0B1", 1: "1F0 1F1 3F0 3B0 1B0 1B1"}),
+        {
+            0: "0F0 0SEND_F0:1.0 2RECV_F0:1.0 2RECV_F0:1.1 0F1 0SEND_F1:1.1 2RECV_B0:3.0 2F0 2SEND_F0:3.0 "
+            "0RECV_B0:1.0 2B0 2SEND_B0:1.0 2SEND_B0:1.1 0RECV_B1:1.1 0B0 0B1",
+            1: "1RECV_F0:0.0 1RECV_F1:0.1 1F0 1SEND_F0:2.0 3RECV_F0:2.0 1F1 1SEND_F1:2.0 3F0 1RECV_B0:2.0 "
+            "3B0 3SEND_B0:2.0 1RECV_B1:2.0 1B0 1SEND_B0:0.0 1B1 1SEND_B1:0.1",
+        },
+    ),
     # rank 1 runs unit 2 before unit 1: RECV_F2 moves ahead and takes the earlier RECV_F1 from the
     # same peer along (each directed pair keeps its message order)
-    "out_of_order": (linear(2, 3, {0: "0F0 0F1 0F2 0B0 0B1 0B2", 1: "1F0 1F2 1F1 1B0 1B1 1B2"}), {
-        0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 0RECV_B0:1.0 0F2 0SEND_F2:1.2 0RECV_B1:1.1 0B0 0RECV_B2:1.2 "
-           "0B1 0B2",
-        1: "1RECV_F0:0.0 1RECV_F1:0.1 1RECV_F2:0.2 1F0 1F2 1F1 1B0 1SEND_B0:0.0 1B1 1SEND_B1:0.1 1B2 "
-           "1SEND_B2:0.2"}),
+    "out_of_order": (
+        linear(2, 3, {0: "0F0 0F1 0F2 0B0 0B1 0B2", 1: "1F0 1F2 1F1 1B0 1B1 1B2"}),
+        {
+            0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 0RECV_B0:1.0 0F2 0SEND_F2:1.2 0RECV_B1:1.1 0B0 0RECV_B2:1.2 0B1 0B2",
+            1: "1RECV_F0:0.0 1RECV_F1:0.1 1RECV_F2:0.2 1F0 1F2 1F1 1B0 1SEND_B0:0.0 1B1 1SEND_B1:0.1 1B2 1SEND_B2:0.2",
+        },
+    ),
 }
 
 

@@ -1,4 +1,5 @@
 """Online calibration: scaled cost model and the least-squares factors from measured actions."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,8 +29,10 @@ def test_scaled_cost_model_multiplies_forward_and_backward_separately(setup):
     scaled = ScaledCostModel(cm, {("llm", "f"): 2.0, ("llm", "b"): 3.0})
     a, b = cm.chunk_costs(llm, w, 0, 4), scaled.chunk_costs(llm, w, 0, 4)
     assert b.f == pytest.approx(2 * a.f) and b.i == pytest.approx(3 * a.i) and b.w == pytest.approx(3 * a.w)
-    assert scaled.layer_times("vit", work_for(model, model.module("vit"), mb)).f == \
-        cm.layer_times("vit", work_for(model, model.module("vit"), mb)).f
+    assert (
+        scaled.layer_times("vit", work_for(model, model.module("vit"), mb)).f
+        == cm.layer_times("vit", work_for(model, model.module("vit"), mb)).f
+    )
 
 
 def test_fit_separates_modules_of_mixed_chunks():
@@ -39,13 +42,15 @@ def test_fit_separates_modules_of_mixed_chunks():
 
 
 def test_busy_time_runs_to_the_next_compute_action_minus_waits():
-    rows = [ActionTime(Action.parse(a), s, e, w)
-            for a, s, e, w in (("0F0", 0.0, 1.0, 0.2), ("0SEND_F0:1.0", 1.0, 1.5, 0.0), ("0B0", 1.5, 3.0, 0.5))]
+    rows = [
+        ActionTime(Action.parse(a), s, e, w)
+        for a, s, e, w in (("0F0", 0.0, 1.0, 0.2), ("0SEND_F0:1.0", 1.0, 1.5, 0.0), ("0B0", 1.5, 3.0, 0.5))
+    ]
     assert busy_times(rows) == [(Action.parse("0F0"), pytest.approx(1.3)), (Action.parse("0B0"), pytest.approx(1.0))]
 
 
 def test_calibration_recovers_a_uniform_slowdown(setup):
-    model, cm, _, work, sims = setup
+    _model, cm, _, work, sims = setup
     plan, batch = work.plans[0], work.batches[0]
     cal = OnlineCalibration(cm)
     rows = {}
@@ -67,8 +72,23 @@ def test_runtime_factors_are_measured_per_module_kind_and_pass(tmp_path):
     from dip.spec.hardware import get_hardware
 
     out = tmp_path / "cpu-rt.json"
-    assert main(["profile", "--base", "cpu", "--runtime-models", "tiny-vlm", "--runtime-steps", "2",
-                 "--out", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "profile",
+                "--base",
+                "cpu",
+                "--runtime-models",
+                "tiny-vlm",
+                "--runtime-steps",
+                "2",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     hw = get_hardware(str(out))
     assert set(hw.runtime_factors) == {"vit", "decoder"}
     assert all(set(p) == {"f", "b"} and all(0.05 < v < 20 for v in p.values()) for p in hw.runtime_factors.values())

@@ -1,17 +1,18 @@
 """The executor on hand-made plans: local hand-offs, split backward, handler overrides, timeouts."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from dip.data.meta import BatchMeta, MicroBatchMeta
-from model_fixtures import random_batch
 from dip.runtime.spawn import spawn
-from runtime_helpers import reference_grads, run_local_step, separated_plan
 from dip.schedule.ir import Plan, actions, order_from_text
 from dip.schedule.lowering import split_bw
 from dip.schedule.program import Program
 from dip.spec.presets import get_model
+from model_fixtures import random_batch
+from runtime_helpers import reference_grads, run_local_step, separated_plan
 
 
 def _vlm(pp: int = 1):
@@ -39,8 +40,14 @@ def _assert_matches(loss, grads, ref_loss, ref_grads, tol: float = 1e-10):
 def test_same_rank_chunks_hand_over_locally_and_match_the_reference():
     model = _vlm()
     batch = _batch(model)
-    plan = separated_plan(model, batch, {"vit": [(0, 3), (3, 8)], "llm": [(0, 5), (5, 8)]},
-                          {"vit": [0, 0], "llm": [0, 0]}, pp=1, sub_microbatch_sizes={"vit": 1})
+    plan = separated_plan(
+        model,
+        batch,
+        {"vit": [(0, 3), (3, 8)], "llm": [(0, 5), (5, 8)]},
+        {"vit": [0, 0], "llm": [0, 0]},
+        pp=1,
+        sub_microbatch_sizes={"vit": 1},
+    )
     assert len(plan.units["vit"]) > len(batch)  # ViT sub-microbatches fan in to the LM
     loss, grads, res = run_local_step(model, plan, batch)
     assert not any(a.action.op.is_comm for a in res.actions)  # nothing was sent
@@ -50,8 +57,14 @@ def test_same_rank_chunks_hand_over_locally_and_match_the_reference():
 def test_split_backward_matches_full_backward():
     model = get_model("tiny-t2v").with_parallel(pp=1)
     batch = _batch(model, seed=5, microbatches=2)
-    plan = separated_plan(model, batch, {"llm": [(0, 4), (4, 8)], "dit": [(0, 8)]},
-                          {"llm": [0, 0], "dit": [0]}, pp=1, sub_microbatch_sizes={"dit": 1})
+    plan = separated_plan(
+        model,
+        batch,
+        {"llm": [(0, 4), (4, 8)], "dit": [(0, 8)]},
+        {"llm": [0, 0], "dit": [0]},
+        pp=1,
+        sub_microbatch_sizes={"dit": 1},
+    )
     split = Plan(plan.graph, plan.units, plan.flows, split_bw(plan.order), schedule="split")
     assert split.split_backward()
     loss, grads, res = run_local_step(model, split, batch)
@@ -63,8 +76,11 @@ def test_memory_strategies_recompute_without_changing_the_math():
     model = _vlm()
     batch = _batch(model, seed=7, microbatches=2)
     plan = separated_plan(model, batch, {"vit": [(0, 8)], "llm": [(0, 8)]}, {"vit": [0], "llm": [0]}, pp=1)
-    plan.strategies = {(c.id, u.index): ("full", "selective", "none", "offload") * 2
-                       for c in plan.graph.chunks for u in plan.units[c.group]}
+    plan.strategies = {
+        (c.id, u.index): ("full", "selective", "none", "offload") * 2
+        for c in plan.graph.chunks
+        for u in plan.units[c.group]
+    }
     loss, grads, _ = run_local_step(model, plan, batch)
     _assert_matches(loss, grads, *reference_grads(model, batch))
 
@@ -88,6 +104,7 @@ def test_handlers_can_be_overridden():
 
 # --------------------------------------------------------------------------- two processes
 
+
 def _v_placement_rank(rank: int, world: int, mode: str = "world"):
     """ViT on ranks 0 -> 1, LM on ranks 1 -> 0: the ViT -> LM channel is a local hand-off on rank 1.
     ``mode``: ``world`` (default group), ``subgroup`` (transfers on a group of their own, posted with
@@ -103,8 +120,14 @@ def _v_placement_rank(rank: int, world: int, mode: str = "world"):
     dist.init_process_group("gloo", init_method="env://")
     model = _vlm(pp=2)
     batch = _batch(model, seed=11)
-    plan = separated_plan(model, batch, {"vit": [(0, 4), (4, 8)], "llm": [(0, 4), (4, 8)]},
-                          {"vit": [0, 1], "llm": [1, 0]}, pp=2, sub_microbatch_sizes={"vit": 1})
+    plan = separated_plan(
+        model,
+        batch,
+        {"vit": [(0, 4), (4, 8)], "llm": [(0, 4), (4, 8)]},
+        {"vit": [0, 1], "llm": [1, 0]},
+        pp=2,
+        sub_microbatch_sizes={"vit": 1},
+    )
     program = add_send_recv(plan)
     validate_program(plan, program)
     provider = SpecModel(model, 0, "float64")
@@ -125,7 +148,7 @@ def _v_placement_rank(rank: int, world: int, mode: str = "world"):
 def test_cross_module_hand_off_on_one_rank_of_a_v_placement(mode):
     got = spawn(_v_placement_rank, 2, mode, timeout_s=100)
     assert all(ok for ok, _ in got), got
-    (l0, g0, sent0, _), (l1, g1, sent1, _) = [v for _, v in got]
+    (l0, g0, _sent0, _), (l1, g1, sent1, _) = [v for _, v in got]
     # vit chunk 1 (rank 1) feeds llm chunk 2 (rank 1) locally: no message between them
     assert not any(":2." in a for a in sent1 if a.startswith("1SEND_F")), sent1
     model = _vlm(pp=2)
@@ -152,7 +175,7 @@ def _unmatched_recv_rank(rank: int, world: int):
     try:
         ex = Executor(rank, provider, stages, timeout_s=2)
         ex.run_step(ex.prepare(plan, program, batch), step_seed=1, loss_scale=1.0)
-    except Exception as exc:  # noqa: BLE001 - the message is the result
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return "no error"
 

@@ -2,6 +2,7 @@
 
 Each process group runs several trainings back to back (``launch_many``), every one over 3 steps whose
 batches differ (image counts, text lengths, a text-only micro-batch, clip counts)."""
+
 from __future__ import annotations
 
 import os
@@ -55,11 +56,13 @@ def test_float32_gradients_are_allclose_to_the_reference():
 @pytest.mark.timeout(60)
 def test_a_dying_rank_stops_the_others_and_is_named(tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text("import os, sys, time\n"
-                      "if os.environ['RANK'] == '1':\n"
-                      "    sys.stderr.write('boom on purpose\\n'); sys.exit(3)\n"
-                      "time.sleep(60)\n")
-    with pytest.raises(RankFailed, match="rank 1.*boom on purpose"):
+    script.write_text(
+        "import os, sys, time\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    sys.stderr.write('boom on purpose\\n'); sys.exit(3)\n"
+        "time.sleep(60)\n"
+    )
+    with pytest.raises(RankFailed, match=r"rank 1.*boom on purpose"):
         launch(_cfg("tiny-vlm", "1f1b"), worker=[sys.executable, str(script)])
 
 

@@ -1,4 +1,5 @@
 """Plan IR: action text round-trip, fixtures, stage graph helpers."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,8 +33,10 @@ def test_action_list_round_trip(acts: list[Action]):
     assert actions(format_actions(acts)) == acts
 
 
-@pytest.mark.parametrize("text", ["3F1", "12B0", "2I7", "2W7", "7SEND_F2:8.1", "8RECV_F1:7.2",
-                                  "8SEND_B1:7.2", "7RECV_B2:8.1", "3REDUCE_GRAD"])
+@pytest.mark.parametrize(
+    "text",
+    ["3F1", "12B0", "2I7", "2W7", "7SEND_F2:8.1", "8RECV_F1:7.2", "8SEND_B1:7.2", "7RECV_B2:8.1", "3REDUCE_GRAD"],
+)
 def test_every_op_has_a_short_form(text: str):
     assert str(Action.parse(text)) == text
 

@@ -1,29 +1,42 @@
 """Shape plan: tensor specs of every message, from batch metadata."""
+
 from __future__ import annotations
 
 import pytest
-from plan_fixtures import fan_in, fan_out
 
 from dip.data.meta import BatchMeta, MicroBatchMeta
 from dip.schedule.ir import Action, Channel, Chunk, ChunkPart, Plan, StageGraph, Unit, order_from_text
 from dip.schedule.lowering import add_send_recv
-from dip.spec.model import Edge, ModelSpec, ModuleSpec, ParallelSpec
-
 from dip.schedule.shapes import ShapePlan, shape_plan
+from dip.spec.model import Edge, ModelSpec, ModuleSpec, ParallelSpec
+from plan_fixtures import fan_in, fan_out
 
-VIT = ModuleSpec("vit", "vit", layers=2, hidden=8, ffn_hidden=16, heads=2, kv_heads=2, image_size=28,
-                 patch_size=14, spatial_merge=1, out_hidden=16)  # 4 patches and 4 tokens per image
+VIT = ModuleSpec(
+    "vit",
+    "vit",
+    layers=2,
+    hidden=8,
+    ffn_hidden=16,
+    heads=2,
+    kv_heads=2,
+    image_size=28,
+    patch_size=14,
+    spatial_merge=1,
+    out_hidden=16,
+)  # 4 patches and 4 tokens per image
 LLM = ModuleSpec("llm", "decoder", layers=2, hidden=16, ffn_hidden=32, heads=4, kv_heads=2, vocab_size=32)
 VLM = ModelSpec("vlm", (VIT, LLM), (Edge("vit", "llm", "image_embeddings"),), ParallelSpec(pp=2))
 # two samples: 5 text tokens + 3 images, 3 text tokens + 1 image -> LM sequence 17 + 7 = 24 tokens
 VLM_BATCH = BatchMeta((MicroBatchMeta(text_lens=(5, 3), image_counts=(3, 1)),))
 
-ENC = ModuleSpec("llm", "decoder", layers=1, hidden=16, ffn_hidden=32, heads=4, kv_heads=2, vocab_size=32,
-                 lm_head=False)
+ENC = ModuleSpec(
+    "llm", "decoder", layers=1, hidden=16, ffn_hidden=32, heads=4, kv_heads=2, vocab_size=32, lm_head=False
+)
 DIT = ModuleSpec("dit", "dit", layers=2, hidden=8, ffn_hidden=16, heads=2, kv_heads=2, cond_hidden=16)
 T2V = ModelSpec("t2v", (ENC, DIT), (Edge("llm", "dit", "text_conditioning"),), ParallelSpec(pp=2))
-T2V_BATCH = BatchMeta((MicroBatchMeta(text_lens=(5, 3), clip_tokens=(10, 6), clip_seconds=(1.0, 1.0),
-                                      clip_sample=(0, 1)),))
+T2V_BATCH = BatchMeta(
+    (MicroBatchMeta(text_lens=(5, 3), clip_tokens=(10, 6), clip_seconds=(1.0, 1.0), clip_sample=(0, 1)),)
+)
 
 
 def shapes(specs) -> dict[str, tuple[int, ...]]:
@@ -67,8 +80,10 @@ def test_fan_out_lm_to_dit():
 
 
 def test_mixed_chunk_sends_its_last_part():
-    chunks = (Chunk(0, "all", 0, 0, (ChunkPart("vit", 0, 2), ChunkPart("llm", 0, 1))),
-              Chunk(1, "all", 1, 1, (ChunkPart("llm", 1, 2),)))
+    chunks = (
+        Chunk(0, "all", 0, 0, (ChunkPart("vit", 0, 2), ChunkPart("llm", 0, 1))),
+        Chunk(1, "all", 1, 1, (ChunkPart("llm", 1, 2),)),
+    )
     graph = StageGraph(chunks, (Channel(0, 1),), 2)
     plan = Plan(graph, {"all": (Unit("all", 0, 0),)}, (), order_from_text({0: "0F0 0B0", 1: "1F0 1B0"}))
     sp = shape_plan(plan, VLM, VLM_BATCH)

@@ -1,4 +1,5 @@
 """Closed forms with uniform costs, lower bounds on random plans, and a reference simulator."""
+
 import random
 
 import numpy as np
@@ -112,8 +113,14 @@ def random_structure(rng: random.Random):
         if nxt is not None:
             for u in units["model"]:
                 costs.message_bytes[MessageKey(c.id, u.index, nxt, u.index)] = rng.uniform(0, 2e9)
-    topo = Topology(tp=rng.choice([1, 4, 8]), gpus_per_node=8, intra_bw=1e10, intra_latency_s=1e-3,
-                    inter_bw=1e9, inter_latency_s=1e-2)
+    topo = Topology(
+        tp=rng.choice([1, 4, 8]),
+        gpus_per_node=8,
+        intra_bw=1e10,
+        intra_latency_s=1e-3,
+        inter_bw=1e9,
+        inter_latency_s=1e-2,
+    )
     split = rng.random() < 0.5
     return graph, units, costs, topo, split
 
@@ -132,7 +139,7 @@ def test_bounds_and_reference_on_random_plans(seed):
     assert r.lower_bound <= r.iteration_time + 1e-9
     assert 0.0 <= r.bubble_fraction < 1.0
     ref = reference_simulation(tg, order)
-    for rank, rows in r.action_times().items():
+    for _rank, rows in r.action_times().items():
         for a, start, end in rows:
             assert (start, end) == pytest.approx(ref[a])
     assert max(e for _, e in ref.values()) == pytest.approx(r.makespan)

@@ -1,14 +1,14 @@
 """Stage costs from a cost model, multimodal task graphs and the bench entry point."""
+
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from dip.schedule.deps import MessageKey
 from dip.cost import CostModel
 from dip.data.meta import BatchMeta, MicroBatchMeta
 from dip.data.workload import generate_batches
-from dip.schedule.deps import DependencyIndex
+from dip.schedule.deps import DependencyIndex, MessageKey
 from dip.schedule.ir import Action, Chunk, ChunkPart, Op, Plan, StageGraph
 from dip.schedule.units import build_units, chain_channels, module_graph
 from dip.sim import TaskGraph, Topology, list_schedule, simulate, stage_costs
@@ -87,10 +87,12 @@ def test_stage_costs_with_fake_cost_model():
 
 def test_strategies_and_mixed_chunks():
     model = get_model("tiny-vlm")
-    chunks = (Chunk(0, "all", 0, 0, (ChunkPart("vit", 0, 8),)),
-              Chunk(1, "all", 1, 1, (ChunkPart("llm", 0, 2),)),
-              Chunk(2, "all", 2, 0, (ChunkPart("llm", 2, 4), ChunkPart("llm", 4, 8))),
-              Chunk(3, "all", 3, 1, (ChunkPart("llm", 8, 8),)))
+    chunks = (
+        Chunk(0, "all", 0, 0, (ChunkPart("vit", 0, 8),)),
+        Chunk(1, "all", 1, 1, (ChunkPart("llm", 0, 2),)),
+        Chunk(2, "all", 2, 0, (ChunkPart("llm", 2, 4), ChunkPart("llm", 4, 8))),
+        Chunk(3, "all", 3, 1, (ChunkPart("llm", 8, 8),)),
+    )
     graph = StageGraph(chunks, tuple(chain_channels(chunks)), 2)
     units, flows = build_units(model, graph, BATCH)
     assert flows == () and len(units["all"]) == 3
@@ -117,7 +119,7 @@ def test_multimodal_taskgraph_dependencies_and_simulation():
     assert deps.split == split
     assert set(tg.actions) == {a for acts in order.values() for a in acts}
     for t, a in enumerate(tg.actions):
-        preds = {tg.actions[int(p)] for p in tg.pred_idx[tg.pred_ptr[t]:tg.pred_ptr[t + 1]]}
+        preds = {tg.actions[int(p)] for p in tg.pred_idx[tg.pred_ptr[t] : tg.pred_ptr[t + 1]]}
         assert preds == {plan_action(k) for k, _ in deps.inputs(a.chunk, a.op, a.unit)}
     llm_first = tg.task_id(2, Op.F, 0)
     edges = range(tg.pred_ptr[llm_first], tg.pred_ptr[llm_first + 1])
@@ -162,8 +164,24 @@ def test_bench_cli_json(capsys):
 
     from dip.cli.main import main
 
-    assert main(["bench", "sim", "--json", "--model", "tiny-vlm", "--repeats", "2", "--microbatches", "4",
-                 "--segments", "2"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "sim",
+                "--json",
+                "--model",
+                "tiny-vlm",
+                "--repeats",
+                "2",
+                "--microbatches",
+                "4",
+                "--segments",
+                "2",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert {"actions_per_second", "actions", "seconds_per_simulation", "repeats", "plan"} <= set(report)
     assert main(["bench", "sim", "--model", "tiny-vlm", "--segments", "9"]) == 2

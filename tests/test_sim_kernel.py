@@ -1,4 +1,5 @@
 """Hand-checked simulations: exact times, link delays, memory peaks, deadlocks, bad orders."""
+
 import math
 
 import numpy as np
@@ -69,8 +70,8 @@ def test_memory_peaks_gpipe_and_free_at_w():
     assert list(r.peak_activations) == [2, 2]
     assert r.oom == [(1, r.peak_time[1], 108.0)]
     t, mem = r.memory_timeline(0)
-    w0_end = [e for a, _, e in r.action_times()[0] if str(a) == "0W0"][0]
-    i0_end = [e for a, _, e in r.action_times()[0] if str(a) == "0I0"][0]
+    w0_end = next(e for a, _, e in r.action_times()[0] if str(a) == "0W0")
+    i0_end = next(e for a, _, e in r.action_times()[0] if str(a) == "0I0")
     assert mem[np.searchsorted(t, i0_end, side="right") - 1] == 108.0  # still held after I
     assert mem[np.searchsorted(t, w0_end, side="right") - 1] == 105.0  # freed at W
 

@@ -1,4 +1,5 @@
 """Parameter counts from the architecture formulas."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,8 +33,19 @@ def test_decoder_parts_by_hand():
 
 
 def test_vit_parts_by_hand():
-    m = ModuleSpec("v", "vit", layers=1, hidden=8, ffn_hidden=32, heads=2, kv_heads=2,
-                   image_size=28, patch_size=14, spatial_merge=2, out_hidden=12)
+    m = ModuleSpec(
+        "v",
+        "vit",
+        layers=1,
+        hidden=8,
+        ffn_hidden=32,
+        heads=2,
+        kv_heads=2,
+        image_size=28,
+        patch_size=14,
+        spatial_merge=2,
+        out_hidden=12,
+    )
     assert pre_params(m) == 3 * 14 * 14 * 8 + 8
     qkv = 8 * 24 + 16  # q and v biases, no key bias
     assert layer_params(m) == 4 * 8 + qkv + (8 * 8 + 8) + (8 * 32 + 32) + (32 * 8 + 8)
@@ -41,8 +53,19 @@ def test_vit_parts_by_hand():
 
 
 def test_dit_parts_by_hand():
-    m = ModuleSpec("t", "dit", layers=1, hidden=8, ffn_hidden=16, heads=2, kv_heads=2,
-                   cond_hidden=6, latent_channels=4, patch_t=1, patch_hw=2)
+    m = ModuleSpec(
+        "t",
+        "dit",
+        layers=1,
+        hidden=8,
+        ffn_hidden=16,
+        heads=2,
+        kv_heads=2,
+        cond_hidden=6,
+        latent_channels=4,
+        patch_t=1,
+        patch_hw=2,
+    )
     attn = (8 * 8 + 8) * 4 - 8  # no key bias
     assert layer_params(m) == 6 * 8 + 2 * attn + (8 * 16 + 16) + (16 * 8 + 8)
     assert pre_params(m) == (16 * 8 + 8) + (6 * 8 + 8) + (256 * 8 + 8) + (8 * 8 + 8) + (8 * 48 + 48)
@@ -57,6 +80,7 @@ def test_vit_5b_is_about_4_3b_and_merger_is_small():
 
 def test_module_params_sum_to_model_params():
     from dip.spec import model_params
+
     for name in ("VLM-M", "T2V-L", "tiny-t2v"):
         model = get_model(name)
         assert model_params(model) == sum(module_params(m) for m in model.modules)

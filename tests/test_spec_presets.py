@@ -1,4 +1,5 @@
 """Model presets, lookup, validation and model files."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,22 @@ def test_tiny_models_are_small_and_exact():
     vlm, t2v = get_model("tiny-vlm"), get_model("tiny-t2v")
     assert model_params(vlm) < 10e6 and model_params(t2v) < 10e6
     vit, llm = vlm.module("vit"), vlm.module("llm")
-    assert (vit.layers, vit.hidden, vit.ffn_hidden, vit.heads, vit.patches_per_image, vit.tokens_per_image) == (8, 128, 512, 4, 16, 4)
-    assert (llm.layers, llm.hidden, llm.ffn_hidden, llm.heads, llm.kv_heads, llm.vocab_size) == (8, 192, 512, 6, 2, 1024)
+    assert (vit.layers, vit.hidden, vit.ffn_hidden, vit.heads, vit.patches_per_image, vit.tokens_per_image) == (
+        8,
+        128,
+        512,
+        4,
+        16,
+        4,
+    )
+    assert (llm.layers, llm.hidden, llm.ffn_hidden, llm.heads, llm.kv_heads, llm.vocab_size) == (
+        8,
+        192,
+        512,
+        6,
+        2,
+        1024,
+    )
     assert vit.out_hidden == 192 and vlm.context_length == 256 and vlm.max_images_per_microbatch == 8
     enc, dit = t2v.module("llm"), t2v.module("dit")
     assert (enc.hidden, enc.ffn_hidden, enc.kv_heads, enc.lm_head) == (128, 384, 2, False)
@@ -69,9 +84,19 @@ def test_paper_shapes():
 
 
 def test_table3_and_table6_parallel():
-    expect = {"VLM-S": (4, 4, 1), "VLM-M": (8, 4, 1), "VLM-L": (8, 8, 1), "T2V-S": (4, 4, 1),
-              "T2V-L": (8, 8, 1), "VLM-XL-8k": (8, 8, 128), "VLM-XL-16k": (8, 16, 128),
-              "T2V-XL-3k": (8, 4, 96), "T2V-XL-6k": (8, 8, 96), "LM-7B": (2, 4, 1), "VLM-7B": (2, 4, 1)}
+    expect = {
+        "VLM-S": (4, 4, 1),
+        "VLM-M": (8, 4, 1),
+        "VLM-L": (8, 8, 1),
+        "T2V-S": (4, 4, 1),
+        "T2V-L": (8, 8, 1),
+        "VLM-XL-8k": (8, 8, 128),
+        "VLM-XL-16k": (8, 16, 128),
+        "T2V-XL-3k": (8, 4, 96),
+        "T2V-XL-6k": (8, 8, 96),
+        "LM-7B": (2, 4, 1),
+        "VLM-7B": (2, 4, 1),
+    }
     for name, (tp, pp, dp) in expect.items():
         p = get_model(name).parallel
         assert (p.tp, p.pp, p.dp) == (tp, pp, dp), name
@@ -103,13 +128,16 @@ def test_unknown_model_lists_names():
     assert list_model_names()[0] == "VLM-S"
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"tp": 7}, "tp 7 does not divide the 16 attention heads of module vit (ViT-5B)"),
-    ({"tp": 0}, "tp must be an integer >= 1"),
-    ({"dp": -1}, "dp must be an integer >= 1"),
-    ({"pp": 64}, "63 layers, fewer than its 64 pipeline chunks"),
-    ({"tp": 16}, "tp 16 does not divide the 8 key/value heads of module llm (Llama3-8B)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"tp": 7}, "tp 7 does not divide the 16 attention heads of module vit (ViT-5B)"),
+        ({"tp": 0}, "tp must be an integer >= 1"),
+        ({"dp": -1}, "dp must be an integer >= 1"),
+        ({"pp": 64}, "63 layers, fewer than its 64 pipeline chunks"),
+        ({"tp": 16}, "tp 16 does not divide the 8 key/value heads of module llm (Llama3-8B)"),
+    ],
+)
 def test_parallel_rules(kwargs, fragment):
     with pytest.raises(BadInput, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         with_overrides(get_model("VLM-S"), **kwargs)
@@ -163,21 +191,30 @@ def test_minimal_model_file_uses_presets_and_infers_edges(tmp_path):
     assert model.parallel.segments_for("llm") == 2
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("name: x\nmodules: []\n", "modules must be a non-empty list"),
-    ("name: x\nmodules:\n  - {name: a, preset: ViT-5B, colour: red}\n", "unknown key 'colour' in module #1"),
-    ("name: x\nmodules:\n  - {name: a, kind: decoder, layers: 2}\n", "needs a preset or the fields hidden"),
-    ("name: x\nmodules:\n  - {name: a, preset: Llama3-8B, layers: two}\n", "layers of module 'a' must be an int"),
-    ("name: x\nmodules:\n  - {name: a, preset: Llama3-99B}\n", "unknown module preset 'Llama3-99B'"),
-    ("name: x\nmodules:\n  - {name: a, preset: Llama3-8B}\nparallel: {tp: 3}\n", "tp 3 does not divide"),
-    ("name: x\nmodules:\n  - {name: a, preset: Llama3-8B}\nedges:\n  - {src: a, dst: b, kind: image_embeddings}\n",
-     "unknown edge endpoint 'b'"),
-    ("name: x\nmodules:\n  - {name: a, preset: Llama3-8B}\n  - {name: v, preset: ViT-5B}\n"
-     "edges:\n  - {src: v, dst: a, kind: image_embeddings}\n", "topological order"),
-    ("name: x\nmodules:\n  - {name: a, preset: Llama3-8B, heads: 30}\n", "not divisible by its 30 attention heads"),
-    ("name: x\nworkload: audio\nmodules:\n  - {name: a, preset: Llama3-8B}\n", "unknown workload 'audio'"),
-    ("name: [unclosed\n", "cannot be parsed"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("name: x\nmodules: []\n", "modules must be a non-empty list"),
+        ("name: x\nmodules:\n  - {name: a, preset: ViT-5B, colour: red}\n", "unknown key 'colour' in module #1"),
+        ("name: x\nmodules:\n  - {name: a, kind: decoder, layers: 2}\n", "needs a preset or the fields hidden"),
+        ("name: x\nmodules:\n  - {name: a, preset: Llama3-8B, layers: two}\n", "layers of module 'a' must be an int"),
+        ("name: x\nmodules:\n  - {name: a, preset: Llama3-99B}\n", "unknown module preset 'Llama3-99B'"),
+        ("name: x\nmodules:\n  - {name: a, preset: Llama3-8B}\nparallel: {tp: 3}\n", "tp 3 does not divide"),
+        (
+            "name: x\nmodules:\n  - {name: a, preset: Llama3-8B}\n"
+            "edges:\n  - {src: a, dst: b, kind: image_embeddings}\n",
+            "unknown edge endpoint 'b'",
+        ),
+        (
+            "name: x\nmodules:\n  - {name: a, preset: Llama3-8B}\n  - {name: v, preset: ViT-5B}\n"
+            "edges:\n  - {src: v, dst: a, kind: image_embeddings}\n",
+            "topological order",
+        ),
+        ("name: x\nmodules:\n  - {name: a, preset: Llama3-8B, heads: 30}\n", "not divisible by its 30 attention heads"),
+        ("name: x\nworkload: audio\nmodules:\n  - {name: a, preset: Llama3-8B}\n", "unknown workload 'audio'"),
+        ("name: [unclosed\n", "cannot be parsed"),
+    ],
+)
 def test_bad_model_files(tmp_path, text, fragment):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -191,8 +228,9 @@ def test_missing_model_file():
 
 
 def test_cli_models_json():
-    out = subprocess.run([sys.executable, "-m", "dip.cli.main", "models", "--json"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "dip.cli.main", "models", "--json"], capture_output=True, text=True, check=True
+    ).stdout
     data = json.loads(out)
     rows = {r["name"]: r for r in data["models"]}
     assert set(rows) == set(list_model_names())
@@ -204,6 +242,7 @@ def test_cli_models_json():
 
 
 def test_cli_models_table():
-    out = subprocess.run([sys.executable, "-m", "dip.cli.main", "models"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "dip.cli.main", "models"], capture_output=True, text=True, check=True
+    ).stdout
     assert "VLM-S" in out and "ViT-5B" in out and "tiny-t2v" in out

@@ -1,4 +1,5 @@
 """Validator: positive cases and one negative case per rule, each naming rank, step and action."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -6,13 +7,13 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from plan_fixtures import fan_in, fan_out, linear, random_order
 
 from dip.schedule.errors import ScheduleError, format_grid
 from dip.schedule.ir import Action, order_from_text
 from dip.schedule.lowering import add_send_recv, defer_recvs
 from dip.schedule.program import Program
 from dip.schedule.validate import check_deadlock, validate_plan, validate_program
+from plan_fixtures import fan_in, fan_out, linear, random_order
 
 LIN = linear(2, 2, {0: "0F0 0F1 0B0 0B1", 1: "1F0 1B0 1F1 1B1"})
 FAN_IN = fan_in({0: "0F0 0F1 2F0 2B0 0B0 0B1", 1: "1F0 1F1 3F0 3B0 1B0 1B1"})
@@ -97,6 +98,7 @@ def test_reduce_grad_rules():
 
 # --------------------------------------------------------------------------- programs
 
+
 def test_lowered_programs_pass_every_comm_model():
     for plan in (LIN, FAN_IN):
         for prog in (add_send_recv(plan), add_send_recv(plan, "late"), defer_recvs(add_send_recv(plan))):
@@ -150,16 +152,18 @@ DEADLOCK_PLAN = linear(2, 3, {0: "0F0 0F1 0F2 0B0 0B1 0B2", 1: "1F0 1I0 1W0 1F1 
 DEADLOCK_ROWS = {
     0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 0F2 0RECV_B0:1.0 0SEND_F2:1.2 0B0 0RECV_B1:1.1 0B1 0RECV_B2:1.2 0B2",
     1: "1RECV_F0:0.0 1F0 1I0 1SEND_B0:0.0 1W0 1RECV_F1:0.1 1F1 1I1 1SEND_B1:0.1 1W1 1RECV_F2:0.2 1F2 1I2 "
-       "1SEND_B2:0.2 1W2",
+    "1SEND_B2:0.2 1W2",
 }
 
 
 def test_deadlock_names_the_cycle():
     e = program_error(DEADLOCK_PLAN, DEADLOCK_ROWS)
     assert e.reason.startswith("deadlock, cyclic wait rank 0 -> rank 1 -> rank 0: ")
-    assert ("rank 0 blocks at step 7 (0B0) until its batch with 0RECV_B0:1.0 completes: queued behind the "
-            "unfinished batch at step 3, 0SEND_F1:1.1 (step 3) waits for 1RECV_F1:0.1 (rank 1 step 5), queued "
-            "behind rank 1's unfinished batch at step 3") in e.reason
+    assert (
+        "rank 0 blocks at step 7 (0B0) until its batch with 0RECV_B0:1.0 completes: queued behind the "
+        "unfinished batch at step 3, 0SEND_F1:1.1 (step 3) waits for 1RECV_F1:0.1 (rank 1 step 5), queued "
+        "behind rank 1's unfinished batch at step 3"
+    ) in e.reason
     assert "rank 1 blocks at step 6 (1F1)" in e.reason and "1SEND_B0:0.0 (step 3)" in e.reason
     assert (e.rank, e.step, str(e.action)) == (0, 7, "0B0")
 
@@ -177,9 +181,15 @@ def test_deadlock_depends_on_the_communicator_model():
 
 def test_batched_send_and_recv_do_not_deadlock():
     # the same two SEND/RECV pairs issued as one batch per rank are matched together
-    prog = Program.build(LIN.graph, order_from_text({
-        0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
-        1: "1RECV_F0:0.0 1F0 1B0 1SEND_B0:0.0 1RECV_F1:0.1 1F1 1B1 1SEND_B1:0.1"}))
+    prog = Program.build(
+        LIN.graph,
+        order_from_text(
+            {
+                0: "0F0 0SEND_F0:1.0 0F1 0SEND_F1:1.1 0RECV_B0:1.0 0B0 0RECV_B1:1.1 0B1",
+                1: "1RECV_F0:0.0 1F0 1B0 1SEND_B0:0.0 1RECV_F1:0.1 1F1 1B1 1SEND_B1:0.1",
+            }
+        ),
+    )
     check_deadlock(prog, "rank")
 
 
@@ -204,9 +214,15 @@ def test_format_grid_marks_cell_and_row():
     assert lines[2].endswith("[1B0]  <-- ERROR: why")
 
 
-TEMPLATES = [linear(2, 3, {}), linear(3, 4, {}, chunks_per_rank=2), linear(2, 3, {}, chunks_per_rank=2, style="v"),
-             linear(4, 4, {}, chunks_per_rank=2, style="v"), fan_in({}), fan_in({}, vit_ranks=(0,), llm_ranks=(0, 1)),
-             fan_out({})]
+TEMPLATES = [
+    linear(2, 3, {}),
+    linear(3, 4, {}, chunks_per_rank=2),
+    linear(2, 3, {}, chunks_per_rank=2, style="v"),
+    linear(4, 4, {}, chunks_per_rank=2, style="v"),
+    fan_in({}),
+    fan_in({}, vit_ranks=(0,), llm_ranks=(0, 1)),
+    fan_out({}),
+]
 
 
 @settings(max_examples=80, deadline=None)

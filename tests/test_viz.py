@@ -1,7 +1,6 @@
 """Trace JSON and Gantt PNG of simulated plans."""
-import json
 
-from test_sim_costs import BATCH, FakeCostModel
+import json
 
 from dip.schedule.deps import MessageKey
 from dip.schedule.ir import Plan, order_from_text
@@ -9,6 +8,7 @@ from dip.schedule.units import build_units, linear_stage_graph, module_graph, un
 from dip.sim import TaskGraph, Topology, list_schedule, simulate, stage_costs, uniform_stage_costs
 from dip.spec import get_model
 from dip.viz import write_chrome_trace, write_gantt_png
+from test_sim_costs import BATCH, FakeCostModel
 
 
 def linear_result():

@@ -1,4 +1,5 @@
 """The HTML schedule viewer: data extraction, ``dip viz`` and the page in headless Chromium."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sim_costs import BATCH, FakeCostModel
 
 from dip.cli.main import main
 from dip.errors import BadInput
@@ -21,10 +21,19 @@ from dip.sim import TaskGraph, list_schedule, simulate, stage_costs
 from dip.spec import get_model
 from dip.viz.html import build_viewer, read_trace
 from dip.viz.trace import write_chrome_trace
+from test_sim_costs import BATCH, FakeCostModel
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,900")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,900",
+)
 
 
 # -- traces ---------------------------------------------------------------------------------------
@@ -82,12 +91,23 @@ def synthetic_trace(per_rank: list[int], *, measured: bool = False, name: str = 
             events.append({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": label}})
             for k in range(n):
                 op = "FBW"[k % 3]
-                events.append({"ph": "X", "name": f"{name} {op} mb{k}", "cat": op, "pid": pid, "tid": 0,
-                               "ts": 10.0 * k, "dur": 9.0 if series != "measured" else 9.5,
-                               "args": {"module": name, "chunk": r, "unit": k, "mb": k, "op": op}})
+                events.append(
+                    {
+                        "ph": "X",
+                        "name": f"{name} {op} mb{k}",
+                        "cat": op,
+                        "pid": pid,
+                        "tid": 0,
+                        "ts": 10.0 * k,
+                        "dur": 9.0 if series != "measured" else 9.5,
+                        "args": {"module": name, "chunk": r, "unit": k, "mb": k, "op": op},
+                    }
+                )
             if series != "measured":
-                events += [{"ph": "C", "name": "memory", "pid": pid, "ts": 10.0 * k, "args": {"GiB": 1.0 + k % 5}}
-                           for k in range(n)]
+                events += [
+                    {"ph": "C", "name": "memory", "pid": pid, "ts": 10.0 * k, "args": {"GiB": 1.0 + k % 5}}
+                    for k in range(n)
+                ]
     return {"traceEvents": events, "otherData": {"generator": "dip", "label": "plan", "schedule": "synthetic"}}
 
 
@@ -107,8 +127,9 @@ def test_bars_per_rank_equal_the_compute_slices(traces):
     assert sum(per_pid.values()) == plan.num_actions()
     first = next(e for e in doc["traceEvents"] if e["ph"] == "X")
     bar = next(b for b in view.lanes[("plan", first["pid"])].bars if b.start_s == first["ts"] * 1e-6)
-    assert (bar.module, bar.op, bar.chunk, bar.unit, bar.mb) == tuple(first["args"][k] for k in
-                                                                      ("module", "op", "chunk", "unit", "mb"))
+    assert (bar.module, bar.op, bar.chunk, bar.unit, bar.mb) == tuple(
+        first["args"][k] for k in ("module", "op", "chunk", "unit", "mb")
+    )
     assert bar.dur_s == pytest.approx(first["dur"] * 1e-6) and bar.act_bytes == first["args"]["act_bytes"]
     times = [t for t, _ in view.lanes[("plan", 0)].memory]
     assert times == sorted(times)
@@ -134,7 +155,8 @@ def test_train_trace_has_planned_and_measured_lanes(traces):
         assert planned.memory and not measured.memory  # the runtime measures times, not memory
         assert all(b.act_bytes is not None for b in measured.bars)
         assert max(b.start_s + b.dur_s for b in measured.bars) == pytest.approx(
-            1.25 * max(b.start_s + b.dur_s for b in planned.bars))
+            1.25 * max(b.start_s + b.dur_s for b in planned.bars)
+        )
 
 
 def test_page_embeds_every_bar_and_memory_point(traces):
@@ -154,25 +176,34 @@ def test_page_embeds_every_bar_and_memory_point(traces):
 
 
 def test_two_inputs_planned_vs_measured(traces):
-    d, plan = traces
-    page = build_viewer(trace=load(d / "plan.json"), source="plan.json",
-                        measured=load(d / "train.json"), measured_source="train.json")
+    d, _plan = traces
+    page = build_viewer(
+        trace=load(d / "plan.json"), source="plan.json", measured=load(d / "train.json"), measured_source="train.json"
+    )
     assert [s.name for s in page.series] == ["plan", "measured"]
     data = page_data(page.html)
     assert sorted((lane["rank"], lane["series"]) for lane in data["lanes"]) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     measured_lanes = [lane for lane in data["lanes"] if lane["series"] == 1]
     assert all(not lane["mem"]["t"] for lane in measured_lanes)
     # Two plans: both kept, told apart by file name.
-    page = build_viewer(trace=load(d / "plan.json"), source="a/plan.json", measured=load(d / "plan.json"),
-                        measured_source="b/other.json")
+    page = build_viewer(
+        trace=load(d / "plan.json"),
+        source="a/plan.json",
+        measured=load(d / "plan.json"),
+        measured_source="b/other.json",
+    )
     assert [s.name for s in page.series] == ["plan (plan.json)", "plan (other.json)"]
 
 
 def test_two_inputs_must_have_the_same_ranks(traces):
     d, _ = traces
     with pytest.raises(BadInput, match=r"other\.json has 3 ranks but plan\.json has 2"):
-        build_viewer(trace=load(d / "plan.json"), source="plan.json",
-                     measured=synthetic_trace([2, 2, 2]), measured_source="other.json")
+        build_viewer(
+            trace=load(d / "plan.json"),
+            source="plan.json",
+            measured=synthetic_trace([2, 2, 2]),
+            measured_source="other.json",
+        )
 
 
 def test_markup_in_names_cannot_break_the_page():
@@ -183,18 +214,44 @@ def test_markup_in_names_cannot_break_the_page():
     assert page_data(page.html)["modules"] == ["</script><script>alert(1)</script>"]
 
 
-@pytest.mark.parametrize("doc, words", [
-    ([1, 2], "traceEvents"),
-    ({"traceEvents": []}, "rank N"),
-    ({"traceEvents": [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "python3"}},
-                      {"ph": "X", "name": "aten::mm", "pid": 1, "ts": 0, "dur": 3}]}, "rank N"),
-    ({"traceEvents": [{"ph": "M", "name": "process_name", "pid": 0, "args": {"name": "rank 0"}},
-                      {"ph": "X", "name": "f", "pid": 0, "ts": 0, "dur": 3, "args": {"module": "llm"}}]},
-     "lacks args op, chunk, unit, mb"),
-    ({"traceEvents": [{"ph": "M", "name": "process_name", "pid": 0, "args": {"name": "rank 0"}},
-                      {"ph": "X", "name": "f", "pid": 7, "ts": 0, "dur": 3}]}, "process 7"),
-    ({"traceEvents": [{"ph": "M", "name": "process_name", "pid": 0, "args": {"name": "rank 0"}}]}, "no compute slices"),
-])
+@pytest.mark.parametrize(
+    "doc, words",
+    [
+        ([1, 2], "traceEvents"),
+        ({"traceEvents": []}, "rank N"),
+        (
+            {
+                "traceEvents": [
+                    {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "python3"}},
+                    {"ph": "X", "name": "aten::mm", "pid": 1, "ts": 0, "dur": 3},
+                ]
+            },
+            "rank N",
+        ),
+        (
+            {
+                "traceEvents": [
+                    {"ph": "M", "name": "process_name", "pid": 0, "args": {"name": "rank 0"}},
+                    {"ph": "X", "name": "f", "pid": 0, "ts": 0, "dur": 3, "args": {"module": "llm"}},
+                ]
+            },
+            "lacks args op, chunk, unit, mb",
+        ),
+        (
+            {
+                "traceEvents": [
+                    {"ph": "M", "name": "process_name", "pid": 0, "args": {"name": "rank 0"}},
+                    {"ph": "X", "name": "f", "pid": 7, "ts": 0, "dur": 3},
+                ]
+            },
+            "process 7",
+        ),
+        (
+            {"traceEvents": [{"ph": "M", "name": "process_name", "pid": 0, "args": {"name": "rank 0"}}]},
+            "no compute slices",
+        ),
+    ],
+)
 def test_not_a_dip_trace(doc, words):
     with pytest.raises(BadInput, match=re.escape(words)) as err:
         read_trace(doc, source="odd.json")
@@ -248,8 +305,10 @@ def test_cli_writes_the_page(traces, capsys, tmp_path):
 
 def test_cli_on_a_simulated_vlm(capsys, tmp_path):
     trace, out = tmp_path / "t.json", tmp_path / "t.html"
-    assert main(["simulate", "--model", "VLM-S", "--schedule", "1f1b", "--batches", "1", "--trace", str(trace),
-                 "--json"]) == 0
+    assert (
+        main(["simulate", "--model", "VLM-S", "--schedule", "1f1b", "--batches", "1", "--trace", str(trace), "--json"])
+        == 0
+    )
     capsys.readouterr()
     rc, stdout, _ = run_viz(capsys, trace, "--out", out, "--json")
     assert rc == 0 and out.stat().st_size > 1000
@@ -281,7 +340,7 @@ def bad_cases(tmp_path, good: str) -> list[tuple[list[str], str]]:
 def test_cli_bad_inputs_are_one_line(traces, capsys, tmp_path):
     d, _ = traces
     for args, words in bad_cases(tmp_path, str(d / "plan.json")):
-        rc, stdout, err = run_viz(capsys, *args)
+        rc, _stdout, err = run_viz(capsys, *args)
         assert rc == 2, args
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         assert words in err, (words, err)
@@ -301,9 +360,11 @@ def find_browser() -> tuple[str, str]:
     driver = os.environ.get("DIP_CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
     missing = [p for p in (browser, driver) if not os.access(p, os.X_OK)]
     if missing:
-        pytest.fail(f"headless Chromium not found ({', '.join(missing)}): install Debian's packages with "
-                    f"'apt-get install -y chromium chromium-driver' (scripts/setup.sh does it when run as root)",
-                    pytrace=False)
+        pytest.fail(
+            f"headless Chromium not found ({', '.join(missing)}): install Debian's packages with "
+            f"'apt-get install -y chromium chromium-driver' (scripts/setup.sh does it when run as root)",
+            pytrace=False,
+        )
     return browser, driver
 
 

@@ -1,4 +1,5 @@
 """Shared helpers of the training tests (CPU and CUDA): configs and the comparison with plain training."""
+
 from __future__ import annotations
 
 from dip.runtime.trainer import TrainConfig

@@ -1,4 +1,5 @@
 """``python -m dip``: the same as the ``dip`` command."""
+
 import sys
 
 from dip.cli.main import main

@@ -1,4 +1,5 @@
 """Errors the CLI turns into one-line messages with exit code 2."""
+
 from __future__ import annotations
 
 

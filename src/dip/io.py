@@ -1,5 +1,6 @@
 """Small file and output helpers shared by every layer: one JSON object on stdout, output paths
 checked before any work, and files written atomically (nothing half-written is ever left behind)."""
+
 from __future__ import annotations
 
 import json

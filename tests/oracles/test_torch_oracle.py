@@ -3,12 +3,15 @@
 Private torch functions are imported here only. Linear-chain plans are exported to torch ``_Action``s
 and checked with torch's validator and comms simulator; our lowering is compared with torch's.
 """
+
 from __future__ import annotations
 
 import csv
 import warnings
 
 import pytest
+from torch.distributed.pipelining import _schedule_visualizer as visualizer
+from torch.distributed.pipelining import schedules
 
 from dip.schedule.export import to_torch_actions, to_torch_csv, to_torch_rows
 from dip.schedule.ir import Action, Chunk, ChunkPart, Plan, StageGraph, order_from_text
@@ -16,9 +19,6 @@ from dip.schedule.lowering import add_send_recv, defer_recvs
 from dip.schedule.program import Program
 from dip.schedule.units import chain_channels, uniform_units
 from dip.schedule.validate import validate_plan, validate_program
-
-from torch.distributed.pipelining import schedules
-from torch.distributed.pipelining import _schedule_visualizer as visualizer
 
 
 def gpipe(pp: int, m: int) -> dict[int, str]:
@@ -81,8 +81,11 @@ LINEAR = {
     "1f1b_4x8": plan_of(one_f_one_b(4, 8), 4, 8),
     "1f1b_3x2": plan_of(one_f_one_b(3, 2), 3, 2),
     "1f1b_split_4x6": plan_of(one_f_one_b(4, 6, split=True), 4, 6),
-    "v_2x2": plan_of({0: "0F0 0F1 3F0 3I0 3F1 3I1 0I0 3W0 0I1 3W1 0W0 0W1",
-                      1: "1F0 2F0 1F1 2F1 2I0 1I0 2I1 1I1 2W0 2W1 1W0 1W1"}, 2, 2),
+    "v_2x2": plan_of(
+        {0: "0F0 0F1 3F0 3I0 3F1 3I1 0I0 3W0 0I1 3W1 0W0 0W1", 1: "1F0 2F0 1F1 2F1 2I0 1I0 2I1 1I1 2W0 2W1 1W0 1W1"},
+        2,
+        2,
+    ),
 }
 
 
@@ -93,9 +96,11 @@ def test_exported_plans_pass_torch_validator_and_simulator(name: str):
     check_with_torch(plan)
 
 
-TORCH_GRID = [(name, pp, m, 1 if name == "GPipe" else 2)
-              for name in ("GPipe", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble", "ZBVZeroBubble")
-              for pp, m in ((2, 4), (4, 8), (3, 6))]
+TORCH_GRID = [
+    (name, pp, m, 1 if name == "GPipe" else 2)
+    for name in ("GPipe", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble", "ZBVZeroBubble")
+    for pp, m in ((2, 4), (4, 8), (3, 6))
+]
 
 
 @pytest.mark.parametrize("name,pp,m,spr", TORCH_GRID)
@@ -112,7 +117,9 @@ def test_lowering_matches_torch_on_its_schedules(name: str, pp: int, m: int, spr
     validate_program(plan, stream, "rank")
     schedules._simulate_comms_compute(
         {r: [schedules._Action.from_str(s) for s in row] for r, row in strip_peers(stream).items()},
-        lambda s: s2r[s], len(s2r))
+        lambda s: s2r[s],
+        len(s2r),
+    )
 
 
 @pytest.mark.parametrize("name,pp,m", [("Interleaved1F1B", 4, 8), ("LoopedBFS", 2, 4), ("ZBVZeroBubble", 2, 4)])
@@ -120,7 +127,8 @@ def test_defer_parity_vs_torch(name: str, pp: int, m: int):
     plan = torch_schedule(name, pp, m, 2)
     s2r = plan.graph.stage_to_rank()
     theirs = schedules._defer_recv_ops(
-        schedules._add_send_recv(to_torch_actions(plan), lambda s: s2r[s], len(s2r)), lambda s: s2r[s])
+        schedules._add_send_recv(to_torch_actions(plan), lambda s: s2r[s], len(s2r)), lambda s: s2r[s]
+    )
     ours = defer_recvs(add_send_recv(plan), "parity")
     validate_program(plan, ours, "edge")
     if name != "ZBVZeroBubble":

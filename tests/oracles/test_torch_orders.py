@@ -1,12 +1,12 @@
 """Baseline orders against torch.distributed.pipelining's schedule IR (built with mock stages)."""
+
 from __future__ import annotations
 
 import pytest
-
 import torch
 from torch.distributed.pipelining import schedules
 
-from dip.schedule.baselines import build_uniform_plan  # noqa: E402
+from dip.schedule.baselines import build_uniform_plan
 
 
 class MockStage:

@@ -1,6 +1,7 @@
 """Measuring the runtime factors and per-action overheads of a CPU (or GPU) calibration file: the
 executor runs real steps, every compute action's busy time is compared with the cost model's, and a
 non-negative least-squares fit gives one factor per module kind and pass (``dip profile --runtime``)."""
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,9 @@ logger = logging.getLogger(__name__)
 PRIOR_WEIGHT = 2.0  # of the runtime-factor fit's priors, in relative-error units
 
 
-def measure_runtime_factors(hardware: str, models: Sequence[str], steps: int = 6, seed: int = 1,
-                            schedules: Sequence[str] = ("dip", "1f1b")) -> tuple[dict, dict, dict]:
+def measure_runtime_factors(
+    hardware: str, models: Sequence[str], steps: int = 6, seed: int = 1, schedules: Sequence[str] = ("dip", "1f1b")
+) -> tuple[dict, dict, dict]:
     """Runtime factors and per-action overheads for the calibration file ``hardware``.
 
     The executor runs ``schedules`` on each model (2 local processes,
@@ -38,8 +40,13 @@ def measure_runtime_factors(hardware: str, models: Sequence[str], steps: int = 6
         obs += [o for r in res.values() for o in r["observations"]]
     factors: dict[str, dict[str, float]] = {}
     overhead: dict[str, float] = {}
-    report: dict[str, Any] = {"models": list(models), "steps": steps, "schedules": list(schedules),
-                              "online_factors": online, "actions": {}}
+    report: dict[str, Any] = {
+        "models": list(models),
+        "steps": steps,
+        "schedules": list(schedules),
+        "online_factors": online,
+        "actions": {},
+    }
     for pass_ in ("f", "b"):
         rows = [(base, busy) for p, base, busy in obs if p == pass_ and base]
         if not rows:
@@ -51,14 +58,16 @@ def measure_runtime_factors(hardware: str, models: Sequence[str], steps: int = 6
         # weak priors (factor 1, overhead 0 relative to a median action) keep the fit well posed when
         # the data cannot tell a module's factor from the overhead
         prior = np.diag([PRIOR_WEIGHT] * len(kinds) + [PRIOR_WEIGHT / float(np.median(y))])
-        x, _ = nnls(np.vstack([a * w[:, None], prior]),
-                    np.concatenate([y * w, [PRIOR_WEIGHT] * len(kinds) + [0.0]]))
+        x, _ = nnls(np.vstack([a * w[:, None], prior]), np.concatenate([y * w, [PRIOR_WEIGHT] * len(kinds) + [0.0]]))
         for k, v in zip(kinds, x[:-1]):
             if v > 0:
                 factors.setdefault(k, {})[pass_] = round(float(v), 4)
         overhead[pass_] = float(x[-1])
         before = np.median(np.abs(a[:, :-1].sum(axis=1) - y) / y)
         after = np.median(np.abs(a @ x - y) / y)
-        report["actions"][pass_] = {"count": len(rows), "median_rel_err_before": float(before),
-                                    "median_rel_err_after": float(after)}
+        report["actions"][pass_] = {
+            "count": len(rows),
+            "median_rel_err_before": float(before),
+            "median_rel_err_after": float(after),
+        }
     return factors, overhead, report

@@ -7,6 +7,7 @@ rank 0 keeps an online calibration (:mod:`dip.runtime.calibrate`) fed by that sc
 actions, and records each step's predicted time (corrected by earlier steps) and the prediction of the
 shipped calibration alone.
 """
+
 from __future__ import annotations
 
 import time
@@ -27,8 +28,9 @@ from dip.spec.presets import load_model
 __all__ = ["compare_rank", "compare_schedules"]
 
 
-def _timed_run(runner: StepRunner, work, rank: int, world: int, provider, step: int,
-               timeout_s: float) -> tuple[float, list[list[ActionTime]] | None]:
+def _timed_run(
+    runner: StepRunner, work, rank: int, world: int, provider, step: int, timeout_s: float
+) -> tuple[float, list[list[ActionTime]] | None]:
     """Run one plan once: (pipeline seconds of the slowest rank, every rank's actions on rank 0)."""
     plan, batch = work.plans[0], work.batches[0]
     prepared = runner.prepare(plan, batch)
@@ -42,9 +44,21 @@ def _timed_run(runner: StepRunner, work, rank: int, world: int, provider, step: 
     return float(elapsed[0]), gather_actions(res, rank, world)
 
 
-def compare_rank(rank: int, world: int, model_name: str, schedules: list[str], steps: int, microbatches: int,
-                 seed: int, dtype: str, workload: str, timeout_s: float, repeats: int = 3,
-                 hardware: str = planning.CPU_HARDWARE, observations: bool = False) -> dict[str, Any] | None:
+def compare_rank(
+    rank: int,
+    world: int,
+    model_name: str,
+    schedules: list[str],
+    steps: int,
+    microbatches: int,
+    seed: int,
+    dtype: str,
+    workload: str,
+    timeout_s: float,
+    repeats: int = 3,
+    hardware: str = planning.CPU_HARDWARE,
+    observations: bool = False,
+) -> dict[str, Any] | None:
     """One rank of :func:`compare_schedules` (``RANK``/``WORLD_SIZE`` and env:// already set)."""
     dist.init_process_group("gloo", init_method="env://")
     model = planning.with_parallel(load_model(model_name), world, 1)
@@ -62,8 +76,9 @@ def compare_rank(rank: int, world: int, model_name: str, schedules: list[str], s
         if rank == 0:
             works = {}
             for s in schedules:
-                works[s], sims = planning.plan_step(k, s, model, batches[k], cm, hw, seed, calib[s].cost_model(),
-                                                    partitions.get(s))
+                works[s], sims = planning.plan_step(
+                    k, s, model, batches[k], cm, hw, seed, calib[s].cost_model(), partitions.get(s)
+                )
                 partitions[s] = sims[0].partition or partitions.get(s)
             box = [works]
         dist.broadcast_object_list(box, src=0)
@@ -91,16 +106,40 @@ def compare_rank(rank: int, world: int, model_name: str, schedules: list[str], s
     return out
 
 
-def compare_schedules(model: str, schedules: list[str], steps: int, microbatches: int = 8, seed: int = 0,
-                      dtype: str = "float32", workload: str = "default", nproc: int = 2,
-                      timeout_s: float = 120.0, repeats: int = 3,
-                      hardware: str = planning.CPU_HARDWARE, observations: bool = False) -> dict[str, Any]:
+def compare_schedules(
+    model: str,
+    schedules: list[str],
+    steps: int,
+    microbatches: int = 8,
+    seed: int = 0,
+    dtype: str = "float32",
+    workload: str = "default",
+    nproc: int = 2,
+    timeout_s: float = 120.0,
+    repeats: int = 3,
+    hardware: str = planning.CPU_HARDWARE,
+    observations: bool = False,
+) -> dict[str, Any]:
     """Run :func:`compare_rank` on ``nproc`` local processes; per schedule the measured (fastest of
     ``repeats`` runs), predicted and shipped-calibration pipeline seconds of every step, and the
     calibration factors. ``hardware``: the calibration the plans and predictions use; ``observations``:
     also every compute action's modelled and measured seconds (:class:`OnlineCalibration`)."""
-    got = spawn(compare_rank, nproc, model, list(schedules), steps, microbatches, seed, dtype, workload, timeout_s,
-                repeats, hardware, observations, timeout_s=timeout_s * (steps * len(schedules) * repeats + 5))
+    got = spawn(
+        compare_rank,
+        nproc,
+        model,
+        list(schedules),
+        steps,
+        microbatches,
+        seed,
+        dtype,
+        workload,
+        timeout_s,
+        repeats,
+        hardware,
+        observations,
+        timeout_s=timeout_s * (steps * len(schedules) * repeats + 5),
+    )
     bad = [v for ok, v in got if not ok]
     if bad:
         raise RuntimeError(f"schedule comparison failed: {bad[0]}")

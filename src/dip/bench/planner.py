@@ -10,9 +10,11 @@ Sections (all measured side by side in one run):
 * ``curve``: best-so-far iteration time over search time for one VLM-L batch;
 * ``strategies``: MCTS vs DFS vs random search under the same budget on that batch (Fig. 11).
 """
+
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from typing import Any
 
@@ -37,16 +39,22 @@ def e2e(models, batches: int, budget: float, seed: int) -> list[dict[str, Any]]:
         out, _ = plan_batches(PlanRequest(model=name, batches=batches, seed=seed, budget_s=budget))
         mean = out["mean"]
         workload = "t2v" if name.upper().startswith("T2V") else "vlm"
-        rows.append({
-            "model": out["model"], "batches": out["batches"], "dip_time_s": mean["dip_time_s"],
-            "baselines": mean["baselines"], "speedup_vs": mean["speedup_vs"],
-            "speedup_range": [min(mean["speedup_vs"].values()), max(mean["speedup_vs"].values())],
-            "paper_range": list(PAPER_RANGE[workload]),
-            "gap_to_lower_bound": mean["dip_time_s"] / mean["lower_bound_s"] - 1,
-            "gap_to_fastest_bound": mean["dip_time_s"] / mean["lower_bound_fastest_s"] - 1,
-            "search_time_s": mean["search_time_s"], "time_to_best_s": mean["time_to_best_s"],
-            "faster_than_all": all(mean["dip_time_s"] < t for t in mean["baselines"].values()),
-        })
+        rows.append(
+            {
+                "model": out["model"],
+                "batches": out["batches"],
+                "dip_time_s": mean["dip_time_s"],
+                "baselines": mean["baselines"],
+                "speedup_vs": mean["speedup_vs"],
+                "speedup_range": [min(mean["speedup_vs"].values()), max(mean["speedup_vs"].values())],
+                "paper_range": list(PAPER_RANGE[workload]),
+                "gap_to_lower_bound": mean["dip_time_s"] / mean["lower_bound_s"] - 1,
+                "gap_to_fastest_bound": mean["dip_time_s"] / mean["lower_bound_fastest_s"] - 1,
+                "search_time_s": mean["search_time_s"],
+                "time_to_best_s": mean["time_to_best_s"],
+                "faster_than_all": all(mean["dip_time_s"] < t for t in mean["baselines"].values()),
+            }
+        )
     return rows
 
 
@@ -60,7 +68,7 @@ def ablation_rows(budget: float, seed: int) -> list[dict[str, Any]]:
 
     model, batch, cost_model, hardware = _batch("VLM-S", seed)
     rows = ablation(model, batch, cost_model, hardware, budget_s=budget, seed=seed)
-    for a, b in zip(rows[2:], rows[3:]):
+    for a, b in itertools.pairwise(rows):
         b["not_slower"] = b["time_s"] <= a["time_s"] * (1 + 1e-9)
     return rows
 
@@ -71,9 +79,16 @@ def curve(budget: float, seed: int) -> dict[str, Any]:
     res = plan_batch(model, batch, cost_model, hardware, options=SearchOptions(budget_s=budget, seed=seed))
     final = res.time_s
     reached = next((t for t, v in res.stats.curve if v <= final * 1.01), None)
-    return {"model": "VLM-L", "budget_s": budget, "final_s": final, "lower_bound_s": res.lower_bound_s,
-            "initial_s": res.initial_time_s, "time_to_within_1pct_s": reached,
-            "curve": [[t, v] for t, v in res.stats.curve], "gains_s": res.stats.gains}
+    return {
+        "model": "VLM-L",
+        "budget_s": budget,
+        "final_s": final,
+        "lower_bound_s": res.lower_bound_s,
+        "initial_s": res.initial_time_s,
+        "time_to_within_1pct_s": reached,
+        "curve": [[t, v] for t, v in res.stats.curve],
+        "gains_s": res.stats.gains,
+    }
 
 
 def strategies(budget: float, seed: int) -> list[dict[str, Any]]:
@@ -82,10 +97,21 @@ def strategies(budget: float, seed: int) -> list[dict[str, Any]]:
     model, batch, cost_model, hardware = _batch("VLM-L", seed)
     rows = []
     for name in ("mcts", "dfs", "random"):
-        res = plan_batch(model, batch, cost_model, hardware,
-                         options=SearchOptions(budget_s=budget, seed=seed, strategy=name, polish=False))
-        rows.append({"strategy": name, "final_s": res.time_s, "rollouts": res.stats.rollouts,
-                     "curve": [[t, v] for t, v in res.stats.curve]})
+        res = plan_batch(
+            model,
+            batch,
+            cost_model,
+            hardware,
+            options=SearchOptions(budget_s=budget, seed=seed, strategy=name, polish=False),
+        )
+        rows.append(
+            {
+                "strategy": name,
+                "final_s": res.time_s,
+                "rollouts": res.stats.rollouts,
+                "curve": [[t, v] for t, v in res.stats.curve],
+            }
+        )
     return rows
 
 
@@ -112,18 +138,24 @@ def format_text(out: dict[str, Any]) -> str:
     for row in out.get("e2e", []):
         lo, hi = row["speedup_range"]
         plo, phi = row["paper_range"]
-        lines.append(f"{row['model']:<6} dip {row['dip_time_s']:8.3f} s  speedup {lo:.3f}-{hi:.3f}x "
-                     f"(paper {plo:.3f}-{phi:.3f}x)  gap to bound {100 * row['gap_to_lower_bound']:.1f}% "
-                     f"(no-recompute bound {100 * row['gap_to_fastest_bound']:.1f}%)")
+        lines.append(
+            f"{row['model']:<6} dip {row['dip_time_s']:8.3f} s  speedup {lo:.3f}-{hi:.3f}x "
+            f"(paper {plo:.3f}-{phi:.3f}x)  gap to bound {100 * row['gap_to_lower_bound']:.1f}% "
+            f"(no-recompute bound {100 * row['gap_to_fastest_bound']:.1f}%)"
+        )
         for name, t in row["baselines"].items():
             lines.append(f"         {name:<12} {t:8.3f} s  {row['speedup_vs'][name]:.3f}x")
     if out.get("ablation"):
         lines.append("ablation (VLM-S):")
-        lines += [f"  {r['step']:<14} {r['time_s']:8.3f} s  {r['speedup']:.3f}x  ({r['strategy']})" for r in out["ablation"]]
+        lines += [
+            f"  {r['step']:<14} {r['time_s']:8.3f} s  {r['speedup']:.3f}x  ({r['strategy']})" for r in out["ablation"]
+        ]
     if out.get("curve"):
         c = out["curve"]
-        lines.append(f"VLM-L curve: initial {c['initial_s']:.3f} s -> {c['final_s']:.3f} s in {c['budget_s']:g} s; "
-                     f"within 1% of final after {c['time_to_within_1pct_s']:.2f} s")
+        lines.append(
+            f"VLM-L curve: initial {c['initial_s']:.3f} s -> {c['final_s']:.3f} s in {c['budget_s']:g} s; "
+            f"within 1% of final after {c['time_to_within_1pct_s']:.2f} s"
+        )
     for row in out.get("strategies", []):
         lines.append(f"  {row['strategy']:<7} {row['final_s']:.3f} s after {row['rollouts']} rollouts")
     return "\n".join(lines)

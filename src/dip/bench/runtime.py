@@ -34,6 +34,7 @@ Pipelines only overlap when the ranks get their own cores: ``effective_cores_sta
 (2 x one busy process alone / two at once) say how many cores the 2 ranks actually had; with 1, a
 balanced schedule such as DIP cannot gain from overlapping and pays for its finer granularity.
 """
+
 from __future__ import annotations
 
 import gc
@@ -60,6 +61,7 @@ __all__ = ["dip_vs_1f1b", "effective_cores", "engine_overheads", "executor_vs_to
 
 # --------------------------------------------------------------------------- (a) executor vs torch
 
+
 def _engines_rank(rank: int, world: int, shape_fields: dict, repeats: int, timeout_s: float) -> dict:
     dist.init_process_group("gloo", init_method="env://")
     shape = StackShape(**shape_fields)
@@ -75,11 +77,19 @@ def _engines_rank(rank: int, world: int, shape_fields: dict, repeats: int, timeo
     x, y = stack_inputs(model, shape, step_seed=1)
     example = x[:1]
     received = example.clone().requires_grad_(rank > 0)  # activations from the previous stage need gradients
-    stage = PipelineStage(torch_module, rank, world, torch.device("cpu"), input_args=(received,),
-                          output_args=(example,), output_grads=(example,),
-                          input_grads=(None,) if rank == 0 else (example,))
-    sched = Schedule1F1B(stage, shape.microbatches, loss_fn=lambda out, tgt: (out - tgt).pow(2).sum() / total,
-                         scale_grads=False)
+    stage = PipelineStage(
+        torch_module,
+        rank,
+        world,
+        torch.device("cpu"),
+        input_args=(received,),
+        output_args=(example,),
+        output_grads=(example,),
+        input_grads=(None,) if rank == 0 else (example,),
+    )
+    sched = Schedule1F1B(
+        stage, shape.microbatches, loss_fn=lambda out, tgt: (out - tgt).pow(2).sum() / total, scale_grads=False
+    )
     our_params = ours.parameters()
     torch_params = list(torch_module.parameters())
 
@@ -111,12 +121,15 @@ def _engines_rank(rank: int, world: int, shape_fields: dict, repeats: int, timeo
         timed_collective(dist.all_reduce, "the benchmark all-reduce", rank, timeout_s, t, op=dist.ReduceOp.MAX)
         return float(t[0])
 
-    engines = [("ours", run_ours, our_params), ("torch", run_torch, torch_params),
-               ("ours_again", run_ours, our_params)]  # a second run of ours: the measurement's noise floor
+    engines = [
+        ("ours", run_ours, our_params),
+        ("torch", run_torch, torch_params),
+        ("ours_again", run_ours, our_params),
+    ]  # a second run of ours: the measurement's noise floor
     times: dict[str, list[float]] = {name: [] for name, _, _ in engines}
     threads: dict[str, list[tuple[float | None, int | None, float]]] = {name: [] for name, _, _ in engines}
     for i in range(repeats + 2):
-        for name, fn, params in engines[i % 3:] + engines[:i % 3]:
+        for name, fn, params in engines[i % 3 :] + engines[: i % 3]:
             t = timed(fn, params, threads[name] if i >= 2 else [])
             if i >= 2:  # two warm-up rounds
                 times[name].append(t)
@@ -164,17 +177,23 @@ def executor_vs_torch(repeats: int, shape=None, timeout_s: float = 120.0) -> dic
     ours_threads, torch_threads = _thread_summary(ranks, "ours"), _thread_summary(ranks, "torch")
     # the fastest quartile of each engine: its own speed, least disturbed by other work on the machine
     ours, theirs = _quartile(t_ours), _quartile(t_torch)
-    return {"torch_step_time_ratio": ours / theirs, "executor_step_s": ours, "torch_pipelining_step_s": theirs,
-            "torch_step_time_ratio_median_of_rounds": statistics.median(a / b for a, b in zip(t_ours, t_torch)),
-            "executor_self_ratio": _quartile(t_again) / ours,
-            "executor_self_ratio_median_of_rounds": statistics.median(a / b for a, b in zip(t_again, t_ours)),
-            "executor_main_thread_cpu_ms": ours_threads["cpu_ms"], "torch_main_thread_cpu_ms": torch_threads["cpu_ms"],
-            "executor_process_cpu_ms": ours_threads["process_cpu_ms"],
-            "torch_process_cpu_ms": torch_threads["process_cpu_ms"],
-            "executor_preemptions_per_step": ours_threads["preemptions"],
-            "torch_preemptions_per_step": torch_threads["preemptions"],
-            "same_gradients": res["same_gradients"] and got[1][1]["same_gradients"],
-            "static_model": asdict(shape), "repeats": repeats}
+    return {
+        "torch_step_time_ratio": ours / theirs,
+        "executor_step_s": ours,
+        "torch_pipelining_step_s": theirs,
+        "torch_step_time_ratio_median_of_rounds": statistics.median(a / b for a, b in zip(t_ours, t_torch)),
+        "executor_self_ratio": _quartile(t_again) / ours,
+        "executor_self_ratio_median_of_rounds": statistics.median(a / b for a, b in zip(t_again, t_ours)),
+        "executor_main_thread_cpu_ms": ours_threads["cpu_ms"],
+        "torch_main_thread_cpu_ms": torch_threads["cpu_ms"],
+        "executor_process_cpu_ms": ours_threads["process_cpu_ms"],
+        "torch_process_cpu_ms": torch_threads["process_cpu_ms"],
+        "executor_preemptions_per_step": ours_threads["preemptions"],
+        "torch_preemptions_per_step": torch_threads["preemptions"],
+        "same_gradients": res["same_gradients"] and got[1][1]["same_gradients"],
+        "static_model": asdict(shape),
+        "repeats": repeats,
+    }
 
 
 def _quartile(xs: list[float]) -> float:
@@ -191,8 +210,9 @@ def _overhead_rank(rank: int, world: int, repeats: int) -> dict[str, float]:
     torch_module = TorchStage(model.build_chunk(MODULE, 0, shape.layers))
     x, y = stack_inputs(model, shape, step_seed=1)
     stage = PipelineStage(torch_module, 0, 1, torch.device("cpu"), input_args=(x[:1],), output_args=(x[:1],))
-    sched = Schedule1F1B(stage, shape.microbatches, loss_fn=lambda out, tgt: (out - tgt).pow(2).sum() / total,
-                         scale_grads=False)
+    sched = Schedule1F1B(
+        stage, shape.microbatches, loss_fn=lambda out, tgt: (out - tgt).pow(2).sum() / total, scale_grads=False
+    )
     xs, ys = x.split(1), y.split(1)
 
     def plain() -> None:
@@ -208,7 +228,7 @@ def _overhead_rank(rank: int, world: int, repeats: int) -> dict[str, float]:
     engines = {"plain": plain, "ours": ours, "torch": theirs}
     times: dict[str, list[float]] = {k: [] for k in engines}
     for i in range(repeats + 2):
-        names = list(engines)[i % 3:] + list(engines)[:i % 3]
+        names = list(engines)[i % 3 :] + list(engines)[: i % 3]
         for name in names:
             gc.collect()
             t0 = time.perf_counter()
@@ -218,8 +238,10 @@ def _overhead_rank(rank: int, world: int, repeats: int) -> dict[str, float]:
     dist.destroy_process_group()
     med = {k: statistics.median(v) for k, v in times.items()}
     actions = 2 * shape.microbatches
-    return {"executor_overhead_ms_per_action": 1e3 * (med["ours"] - med["plain"]) / actions,
-            "torch_overhead_ms_per_action": 1e3 * (med["torch"] - med["plain"]) / actions}
+    return {
+        "executor_overhead_ms_per_action": 1e3 * (med["ours"] - med["plain"]) / actions,
+        "torch_overhead_ms_per_action": 1e3 * (med["torch"] - med["plain"]) / actions,
+    }
 
 
 def engine_overheads(repeats: int = 200) -> dict[str, float]:
@@ -255,6 +277,7 @@ def effective_cores() -> float:
 
 # --------------------------------------------------------------------------- (b) DIP vs 1F1B
 
+
 def dip_vs_1f1b(model: str, steps: int, seed: int, repeats: int = 5) -> dict[str, Any]:
     """Part (b): DIP and 1F1B step by step on the same batches (:mod:`dip.bench.compare`)."""
 
@@ -272,14 +295,16 @@ def dip_vs_1f1b(model: str, steps: int, seed: int, repeats: int = 5) -> dict[str
     all_acc = [a for v in accuracy.values() for a in v]
     return {
         "dip_speedup_vs_1f1b": statistics.median(b / d for b, d in pairs),
-        "dip_step_s": statistics.median(d for _, d in pairs), "one_f_one_b_step_s": statistics.median(b for b, _ in pairs),
+        "dip_step_s": statistics.median(d for _, d in pairs),
+        "one_f_one_b_step_s": statistics.median(b for b, _ in pairs),
         "sim_accuracy": statistics.mean(all_acc) if all_acc else None,
         "sim_accuracy_by_schedule": {k: statistics.mean(v) for k, v in accuracy.items()},
         "sim_accuracy_shipped_calibration": statistics.mean(shipped) if shipped else None,
         "calibration_factors": {k: r["calibration_factors"] for k, r in res.items()},
         "measured_s": {k: r["measured"] for k, r in res.items()},
         "predicted_s": {k: r["predicted"] for k, r in res.items()},
-        "model": model, "steps": steps,
+        "model": model,
+        "steps": steps,
     }
 
 
@@ -294,11 +319,13 @@ def run(args) -> int:
     out["effective_cores_end"] = effective_cores()
     out["nproc"] = 2
     out["wall_s"] = time.perf_counter() - t0
-    text = (f"executor / torch Schedule1F1B step time: {out['torch_step_time_ratio']:.3f} "
-            f"({out['executor_step_s'] * 1e3:.1f} ms vs {out['torch_pipelining_step_s'] * 1e3:.1f} ms; "
-            f"noise floor, ours / ours: {out['executor_self_ratio']:.3f})\n"
-            f"DIP speedup over 1F1B on {args.model}: {out['dip_speedup_vs_1f1b']:.3f} "
-            f"({out['dip_step_s']:.3f} s vs {out['one_f_one_b_step_s']:.3f} s)\n"
-            f"simulator accuracy: {out['sim_accuracy']}")
+    text = (
+        f"executor / torch Schedule1F1B step time: {out['torch_step_time_ratio']:.3f} "
+        f"({out['executor_step_s'] * 1e3:.1f} ms vs {out['torch_pipelining_step_s'] * 1e3:.1f} ms; "
+        f"noise floor, ours / ours: {out['executor_self_ratio']:.3f})\n"
+        f"DIP speedup over 1F1B on {args.model}: {out['dip_speedup_vs_1f1b']:.3f} "
+        f"({out['dip_step_s']:.3f} s vs {out['one_f_one_b_step_s']:.3f} s)\n"
+        f"simulator accuracy: {out['sim_accuracy']}"
+    )
     emit(out, args.json, text=text)
     return 0

@@ -6,6 +6,7 @@ it with the greedy list scheduler and times exactly what the planner calls per c
 :func:`dip.sim.simulate_order_arrays` on prebuilt order arrays. The compile step
 (:meth:`dip.sim.TaskGraph.build`) and the stage-cost step are timed separately.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,9 @@ from typing import Any
 
 from dip.cost import CostModel
 from dip.data.meta import BatchMeta
+from dip.data.workload import generate_batches
 from dip.errors import BadInput, positive_int
 from dip.io import emit
-from dip.data.workload import generate_batches
 from dip.schedule.ir import Plan
 from dip.schedule.units import build_units, module_graph, split_evenly
 from dip.sim.costs import stage_costs
@@ -30,8 +31,9 @@ from dip.spec.hardware import get_hardware
 SUB_MICROBATCH = 12  # the paper's best ViT/DiT sub-microbatch size
 
 
-def build_bench_plan(model: ModelSpec, batch: BatchMeta, segments: int, hardware: str
-                     ) -> tuple[Plan, TaskGraph, dict[str, float]]:
+def build_bench_plan(
+    model: ModelSpec, batch: BatchMeta, segments: int, hardware: str
+) -> tuple[Plan, TaskGraph, dict[str, float]]:
     """A separated-partition plan of ``batch`` ordered by the list scheduler, its task graph and timings."""
     pp, tp = model.parallel.pp, model.parallel.tp
     too_deep = [m.name for m in model.modules if m.layers < segments * pp]
@@ -50,12 +52,16 @@ def build_bench_plan(model: ModelSpec, batch: BatchMeta, segments: int, hardware
     order = list_schedule(tg, max_inflight=3 * pp * segments)
     t3 = time.perf_counter()
     plan = Plan(graph, units, flows, order, schedule="list")
-    return plan, tg, {"stage_costs_seconds": t1 - t0, "taskgraph_build_seconds": t2 - t1,
-                      "list_schedule_seconds": t3 - t2}
+    return (
+        plan,
+        tg,
+        {"stage_costs_seconds": t1 - t0, "taskgraph_build_seconds": t2 - t1, "list_schedule_seconds": t3 - t2},
+    )
 
 
-def bench(model: ModelSpec, repeats: int, microbatches: int = 64, segments: int = 3, hardware: str = "H800",
-          seed: int = 0) -> dict[str, Any]:
+def bench(
+    model: ModelSpec, repeats: int, microbatches: int = 64, segments: int = 3, hardware: str = "H800", seed: int = 0
+) -> dict[str, Any]:
     """Run the benchmark and return its report."""
     batch = generate_batches(model, 1, seed, microbatches)[0]
     plan, tg, prep = build_bench_plan(model, batch, segments, hardware)
@@ -81,11 +87,17 @@ def bench(model: ModelSpec, repeats: int, microbatches: int = 64, segments: int 
         "makespan_s": first.makespan,
         "status": int(first.status),
         "plan": {
-            "model": model.name, "pp": plan.num_ranks, "tp": model.parallel.tp, "hardware": hardware,
-            "microbatches": len(batch), "chunks": len(plan.graph.chunks),
+            "model": model.name,
+            "pp": plan.num_ranks,
+            "tp": model.parallel.tp,
+            "hardware": hardware,
+            "microbatches": len(batch),
+            "chunks": len(plan.graph.chunks),
             "chunks_per_module": {m.name: segments * plan.num_ranks for m in model.modules},
-            "units": {g: len(us) for g, us in plan.units.items()}, "tasks": tg.num_tasks,
-            "edges": int(len(tg.pred_idx)), "split_backward": True,
+            "units": {g: len(us) for g, us in plan.units.items()},
+            "tasks": tg.num_tasks,
+            "edges": len(tg.pred_idx),
+            "split_backward": True,
             "order": f"list_schedule(max_inflight={3 * plan.num_ranks * segments})",
         },
     }
@@ -98,12 +110,14 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     get_hardware(args.hardware)
     report = bench(model, repeats, mbs, segments, args.hardware, args.seed)
-    text = (f"{report['plan']['model']}: {report['actions']} actions, {report['plan']['chunks']} chunks, "
-            f"pp {report['plan']['pp']}\n"
-            f"simulate_order_arrays: {report['seconds_per_simulation'] * 1e6:.1f} us per plan, "
-            f"{report['actions_per_second'] / 1e6:.2f} M actions/s ({report['repeats']} repeats)\n"
-            f"TaskGraph.build: {report['compile_seconds'] * 1e3:.1f} ms, "
-            f"stage_costs: {report['stage_costs_seconds'] * 1e3:.1f} ms, "
-            f"orders_to_arrays: {report['orders_to_arrays_seconds'] * 1e3:.1f} ms")
+    text = (
+        f"{report['plan']['model']}: {report['actions']} actions, {report['plan']['chunks']} chunks, "
+        f"pp {report['plan']['pp']}\n"
+        f"simulate_order_arrays: {report['seconds_per_simulation'] * 1e6:.1f} us per plan, "
+        f"{report['actions_per_second'] / 1e6:.2f} M actions/s ({report['repeats']} repeats)\n"
+        f"TaskGraph.build: {report['compile_seconds'] * 1e3:.1f} ms, "
+        f"stage_costs: {report['stage_costs_seconds'] * 1e3:.1f} ms, "
+        f"orders_to_arrays: {report['orders_to_arrays_seconds'] * 1e3:.1f} ms"
+    )
     emit(report, args.json, text)
     return 0

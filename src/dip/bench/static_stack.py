@@ -6,6 +6,7 @@ The same blocks (same seeds, same values) serve as a bring-your-own model for
 ``[1, tokens, hidden]`` tensor (the same shapes, hence the same kernels, in both engines) with a
 squared-error loss. Used by ``dip bench runtime``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,9 @@ class Block(nn.Module):
     def forward(self, x: Tensor, data=None) -> Tensor:
         *lead, t, h = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(*lead, t, 3, self.heads, h // self.heads).unbind(-3)
-        a = F.scaled_dot_product_attention(q.transpose(-2, -3), k.transpose(-2, -3), v.transpose(-2, -3),
-                                           is_causal=True)
+        a = F.scaled_dot_product_attention(
+            q.transpose(-2, -3), k.transpose(-2, -3), v.transpose(-2, -3), is_causal=True
+        )
         x = x + self.out(a.transpose(-2, -3).reshape(*lead, t, h))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
@@ -83,19 +85,29 @@ class Dataset:
         if got is None:
             g = generator(unit.step_seed, unit.mb_index, "stack")
             rows = unit.mb.text_tokens
-            got = self.rows[key] = {"x": torch.randn(1, rows, self.hidden, generator=g).to(unit.dtype),
-                                    "y": torch.randn(1, rows, self.hidden, generator=g).to(unit.dtype)}
+            got = self.rows[key] = {
+                "x": torch.randn(1, rows, self.hidden, generator=g).to(unit.dtype),
+                "y": torch.randn(1, rows, self.hidden, generator=g).to(unit.dtype),
+            }
         return got
 
 
 def stack_model(shape: StackShape, dtype: str = "float32") -> ByoModel:
-    spec = ModelSpec("block-stack", (ModuleSpec(MODULE, "decoder", shape.layers, shape.hidden, 4 * shape.hidden,
-                                                shape.heads, shape.heads),), (), ParallelSpec(pp=2))
-    module = ByoModule(make_block=lambda i: Block(shape.hidden, shape.heads),
-                       hidden_shape=lambda mb, a, b: (1, mb.text_tokens, shape.hidden),
-                       make_pre=Inputs, make_post=SquaredError)
-    return ByoModel(spec, {MODULE: module}, Dataset(shape.hidden), loss_tokens=lambda mb: mb.text_tokens * shape.hidden,
-                    dtype=dtype)
+    spec = ModelSpec(
+        "block-stack",
+        (ModuleSpec(MODULE, "decoder", shape.layers, shape.hidden, 4 * shape.hidden, shape.heads, shape.heads),),
+        (),
+        ParallelSpec(pp=2),
+    )
+    module = ByoModule(
+        make_block=lambda i: Block(shape.hidden, shape.heads),
+        hidden_shape=lambda mb, a, b: (1, mb.text_tokens, shape.hidden),
+        make_pre=Inputs,
+        make_post=SquaredError,
+    )
+    return ByoModel(
+        spec, {MODULE: module}, Dataset(shape.hidden), loss_tokens=lambda mb: mb.text_tokens * shape.hidden, dtype=dtype
+    )
 
 
 def stack_batch(shape: StackShape) -> BatchMeta:

@@ -4,6 +4,7 @@ The parsers live here; each benchmark's work lives in ``dip.bench.<name>.run(arg
 that benchmark runs (they load torch or the numba-compiled planner, seconds that other commands
 should not pay).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,11 @@ PAPER_MODELS = ("VLM-S", "VLM-M", "VLM-L", "T2V-S", "T2V-L")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="run a benchmark (sim, planner, runtime)",
-                              description="Benchmarks; each prints ratios measured side by side in one run.")
+    p = subparsers.add_parser(
+        "bench",
+        help="run a benchmark (sim, planner, runtime)",
+        description="Benchmarks; each prints ratios measured side by side in one run.",
+    )
     sub = p.add_subparsers(dest="bench", metavar="BENCHMARK", parser_class=type(p))
     _sim(sub)
     _planner(sub)
@@ -40,8 +44,11 @@ def _run_runtime(args: argparse.Namespace) -> int:
 
 
 def _sim(sub) -> None:
-    p = sub.add_parser("sim", help="simulator throughput (simulated actions per second)",
-                       description="Time the simulator's per-candidate call on a paper-sized plan.")
+    p = sub.add_parser(
+        "sim",
+        help="simulator throughput (simulated actions per second)",
+        description="Time the simulator's per-candidate call on a paper-sized plan.",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--model", default="VLM-L", help="model preset or file (default VLM-L)")
     p.add_argument("--repeats", type=int, default=200, help="timed simulations (default 200)")
@@ -53,23 +60,30 @@ def _sim(sub) -> None:
 
 
 def _planner(sub) -> None:
-    p = sub.add_parser("planner", help="DIP vs the baselines, ablation, lower-bound gap, search efficiency",
-                       description="Plan generated batches with DIP and every baseline, run the Table-5 "
-                                   "ablation, the time-to-quality curve and MCTS vs DFS vs random.")
+    p = sub.add_parser(
+        "planner",
+        help="DIP vs the baselines, ablation, lower-bound gap, search efficiency",
+        description="Plan generated batches with DIP and every baseline, run the Table-5 "
+        "ablation, the time-to-quality curve and MCTS vs DFS vs random.",
+    )
     p.add_argument("--models", nargs="+", default=list(PAPER_MODELS), help="model presets (default: the paper's five)")
     p.add_argument("--batches", type=int, help="batches per model (default 50, 3 with --quick)")
     p.add_argument("--budget", type=float, help="search seconds per batch (default 2, 1 with --quick)")
     p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
     p.add_argument("--quick", action="store_true", help="few batches and short searches")
-    p.add_argument("--skip", nargs="+", default=[], choices=("e2e", "ablation", "curve", "strategies"),
-                   help="sections to skip")
+    p.add_argument(
+        "--skip", nargs="+", default=[], choices=("e2e", "ablation", "curve", "strategies"), help="sections to skip"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run_planner)
 
 
 def _runtime(sub) -> None:
-    p = sub.add_parser("runtime", help="executor vs torch pipelining; DIP vs 1F1B measured; simulator accuracy",
-                       description="Measure the runtime on 2 local processes (see dip.bench.runtime).")
+    p = sub.add_parser(
+        "runtime",
+        help="executor vs torch pipelining; DIP vs 1F1B measured; simulator accuracy",
+        description="Measure the runtime on 2 local processes (see dip.bench.runtime).",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--repeats", type=int, default=100, help="timed steps per engine in part (a) (default 100)")
     p.add_argument("--steps", type=int, default=8, help="steps (new batch each) in part (b) (default 8)")

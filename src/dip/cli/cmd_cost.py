@@ -1,4 +1,5 @@
 """``dip cost``: per-layer latency and activation memory of every module of a model on a hardware."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,19 +17,28 @@ DEFAULT_T2V_TEXT_TOKENS = 512
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cost", help="per-layer time and activation memory of each module (cost model)",
-                       description="Per-GPU forward / backward-input / backward-weight time and activation "
-                                   "memory (per memory strategy) of one layer of every module, for one sample.")
+    p = sub.add_parser(
+        "cost",
+        help="per-layer time and activation memory of each module (cost model)",
+        description="Per-GPU forward / backward-input / backward-weight time and activation "
+        "memory (per memory strategy) of one layer of every module, for one sample.",
+    )
     p.add_argument("--model", required=True, help="model preset (see dip models)")
     p.add_argument("--hardware", default="H800", help="hardware preset or calibration JSON (default H800)")
     p.add_argument("--tp", type=int, help="tensor parallel degree (default: the model's)")
     add_memory_arguments(p)
-    p.add_argument("--memory-reserve-gib", type=float,
-                   help="GiB of each GPU kept free of modelled tensors (default 8%% of its memory)")
+    p.add_argument(
+        "--memory-reserve-gib",
+        type=float,
+        help="GiB of each GPU kept free of modelled tensors (default 8%% of its memory)",
+    )
     p.add_argument("--images", type=int, help="images run by the ViT (default 8 for VLMs)")
-    p.add_argument("--text-tokens", type=int,
-                   help=f"LM sequence length of the sample (default: context length for VLMs, "
-                        f"{DEFAULT_T2V_TEXT_TOKENS} otherwise); also the DiT's caption length")
+    p.add_argument(
+        "--text-tokens",
+        type=int,
+        help=f"LM sequence length of the sample (default: context length for VLMs, "
+        f"{DEFAULT_T2V_TEXT_TOKENS} otherwise); also the DiT's caption length",
+    )
     p.add_argument("--clips", type=int, help="video clips run by the DiT (default 1 for T2V)")
     p.add_argument("--clip-seconds", type=float, help="seconds per clip (default: the model's maximum)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -47,17 +57,25 @@ def sample_work(module, images: int, text_tokens: int, clips: int, clip_seconds:
     raise BadInput(f"unknown module kind {module.kind!r}")
 
 
-def cost_report(model, hardware, tp: int | None = None, images: int | None = None, text_tokens: int | None = None,
-                clips: int | None = None, clip_seconds: float | None = None,
-                memory_reserve_gib: float | None = None) -> dict:
+def cost_report(
+    model,
+    hardware,
+    tp: int | None = None,
+    images: int | None = None,
+    text_tokens: int | None = None,
+    clips: int | None = None,
+    clip_seconds: float | None = None,
+    memory_reserve_gib: float | None = None,
+) -> dict:
     """The ``dip cost`` JSON for ``model`` on ``hardware`` (a HardwareSpec or name/path).
 
     Data parallelism, sequence parallelism and the distributed optimizer come from ``model.parallel``.
     """
     tp = int(tp or model.parallel.tp)
     images = model.is_vlm * 8 if images is None else images
-    text_tokens = (model.context_length if model.is_vlm else DEFAULT_T2V_TEXT_TOKENS) if text_tokens is None \
-        else text_tokens
+    text_tokens = (
+        (model.context_length if model.is_vlm else DEFAULT_T2V_TEXT_TOKENS) if text_tokens is None else text_tokens
+    )
     clips = int(model.is_t2v) if clips is None else clips
     clip_seconds = model.max_video_seconds if clip_seconds is None else clip_seconds
     for field, value in (("--images", images), ("--text-tokens", text_tokens), ("--clips", clips)):
@@ -72,25 +90,45 @@ def cost_report(model, hardware, tp: int | None = None, images: int | None = Non
         work = sample_work(m, images, text_tokens, clips, clip_seconds)
         t = cm.layer_times(m, work)
         fwd_flops, bwd_flops = layer_flops(m, work)
-        rows.append({
-            "name": m.name, "kind": m.kind, "layers": m.layers, "tokens": work.tokens,
-            "layer_fwd_s": t.f, "layer_bwd_s": t.b, "layer_bwd_input_s": t.i, "layer_bwd_weight_s": t.w,
-            "layer_activation_bytes": cm.layer_activation_bytes(m, work, "none"),
-            "activation_bytes_by_strategy": {s: cm.layer_activation_bytes(m, work, s) for s in STRATEGIES},
-            "recompute_s_by_strategy": {s: cm.recompute_seconds(m, work, s) for s in STRATEGIES},
-            "layer_flops": fwd_flops + bwd_flops,
-            "layer_mfu": cm.layer_efficiency(m, work),
-            "pre_s": vars(cm.pre_times(m, work)), "post_s": vars(cm.post_times(m, work)),
-            "layer_params_per_gpu": cm.gpu_params(m, 0, 1, False, False),
-            "layer_static_bytes": cm.static_bytes(m, 0, 1, False, False),
-            "layer_grad_bytes": cm.grad_bytes(m, 0, 1, False, False),
-        })
+        rows.append(
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "layers": m.layers,
+                "tokens": work.tokens,
+                "layer_fwd_s": t.f,
+                "layer_bwd_s": t.b,
+                "layer_bwd_input_s": t.i,
+                "layer_bwd_weight_s": t.w,
+                "layer_activation_bytes": cm.layer_activation_bytes(m, work, "none"),
+                "activation_bytes_by_strategy": {s: cm.layer_activation_bytes(m, work, s) for s in STRATEGIES},
+                "recompute_s_by_strategy": {s: cm.recompute_seconds(m, work, s) for s in STRATEGIES},
+                "layer_flops": fwd_flops + bwd_flops,
+                "layer_mfu": cm.layer_efficiency(m, work),
+                "pre_s": vars(cm.pre_times(m, work)),
+                "post_s": vars(cm.post_times(m, work)),
+                "layer_params_per_gpu": cm.gpu_params(m, 0, 1, False, False),
+                "layer_static_bytes": cm.static_bytes(m, 0, 1, False, False),
+                "layer_grad_bytes": cm.grad_bytes(m, 0, 1, False, False),
+            }
+        )
     opts = cm.options
-    return {"model": model.name, "hardware": cm.hardware.name, "tp": tp, "dp": opts.dp,
-            "sequence_parallel": opts.sequence_parallel, "distributed_optimizer": opts.distributed_optimizer,
-            "bytes_per_param": opts.param_state_bytes, "memory_capacity_bytes": float(cm.hardware.mem_bytes),
-            "memory_limit_bytes": limit, "images": images, "text_tokens": text_tokens, "clips": clips,
-            "clip_seconds": clip_seconds, "modules": rows}
+    return {
+        "model": model.name,
+        "hardware": cm.hardware.name,
+        "tp": tp,
+        "dp": opts.dp,
+        "sequence_parallel": opts.sequence_parallel,
+        "distributed_optimizer": opts.distributed_optimizer,
+        "bytes_per_param": opts.param_state_bytes,
+        "memory_capacity_bytes": float(cm.hardware.mem_bytes),
+        "memory_limit_bytes": limit,
+        "images": images,
+        "text_tokens": text_tokens,
+        "clips": clips,
+        "clip_seconds": clip_seconds,
+        "modules": rows,
+    }
 
 
 def _text(report: dict) -> str:
@@ -100,21 +138,27 @@ def _text(report: dict) -> str:
     if report["clips"]:
         inputs.append(f"{report['clips']} clips x {report['clip_seconds']:g} s")
     gib = 2**30
-    lines = [f"{report['model']} on {report['hardware']}, tp {report['tp']} dp {report['dp']}: {', '.join(inputs)} "
-             f"(per GPU, one layer)",
-             f"sequence parallel {'on' if report['sequence_parallel'] else 'off'}, distributed optimizer "
-             f"{'on' if report['distributed_optimizer'] else 'off'} ({report['bytes_per_param']:g} bytes per "
-             f"parameter), usable memory {report['memory_limit_bytes'] / gib:.1f} of "
-             f"{report['memory_capacity_bytes'] / gib:.1f} GiB"]
-    lines.append(f"{'module':<10} {'kind':<8} {'tokens':>8} {'fwd ms':>8} {'bwd ms':>8} {'(I':>7} {'W)':>7} "
-                 f"{'f+b ms':>8} {'act MB':>9} {'full MB':>8} {'static MB':>9} {'MFU':>6}")
+    lines = [
+        f"{report['model']} on {report['hardware']}, tp {report['tp']} dp {report['dp']}: {', '.join(inputs)} "
+        f"(per GPU, one layer)",
+        f"sequence parallel {'on' if report['sequence_parallel'] else 'off'}, distributed optimizer "
+        f"{'on' if report['distributed_optimizer'] else 'off'} ({report['bytes_per_param']:g} bytes per "
+        f"parameter), usable memory {report['memory_limit_bytes'] / gib:.1f} of "
+        f"{report['memory_capacity_bytes'] / gib:.1f} GiB",
+    ]
+    lines.append(
+        f"{'module':<10} {'kind':<8} {'tokens':>8} {'fwd ms':>8} {'bwd ms':>8} {'(I':>7} {'W)':>7} "
+        f"{'f+b ms':>8} {'act MB':>9} {'full MB':>8} {'static MB':>9} {'MFU':>6}"
+    )
     for r in report["modules"]:
-        lines.append(f"{r['name']:<10} {r['kind']:<8} {r['tokens']:>8} {r['layer_fwd_s'] * 1e3:>8.3f} "
-                     f"{r['layer_bwd_s'] * 1e3:>8.3f} {r['layer_bwd_input_s'] * 1e3:>7.3f} "
-                     f"{r['layer_bwd_weight_s'] * 1e3:>7.3f} {(r['layer_fwd_s'] + r['layer_bwd_s']) * 1e3:>8.3f} "
-                     f"{r['layer_activation_bytes'] / 1e6:>9.1f} "
-                     f"{r['activation_bytes_by_strategy']['full'] / 1e6:>8.1f} "
-                     f"{r['layer_static_bytes'] / 1e6:>9.1f} {r['layer_mfu']:>6.3f}")
+        lines.append(
+            f"{r['name']:<10} {r['kind']:<8} {r['tokens']:>8} {r['layer_fwd_s'] * 1e3:>8.3f} "
+            f"{r['layer_bwd_s'] * 1e3:>8.3f} {r['layer_bwd_input_s'] * 1e3:>7.3f} "
+            f"{r['layer_bwd_weight_s'] * 1e3:>7.3f} {(r['layer_fwd_s'] + r['layer_bwd_s']) * 1e3:>8.3f} "
+            f"{r['layer_activation_bytes'] / 1e6:>9.1f} "
+            f"{r['activation_bytes_by_strategy']['full'] / 1e6:>8.1f} "
+            f"{r['layer_static_bytes'] / 1e6:>9.1f} {r['layer_mfu']:>6.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -123,7 +167,15 @@ def run(args: argparse.Namespace) -> int:
     tp = positive_int("--tp", args.tp) if args.tp is not None else None
     model = with_overrides(model, tp=tp, **memory_overrides(args))
     hardware = get_hardware(args.hardware)
-    report = cost_report(model, hardware, model.parallel.tp, args.images, args.text_tokens, args.clips,
-                         args.clip_seconds, args.memory_reserve_gib)
+    report = cost_report(
+        model,
+        hardware,
+        model.parallel.tp,
+        args.images,
+        args.text_tokens,
+        args.clips,
+        args.clip_seconds,
+        args.memory_reserve_gib,
+    )
     emit(report, args.json, _text(report))
     return 0

@@ -4,6 +4,7 @@ Runs, and prints before each, the commands a user would type: plan one VLM-S bat
 compare it with every baseline, draw the DIP plan and Megatron's as Gantt charts (+ Perfetto traces),
 then train the tiny VLM on 2 processes with the DIP runtime and check it against plain training.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,11 @@ from dip.io import check_writable
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="run the default demo (plan, draw, train a tiny model)",
-                              description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p = subparsers.add_parser(
+        "demo",
+        help="run the default demo (plan, draw, train a tiny model)",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
     p.add_argument("--out", default="out/demo", help="folder for the charts and traces (default: out/demo)")
     p.add_argument("--model", default="VLM-S", help="model to plan for (default: VLM-S)")
     p.add_argument("--budget", type=float, default=2.0, help="planner search budget per batch in seconds (default: 2)")
@@ -40,8 +44,21 @@ def run(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     check_writable(os.path.join(args.out, "x"), "--out")
     out = args.out
-    plan = _dip("plan", "--model", args.model, "--batches", "1", "--seed", "0", "--budget", str(args.budget),
-                "--gantt", f"{out}/dip.png", "--trace", f"{out}/dip-trace.json")
+    plan = _dip(
+        "plan",
+        "--model",
+        args.model,
+        "--batches",
+        "1",
+        "--seed",
+        "0",
+        "--budget",
+        str(args.budget),
+        "--gantt",
+        f"{out}/dip.png",
+        "--trace",
+        f"{out}/dip-trace.json",
+    )
     mean = plan["mean"]
     dip_t = mean["dip_time_s"]
     print(f"\n{args.model}: one global batch of {plan.get('microbatches', 64)} micro-batches")
@@ -49,17 +66,48 @@ def run(args) -> int:
     print(f"  {'dip':<12} {dip_t:>14.3f} {'':>12}   (lower bound {mean['lower_bound_s']:.3f} s)")
     for name, t in sorted(mean["baselines"].items(), key=lambda kv: kv[1]):
         print(f"  {name:<12} {t:>14.3f} {t / dip_t:>11.2f}x")
-    _dip("simulate", "--model", args.model, "--schedule", "megatron", "--batches", "1", "--seed", "0",
-         "--gantt", f"{out}/megatron.png", "--trace", f"{out}/megatron-trace.json")
-    print(f"\nGantt charts: {out}/dip.png and {out}/megatron.png; Perfetto traces (ui.perfetto.dev): {out}/*-trace.json")
+    _dip(
+        "simulate",
+        "--model",
+        args.model,
+        "--schedule",
+        "megatron",
+        "--batches",
+        "1",
+        "--seed",
+        "0",
+        "--gantt",
+        f"{out}/megatron.png",
+        "--trace",
+        f"{out}/megatron-trace.json",
+    )
+    print(
+        f"\nGantt charts: {out}/dip.png and {out}/megatron.png; Perfetto traces (ui.perfetto.dev): {out}/*-trace.json"
+    )
     if args.skip_train:
         return 0
-    train = _dip("train", "--model", "tiny-vlm", "--nproc", "2", "--schedule", "dip", "--steps", str(args.steps),
-                 "--check-reference", "--trace", f"{out}/train-trace.json")
+    train = _dip(
+        "train",
+        "--model",
+        "tiny-vlm",
+        "--nproc",
+        "2",
+        "--schedule",
+        "dip",
+        "--steps",
+        str(args.steps),
+        "--check-reference",
+        "--trace",
+        f"{out}/train-trace.json",
+    )
     print("\ntiny-vlm on 2 processes, a new DIP plan every step:")
     for s in train["steps"]:
-        print(f"  step {s.get('step', '?')}: loss {s['loss']:.5f}  measured {s['step_time_s']:.3f} s  "
-              f"predicted {s['predicted_step_time_s']:.3f} s  tokens {s['tokens']}")
-    print(f"  vs plain single-process training: max loss error {train['max_loss_abs_err']:.2e}, "
-          f"max relative gradient error {train['max_grad_rel_err']:.2e}")
+        print(
+            f"  step {s.get('step', '?')}: loss {s['loss']:.5f}  measured {s['step_time_s']:.3f} s  "
+            f"predicted {s['predicted_step_time_s']:.3f} s  tokens {s['tokens']}"
+        )
+    print(
+        f"  vs plain single-process training: max loss error {train['max_loss_abs_err']:.2e}, "
+        f"max relative gradient error {train['max_grad_rel_err']:.2e}"
+    )
     return 0

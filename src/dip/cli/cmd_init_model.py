@@ -1,4 +1,5 @@
 """``dip init-model FAMILY --tiny --out DIR``: a random-init checkpoint folder, as downloaded ones look."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,15 +9,18 @@ from dip.io import emit
 
 FAMILY_HELP = {
     "qwen2-vl": "transformers Qwen2VLForConditionalGeneration (vision tower + Qwen2 LM, tied embeddings), "
-                "tokenizer with chat template, image processor",
+    "tokenizer with chat template, image processor",
     "wan": "diffusers Wan pipeline: WanTransformer3DModel + UMT5 text encoder, tokenizer, flow-matching scheduler",
 }
 
 
 def register(subparsers) -> None:
     families = "; ".join(f"{k}: {v}" for k, v in FAMILY_HELP.items())
-    p = subparsers.add_parser("init-model", help="write a tiny random-init checkpoint (qwen2-vl, wan)",
-                              description=f"Write a random-init checkpoint folder. Families: {families}.")
+    p = subparsers.add_parser(
+        "init-model",
+        help="write a tiny random-init checkpoint (qwen2-vl, wan)",
+        description=f"Write a random-init checkpoint folder. Families: {families}.",
+    )
     p.add_argument("family", help=f"model family: {', '.join(FAMILY_HELP)}")
     p.add_argument("--tiny", action="store_true", help="a tiny configuration (a few layers, small widths); required")
     p.add_argument("--out", required=True, help="folder to write")

@@ -1,4 +1,5 @@
 """``dip models``: the model presets with their modules, parameter counts and parallel layout."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,10 +14,9 @@ def register(subparsers) -> None:
         "models",
         help="list the model presets (modules, parameters, TP/PP/DP)",
         description="List the model presets: modules with their layer and parameter counts, the "
-                    "default tensor/pipeline/data parallel degrees and the workload kind.",
+        "default tensor/pipeline/data parallel degrees and the workload kind.",
     )
-    p.add_argument("--json", action="store_true",
-                   help='print one JSON object {"models": [...]} instead of a table')
+    p.add_argument("--json", action="store_true", help='print one JSON object {"models": [...]} instead of a table')
     p.set_defaults(func=run)
 
 
@@ -27,9 +27,20 @@ def model_summary(model: ModelSpec) -> dict[str, Any]:
     return {
         "name": model.name,
         "params": model_params(model),
-        "modules": [{"name": m.name, "kind": m.kind, "layers": m.layers, "params": module_params(m),
-                     "preset": presets.get(m.name)} for m in model.modules],
-        "tp": p.tp, "pp": p.pp, "dp": p.dp, "gpus": p.gpus,
+        "modules": [
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "layers": m.layers,
+                "params": module_params(m),
+                "preset": presets.get(m.name),
+            }
+            for m in model.modules
+        ],
+        "tp": p.tp,
+        "pp": p.pp,
+        "dp": p.dp,
+        "gpus": p.gpus,
         "workload": model.workload,
     }
 
@@ -42,10 +53,21 @@ def _table(rows: list[dict[str, Any]]) -> str:
     header = ("model", "params", "tp", "pp", "dp", "gpus", "workload", "modules")
     lines = [header]
     for r in rows:
-        mods = " + ".join(f"{m['name']}={m['preset'] or m['kind']}({m['layers']}L,{_billions(m['params'])})"
-                          for m in r["modules"])
-        lines.append((r["name"], _billions(r["params"]), str(r["tp"]), str(r["pp"]), str(r["dp"]),
-                      str(r["gpus"]), r["workload"], mods))
+        mods = " + ".join(
+            f"{m['name']}={m['preset'] or m['kind']}({m['layers']}L,{_billions(m['params'])})" for m in r["modules"]
+        )
+        lines.append(
+            (
+                r["name"],
+                _billions(r["params"]),
+                str(r["tp"]),
+                str(r["pp"]),
+                str(r["dp"]),
+                str(r["gpus"]),
+                r["workload"],
+                mods,
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1] for line in lines)
 

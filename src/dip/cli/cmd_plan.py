@@ -6,6 +6,7 @@ and mean times, lower bounds, speedups and search statistics. ``--exact`` adds t
 (small instances only). Uniform mode: ``dip plan --pp 4 --microbatches 8 --uniform-costs 1:1:1``
 searches an order for one chain with equal pass costs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,8 @@ def register(subparsers) -> None:
         "plan",
         help="search DIP plans for generated batches and compare with the baselines",
         description="Plan each generated batch with DIP (modality-aware partition, MCTS segment reordering, "
-                    "dual-queue interleaving, per-layer memory optimisation), simulate it next to every "
-                    "baseline and report times, lower bounds and search statistics.",
+        "dual-queue interleaving, per-layer memory optimisation), simulate it next to every "
+        "baseline and report times, lower bounds and search statistics.",
     )
     p.add_argument("--model", help="model preset name or model file, e.g. VLM-S, T2V-S")
     p.add_argument("--batches", type=int, default=1, help="global batches to plan (default 1)")
@@ -42,21 +43,34 @@ def register(subparsers) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget", type=float, help="search seconds per batch (default 2)")
     budget.add_argument("--rollouts", type=int, help="rollouts per batch: a deterministic search")
-    p.add_argument("--workers", type=int,
-                   help="search processes sharing MCTS statistics (default: half of this machine's cores)")
+    p.add_argument(
+        "--workers", type=int, help="search processes sharing MCTS statistics (default: half of this machine's cores)"
+    )
     p.add_argument("--strategy", default="mcts", choices=STRATEGY_CHOICES, help="search strategy (default mcts)")
     p.add_argument("--exact", action="store_true", help="also solve the exact optimum with CP-SAT (small instances)")
     p.add_argument("--exact-time-limit", type=float, default=120.0, help="CP-SAT seconds per batch (default 120)")
     limit = p.add_mutually_exclusive_group()
-    limit.add_argument("--memory-limit-gib", type=float,
-                       help="usable GPU memory in GiB (default: the hardware's capacity minus the reserve)")
-    limit.add_argument("--memory-reserve-gib", type=float,
-                       help="GiB of each GPU kept free of modelled tensors (default 8%% of its memory)")
+    limit.add_argument(
+        "--memory-limit-gib",
+        type=float,
+        help="usable GPU memory in GiB (default: the hardware's capacity minus the reserve)",
+    )
+    limit.add_argument(
+        "--memory-reserve-gib",
+        type=float,
+        help="GiB of each GPU kept free of modelled tensors (default 8%% of its memory)",
+    )
     add_memory_arguments(p)
-    p.add_argument("--sub-microbatch", nargs="+", metavar="MODULE=B", default=[],
-                   help="override sub-microbatch sizes B_i, e.g. vit=12")
-    p.add_argument("--segments", nargs="+", metavar="MODULE=K", default=[],
-                   help="override segment counts K_i, e.g. vit=2")
+    p.add_argument(
+        "--sub-microbatch",
+        nargs="+",
+        metavar="MODULE=B",
+        default=[],
+        help="override sub-microbatch sizes B_i, e.g. vit=12",
+    )
+    p.add_argument(
+        "--segments", nargs="+", metavar="MODULE=K", default=[], help="override segment counts K_i, e.g. vit=2"
+    )
     p.add_argument("--no-baselines", action="store_true", help="skip the baseline schedules")
     p.add_argument("--pp", type=int, help="uniform mode: pipeline ranks (default 4)")
     p.add_argument("--chunks", type=int, default=1, help="uniform mode: chunks per rank (default 1)")
@@ -97,8 +111,10 @@ def run(args: argparse.Namespace) -> int:
     positive_int("workers", args.workers)
     if args.uniform_costs:
         out, plan, result = run_uniform(args)
-        text = (f"dip (uniform): pp {out['pp']} x {out['chunks']} chunks, {out['microbatches']} micro-batches: "
-                f"iteration time {out['iteration_time']:g}, lower bound {out['lower_bound']:g}")
+        text = (
+            f"dip (uniform): pp {out['pp']} x {out['chunks']} chunks, {out['microbatches']} micro-batches: "
+            f"iteration time {out['iteration_time']:g}, lower bound {out['lower_bound']:g}"
+        )
     else:
         out, plan, result = run_model(args)
         text = format_text(out)
@@ -137,9 +153,16 @@ def run_uniform(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
         costs = uniform_stage_costs(base.graph, base.units, f, i, w)
         baselines[name] = simulate(base, costs, None).iteration_time
     out = {
-        "schedule": "dip", "pp": pp, "chunks": v, "microbatches": m, "costs": [f, i, w],
-        "iteration_time": result.iteration_time, "lower_bound": lb, "baselines": baselines,
-        "search_time_s": stats.search_time_s, "rollouts": stats.rollouts,
+        "schedule": "dip",
+        "pp": pp,
+        "chunks": v,
+        "microbatches": m,
+        "costs": [f, i, w],
+        "iteration_time": result.iteration_time,
+        "lower_bound": lb,
+        "baselines": baselines,
+        "search_time_s": stats.search_time_s,
+        "rollouts": stats.rollouts,
         "order": {str(r): " ".join(str(a) for a in acts) for r, acts in plan.order.items()},
     }
     return out, plan, result
@@ -154,32 +177,49 @@ def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
     hardware = get_hardware(args.hardware)
     limit = memory_limit_bytes(hardware, args.memory_limit_gib, args.memory_reserve_gib)
     request = PlanRequest(
-        model=model, batches=positive_int("batches", args.batches),
-        seed=positive_int("seed", args.seed, minimum=0), microbatches=positive_int("microbatches", args.microbatches),
-        hardware=args.hardware, budget_s=args.budget, rollouts=args.rollouts, workers=args.workers,
-        strategy=args.strategy, exact=args.exact, exact_time_limit_s=args.exact_time_limit,
+        model=model,
+        batches=positive_int("batches", args.batches),
+        seed=positive_int("seed", args.seed, minimum=0),
+        microbatches=positive_int("microbatches", args.microbatches),
+        hardware=args.hardware,
+        budget_s=args.budget,
+        rollouts=args.rollouts,
+        workers=args.workers,
+        strategy=args.strategy,
+        exact=args.exact,
+        exact_time_limit_s=args.exact_time_limit,
         memory_limit_bytes=limit,
         sub_microbatch=parse_overrides(args.sub_microbatch, "--sub-microbatch"),
-        segments=parse_overrides(args.segments, "--segments"), baselines=not args.no_baselines,
+        segments=parse_overrides(args.segments, "--segments"),
+        baselines=not args.no_baselines,
     )
     out, first = plan_batches(request)
     opts = CostOptions.from_parallel(model.parallel)
-    out.update(tp=opts.tp, dp=opts.dp, sequence_parallel=opts.sequence_parallel,
-               distributed_optimizer=opts.distributed_optimizer,
-               memory_capacity_bytes=float(hardware.mem_bytes), memory_limit_bytes=limit)
+    out.update(
+        tp=opts.tp,
+        dp=opts.dp,
+        sequence_parallel=opts.sequence_parallel,
+        distributed_optimizer=opts.distributed_optimizer,
+        memory_capacity_bytes=float(hardware.mem_bytes),
+        memory_limit_bytes=limit,
+    )
     return out, first.plan, first.sim
 
 
 def format_text(out: dict[str, Any]) -> str:
     mean = out["mean"]
-    lines = [f"dip on {out['model']} ({out['microbatches']} micro-batches, {len(out['per_batch'])} batches): "
-             f"mean {mean['dip_time_s']:.3f} s, lower bound {mean['lower_bound_s']:.3f} s, "
-             f"search {mean['search_time_s']:.2f} s"]
+    lines = [
+        f"dip on {out['model']} ({out['microbatches']} micro-batches, {len(out['per_batch'])} batches): "
+        f"mean {mean['dip_time_s']:.3f} s, lower bound {mean['lower_bound_s']:.3f} s, "
+        f"search {mean['search_time_s']:.2f} s"
+    ]
     for name, t in mean["baselines"].items():
         lines.append(f"  {name:<12} {t:8.3f} s   dip speedup {mean['speedup_vs'][name]:.3f}x")
     for k, row in enumerate(out["per_batch"]):
         peak = " ".join(f"{b / GIB:.1f}" for b in row["peak_memory_bytes"])
         extra = f", exact {row['exact_time_s']:.3f} s ({row['exact_status']})" if "exact_time_s" in row else ""
-        lines.append(f"  batch {k}: dip {row['dip_time_s']:.3f} s, lower bound {row['lower_bound_s']:.3f} s{extra}, "
-                     f"{row['rollouts']} rollouts, peak GiB [{peak}]")
+        lines.append(
+            f"  batch {k}: dip {row['dip_time_s']:.3f} s, lower bound {row['lower_bound_s']:.3f} s{extra}, "
+            f"{row['rollouts']} rollouts, peak GiB [{peak}]"
+        )
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """``dip profile``: time real torch blocks and write a calibrated hardware JSON for ``--hardware``."""
+
 from __future__ import annotations
 
 import argparse
-
 import json
 from dataclasses import replace
 
@@ -13,9 +13,12 @@ from dip.spec.presets import MODULE_PRESETS, get_model, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("profile", help="profile real torch layers and fit the cost model (calibration JSON)",
-                       description="Time forward/backward of ViT, decoder and DiT blocks over token counts, fit "
-                                   "the cost model's efficiency factors and write a hardware calibration JSON.")
+    p = sub.add_parser(
+        "profile",
+        help="profile real torch layers and fit the cost model (calibration JSON)",
+        description="Time forward/backward of ViT, decoder and DiT blocks over token counts, fit "
+        "the cost model's efficiency factors and write a hardware calibration JSON.",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--model", help="model preset whose modules are profiled (default: ViT-5B, Qwen2-32B, DiT-5B)")
     p.add_argument("--modules", nargs="+", help="module names or kinds (vit, decoder, dit) to profile")
@@ -26,12 +29,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default for this machine)")
     p.add_argument("--name", help="hardware name stored in the file (default: the device)")
     p.add_argument("--out", required=True, help="calibration JSON to write")
-    p.add_argument("--runtime-models", nargs="+", metavar="MODEL",
-                   help="then run these models (e.g. tiny-vlm tiny-t2v) through the executor on 2 local processes "
-                        "and store measured / modelled action time per module kind and pass (runtime_factors)")
-    p.add_argument("--base", metavar="CALIBRATION",
-                   help="with --runtime-models: keep this calibration's block fit (shipped name or JSON) and only "
-                        "re-measure its runtime factors")
+    p.add_argument(
+        "--runtime-models",
+        nargs="+",
+        metavar="MODEL",
+        help="then run these models (e.g. tiny-vlm tiny-t2v) through the executor on 2 local processes "
+        "and store measured / modelled action time per module kind and pass (runtime_factors)",
+    )
+    p.add_argument(
+        "--base",
+        metavar="CALIBRATION",
+        help="with --runtime-models: keep this calibration's block fit (shipped name or JSON) and only "
+        "re-measure its runtime factors",
+    )
     p.add_argument("--runtime-steps", type=int, default=6, help="steps per model and schedule for --runtime-models")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -78,8 +88,10 @@ def run(args: argparse.Namespace) -> int:
     elif device != "cpu":
         raise BadInput(f"unknown device {args.device!r}; valid devices: cpu, cuda, cuda:N")
     cuda = device.startswith("cuda")
-    sizes = [positive_int("--sizes", s) for s in (args.sizes or ([1024, 2048, 4096, 8192, 16384] if cuda
-                                                                 else [32, 64, 128, 256, 512, 1024, 2048]))]
+    sizes = [
+        positive_int("--sizes", s)
+        for s in (args.sizes or ([1024, 2048, 4096, 8192, 16384] if cuda else [32, 64, 128, 256, 512, 1024, 2048]))
+    ]
     block = positive_int("--block", args.block if args.block is not None else (4096 if cuda else 1024))
     rounds = positive_int("--rounds", args.rounds)
     if args.hidden_scale is not None and not 0 < args.hidden_scale <= 1:
@@ -100,22 +112,34 @@ def run(args: argparse.Namespace) -> int:
     else:
         from dip.cost.profile import calibrate  # torch (several seconds to load)
 
-        hw, record = calibrate(modules, sizes, device, args.hidden_scale, block, args.name, rounds=rounds,
-                               threads=threads)
+        hw, record = calibrate(
+            modules, sizes, device, args.hidden_scale, block, args.name, rounds=rounds, threads=threads
+        )
     if args.runtime_models:
         hw, record = _with_runtime_factors(hw, record, args.out, args.runtime_models, runtime_steps)
     hw.save(args.out, extra=record)
     fit = record["fit"]
-    summary = {"out": args.out, "name": hw.name, "device": device, "peak_flops": hw.peak_flops, "mem_bw": hw.mem_bw,
-               "alphas": dict(hw.alphas), "gemm_curve": {"m0": hw.gemm_curve.m0, "n0": hw.gemm_curve.n0,
-                                                         "k0": hw.gemm_curve.k0},
-               "attn_s0": hw.attn_s0, "kernel_overhead_s": hw.kernel_overhead_s,
-               "rms_log_error": fit["rms_log_error"], "points": len(record["measurements"]),
-               "runtime_factors": hw.runtime_factors, "action_overhead_s": hw.action_overhead_s}
-    text = (f"wrote {args.out}: {hw.name} peak {hw.peak_flops / 1e12:.3f} TFLOP/s, mem {hw.mem_bw / 1e9:.1f} GB/s, "
-            f"alpha gemm {hw.alpha('gemm'):.2f} attention {hw.alpha('attention'):.2f} "
-            f"elementwise {hw.alpha('elementwise'):.2f}, fit rms log error {fit['rms_log_error']:.3f} "
-            f"over {len(record['measurements'])} points")
+    summary = {
+        "out": args.out,
+        "name": hw.name,
+        "device": device,
+        "peak_flops": hw.peak_flops,
+        "mem_bw": hw.mem_bw,
+        "alphas": dict(hw.alphas),
+        "gemm_curve": {"m0": hw.gemm_curve.m0, "n0": hw.gemm_curve.n0, "k0": hw.gemm_curve.k0},
+        "attn_s0": hw.attn_s0,
+        "kernel_overhead_s": hw.kernel_overhead_s,
+        "rms_log_error": fit["rms_log_error"],
+        "points": len(record["measurements"]),
+        "runtime_factors": hw.runtime_factors,
+        "action_overhead_s": hw.action_overhead_s,
+    }
+    text = (
+        f"wrote {args.out}: {hw.name} peak {hw.peak_flops / 1e12:.3f} TFLOP/s, mem {hw.mem_bw / 1e9:.1f} GB/s, "
+        f"alpha gemm {hw.alpha('gemm'):.2f} attention {hw.alpha('attention'):.2f} "
+        f"elementwise {hw.alpha('elementwise'):.2f}, fit rms log error {fit['rms_log_error']:.3f} "
+        f"over {len(record['measurements'])} points"
+    )
     emit(summary, args.json, text)
     return 0
 

@@ -5,12 +5,14 @@ iteration time, bubble fraction, MFU, per-rank peak memory and the lower bound.
 Uniform mode: ``dip simulate --uniform-costs 1:1:1 --pp 4 --microbatches 8 --schedule 1f1b`` times a
 schedule with equal per-chunk pass costs ``F:I:W`` and free communication.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dip.cli.memory_args import add_memory_arguments, memory_limit_bytes, memory_overrides
 from dip.cost import CostModel
@@ -35,12 +37,15 @@ def register(subparsers) -> None:
         "simulate",
         help="simulate a schedule (dip or a baseline) on generated batches or uniform costs",
         description="Build the plan of a schedule for each generated batch of a model (or for a uniform "
-                    "chain with --uniform-costs), validate it and simulate it: iteration time, bubble "
-                    "fraction, MFU, per-rank peak memory, lower bound.",
+        "chain with --uniform-costs), validate it and simulate it: iteration time, bubble "
+        "fraction, MFU, per-rank peak memory, lower bound.",
     )
     p.add_argument("--model", help="model preset name or model file, e.g. VLM-S, T2V-S")
-    p.add_argument("--schedule", required=True,
-                   help="schedule: gpipe, 1f1b, interleaved, zb-h1, megatron, nnscaler, optimus (and dip)")
+    p.add_argument(
+        "--schedule",
+        required=True,
+        help="schedule: gpipe, 1f1b, interleaved, zb-h1, megatron, nnscaler, optimus (and dip)",
+    )
     p.add_argument("--batches", type=int, default=1, help="global batches to simulate (default 1)")
     p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
     p.add_argument("--microbatches", type=int, default=64, help="micro-batches per global batch (default 64)")
@@ -50,16 +55,26 @@ def register(subparsers) -> None:
     add_memory_arguments(p)
     p.add_argument("--chunks", type=int, help="chunks per rank (interleaved schedules; default 2 where allowed)")
     limit = p.add_mutually_exclusive_group()
-    limit.add_argument("--memory-limit-gib", type=float,
-                       help="usable GPU memory in GiB (default: the hardware's capacity minus the reserve)")
-    limit.add_argument("--memory-reserve-gib", type=float,
-                       help="GiB of each GPU kept free of modelled tensors (default 8%% of its memory)")
-    p.add_argument("--uniform-costs", metavar="F:I:W",
-                   help="schedule-only mode: every chunk pass costs F (forward), I (backward-input), W (weight)")
+    limit.add_argument(
+        "--memory-limit-gib",
+        type=float,
+        help="usable GPU memory in GiB (default: the hardware's capacity minus the reserve)",
+    )
+    limit.add_argument(
+        "--memory-reserve-gib",
+        type=float,
+        help="GiB of each GPU kept free of modelled tensors (default 8%% of its memory)",
+    )
+    p.add_argument(
+        "--uniform-costs",
+        metavar="F:I:W",
+        help="schedule-only mode: every chunk pass costs F (forward), I (backward-input), W (weight)",
+    )
     p.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace of the first batch")
     p.add_argument("--gantt", metavar="FILE.png", help="write a Gantt chart (PNG) of the first batch")
-    p.add_argument("--export-torch", metavar="FILE.csv",
-                   help="write the first plan as a torch pipelining CSV (linear chains only)")
+    p.add_argument(
+        "--export-torch", metavar="FILE.csv", help="write the first plan as a torch pipelining CSV (linear chains only)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -74,9 +89,11 @@ def run(args: argparse.Namespace) -> int:
     args.schedule = check_schedule(args.schedule)  # unknown names fail before any work
     if args.uniform_costs:
         out, plan, result = run_uniform(args)
-        text = (f"{out['schedule']}: pp {out['pp']} x {out['chunks']} chunks, {out['microbatches']} micro-batches: "
-                f"iteration time {out['iteration_time']:g}, bubble {out['bubble_fraction']:.3f}, "
-                f"peak activations {out['peak_activations']}")
+        text = (
+            f"{out['schedule']}: pp {out['pp']} x {out['chunks']} chunks, {out['microbatches']} micro-batches: "
+            f"iteration time {out['iteration_time']:g}, bubble {out['bubble_fraction']:.3f}, "
+            f"peak activations {out['peak_activations']}"
+        )
     else:
         out, plan, result = run_model(args)
         text = format_text(out)
@@ -112,9 +129,15 @@ def run_uniform(args: argparse.Namespace) -> tuple[dict[str, Any], Plan, Any]:
     result = simulate(plan, costs, None, args.memory_limit_gib * GIB if args.memory_limit_gib else None)
     check_completed(result, plan)
     out = {
-        "schedule": plan.schedule, "pp": pp, "chunks": v, "microbatches": m, "costs": [f, i, w],
-        "iteration_time": result.iteration_time, "bubble_fraction": result.bubble_fraction,
-        "peak_activations": [int(x) for x in result.peak_activations], "lower_bound": result.lower_bound,
+        "schedule": plan.schedule,
+        "pp": pp,
+        "chunks": v,
+        "microbatches": m,
+        "costs": [f, i, w],
+        "iteration_time": result.iteration_time,
+        "bubble_fraction": result.bubble_fraction,
+        "peak_activations": [int(x) for x in result.peak_activations],
+        "lower_bound": result.lower_bound,
     }
     return out, plan, result
 
@@ -136,16 +159,19 @@ def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Plan, Any]:
     positive_int("seed", args.seed, minimum=0)
     chunks = positive_int("chunks", args.chunks) if args.chunks is not None else None
     if args.export_torch and len(model.modules) > 1:
-        raise BadInput(f"--export-torch needs a linear chain (a one-module model or --uniform-costs); "
-                       f"model {model.name} has {len(model.modules)} modules")
+        raise BadInput(
+            f"--export-torch needs a linear chain (a one-module model or --uniform-costs); "
+            f"model {model.name} has {len(model.modules)} modules"
+        )
     hardware = get_hardware(args.hardware)
     limit = memory_limit_bytes(hardware, args.memory_limit_gib, args.memory_reserve_gib)
     cost_model = CostModel(model, hardware, model.parallel.tp)
     batches = generate_batches(model, batches_n, args.seed, microbatches=m)
     per_batch, first = [], None
     for batch in batches:
-        sim = plan_schedule(name, model, batch, cost_model, hardware, chunks=chunks, memory_limit_bytes=limit,
-                            check=validate_plan)
+        sim = plan_schedule(
+            name, model, batch, cost_model, hardware, chunks=chunks, memory_limit_bytes=limit, check=validate_plan
+        )
         check_completed(sim.result, sim.plan)
         per_batch.append(batch_row(sim))
         first = first or sim
@@ -156,10 +182,14 @@ def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Plan, Any]:
 def batch_row(sim) -> dict[str, Any]:
     r = sim.result
     return {
-        "iteration_time_s": r.iteration_time, "bubble_fraction": r.bubble_fraction, "mfu": r.mfu,
-        "peak_memory_bytes": [float(x) for x in r.peak_memory_bytes], "lower_bound_s": r.lower_bound,
+        "iteration_time_s": r.iteration_time,
+        "bubble_fraction": r.bubble_fraction,
+        "mfu": r.mfu,
+        "peak_memory_bytes": [float(x) for x in r.peak_memory_bytes],
+        "lower_bound_s": r.lower_bound,
         "strategy": sim.plan.meta.get("memory_strategy", "per-layer"),
-        "fits_memory": not r.oom, "chunks_per_rank": sim.plan.meta.get("chunks_per_rank"),
+        "fits_memory": not r.oom,
+        "chunks_per_rank": sim.plan.meta.get("chunks_per_rank"),
     }
 
 
@@ -172,26 +202,40 @@ def summarize(schedule: str, model, m: int, limit: float, hardware, rows: list[d
     ranks = len(rows[0]["peak_memory_bytes"])
     opts = CostOptions.from_parallel(model.parallel)
     return {
-        "schedule": schedule, "model": model.name, "hardware": hardware.name,
-        "tp": model.parallel.tp, "pp": model.parallel.pp, "dp": model.parallel.dp,
-        "sequence_parallel": opts.sequence_parallel, "distributed_optimizer": opts.distributed_optimizer,
-        "microbatches": m, "batches": n,
-        "iteration_time_s": mean("iteration_time_s"), "bubble_fraction": mean("bubble_fraction"), "mfu": mean("mfu"),
+        "schedule": schedule,
+        "model": model.name,
+        "hardware": hardware.name,
+        "tp": model.parallel.tp,
+        "pp": model.parallel.pp,
+        "dp": model.parallel.dp,
+        "sequence_parallel": opts.sequence_parallel,
+        "distributed_optimizer": opts.distributed_optimizer,
+        "microbatches": m,
+        "batches": n,
+        "iteration_time_s": mean("iteration_time_s"),
+        "bubble_fraction": mean("bubble_fraction"),
+        "mfu": mean("mfu"),
         "peak_memory_bytes": [max(r["peak_memory_bytes"][k] for r in rows) for k in range(ranks)],
-        "lower_bound_s": mean("lower_bound_s"), "memory_capacity_bytes": float(hardware.mem_bytes),
-        "memory_limit_bytes": limit, "per_batch": rows,
+        "lower_bound_s": mean("lower_bound_s"),
+        "memory_capacity_bytes": float(hardware.mem_bytes),
+        "memory_limit_bytes": limit,
+        "per_batch": rows,
     }
 
 
 def format_text(out: dict[str, Any]) -> str:
-    lines = [f"{out['schedule']} on {out['model']} ({out['hardware']}, tp {out['tp']} pp {out['pp']} dp {out['dp']}, "
-             f"{out['microbatches']} micro-batches): mean iteration {out['iteration_time_s']:.3f} s, "
-             f"lower bound {out['lower_bound_s']:.3f} s, bubble {out['bubble_fraction']:.3f}, MFU {out['mfu']:.3f}"]
+    lines = [
+        f"{out['schedule']} on {out['model']} ({out['hardware']}, tp {out['tp']} pp {out['pp']} dp {out['dp']}, "
+        f"{out['microbatches']} micro-batches): mean iteration {out['iteration_time_s']:.3f} s, "
+        f"lower bound {out['lower_bound_s']:.3f} s, bubble {out['bubble_fraction']:.3f}, MFU {out['mfu']:.3f}"
+    ]
     for k, r in enumerate(out["per_batch"]):
         mem = " ".join(f"{b / GIB:.1f}" for b in r["peak_memory_bytes"])
-        lines.append(f"  batch {k}: {r['iteration_time_s']:.3f} s, bubble {r['bubble_fraction']:.3f}, "
-                     f"MFU {r['mfu']:.3f}, memory {r['strategy']}, peak GiB per rank [{mem}]"
-                     + ("" if r["fits_memory"] else "  (over the memory limit)"))
+        lines.append(
+            f"  batch {k}: {r['iteration_time_s']:.3f} s, bubble {r['bubble_fraction']:.3f}, "
+            f"MFU {r['mfu']:.3f}, memory {r['strategy']}, peak GiB per rank [{mem}]"
+            + ("" if r["fits_memory"] else "  (over the memory limit)")
+        )
     return "\n".join(lines)
 
 
@@ -206,14 +250,18 @@ def check_completed(result, plan: Plan) -> None:
 def write_outputs(args: argparse.Namespace, plan: Plan, result) -> None:
     if args.trace:
         from dip.viz.trace import write_chrome_trace  # numba simulator (about a second to load)
+
         write_via_temp(args.trace, lambda tmp: write_chrome_trace(tmp, plan, result))
     if args.gantt:
         from dip.viz.gantt import write_gantt_png  # matplotlib (about a second to load)
+
         write_via_temp(args.gantt, lambda tmp: write_gantt_png(tmp, plan, result), suffix=".png")
     if args.export_torch:
         if len(plan.graph.groups) != 1 or plan.flows or any(len(c.parts) != 1 for c in plan.graph.chunks):
-            raise BadInput(f"--export-torch needs a linear chain of single-module chunks; "
-                           f"the {plan.schedule} plan has groups {', '.join(plan.graph.groups)}")
+            raise BadInput(
+                f"--export-torch needs a linear chain of single-module chunks; "
+                f"the {plan.schedule} plan has groups {', '.join(plan.graph.groups)}"
+            )
         write_via_temp(args.export_torch, lambda tmp: to_torch_csv(plan, tmp), suffix=".csv")
 
 

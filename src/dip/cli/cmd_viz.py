@@ -5,6 +5,7 @@ per rank a lane of compute bars and a memory track, zoom, pan and a hover toolti
 trace shows the planned and the measured step; ``dip viz planned.json measured.json`` puts the first
 trace's plan next to the second's measurement (or its plan) on one page.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,8 @@ import os
 import tempfile
 from typing import Any
 
-from dip.io import emit, write_atomic
 from dip.errors import BadInput
+from dip.io import emit, write_atomic
 
 
 def register(subparsers) -> None:
@@ -22,12 +23,16 @@ def register(subparsers) -> None:
         "viz",
         help="write an interactive HTML viewer of a plan, simulation or training trace",
         description="Turn a trace written by dip plan/simulate/train --trace into one self-contained HTML page "
-                    "(no network): per-rank timeline and memory track, zoom (wheel, buttons), pan (drag) and "
-                    "hover details. Two traces: the first's plan next to the second's measurement.",
+        "(no network): per-rank timeline and memory track, zoom (wheel, buttons), pan (drag) and "
+        "hover details. Two traces: the first's plan next to the second's measurement.",
     )
     p.add_argument("input", metavar="INPUT", help="trace JSON written by dip plan/simulate/train --trace")
-    p.add_argument("input2", metavar="INPUT2", nargs="?",
-                   help="optional second trace (e.g. a dip train trace) drawn next to INPUT: planned vs measured")
+    p.add_argument(
+        "input2",
+        metavar="INPUT2",
+        nargs="?",
+        help="optional second trace (e.g. a dip train trace) drawn next to INPUT: planned vs measured",
+    )
     p.add_argument("--out", required=True, metavar="FILE.html", help="the HTML page to write")
     p.add_argument("--title", help="page title (default: schedule, label and file names)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -40,14 +45,23 @@ def run(args: argparse.Namespace) -> int:
     second = load_trace(args.input2, "INPUT2") if args.input2 else None
     from dip.viz.html import build_viewer  # heavy: the dip.viz package loads the simulator (numba)
 
-    page = build_viewer(trace=first, source=args.input, measured=second,
-                        measured_source=args.input2 or "measured trace", title=args.title)
+    page = build_viewer(
+        trace=first,
+        source=args.input,
+        measured=second,
+        measured_source=args.input2 or "measured trace",
+        title=args.title,
+    )
     try:
         write_atomic(args.out, page.html)
     except OSError as exc:
         raise BadInput(f"--out {args.out!r} cannot be written: {exc.strerror or exc}") from None
-    out = {"out": args.out, "bytes": len(page.html.encode("utf-8")), **page.summary(),
-           "inputs": [p for p in (args.input, args.input2) if p]}
+    out = {
+        "out": args.out,
+        "bytes": len(page.html.encode("utf-8")),
+        **page.summary(),
+        "inputs": [p for p in (args.input, args.input2) if p],
+    }
     series = ", ".join(f"{s['name']} {s['bars']} bars" for s in out["series"])
     emit(out, args.json, f"wrote {args.out}: {out['ranks']} ranks, {series}")
     return 0

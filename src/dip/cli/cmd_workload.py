@@ -1,4 +1,5 @@
 """``dip workload``: generate (or read) a training workload and show its packed micro-batches."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,21 +23,36 @@ def register(subparsers) -> None:
         "workload",
         help="generate or read a workload and show its packed micro-batches",
         description="Generate global batches from the paper's data sources (or pack a manifest) for a "
-                    "model and print, per micro-batch, text tokens, images, clips, video seconds and FLOPs.",
+        "model and print, per micro-batch, text tokens, images, clips, video seconds and FLOPs.",
     )
     p.add_argument("--model", required=True, help="model preset name, e.g. VLM-S, T2V-S, tiny-vlm")
-    p.add_argument("--batches", type=int, default=None,
-                   help="number of global batches (>= 1; default 1, or 40 iterations with --dynamic, "
-                        "or the whole manifest with --manifest)")
+    p.add_argument(
+        "--batches",
+        type=int,
+        default=None,
+        help="number of global batches (>= 1; default 1, or 40 iterations with --dynamic, "
+        "or the whole manifest with --manifest)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (>= 0); batch i depends only on (seed, i)")
     p.add_argument("--microbatches", type=int, default=64, help="micro-batches per global batch M (default 64)")
-    p.add_argument("--manifest", metavar="FILE",
-                   help="pack the samples of this JSONL (or Parquet) manifest instead of generating them")
-    p.add_argument("--mix", "--source", dest="source", metavar="NAME",
-                   help=f"data mixture or single source (default: vlm-default / t2v-default / text-default by "
-                        f"the model's workload): {', '.join(source_names())}")
-    p.add_argument("--dynamic", action="store_true",
-                   help="Fig. 8b rise-and-fall image-count workload (VLM models; one batch per iteration)")
+    p.add_argument(
+        "--manifest",
+        metavar="FILE",
+        help="pack the samples of this JSONL (or Parquet) manifest instead of generating them",
+    )
+    p.add_argument(
+        "--mix",
+        "--source",
+        dest="source",
+        metavar="NAME",
+        help=f"data mixture or single source (default: vlm-default / t2v-default / text-default by "
+        f"the model's workload): {', '.join(source_names())}",
+    )
+    p.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="Fig. 8b rise-and-fall image-count workload (VLM models; one batch per iteration)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run)
 
@@ -55,7 +71,7 @@ def build_batches(model: ModelSpec, args: argparse.Namespace) -> list[BatchMeta]
         if args.source or args.dynamic:
             raise BadInput("--manifest cannot be combined with --mix or --dynamic")
         batches = manifest_batches(model, args.manifest, args.microbatches)
-        return batches[:args.batches] if args.batches else batches
+        return batches[: args.batches] if args.batches else batches
     if args.dynamic:
         if args.source:
             raise BadInput("--dynamic uses its own VLM mixture; it cannot be combined with --mix")
@@ -92,17 +108,23 @@ def human_flops(x: float) -> str:
 
 def render(result: dict[str, Any]) -> str:
     """Short text: one line per batch, then min / mean / max per field."""
-    lines = [f"model {result['model']} ({result['workload']}), {len(result['batches'])} batch(es) of "
-             f"up to {result['microbatches_per_batch']} micro-batches"]
-    lines.append(f"{'batch':>5} {'mbs':>4} {'text_tok':>9} {'images':>6} {'clips':>5} {'video_s':>8} "
-                 f"{'FLOPs':>14} {'heavy/light':>11}")
+    lines = [
+        f"model {result['model']} ({result['workload']}), {len(result['batches'])} batch(es) of "
+        f"up to {result['microbatches_per_batch']} micro-batches"
+    ]
+    lines.append(
+        f"{'batch':>5} {'mbs':>4} {'text_tok':>9} {'images':>6} {'clips':>5} {'video_s':>8} "
+        f"{'FLOPs':>14} {'heavy/light':>11}"
+    )
     for b in result["batches"]:
         rows = b["microbatches"]
         flops = [r["flops"] for r in rows]
         ratio = f"{max(flops) / min(flops):.2f}" if rows and min(flops) > 0 else "-"
-        lines.append(f"{b['index']:>5} {len(rows):>4} {sum(r['text_tokens'] for r in rows):>9} "
-                     f"{sum(r['images'] for r in rows):>6} {sum(r['clips'] for r in rows):>5} "
-                     f"{sum(r['video_seconds'] for r in rows):>8.1f} {human_flops(b['flops']):>14} {ratio:>11}")
+        lines.append(
+            f"{b['index']:>5} {len(rows):>4} {sum(r['text_tokens'] for r in rows):>9} "
+            f"{sum(r['images'] for r in rows):>6} {sum(r['clips'] for r in rows):>5} "
+            f"{sum(r['video_seconds'] for r in rows):>8.1f} {human_flops(b['flops']):>14} {ratio:>11}"
+        )
     s = result["summary"]
     lines.append(f"per micro-batch over {s['microbatches']} micro-batches (min / mean / max):")
     for name in FIELDS:

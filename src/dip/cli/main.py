@@ -6,25 +6,52 @@ schedule), so ``dip --help`` stays fast, and the heavy ones (the numba planner, 
 :class:`dip.errors.BadInput` (and argparse usage errors) end the process with exit code 2 and a
 one-line message on stderr, never a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dip.cli import (cmd_bench, cmd_cost, cmd_data, cmd_demo, cmd_init_model, cmd_models, cmd_plan, cmd_profile,
-                     cmd_simulate, cmd_train, cmd_viz, cmd_workload)
+from dip.cli import (
+    cmd_bench,
+    cmd_cost,
+    cmd_data,
+    cmd_demo,
+    cmd_init_model,
+    cmd_models,
+    cmd_plan,
+    cmd_profile,
+    cmd_simulate,
+    cmd_train,
+    cmd_viz,
+    cmd_workload,
+)
 from dip.errors import BadInput
 
 # The commands in the order ``dip --help`` lists them; each module's ``register(subparsers)`` adds its parser.
-COMMANDS = (cmd_models, cmd_workload, cmd_cost, cmd_profile, cmd_simulate, cmd_plan, cmd_train, cmd_data,
-            cmd_init_model, cmd_viz, cmd_bench, cmd_demo)
+COMMANDS = (
+    cmd_models,
+    cmd_workload,
+    cmd_cost,
+    cmd_profile,
+    cmd_simulate,
+    cmd_plan,
+    cmd_train,
+    cmd_data,
+    cmd_init_model,
+    cmd_viz,
+    cmd_bench,
+    cmd_demo,
+)
 
 
 class _Parser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors are one line with exit code 2."""
 
-    def error(self, message: str):  # noqa: D401
-        sys.stderr.write(f"dip {self.prog.split(' ', 1)[-1] if ' ' in self.prog else ''}: error: {message}\n".replace("  ", " "))
+    def error(self, message: str):
+        sys.stderr.write(
+            f"dip {self.prog.split(' ', 1)[-1] if ' ' in self.prog else ''}: error: {message}\n".replace("  ", " ")
+        )
         sys.exit(2)
 
 

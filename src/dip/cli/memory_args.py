@@ -1,4 +1,5 @@
 """The Megatron memory flags shared by ``dip cost``, ``dip simulate`` and ``dip plan``."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,10 +16,16 @@ def add_memory_arguments(parser: argparse.ArgumentParser, dp: bool = True) -> No
     """The Megatron memory flags shared by ``dip cost``, ``dip simulate`` and ``dip plan``."""
     if dp:
         parser.add_argument("--dp", type=int, help="data parallel degree (default: the model's)")
-    parser.add_argument("--no-sequence-parallel", action="store_true",
-                        help="keep TP-replicated activations whole (default: sequence parallelism when tp > 1)")
-    parser.add_argument("--no-distributed-optimizer", action="store_true",
-                        help="replicate the optimizer state on every DP rank (default: sharded when dp > 1)")
+    parser.add_argument(
+        "--no-sequence-parallel",
+        action="store_true",
+        help="keep TP-replicated activations whole (default: sequence parallelism when tp > 1)",
+    )
+    parser.add_argument(
+        "--no-distributed-optimizer",
+        action="store_true",
+        help="replicate the optimizer state on every DP rank (default: sharded when dp > 1)",
+    )
 
 
 def memory_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """Operator-level cost model: FLOPs, latency, activation memory per strategy, calibration."""
+
 from dip.cost.flops import layer_flops, microbatch_flops, module_flops
 from dip.cost.latency import op_seconds
 from dip.cost.model import STRATEGIES, ChunkCost, CostModel, PassTimes
@@ -6,6 +7,19 @@ from dip.cost.ops import Op, PassOps, layer_ops, post_ops, pre_ops
 from dip.cost.options import CostOptions, param_state_bytes
 
 __all__ = [
-    "STRATEGIES", "ChunkCost", "CostModel", "CostOptions", "Op", "PassOps", "PassTimes", "layer_flops",
-    "layer_ops", "microbatch_flops", "module_flops", "op_seconds", "param_state_bytes", "post_ops", "pre_ops",
+    "STRATEGIES",
+    "ChunkCost",
+    "CostModel",
+    "CostOptions",
+    "Op",
+    "PassOps",
+    "PassTimes",
+    "layer_flops",
+    "layer_ops",
+    "microbatch_flops",
+    "module_flops",
+    "op_seconds",
+    "param_state_bytes",
+    "post_ops",
+    "pre_ops",
 ]

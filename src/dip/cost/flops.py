@@ -8,6 +8,7 @@ not counted. For a decoder block running blocks of lengths ``s_j`` (``T = sum s_
 
 where ``N_w`` is the block's weight-matrix parameter count (norm weights and biases excluded).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -19,8 +20,11 @@ from dip.spec.model import ModelSpec, ModuleSpec
 
 @lru_cache(maxsize=4096)
 def _fwd(module: ModuleSpec, work: ModuleWork) -> tuple[float, float, float]:
-    return (pre_ops(module, work).model_flops(), layer_ops(module, work).model_flops(),
-            post_ops(module, work).model_flops())
+    return (
+        pre_ops(module, work).model_flops(),
+        layer_ops(module, work).model_flops(),
+        post_ops(module, work).model_flops(),
+    )
 
 
 def layer_flops(module: ModuleSpec, work: ModuleWork) -> tuple[float, float]:

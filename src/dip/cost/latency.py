@@ -1,8 +1,9 @@
 """Operator latency: ``max(a_f * flops / F, a_m * bytes / B_mem, a_n * net_bytes / B_net)`` + launch cost."""
+
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from dip.cost.ops import Op
 from dip.spec.hardware import HardwareSpec

@@ -6,12 +6,14 @@ pre and post times and the per-strategy activation bytes are computed once and c
 (:class:`~dip.cost.options.CostOptions`: sequence parallelism, distributed optimizer); the formulas
 and their sources are in docs/memory.md.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from dip.cost.flops import microbatch_flops as _microbatch_flops, layer_flops
+from dip.cost.flops import layer_flops
+from dip.cost.flops import microbatch_flops as _microbatch_flops
 from dip.cost.latency import op_seconds, ops_seconds
 from dip.cost.ops import PassOps, layer_ops, post_ops, pre_ops, tp_split_params
 from dip.cost.options import GRAD_BYTES, CostOptions
@@ -42,13 +44,13 @@ class PassTimes:
     def total(self) -> float:
         return self.f + self.i + self.w
 
-    def __add__(self, other: "PassTimes") -> "PassTimes":
+    def __add__(self, other: PassTimes) -> PassTimes:
         return PassTimes(self.f + other.f, self.i + other.i, self.w + other.w)
 
-    def scaled(self, k: float) -> "PassTimes":
+    def scaled(self, k: float) -> PassTimes:
         return PassTimes(self.f * k, self.i * k, self.w * k)
 
-    def scaled_passes(self, kf: float, kb: float) -> "PassTimes":
+    def scaled_passes(self, kf: float, kb: float) -> PassTimes:
         """Forward scaled by ``kf``, both backward parts by ``kb``."""
         return self if kf == kb == 1.0 else PassTimes(self.f * kf, self.i * kb, self.w * kb)
 
@@ -96,8 +98,15 @@ class CostModel:
     set data parallelism, sequence parallelism and the distributed optimizer.
     """
 
-    def __init__(self, model: ModelSpec, hardware: HardwareSpec | str, tp: int | None = None,
-                 dtype_bytes: int = 2, flash_attention: bool = True, options: CostOptions | None = None):
+    def __init__(
+        self,
+        model: ModelSpec,
+        hardware: HardwareSpec | str,
+        tp: int | None = None,
+        dtype_bytes: int = 2,
+        flash_attention: bool = True,
+        options: CostOptions | None = None,
+    ):
         self.model = model
         self.hardware = get_hardware(hardware)
         if tp is not None and int(tp) < 1:
@@ -144,9 +153,15 @@ class CostModel:
             "full": layer.f,
             "offload": max(0.0, xfer - layer.f) + max(0.0, xfer - layer.b),
         }
-        return _WorkCosts(layer, _times(pre, hw).scaled_passes(kf, kb), _times(post, hw).scaled_passes(kf, kb),
-                          act, recompute,
-                          pre.saved_bytes(), post.saved_bytes())
+        return _WorkCosts(
+            layer,
+            _times(pre, hw).scaled_passes(kf, kb),
+            _times(post, hw).scaled_passes(kf, kb),
+            act,
+            recompute,
+            pre.saved_bytes(),
+            post.saved_bytes(),
+        )
 
     # -- public queries ---------------------------------------------------------------------------
     def layer_times(self, module: ModuleSpec | str, work: ModuleWork) -> PassTimes:
@@ -171,8 +186,14 @@ class CostModel:
         """Extra backward seconds of one block under ``strategy`` (offload: transfer not hidden)."""
         return self._costs(module, work).recompute[check_strategy(strategy)]
 
-    def chunk_costs(self, module: ModuleSpec | str, work: ModuleWork, layer_start: int, layer_end: int,
-                    strategies: Sequence[str] | str = "none") -> ChunkCost:
+    def chunk_costs(
+        self,
+        module: ModuleSpec | str,
+        work: ModuleWork,
+        layer_start: int,
+        layer_end: int,
+        strategies: Sequence[str] | str = "none",
+    ) -> ChunkCost:
         """Costs of blocks ``[layer_start, layer_end)`` plus pre (first chunk) and post (last chunk)."""
         module = self._module(module)
         if not 0 <= layer_start <= layer_end <= module.layers:
@@ -196,8 +217,9 @@ class CostModel:
             f, i, w, act = f + c.post.f, i + c.post.i, w + c.post.w, act + c.post_act
         return ChunkCost(f, i, w, act, rec)
 
-    def gpu_params(self, module: ModuleSpec | str, layer_start: int, layer_end: int,
-                   include_pre: bool, include_post: bool) -> float:
+    def gpu_params(
+        self, module: ModuleSpec | str, layer_start: int, layer_end: int, include_pre: bool, include_post: bool
+    ) -> float:
         """Parameters of a chunk one GPU of the TP group holds (TP-sharded parts / tp)."""
         module = self._module(module)
         parts = [("layer", max(0, layer_end - layer_start))]
@@ -211,20 +233,23 @@ class CostModel:
             per_gpu += count * (sharded / self.tp + replicated)
         return per_gpu
 
-    def static_bytes(self, module: ModuleSpec | str, layer_start: int, layer_end: int,
-                     include_pre: bool, include_post: bool) -> float:
+    def static_bytes(
+        self, module: ModuleSpec | str, layer_start: int, layer_end: int, include_pre: bool, include_post: bool
+    ) -> float:
         """Weight, gradient and AdamW state bytes of a chunk on one GPU: 18 per parameter, or
         ``6 + 12 / dp`` with the distributed optimizer."""
         params = self.gpu_params(module, layer_start, layer_end, include_pre, include_post)
         return self.options.param_state_bytes * params
 
-    def grad_bytes(self, module: ModuleSpec | str, layer_start: int, layer_end: int,
-                   include_pre: bool, include_post: bool) -> float:
+    def grad_bytes(
+        self, module: ModuleSpec | str, layer_start: int, layer_end: int, include_pre: bool, include_post: bool
+    ) -> float:
         """Bytes of a chunk's fp32 gradients on one GPU (what data parallelism reduces)."""
         return GRAD_BYTES * self.gpu_params(module, layer_start, layer_end, include_pre, include_post)
 
-    def dp_sync_bytes(self, module: ModuleSpec | str, layer_start: int, layer_end: int,
-                      include_pre: bool, include_post: bool) -> float:
+    def dp_sync_bytes(
+        self, module: ModuleSpec | str, layer_start: int, layer_end: int, include_pre: bool, include_post: bool
+    ) -> float:
         """All-reduce-equivalent bytes of a chunk's data-parallel synchronisation on one GPU: the
         gradient all-reduce, or with the distributed optimizer the gradient reduce-scatter plus the
         weight all-gather (see :attr:`CostOptions.dp_sync_bytes_per_param`)."""
@@ -245,7 +270,7 @@ class CostModel:
         module = self._module(module)
         d = self.dtype_bytes
         if module.kind == "vit":
-            rows = work.tokens // (module.spatial_merge ** 2)
+            rows = work.tokens // (module.spatial_merge**2)
             return float(d * rows * (module.out_hidden or module.hidden))
         if module.kind == "decoder":
             return float(d * work.tokens * module.hidden)

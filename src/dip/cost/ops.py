@@ -12,6 +12,7 @@ With sequence parallelism (Korthikanti et al. 2022) the ops outside the tensor-p
 LM head), which Megatron all-gathers again in backward. Each all-reduce becomes an all-gather plus a
 reduce-scatter, which move the same bytes in as many ring steps, so the collectives are unchanged.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -73,12 +74,21 @@ class Shard:
     seq: int = 1  # ways the tokens outside the TP regions are split (tp with sequence parallelism)
 
     @classmethod
-    def of(cls, m: ModuleSpec, tp: int, d: int, sequence_parallel: bool = False) -> "Shard":
+    def of(cls, m: ModuleSpec, tp: int, d: int, sequence_parallel: bool = False) -> Shard:
         hd = m.head_dim
         heads = max(1, m.heads // tp)
         kv_heads = max(1, -(-m.kv_heads // tp))  # fewer KV heads than ranks: replicated, as in Megatron
-        return cls(h=m.hidden, f=max(1, m.ffn_hidden // tp), q=heads * hd, kv=kv_heads * hd, heads=heads,
-                   head_dim=hd, tp=tp, d=d, seq=tp if sequence_parallel and tp > 1 else 1)
+        return cls(
+            h=m.hidden,
+            f=max(1, m.ffn_hidden // tp),
+            q=heads * hd,
+            kv=kv_heads * hd,
+            heads=heads,
+            head_dim=hd,
+            tp=tp,
+            d=d,
+            seq=tp if sequence_parallel and tp > 1 else 1,
+        )
 
     def rows(self, tokens: float) -> float:
         """Tokens one GPU holds outside the tensor-parallel regions (all of them without SP)."""
@@ -92,8 +102,16 @@ class _Builder:
         self.s = shard
         self.ops = PassOps()
 
-    def linear(self, name: str, m: float, n_in: int, n_out: int, save_input: bool = True, dx: bool = True,
-               saved_rows: float | None = None) -> None:
+    def linear(
+        self,
+        name: str,
+        m: float,
+        n_in: int,
+        n_out: int,
+        save_input: bool = True,
+        dx: bool = True,
+        saved_rows: float | None = None,
+    ) -> None:
         """``saved_rows``: rows of the input kept for backward (default ``m``; a column-parallel
         projection under sequence parallelism keeps its ``1/tp`` shard and all-gathers it again)."""
         d = self.s.d
@@ -102,8 +120,17 @@ class _Builder:
         flops = 2.0 * m * n_in * n_out
         io = d * (m * n_in + n_in * n_out + m * n_out)
         kept = m if saved_rows is None else saved_rows
-        self.ops.f.append(Op(name, "gemm", flops, io, dims=(m, n_out, n_in),
-                             saved_bytes=d * kept * n_in if save_input else 0.0, model_flops=flops))
+        self.ops.f.append(
+            Op(
+                name,
+                "gemm",
+                flops,
+                io,
+                dims=(m, n_out, n_in),
+                saved_bytes=d * kept * n_in if save_input else 0.0,
+                model_flops=flops,
+            )
+        )
         if dx:
             self.ops.i.append(Op(name + ".dx", "gemm", flops, io, dims=(m, n_in, n_out)))
         dw_io = d * (m * n_in + m * n_out) + 2 * FP32 * n_in * n_out  # fp32 main-grad accumulate
@@ -142,12 +169,30 @@ class _Builder:
             probs = 0.0 if flash else s.d * pairs * s.heads  # without flash the softmax output is kept
             io_f = io + (0.0 if flash else 4.0 * s.d * pairs * s.heads)
             saved = io + lse + probs  # Q, K, V, O and the softmax statistics
-            self.ops.f.append(Op(f"{name}[{q}x{k}]", "attention", flops, io_f, dims=(q, k, s.head_dim),
-                                 saved_bytes=saved, selective_bytes=out + lse + probs, attn_core=True,
-                                 model_flops=flops))
+            self.ops.f.append(
+                Op(
+                    f"{name}[{q}x{k}]",
+                    "attention",
+                    flops,
+                    io_f,
+                    dims=(q, k, s.head_dim),
+                    saved_bytes=saved,
+                    selective_bytes=out + lse + probs,
+                    attn_core=True,
+                    model_flops=flops,
+                )
+            )
             ratio = ATTN_BWD_FLOP_RATIO if flash else 2.0
-            self.ops.i.append(Op(f"{name}[{q}x{k}].bwd", "attention", ratio * flops, 2 * io_f,
-                                 dims=(q, k, s.head_dim), attn_core=True))
+            self.ops.i.append(
+                Op(
+                    f"{name}[{q}x{k}].bwd",
+                    "attention",
+                    ratio * flops,
+                    2 * io_f,
+                    dims=(q, k, s.head_dim),
+                    attn_core=True,
+                )
+            )
 
 
 def _self_attention(b: _Builder, t: int, work: ModuleWork, causal: bool, rope: bool, flash: bool) -> None:
@@ -161,8 +206,9 @@ def _self_attention(b: _Builder, t: int, work: ModuleWork, causal: bool, rope: b
     b.all_reduce("qkv.dx.allreduce", t * s.h, "i")
 
 
-def layer_ops(module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2, flash: bool = True,
-              sequence_parallel: bool = False) -> PassOps:
+def layer_ops(
+    module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2, flash: bool = True, sequence_parallel: bool = False
+) -> PassOps:
     """Operators of one block of ``module`` running ``work`` on one of ``tp`` GPUs."""
     s = Shard.of(module, tp, d, sequence_parallel)
     b = _Builder(s)
@@ -231,7 +277,7 @@ def pre_ops(module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2) -> Pa
     if t <= 0:
         return b.ops
     if module.kind == "vit":
-        b.linear("patch_embed", t, module.in_channels * module.patch_size ** 2, h, dx=False)
+        b.linear("patch_embed", t, module.in_channels * module.patch_size**2, h, dx=False)
     elif module.kind == "decoder":
         b.ops.f.append(Op("embedding", "elementwise", t * h, d * 2 * t * h))
         b.ops.w.append(Op("embedding.dw", "elementwise", t * h, (d + 2 * FP32) * t * h))
@@ -249,8 +295,7 @@ def pre_ops(module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2) -> Pa
     return b.ops
 
 
-def post_ops(module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2,
-             sequence_parallel: bool = False) -> PassOps:
+def post_ops(module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2, sequence_parallel: bool = False) -> PassOps:
     """Operators after the last block (ViT merger, final norm + LM head + loss, DiT final layer + loss)."""
     s = Shard.of(module, tp, d, sequence_parallel)
     b = _Builder(s)
@@ -259,7 +304,7 @@ def post_ops(module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2,
         return b.ops
     r = s.rows(t)
     if module.kind == "vit":
-        merge = module.spatial_merge ** 2
+        merge = module.spatial_merge**2
         out = module.out_hidden or h
         rows = max(1, t // merge)
         b.elementwise("merger_norm", 2 * r * h, 3 * r * h, saved_elems=r * h)
@@ -274,8 +319,7 @@ def post_ops(module: ModuleSpec, work: ModuleWork, tp: int = 1, d: int = 2,
             v = max(1, module.vocab_size // tp)
             b.linear("lm_head", t, h, v, saved_rows=r)
             logits = FP32 * t * v  # vocab-parallel cross-entropy keeps fp32 softmax
-            b.ops.f.append(Op("cross_entropy", "elementwise", 3 * t * v, d * t * v + 2 * logits,
-                              saved_bytes=logits))
+            b.ops.f.append(Op("cross_entropy", "elementwise", 3 * t * v, d * t * v + 2 * logits, saved_bytes=logits))
             b.ops.i.append(Op("cross_entropy.bwd", "elementwise", 2 * t * v, logits + d * t * v))
             b.all_reduce("cross_entropy.allreduce", 3 * t * FP32 / d, "f")
             b.all_reduce("lm_head.dx.allreduce", t * h, "i")

@@ -5,6 +5,7 @@ with fp32 gradients: bf16 weight (2) + fp32 gradient (4) + AdamW state (12: fp32
 two fp32 moments) = 18 bytes; with the distributed optimizer (ZeRO-1 over data parallelism) the
 optimizer state is sharded over the ``dp`` replicas: ``6 + 12 / dp``. See docs/memory.md.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from dip.errors import BadInput
 from dip.spec.model import ParallelSpec
 
-__all__ = ["CostOptions", "GRAD_BYTES", "OPTIMIZER_BYTES", "WEIGHT_BYTES", "param_state_bytes"]
+__all__ = ["GRAD_BYTES", "OPTIMIZER_BYTES", "WEIGHT_BYTES", "CostOptions", "param_state_bytes"]
 
 WEIGHT_BYTES = 2  # bf16 parameter
 GRAD_BYTES = 4  # fp32 main gradient (Megatron's default accumulation dtype)
@@ -61,11 +62,14 @@ class CostOptions:
         object.__setattr__(self, "distributed_optimizer", dist)
 
     @classmethod
-    def from_parallel(cls, parallel: ParallelSpec, tp: int | None = None) -> "CostOptions":
+    def from_parallel(cls, parallel: ParallelSpec, tp: int | None = None) -> CostOptions:
         """Options of a model's :class:`ParallelSpec` (``tp`` overrides its tensor-parallel degree)."""
-        return cls(tp=int(tp or parallel.tp or 1), dp=int(parallel.dp or 1),
-                   sequence_parallel=parallel.sequence_parallel,
-                   distributed_optimizer=parallel.distributed_optimizer)
+        return cls(
+            tp=int(tp or parallel.tp or 1),
+            dp=int(parallel.dp or 1),
+            sequence_parallel=parallel.sequence_parallel,
+            distributed_optimizer=parallel.distributed_optimizer,
+        )
 
     @property
     def sequence_shards(self) -> int:

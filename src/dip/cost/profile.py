@@ -7,6 +7,7 @@
    the per-kernel overhead by least squares on log time (weak priors keep unidentified terms sane);
 4. return a :class:`HardwareSpec` whose JSON ``get_hardware(path)`` loads.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,9 +35,14 @@ REFERENCE_MODULES: tuple[ModuleSpec, ...] = (
 DIT_COND_TOKENS = 64
 # fitted parameter -> (prior, lower, upper); fitted in log space
 FIT_PARAMS: dict[str, tuple[float, float, float]] = {
-    "gemm": (1.2, 0.3, 50.0), "attention": (2.0, 0.3, 100.0), "elementwise": (1.3, 0.1, 50.0),
-    "m0": (256.0, 1.0, 1e5), "n0": (64.0, 1.0, 1e5), "k0": (64.0, 1.0, 1e5),
-    "attn_s0": (128.0, 1.0, 1e5), "kernel_overhead_s": (1e-5, 1e-8, 1e-2),
+    "gemm": (1.2, 0.3, 50.0),
+    "attention": (2.0, 0.3, 100.0),
+    "elementwise": (1.3, 0.1, 50.0),
+    "m0": (256.0, 1.0, 1e5),
+    "n0": (64.0, 1.0, 1e5),
+    "k0": (64.0, 1.0, 1e5),
+    "attn_s0": (128.0, 1.0, 1e5),
+    "kernel_overhead_s": (1e-5, 1e-8, 1e-2),
 }
 PRIOR_WEIGHT = 0.05
 
@@ -51,9 +57,17 @@ class Measurement:
     bwd_s: float
 
     def to_dict(self) -> dict:
-        return {"module": self.module.name, "kind": self.module.kind, "hidden": self.module.hidden,
-                "tokens": self.work.tokens, "block": self.work.seq_lens[0], "blocks": len(self.work.seq_lens),
-                "cond_tokens": self.work.cond_tokens, "fwd_s": self.fwd_s, "bwd_s": self.bwd_s}
+        return {
+            "module": self.module.name,
+            "kind": self.module.kind,
+            "hidden": self.module.hidden,
+            "tokens": self.work.tokens,
+            "block": self.work.seq_lens[0],
+            "blocks": len(self.work.seq_lens),
+            "cond_tokens": self.work.cond_tokens,
+            "fwd_s": self.fwd_s,
+            "bwd_s": self.bwd_s,
+        }
 
 
 def _sync(device: str) -> None:
@@ -82,7 +96,7 @@ def measure_peak_flops(device: str, dtype: torch.dtype, n: int | None = None, mi
     n = n or (8192 if device.startswith("cuda") else 1024)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2.0 * n ** 3 / _repeat(lambda: a @ b, device, min_time)
+    return 2.0 * n**3 / _repeat(lambda: a @ b, device, min_time)
 
 
 def measure_mem_bw(device: str, nbytes: int | None = None, min_time: float = 0.3) -> float:
@@ -116,8 +130,9 @@ class _Case:
         self.fwd_s = self.bwd_s = math.inf
 
     def run(self, min_time: float) -> None:
-        self.fwd_s = min(self.fwd_s, _repeat(lambda: self.block(self.x, self.blocks, cond=self.cond),
-                                             self.device, min_time))
+        self.fwd_s = min(
+            self.fwd_s, _repeat(lambda: self.block(self.x, self.blocks, cond=self.cond), self.device, min_time)
+        )
         reps = max(2, min(20, int(min_time / max(self.fwd_s, 1e-6))))
         for _ in range(reps):
             y = self.block(self.x, self.blocks, cond=self.cond)
@@ -131,8 +146,9 @@ class _Case:
         return Measurement(self.module, self.work, self.fwd_s, self.bwd_s)
 
 
-def time_block(module: ModuleSpec, work: ModuleWork, device: str, dtype: torch.dtype,
-               min_time: float = 0.05, rounds: int = 1) -> Measurement:
+def time_block(
+    module: ModuleSpec, work: ModuleWork, device: str, dtype: torch.dtype, min_time: float = 0.05, rounds: int = 1
+) -> Measurement:
     """Forward (autograd on) and backward seconds of one block of ``module`` on ``work``."""
     case = _Case(module, work, device, dtype)
     for _ in range(rounds):
@@ -148,9 +164,16 @@ def build_cases(modules, sizes, device: str, dtype: torch.dtype, hidden_scale: f
     return cases
 
 
-def profile_blocks(modules, sizes, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                   hidden_scale: float = 1.0, block: int = 1024, min_time: float = 0.05,
-                   rounds: int = 3) -> list[Measurement]:
+def profile_blocks(
+    modules,
+    sizes,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    hidden_scale: float = 1.0,
+    block: int = 1024,
+    min_time: float = 0.05,
+    rounds: int = 3,
+) -> list[Measurement]:
     """Time every (module, size) case in ``rounds`` round-robin passes, keeping each case's fastest run.
 
     Spreading the repetitions over time makes the result robust to other load on a shared machine.
@@ -164,9 +187,13 @@ def profile_blocks(modules, sizes, device: str = "cpu", dtype: torch.dtype = tor
 
 def _hardware(base: HardwareSpec, x: np.ndarray) -> HardwareSpec:
     p = {k: float(v) for k, v in zip(FIT_PARAMS, np.exp(x))}
-    return replace(base, alphas=default_alphas(gemm=p["gemm"], attention=p["attention"], elementwise=p["elementwise"]),
-                   gemm_curve=GemmCurve(p["m0"], p["n0"], p["k0"]), attn_s0=p["attn_s0"],
-                   kernel_overhead_s=p["kernel_overhead_s"])
+    return replace(
+        base,
+        alphas=default_alphas(gemm=p["gemm"], attention=p["attention"], elementwise=p["elementwise"]),
+        gemm_curve=GemmCurve(p["m0"], p["n0"], p["k0"]),
+        attn_s0=p["attn_s0"],
+        kernel_overhead_s=p["kernel_overhead_s"],
+    )
 
 
 def predict(hw: HardwareSpec, ops: PassOps) -> tuple[float, float]:
@@ -189,8 +216,11 @@ def fit(measurements: list[Measurement], base: HardwareSpec, dtype_bytes: int) -
     res = least_squares(residuals, np.clip(prior, lo, hi), bounds=(lo, hi), method="trf", loss="soft_l1", f_scale=0.2)
     hw = _hardware(base, res.x)
     err = residuals(res.x)[: len(meas)]
-    info = {"rms_log_error": float(np.sqrt(np.mean(err ** 2))), "max_abs_log_error": float(np.max(np.abs(err))),
-            "params": {k: float(v) for k, v in zip(FIT_PARAMS, np.exp(res.x))}}
+    info = {
+        "rms_log_error": float(np.sqrt(np.mean(err**2))),
+        "max_abs_log_error": float(np.max(np.abs(err))),
+        "params": {k: float(v) for k, v in zip(FIT_PARAMS, np.exp(res.x))},
+    }
     return hw, info
 
 
@@ -198,25 +228,51 @@ def base_spec(device: str, name: str, peak: float, mem_bw: float) -> HardwareSpe
     """Measured device numbers; links are rough placeholders for CPU (gloo over shared memory)."""
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
-        return HardwareSpec(name=name, peak_flops=peak, mem_bw=mem_bw, mem_bytes=float(props.total_memory),
-                            nvlink_bw=200e9, nvlink_latency_s=3e-6, net_bw=25e9, net_latency_s=8e-6,
-                            host_bw=50e9, gpus_per_node=8,
-                            description=f"measured by dip profile on {torch.cuda.get_device_name(device)}; "
-                                        "link figures are placeholders")
+        return HardwareSpec(
+            name=name,
+            peak_flops=peak,
+            mem_bw=mem_bw,
+            mem_bytes=float(props.total_memory),
+            nvlink_bw=200e9,
+            nvlink_latency_s=3e-6,
+            net_bw=25e9,
+            net_latency_s=8e-6,
+            host_bw=50e9,
+            gpus_per_node=8,
+            description=f"measured by dip profile on {torch.cuda.get_device_name(device)}; "
+            "link figures are placeholders",
+        )
     try:
         ram = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         ram = 16.0 * 2**30
-    return HardwareSpec(name=name, peak_flops=peak, mem_bw=mem_bw, mem_bytes=ram, nvlink_bw=mem_bw / 4,
-                        nvlink_latency_s=3e-5, net_bw=mem_bw / 4, net_latency_s=3e-5, host_bw=mem_bw / 2,
-                        gpus_per_node=os.cpu_count() or 1,
-                        description=f"measured by dip profile on {platform.processor() or platform.machine()} "
-                                    f"({torch.get_num_threads()} torch threads, fp32); links approximate gloo")
+    return HardwareSpec(
+        name=name,
+        peak_flops=peak,
+        mem_bw=mem_bw,
+        mem_bytes=ram,
+        nvlink_bw=mem_bw / 4,
+        nvlink_latency_s=3e-5,
+        net_bw=mem_bw / 4,
+        net_latency_s=3e-5,
+        host_bw=mem_bw / 2,
+        gpus_per_node=os.cpu_count() or 1,
+        description=f"measured by dip profile on {platform.processor() or platform.machine()} "
+        f"({torch.get_num_threads()} torch threads, fp32); links approximate gloo",
+    )
 
 
-def calibrate(modules=REFERENCE_MODULES, sizes=(32, 64, 128, 256, 512, 1024, 2048), device: str = "cpu",
-              hidden_scale: float | None = None, block: int = 1024, name: str | None = None,
-              min_time: float = 0.05, rounds: int = 3, threads: int | None = None) -> tuple[HardwareSpec, dict]:
+def calibrate(
+    modules=REFERENCE_MODULES,
+    sizes=(32, 64, 128, 256, 512, 1024, 2048),
+    device: str = "cpu",
+    hidden_scale: float | None = None,
+    block: int = 1024,
+    name: str | None = None,
+    min_time: float = 0.05,
+    rounds: int = 3,
+    threads: int | None = None,
+) -> tuple[HardwareSpec, dict]:
     """Measure, profile and fit; returns the calibrated spec and the measurement/fit record.
 
     ``threads``: torch CPU threads during the run (default: torch's default for this machine).
@@ -253,7 +309,15 @@ def _calibrate(modules, sizes, device, hidden_scale, block, name, min_time, roun
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = []
-    fit_record = {**info, "device": device, "dtype": str(dtype).replace("torch.", ""), "dtype_bytes": dtype_bytes,
-                  "hidden_scale": scale, "rounds": rounds, "load_average": load,
-                  "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    fit_record = {
+        **info,
+        "device": device,
+        "dtype": str(dtype).replace("torch.", ""),
+        "dtype_bytes": dtype_bytes,
+        "hidden_scale": scale,
+        "rounds": rounds,
+        "load_average": load,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     return hw, {"measurements": rows, "fit": fit_record}

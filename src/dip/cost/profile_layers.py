@@ -4,6 +4,7 @@ They mirror the operator lists of :mod:`dip.cost.ops` (one GPU, no TP): a GELU-M
 GQA + SwiGLU decoder block and an adaLN DiT block with cross-attention. Inputs are packed token rows
 ``(tokens, hidden)`` made of equal-length attention blocks.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,10 +25,17 @@ def scale_module(m: ModuleSpec, scale: float) -> ModuleSpec:
     while heads % kv:
         kv -= 1
     hidden = heads * m.head_dim
-    ffn = max(8, int(round(m.ffn_hidden * scale / 8)) * 8)
-    cond = max(8, int(round(m.cond_hidden * scale / 8)) * 8) if m.cond_hidden else 0
-    return m.with_(name=f"{m.name}@{scale:g}", hidden=hidden, ffn_hidden=ffn, heads=heads, kv_heads=kv,
-                   cond_hidden=cond, out_hidden=hidden)
+    ffn = max(8, round(m.ffn_hidden * scale / 8) * 8)
+    cond = max(8, round(m.cond_hidden * scale / 8) * 8) if m.cond_hidden else 0
+    return m.with_(
+        name=f"{m.name}@{scale:g}",
+        hidden=hidden,
+        ffn_hidden=ffn,
+        heads=heads,
+        kv_heads=kv,
+        cond_hidden=cond,
+        out_hidden=hidden,
+    )
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -71,7 +79,9 @@ class Attention(nn.Module):
         v = v.reshape(blocks, -1, self.kv_heads, self.hd).transpose(1, 2)
         if self.rope:
             pos = torch.arange(s, device=x.device, dtype=x.dtype)[:, None]
-            freq = torch.exp(-math.log(10000.0) * torch.arange(self.hd // 2, device=x.device, dtype=x.dtype) / (self.hd // 2))
+            freq = torch.exp(
+                -math.log(10000.0) * torch.arange(self.hd // 2, device=x.device, dtype=x.dtype) / (self.hd // 2)
+            )
             cos, sin = torch.cos(pos * freq), torch.sin(pos * freq)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
         o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=self.kv_heads != self.heads)

@@ -1,5 +1,6 @@
 """Per-micro-batch workload statistics: sizes and model FLOPs (:mod:`dip.cost.flops`), with
 min / mean / max summaries."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

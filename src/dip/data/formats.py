@@ -16,6 +16,7 @@
 Readers yield rows or :class:`~dip.data.records.BadSample` (never raise for one bad row).
 :func:`image_size` and :func:`latent_shape` read file headers only.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,14 +24,25 @@ import json
 import os
 import struct
 import tarfile
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
 
 from dip.data.records import BadSample, ImageRef, T2vRow, Turn, VlmRow
 from dip.errors import BadInput
 
-__all__ = ["IMAGE_EXTENSIONS", "PLACEHOLDER", "detect_format", "image_size", "latent_shape", "read_llava_jsonl",
-           "read_rows", "read_t2v_jsonl", "read_wds", "tar_member"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PLACEHOLDER",
+    "detect_format",
+    "image_size",
+    "latent_shape",
+    "read_llava_jsonl",
+    "read_rows",
+    "read_t2v_jsonl",
+    "read_wds",
+    "tar_member",
+]
 
 PLACEHOLDER = "<image>"
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
@@ -57,8 +69,9 @@ def _turns(obj: dict, source: str, line: int, n_images: int) -> tuple[Turn, ...]
     turns = []
     for k, t in enumerate(conv):
         if not isinstance(t, dict) or not isinstance(t.get("value"), str) or t.get("from") not in ROLES:
-            raise BadSample(source, line, f"conversations[{k}] must be {{'from': one of {', '.join(ROLES)}, "
-                                          f"'value': text}}")
+            raise BadSample(
+                source, line, f"conversations[{k}] must be {{'from': one of {', '.join(ROLES)}, 'value': text}}"
+            )
         turns.append(Turn(ROLES[t["from"]], t["value"]))
     if not any(t.role == "assistant" for t in turns):
         raise BadSample(source, line, "no assistant ('gpt') turn: nothing to learn")
@@ -136,8 +149,10 @@ def read_wds(path: str) -> Iterator[VlmRow | BadSample]:
                     raise BadSample(shard, n, f"{key}.json is not valid JSON ({exc})") from None
                 if not isinstance(obj, dict):
                     raise BadSample(shard, n, f"{key}.json must be a JSON object")
-                names = sorted((k for k in sample if k.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS),
-                               key=lambda k: (int(k.split(".")[0]) if k.split(".")[0].isdigit() else -1, k))
+                names = sorted(
+                    (k for k in sample if k.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS),
+                    key=lambda k: (int(k.split(".")[0]) if k.split(".")[0].isdigit() else -1, k),
+                )
                 refs = tuple(ImageRef(shard, f"{key}.{k}") for k in names)
                 yield VlmRow(shard, n, str(obj.get("id", key)), refs, _turns(obj, shard, n, len(refs)))
             except BadSample as bad:
@@ -169,8 +184,10 @@ def detect_format(path: str) -> str:
             return "t2v"
         if isinstance(obj, dict) and "conversations" in obj:
             return "llava"
-    raise BadInput(f"data {path!r}: the first rows are neither LLaVA conversations ('conversations') "
-                   f"nor T2V captions ('caption' + 'latents')")
+    raise BadInput(
+        f"data {path!r}: the first rows are neither LLaVA conversations ('conversations') "
+        f"nor T2V captions ('caption' + 'latents')"
+    )
 
 
 def read_rows(path: str, fmt: str | None = None) -> Iterator[Any]:
@@ -214,8 +231,9 @@ def image_size(ref: ImageRef, source: str, line: int) -> tuple[int, int]:
     try:
         data = open_image_bytes(ref)
     except (FileNotFoundError, IsADirectoryError, tarfile.TarError, OSError) as exc:
-        raise BadSample(source, line, f"image {ref.name} cannot be read ({type(exc).__name__})",
-                        "missing_image") from None
+        raise BadSample(
+            source, line, f"image {ref.name} cannot be read ({type(exc).__name__})", "missing_image"
+        ) from None
     try:
         with Image.open(data) as img:
             w, h = img.size

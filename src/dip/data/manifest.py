@@ -13,6 +13,7 @@ or a malformed value raises :class:`BadInput` naming the line (or row) and the f
 :func:`manifest_batches` packs the samples in file order with the same packers as the generators and
 cuts the micro-batches into global batches of ``M``; a last, partial batch is kept.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,12 +83,14 @@ def _videos(v: Any, where: str) -> tuple[Clip, ...]:
     clips = []
     for i, vid in enumerate(v):
         vid = _object(vid, where, f"videos[{i}]", VIDEO_KEYS, ("seconds", "width", "height"))
-        clips.append(Clip(
-            seconds=_positive_number(vid["seconds"], where, f"videos[{i}].seconds"),
-            fps=_positive_number(vid.get("fps", DEFAULT_FPS), where, f"videos[{i}].fps"),
-            width=_int(vid["width"], where, f"videos[{i}].width", 1),
-            height=_int(vid["height"], where, f"videos[{i}].height", 1),
-        ))
+        clips.append(
+            Clip(
+                seconds=_positive_number(vid["seconds"], where, f"videos[{i}].seconds"),
+                fps=_positive_number(vid.get("fps", DEFAULT_FPS), where, f"videos[{i}].fps"),
+                width=_int(vid["width"], where, f"videos[{i}].width", 1),
+                height=_int(vid["height"], where, f"videos[{i}].height", 1),
+            )
+        )
     return tuple(clips)
 
 

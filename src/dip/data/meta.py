@@ -6,6 +6,7 @@ text tokens, images (all scaled to the ViT's ``image_size``) and/or video clips.
 (sequence lengths; attention is block-diagonal per sample / image / clip) and, for cross-attention,
 the length of the conditioning each block attends to.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -88,7 +89,7 @@ class MicroBatchMeta:
         per_image = self.image_token_counts(tokens_per_image)
         out, i = [], 0
         for n in self.image_counts_or_zero():
-            out.append(int(sum(per_image[i:i + n])))
+            out.append(int(sum(per_image[i : i + n])))
             i += n
         return tuple(out)
 

@@ -8,6 +8,7 @@ reason), is cached as JSON in ``.dipmeta/`` next to the data, keyed by the data 
 the measurer's identity (tokenizer, processor settings, context length): a second pass with the
 same data and model reads the cache only.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +16,8 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from dip.data.formats import detect_format, image_size, latent_shape, read_rows
 from dip.data.records import BadSample, SampleMeta, Skipped, T2vRow, VlmRow

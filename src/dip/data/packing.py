@@ -14,6 +14,7 @@
   sample (``text_lens``) and ``clip_sample`` maps a clip to its caption. A caption longer than
   ``context_length`` is truncated to it; a sample with several videos repeats its caption per clip.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -39,7 +40,7 @@ class PackLimits:
     max_seconds: float = 0.0
 
     @classmethod
-    def for_model(cls, model: ModelSpec) -> "PackLimits":
+    def for_model(cls, model: ModelSpec) -> PackLimits:
         return cls(
             context_length=model.context_length,
             tokens_per_image=tokens_per_image(model),
@@ -128,8 +129,10 @@ def pack_sequences(samples: Iterable[Sample], limits: PackLimits) -> list[MicroB
             if tpi <= 0:
                 raise BadInput("sample has images but the model has no image encoder")
             if tpi > limits.context_length or limits.max_images < 1:
-                raise BadInput(f"one image ({tpi} tokens) does not fit a micro-batch of "
-                               f"{limits.context_length} tokens / {limits.max_images} images")
+                raise BadInput(
+                    f"one image ({tpi} tokens) does not fit a micro-batch of "
+                    f"{limits.context_length} tokens / {limits.max_images} images"
+                )
         packer.add(sample)
     packer.close_microbatch()
     return packer.out
@@ -162,7 +165,7 @@ def group_clips(units: Sequence[ClipUnit], limits: PackLimits, window: int = DEF
     """Group clip units into micro-batches (sorted per window by aspect bucket and duration)."""
     out: list[MicroBatchMeta] = []
     for start in range(0, len(units), max(1, window)):
-        chunk = sorted(units[start:start + window], key=lambda u: (u.clip.aspect, u.clip.seconds, u.clip.tokens))
+        chunk = sorted(units[start : start + window], key=lambda u: (u.clip.aspect, u.clip.seconds, u.clip.tokens))
         group: list[ClipUnit] = []
         for unit in chunk:
             if group and not _fits(group, unit, limits):
@@ -211,7 +214,7 @@ def to_batches(microbatches: Sequence[MicroBatchMeta], per_batch: int, first_ind
     if per_batch < 1:
         raise BadInput(f"microbatches per batch must be >= 1, got {per_batch}")
     return [
-        BatchMeta(microbatches=tuple(microbatches[i:i + per_batch]), index=first_index + k)
+        BatchMeta(microbatches=tuple(microbatches[i : i + per_batch]), index=first_index + k)
         for k, i in enumerate(range(0, len(microbatches), per_batch))
     ]
 
@@ -238,8 +241,9 @@ class DocumentMeta:
         return self.text_tokens + int(sum(self.image_tokens))
 
 
-def pack_documents(docs: Iterable[DocumentMeta], *, context_length: int, max_images: int = 0,
-                   max_clips: int = 0) -> list[MicroBatchMeta]:
+def pack_documents(
+    docs: Iterable[DocumentMeta], *, context_length: int, max_images: int = 0, max_clips: int = 0
+) -> list[MicroBatchMeta]:
     """Greedy next-fit of whole samples into micro-batches (real data: a sample is never split).
 
     A VLM / text micro-batch holds at most ``context_length`` LM tokens and ``max_images`` images;

@@ -7,6 +7,7 @@
   tokens, latent shape), or the reason the row is a bad sample;
 * :class:`BadSample`: raised by readers and measurers for one row; :class:`Skipped` counts them.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -109,15 +110,20 @@ class SampleMeta:
 
     def document(self, index: int) -> DocumentMeta:
         """What the whole-sample packer needs, as sample ``index`` of the dataset."""
-        return DocumentMeta(index=index, text_tokens=self.text_tokens, image_tokens=self.image_tokens,
-                            image_patches=self.image_patches, clip_tokens=self.clip_tokens,
-                            clip_seconds=self.clip_seconds)
+        return DocumentMeta(
+            index=index,
+            text_tokens=self.text_tokens,
+            image_tokens=self.image_tokens,
+            image_patches=self.image_patches,
+            clip_tokens=self.clip_tokens,
+            clip_seconds=self.clip_seconds,
+        )
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "SampleMeta":
+    def from_json(cls, d: dict) -> SampleMeta:
         tuples = {"image_sizes", "image_grids"}
         kw = {}
         for k, v in d.items():
@@ -130,7 +136,7 @@ class SampleMeta:
         return cls(**kw)
 
     @classmethod
-    def bad(cls, exc: BadSample, id: str = "") -> "SampleMeta":
+    def bad(cls, exc: BadSample, id: str = "") -> SampleMeta:
         return cls(source=exc.source, line=exc.line, id=id, error=exc.reason, error_kind=exc.kind)
 
 

@@ -9,6 +9,7 @@
 
 Everything follows from the seed: the same seed writes the same bytes.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,10 +23,18 @@ from dip.errors import BadInput
 
 __all__ = ["SampleSummary", "write_t2v_sample", "write_vlm_sample"]
 
-WORDS = ("red blue green yellow small large round square cat dog bird tree house car boat cloud sun river "
-         "mountain street table chair window door flower apple book lamp").split()
-QUESTIONS = ("What is in the picture?", "Describe the image.", "How many objects are there?",
-             "What colour is the largest shape?", "Where is the {w} in this image?", "Is there a {w}?")
+WORDS = (
+    "red blue green yellow small large round square cat dog bird tree house car boat cloud sun river "
+    "mountain street table chair window door flower apple book lamp"
+).split()
+QUESTIONS = (
+    "What is in the picture?",
+    "Describe the image.",
+    "How many objects are there?",
+    "What colour is the largest shape?",
+    "Where is the {w} in this image?",
+    "Is there a {w}?",
+)
 MIN_SIDE, MAX_SIDE = 56, 448
 MAX_IMAGES = 4
 

@@ -11,6 +11,7 @@ the source's own resolutions and frame rates. Before packing, media are normalis
   ``video_height x video_width`` canvas (MovieGen-style training at one resolution with aspect-ratio
   buckets); DiT tokens come from :meth:`ModuleSpec.clip_tokens`.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,12 @@ from dip.spec.model import ModelSpec, ModuleSpec
 
 # Aspect-ratio buckets (width / height) that clips are grouped by.
 ASPECT_BUCKETS: tuple[tuple[str, float], ...] = (
-    ("9:16", 9 / 16), ("3:4", 3 / 4), ("1:1", 1.0), ("4:3", 4 / 3), ("16:9", 16 / 9), ("21:9", 21 / 9),
+    ("9:16", 9 / 16),
+    ("3:4", 3 / 4),
+    ("1:1", 1.0),
+    ("4:3", 4 / 3),
+    ("16:9", 16 / 9),
+    ("21:9", 21 / 9),
 )
 
 

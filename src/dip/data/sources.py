@@ -7,6 +7,7 @@ no statistic is published, picked to match the qualitative description. Draws us
 
 Token counts assume about 1.3 LM tokens per English word *(assumed)*.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,9 +61,15 @@ class Obelics(SampleSource):
 
     def draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
         images = np.minimum(rng.geometric(1 / self.mean_images, n), self.max_images)
-        per_image = lognormal(rng, self.mean_tokens_per_image, self.sigma_tokens_per_image, n,
-                              self.min_tokens_per_image, self.max_tokens_per_image)
-        return [Sample(int(round(t * k)), int(k)) for t, k in zip(per_image, images)]
+        per_image = lognormal(
+            rng,
+            self.mean_tokens_per_image,
+            self.sigma_tokens_per_image,
+            n,
+            self.min_tokens_per_image,
+            self.max_tokens_per_image,
+        )
+        return [Sample(round(t * k), int(k)) for t, k in zip(per_image, images)]
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ class Laion2B(SampleSource):
 
     def draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
         tokens = lognormal(rng, self.mean_tokens, self.sigma_tokens, n, 1, self.max_tokens)
-        return [Sample(int(round(t)), 1) for t in tokens]
+        return [Sample(round(t), 1) for t in tokens]
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,7 @@ class ScienceQA(SampleSource):
     def draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
         tokens = lognormal(rng, self.mean_tokens, self.sigma_tokens, n, 16, self.max_tokens)
         images = rng.random(n) < self.image_probability
-        return [Sample(int(round(t)), int(k)) for t, k in zip(tokens, images)]
+        return [Sample(round(t), int(k)) for t, k in zip(tokens, images)]
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,7 @@ class WebText(SampleSource):
 
     def draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
         tokens = lognormal(rng, self.mean_tokens, self.sigma_tokens, n, 8, self.max_tokens)
-        return [Sample(int(round(t))) for t in tokens]
+        return [Sample(round(t)) for t in tokens]
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,8 @@ class VideoSource(SampleSource):
 
     Clip duration is log-normal (``median_seconds``, ``sigma_seconds``) clipped to
     ``[min_seconds, max_seconds]`` (the packer later cuts it to the model's ``max_video_seconds``);
-    caption tokens are log-normal (``mean_caption_tokens``, ``sigma_caption``); frame size is drawn from ``resolutions`` ((width, height, probability)).
+    caption tokens are log-normal (``mean_caption_tokens``, ``sigma_caption``); frame size is drawn
+    from ``resolutions`` ((width, height, probability)).
     """
 
     kind: ClassVar[str] = "t2v"
@@ -147,15 +155,16 @@ class VideoSource(SampleSource):
     resolutions: tuple[tuple[int, int, float], ...] = ((1280, 720, 1.0),)
 
     def draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
-        seconds = np.clip(rng.lognormal(math.log(self.median_seconds), self.sigma_seconds, n),
-                          self.min_seconds, self.max_seconds)
+        seconds = np.clip(
+            rng.lognormal(math.log(self.median_seconds), self.sigma_seconds, n), self.min_seconds, self.max_seconds
+        )
         caption = lognormal(rng, self.mean_caption_tokens, self.sigma_caption, n, 4, 4096)
         probs = np.array([p for _, _, p in self.resolutions], dtype=float)
         which = rng.choice(len(self.resolutions), size=n, p=probs / probs.sum())
         out = []
         for s, c, r in zip(seconds, caption, which):
             w, h, _ = self.resolutions[r]
-            out.append(Sample(int(round(c)), 0, (Clip(float(round(s, 3)), self.fps, w, h),)))
+            out.append(Sample(round(c), 0, (Clip(float(round(s, 3)), self.fps, w, h),)))
         return out
 
 
@@ -271,27 +280,41 @@ MIXTURES: dict[str, Mixture] = {
     # pair share is split between LAION-2B and ScienceQA by their sizes, which leaves ScienceQA
     # (21K questions next to 2.32B pairs) about 2e-6 of the micro-batches.
     "vlm-default": Mixture(
-        "vlm-default", "vlm",
-        (("obelics", IDEFICS_INTERLEAVED_SHARE),
-         *proportional({"laion-2b": LAION_2B_EN_PAIRS, "scienceqa": SCIENCEQA_QUESTIONS}, IDEFICS_PAIR_SHARE)),
-        basis="IDEFICS pre-training recipe (interleaved 80% / pairs 20%), pairs split by dataset size"),
+        "vlm-default",
+        "vlm",
+        (
+            ("obelics", IDEFICS_INTERLEAVED_SHARE),
+            *proportional({"laion-2b": LAION_2B_EN_PAIRS, "scienceqa": SCIENCEQA_QUESTIONS}, IDEFICS_PAIR_SHARE),
+        ),
+        basis="IDEFICS pre-training recipe (interleaved 80% / pairs 20%), pairs split by dataset size",
+    ),
     # The earlier VLM mix with a synthetic text-only share, for sensitivity studies only: its weights
     # were chosen so that M = 64 lands VLM-S on the paper's iteration times (Table 5), i.e. tuned to a
     # result; the text share stands for the language data VLM recipes mix in (LLaVA-1.5's SFT mix has
     # 40K text-only ShareGPT conversations; MM1 keeps 10% text).
     "vlm-text-mix": Mixture(
-        "vlm-text-mix", "vlm", (("obelics", 0.55), ("laion-2b", 0.07), ("scienceqa", 0.08), ("web-text", 0.30)),
-        basis="chosen to match the paper's VLM-S iteration times (sensitivity only)"),
+        "vlm-text-mix",
+        "vlm",
+        (("obelics", 0.55), ("laion-2b", 0.07), ("scienceqa", 0.08), ("web-text", 0.30)),
+        basis="chosen to match the paper's VLM-S iteration times (sensitivity only)",
+    ),
     # Default T2V mix: the paper's sources (§7.1: ShareGPT4Video, InternVid, MMTrail) by published size.
     "t2v-default": Mixture(
-        "t2v-default", "t2v",
-        proportional({"sharegpt4video": SHAREGPT4VIDEO_VIDEOS, "internvid": INTERNVID_CLIPS,
-                      "mmtrail-2m": MMTRAIL_2M_CLIPS}),
-        basis="proportional to published clip counts (examples-proportional mixing)"),
+        "t2v-default",
+        "t2v",
+        proportional(
+            {"sharegpt4video": SHAREGPT4VIDEO_VIDEOS, "internvid": INTERNVID_CLIPS, "mmtrail-2m": MMTRAIL_2M_CLIPS}
+        ),
+        basis="proportional to published clip counts (examples-proportional mixing)",
+    ),
     # The earlier T2V mix with assumed weights (InternVid largest, ShareGPT4Video smallest), for
     # sensitivity studies only.
-    "t2v-assumed": Mixture("t2v-assumed", "t2v", (("sharegpt4video", 0.2), ("internvid", 0.5), ("mmtrail-2m", 0.3)),
-                           basis="assumed weights (sensitivity only)"),
+    "t2v-assumed": Mixture(
+        "t2v-assumed",
+        "t2v",
+        (("sharegpt4video", 0.2), ("internvid", 0.5), ("mmtrail-2m", 0.3)),
+        basis="assumed weights (sensitivity only)",
+    ),
     "text-default": Mixture("text-default", "text", (("web-text", 1.0),), basis="the only text source"),
 }
 

@@ -20,6 +20,7 @@ Boundary tensors (``H`` = the module's hidden size):
 Decoder sequence layout: sample after sample; each sample is its images' merged tokens (image after
 image) followed by its text tokens; positions restart at 0 for every sample.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,19 @@ from dip.errors import BadInput
 from dip.spec.model import Edge, ModelSpec, ModuleSpec
 
 T_MOD_PARTS = 6  # shift/scale/gate for attention and MLP (adaLN-single)
-DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "int32": 4, "int8": 1,
-               "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
+DTYPE_BYTES = {
+    "float64": 8,
+    "float32": 4,
+    "bfloat16": 2,
+    "float16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -111,8 +123,9 @@ def text_offsets(mb: MicroBatchMeta) -> tuple[int, ...]:
 def text_cond_rows(mb: MicroBatchMeta, start: int, stop: int) -> tuple[tuple[int, int], ...]:
     """For clips ``[start, stop)``: the ``[row_start, row_stop)`` of their caption in ``text_hidden``."""
     offs = text_offsets(mb)
-    return tuple((offs[mb.clip_sample[c]], offs[mb.clip_sample[c]] + mb.text_lens[mb.clip_sample[c]])
-                 for c in range(start, stop))
+    return tuple(
+        (offs[mb.clip_sample[c]], offs[mb.clip_sample[c]] + mb.text_lens[mb.clip_sample[c]]) for c in range(start, stop)
+    )
 
 
 def dit_latent_grid(module: ModuleSpec, tokens: int) -> tuple[int, int, int]:
@@ -146,8 +159,15 @@ def _fed_by_text(model: ModelSpec, module: ModuleSpec) -> bool:
     return any(e.kind == "text_conditioning" for e in model.producers(module.name))
 
 
-def chunk_input_specs(model: ModelSpec, module_name: str, layer_start: int, mb: MicroBatchMeta,
-                      start: int = 0, stop: int = 0, dtype: str = "float32") -> tuple[TensorSpec, ...]:
+def chunk_input_specs(
+    model: ModelSpec,
+    module_name: str,
+    layer_start: int,
+    mb: MicroBatchMeta,
+    start: int = 0,
+    stop: int = 0,
+    dtype: str = "float32",
+) -> tuple[TensorSpec, ...]:
     """Tensors a chunk starting at ``layer_start`` receives for one unit.
 
     For ``layer_start == 0`` these are the cross-module inputs (assembled from the producers' channels);
@@ -168,8 +188,15 @@ def chunk_input_specs(model: ModelSpec, module_name: str, layer_start: int, mb: 
     return ()
 
 
-def chunk_output_specs(model: ModelSpec, module_name: str, layer_end: int, mb: MicroBatchMeta,
-                       start: int = 0, stop: int = 0, dtype: str = "float32") -> tuple[TensorSpec, ...]:
+def chunk_output_specs(
+    model: ModelSpec,
+    module_name: str,
+    layer_end: int,
+    mb: MicroBatchMeta,
+    start: int = 0,
+    stop: int = 0,
+    dtype: str = "float32",
+) -> tuple[TensorSpec, ...]:
     """Tensors a chunk ending at ``layer_end`` sends for one unit (empty for a loss chunk)."""
     m = model.module(module_name)
     a, b = resolve_range(m, mb, start, stop)
@@ -183,8 +210,9 @@ def chunk_output_specs(model: ModelSpec, module_name: str, layer_end: int, mb: M
     return ()
 
 
-def _between_specs(model: ModelSpec, m: ModuleSpec, mb: MicroBatchMeta, a: int, b: int,
-                   dtype: str) -> tuple[TensorSpec, ...]:
+def _between_specs(
+    model: ModelSpec, m: ModuleSpec, mb: MicroBatchMeta, a: int, b: int, dtype: str
+) -> tuple[TensorSpec, ...]:
     if m.kind == "vit":
         return (TensorSpec("hidden", (sum(mb.image_patch_counts(m.patches_per_image)[a:b]), m.hidden), dtype),)
     if m.kind == "decoder":
@@ -199,8 +227,9 @@ def _between_specs(model: ModelSpec, m: ModuleSpec, mb: MicroBatchMeta, a: int, 
     raise BadInput(f"unknown module kind {m.kind!r}")
 
 
-def edge_specs(model: ModelSpec, edge: Edge, producer: UnitLike, consumer: UnitLike, mb: MicroBatchMeta,
-               dtype: str = "float32") -> tuple[TensorSpec, ...]:
+def edge_specs(
+    model: ModelSpec, edge: Edge, producer: UnitLike, consumer: UnitLike, mb: MicroBatchMeta, dtype: str = "float32"
+) -> tuple[TensorSpec, ...]:
     """Tensors on the channel producer unit -> consumer unit of ``edge`` (empty if they do not meet).
 
     ``image_embeddings``: the ViT unit's ``image_embeds`` unchanged (the LM concatenates its units'

@@ -8,6 +8,7 @@ same first 10. Samples left over after a batch's micro-batches are filled are dr
 :func:`generate_dynamic_batches` reproduces the hand-controlled workload of Fig. 8b: image-count
 bounds per micro-batch that rise and fall over the iterations (:func:`rise_and_fall_bounds`).
 """
+
 from __future__ import annotations
 
 import zlib
@@ -47,8 +48,9 @@ def _check_counts(batches: int, seed: int, microbatches: int) -> None:
         raise BadInput(f"seed must be an integer >= 0, got {seed}")
 
 
-def source_microbatches(model: ModelSpec, source: SampleSource, n: int,
-                        rng: np.random.Generator) -> list[MicroBatchMeta]:
+def source_microbatches(
+    model: ModelSpec, source: SampleSource, n: int, rng: np.random.Generator
+) -> list[MicroBatchMeta]:
     """``n`` packed micro-batches drawn from one source."""
     if model.workload == "t2v":
         samples = source.draw(rng, n * model.max_clips_per_microbatch)
@@ -79,8 +81,9 @@ def generate_batch(model: ModelSpec, mixture: Mixture, seed: int, index: int, mi
     return BatchMeta(microbatches=tuple(mbs[k] for k in order), index=index, extra={"source": mixture.name})
 
 
-def generate_batches(model: ModelSpec, batches: int, seed: int, microbatches: int = 64,
-                     source: str | None = None) -> list[BatchMeta]:
+def generate_batches(
+    model: ModelSpec, batches: int, seed: int, microbatches: int = 64, source: str | None = None
+) -> list[BatchMeta]:
     """``batches`` global batches of ``microbatches`` packed micro-batches from ``source``.
 
     ``source`` names a source or mixture of :mod:`dip.data.sources` (default: the model's workload
@@ -101,8 +104,9 @@ class ImageBounds:
     upper: int
 
 
-def rise_and_fall_bounds(iterations: int = 40, period: int = 20, rise: int = 5,
-                         peak_lower: int = 16, upper: int = 32) -> list[ImageBounds]:
+def rise_and_fall_bounds(
+    iterations: int = 40, period: int = 20, rise: int = 5, peak_lower: int = 16, upper: int = 32
+) -> list[ImageBounds]:
     """Fig. 8b bounds: per ``period`` iterations, the lower bound rises 0 -> ``peak_lower`` with the
     upper bound at ``upper`` (iterations 1..``rise``), then both fall linearly to 0 at the period's
     last iteration. 40 iterations give two rise-and-fall patterns.
@@ -117,7 +121,7 @@ def rise_and_fall_bounds(iterations: int = 40, period: int = 20, rise: int = 5,
         else:
             frac = (period - 1 - t) / (period - rise)
             lo, hi = peak_lower * frac, upper * frac
-        out.append(ImageBounds(i + 1, int(round(lo)), int(round(hi))))
+        out.append(ImageBounds(i + 1, round(lo), round(hi)))
     return out
 
 
@@ -133,8 +137,9 @@ class _Stream:
         return self.buf.pop()
 
 
-def _microbatch_with_images(model: ModelSpec, images: int, rng: np.random.Generator,
-                            streams: dict[str, _Stream], mixture: Mixture) -> MicroBatchMeta:
+def _microbatch_with_images(
+    model: ModelSpec, images: int, rng: np.random.Generator, streams: dict[str, _Stream], mixture: Mixture
+) -> MicroBatchMeta:
     """A full micro-batch holding exactly ``images`` images.
 
     Image samples come from ``mixture`` with their image count capped at what is still needed (text
@@ -163,8 +168,9 @@ def _microbatch_with_images(model: ModelSpec, images: int, rng: np.random.Genera
     return MicroBatchMeta(text_lens=tuple(texts), image_counts=tuple(counts))
 
 
-def generate_dynamic_batches(model: ModelSpec, seed: int, microbatches: int = 64,
-                             iterations: int = 40) -> list[BatchMeta]:
+def generate_dynamic_batches(
+    model: ModelSpec, seed: int, microbatches: int = 64, iterations: int = 40
+) -> list[BatchMeta]:
     """One batch per iteration whose micro-batches obey :func:`rise_and_fall_bounds`.
 
     Bounds are scaled by ``max_images_per_microbatch / 48`` (and to what fits the context); each
@@ -174,8 +180,9 @@ def generate_dynamic_batches(model: ModelSpec, seed: int, microbatches: int = 64
     _check_counts(1, seed, microbatches)
     _check_model(model)
     if model.workload != "vlm":
-        raise BadInput(f"dynamic workloads bound image counts; model {model.name} has workload "
-                       f"{model.workload}, not vlm")
+        raise BadInput(
+            f"dynamic workloads bound image counts; model {model.name} has workload {model.workload}, not vlm"
+        )
     tpi = tokens_per_image(model)
     cap = min(model.max_images_per_microbatch, model.context_length // tpi)
     scale = model.max_images_per_microbatch / PAPER_MAX_IMAGES
@@ -189,6 +196,11 @@ def generate_dynamic_batches(model: ModelSpec, seed: int, microbatches: int = 64
         streams["web-text"] = _Stream(SOURCES["web-text"], stream_rng(seed, index, "web-text"))
         counts = lo + np.rint((hi - lo) * rng.beta(*DYNAMIC_SHAPE, size=microbatches)).astype(int)
         mbs = tuple(_microbatch_with_images(model, int(k), rng, streams, mixture) for k in counts)
-        out.append(BatchMeta(microbatches=mbs, index=index,
-                             extra={"source": "dynamic", "iteration": b.iteration, "image_bounds": (lo, hi)}))
+        out.append(
+            BatchMeta(
+                microbatches=mbs,
+                index=index,
+                extra={"source": "dynamic", "iteration": b.iteration, "image_bounds": (lo, hi)},
+            )
+        )
     return out

@@ -7,6 +7,7 @@
 * :mod:`.checkpoint`: lazy per-chunk safetensors reads and the write-back of trained weights;
 * :mod:`.init_model`: tiny random-init checkpoints (``dip init-model``).
 """
+
 from dip.integrations.loader import load_model, model_source, open_data
 
 __all__ = ["load_model", "model_source", "open_data"]

@@ -7,9 +7,10 @@ transformers' own SDPA function on each document separately (causal within it wh
 causal). Memory grows with the sum of the documents' squared lengths, never with ``T**2``, and each
 document computes exactly what the unpacked model computes for it alone.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -18,8 +19,16 @@ __all__ = ["PACKED", "packed_sdpa", "register_packed_attention"]
 PACKED = "dip_packed"
 
 
-def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attention_mask: torch.Tensor | None, *, dip_doc_lens: Sequence[int], **kwargs) -> tuple[torch.Tensor, None]:
+def packed_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    dip_doc_lens: Sequence[int],
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """Per-document SDPA; returns ``[1, T, heads, head_dim]`` like transformers' attention functions."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -30,8 +39,7 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     outs, start = [], 0
     for n in dip_doc_lens:
         part = slice(start, start + n)
-        out, _ = sdpa_attention_forward(module, query[:, :, part], key[:, :, part], value[:, :, part], None,
-                                        **kwargs)
+        out, _ = sdpa_attention_forward(module, query[:, :, part], key[:, :, part], value[:, :, part], None, **kwargs)
         outs.append(out)
         start += n
     if start != query.shape[2]:

@@ -11,6 +11,7 @@ model. :func:`load_part` fills one part module from the checkpoint through a nam
 stored, and copies every other file of the original folder (config, tokenizer, processor), so
 ``from_pretrained`` loads the result.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ import logging
 import os
 import shutil
 import struct
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -30,8 +31,15 @@ __all__ = ["SafetensorsWeights", "load_part", "write_weights"]
 log = logging.getLogger(__name__)
 
 SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 
@@ -96,14 +104,21 @@ def load_part(part: nn.Module, weights: SafetensorsWeights, to_checkpoint: Calla
     for k, target in state.items():
         value = got[names[k]]
         if tuple(value.shape) != tuple(target.shape):
-            raise BadInput(f"checkpoint tensor {names[k]} has shape {tuple(value.shape)}, "
-                           f"the model expects {tuple(target.shape)}")
+            raise BadInput(
+                f"checkpoint tensor {names[k]} has shape {tuple(value.shape)}, the model expects {tuple(target.shape)}"
+            )
         target.copy_(value.to(target.dtype))
     return part
 
 
-def write_weights(out: str, tensors: Mapping[str, torch.Tensor], *, source: str,
-                  dtypes: Mapping[str, torch.dtype], filename: str = "model.safetensors") -> str:
+def write_weights(
+    out: str,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    dtypes: Mapping[str, torch.dtype],
+    filename: str = "model.safetensors",
+) -> str:
     """Write a checkpoint folder ``out``: the files of folder ``source`` except its weights, plus
     ``tensors`` (checkpoint names) cast to ``dtypes`` (the original storage dtypes) in ``filename``."""
     from safetensors.torch import save_file  # safetensors writes the checkpoint

@@ -11,6 +11,7 @@ Accepted, in this order:
 
 The same string resolves to the same model on every rank.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,7 +20,8 @@ import inspect
 import json
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -58,8 +60,9 @@ def model_source(spec: str) -> str:
             return "diffusers"
         if os.path.isfile(os.path.join(spec, "config.json")):
             return "transformers"
-        raise BadInput(f"model folder {spec!r} holds neither model_index.json (diffusers) nor config.json "
-                       f"(transformers)")
+        raise BadInput(
+            f"model folder {spec!r} holds neither model_index.json (diffusers) nor config.json (transformers)"
+        )
     head, sep, tail = spec.rpartition(":")
     if sep and tail.isidentifier() and (head.endswith(".py") or all(p.isidentifier() for p in head.split("."))):
         return "factory"
@@ -101,8 +104,9 @@ def _call_factory(fn: Callable[..., Any], **kw) -> Any:
     return fn(**{k: v for k, v in kw.items() if takes_all or k in params})
 
 
-def load_model(spec: str, *, seed: int = 0, dtype: torch.dtype | str = "float32",
-               device: torch.device | str | None = None) -> Any:
+def load_model(
+    spec: str, *, seed: int = 0, dtype: torch.dtype | str = "float32", device: torch.device | str | None = None
+) -> Any:
     """The model provider of ``spec`` (see the module docstring).
 
     Args:
@@ -122,14 +126,18 @@ def load_model(spec: str, *, seed: int = 0, dtype: torch.dtype | str = "float32"
         index = _read_json(os.path.join(spec, "model_index.json"))
         name = index.get("_class_name")
         if name not in DIFFUSERS_PIPELINES:
-            raise BadInput(f"diffusers pipeline {name!r} in {spec!r} is not integrated; "
-                           f"valid pipelines: {', '.join(DIFFUSERS_PIPELINES)}")
+            raise BadInput(
+                f"diffusers pipeline {name!r} in {spec!r} is not integrated; "
+                f"valid pipelines: {', '.join(DIFFUSERS_PIPELINES)}"
+            )
         return DIFFUSERS_PIPELINES[name](spec, seed=seed, dtype=dtype, device=device)
     if source == "transformers":
         model_type = _read_json(os.path.join(spec, "config.json")).get("model_type")
         if model_type not in VLM_FAMILIES:
-            raise BadInput(f"transformers model_type {model_type!r} in {spec!r} is not integrated; "
-                           f"valid model types: {', '.join(VLM_FAMILIES)}")
+            raise BadInput(
+                f"transformers model_type {model_type!r} in {spec!r} is not integrated; "
+                f"valid model types: {', '.join(VLM_FAMILIES)}"
+            )
         from dip.integrations.vlm import build_vlm
 
         return build_vlm(spec, VLM_FAMILIES[model_type](), seed=seed, dtype=dtype, device=device)
@@ -139,8 +147,10 @@ def load_model(spec: str, *, seed: int = 0, dtype: torch.dtype | str = "float32"
             return SpecModel(got, seed, dtype, device)
         missing = [m for m in ("spec", "build_chunk", "unit_data", "loss_tokens") if not hasattr(got, m)]
         if missing:
-            raise BadInput(f"model factory {spec!r} returned {type(got).__name__}, not a model provider "
-                           f"(missing {', '.join(missing)})")
+            raise BadInput(
+                f"model factory {spec!r} returned {type(got).__name__}, not a model provider "
+                f"(missing {', '.join(missing)})"
+            )
         return got
     from dip.spec.presets import load_model as load_spec
 

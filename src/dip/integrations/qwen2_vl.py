@@ -7,6 +7,7 @@ into one LM token. The LM's 3-D rotary positions (mrope) are computed per packed
 ``Qwen2VLModel.get_rope_index`` does for a sample alone: text tokens count up, an image's tokens take
 ``(t, row, column)`` positions from the current position, which then advances by the larger side.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,8 +36,12 @@ def vision_pre(cfg: Any) -> nn.Module:
             return super().forward(data.pixels())
 
     v = cfg.vision_config
-    return VisionPre(patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size, in_channels=v.in_channels,
-                     embed_dim=v.embed_dim)
+    return VisionPre(
+        patch_size=v.patch_size,
+        temporal_patch_size=v.temporal_patch_size,
+        in_channels=v.in_channels,
+        embed_dim=v.embed_dim,
+    )
 
 
 def vision_block(cfg: Any, index: int) -> nn.Module:
@@ -65,8 +70,12 @@ def text_layer(cfg: Any, index: int) -> nn.Module:
 
     class TextLayer(m.Qwen2VLDecoderLayer):
         def forward(self, hidden: Tensor, data: TextUnit) -> Tensor:  # type: ignore[override]
-            out = super().forward(hidden[None], attention_mask=None, position_embeddings=data.rope(hidden.dtype),
-                                  dip_doc_lens=data.doc_lens)
+            out = super().forward(
+                hidden[None],
+                attention_mask=None,
+                position_embeddings=data.rope(hidden.dtype),
+                dip_doc_lens=data.doc_lens,
+            )
             return out[0]
 
     return TextLayer(cfg.text_config, index)
@@ -129,12 +138,12 @@ def image_processor(folder: str) -> Any:
 def image_rule(cfg: Any, ip: Any) -> ImageRule:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-    patch, merge, temporal = ip.patch_size, ip.merge_size, ip.temporal_patch_size
+    patch, merge = ip.patch_size, ip.merge_size
     lo, hi = ip.size["shortest_edge"], ip.size["longest_edge"]
 
     def grid(width: int, height: int) -> tuple[int, int, int]:
         h, w = smart_resize(height, width, factor=patch * merge, min_pixels=lo, max_pixels=hi)
-        return (1 if temporal else 1), h // patch, w // patch
+        return 1, h // patch, w // patch  # one temporal patch per still image
 
     return ImageRule(grid, merge)
 
@@ -143,9 +152,24 @@ QWEN2_VL = VlmFamily(
     name="qwen2-vl",
     model_types=("qwen2_vl",),
     # the names Qwen2-VL checkpoints store (transformers maps them to its modules when loading)
-    names=VlmNames(vision_pre="visual.patch_embed.", vision_block="visual.blocks.{i}.", merger="visual.merger.",
-                   embed="model.embed_tokens.", layer="model.layers.{i}.", norm="model.norm.", lm_head="lm_head."),
-    vision_pre=vision_pre, vision_block=vision_block, merger=merger, text_layer=text_layer, text_norm=text_norm,
-    vision_rope=vision_rope, text_rope=text_rope, position_ids=mrope_position_ids,
-    vision_positions=vision_positions, image_processor=image_processor, image_rule=image_rule,
+    names=VlmNames(
+        vision_pre="visual.patch_embed.",
+        vision_block="visual.blocks.{i}.",
+        merger="visual.merger.",
+        embed="model.embed_tokens.",
+        layer="model.layers.{i}.",
+        norm="model.norm.",
+        lm_head="lm_head.",
+    ),
+    vision_pre=vision_pre,
+    vision_block=vision_block,
+    merger=merger,
+    text_layer=text_layer,
+    text_norm=text_norm,
+    vision_rope=vision_rope,
+    text_rope=text_rope,
+    position_ids=mrope_position_ids,
+    vision_positions=vision_positions,
+    image_processor=image_processor,
+    image_rule=image_rule,
 )

@@ -18,15 +18,17 @@ A Wan pipeline folder (``model_index.json``, ``text_encoder/`` UMT5, ``tokenizer
 Every part runs each clip (batch of one) exactly as the diffusers model does, so a pipelined step
 equals the plain models' step on the same samples.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,12 +37,12 @@ from dip.data.meta import MicroBatchMeta
 from dip.data.metadata import scan, split_good
 from dip.data.packing import DocumentMeta
 from dip.data.records import BadSample, SampleMeta, T2vRow, VlmRow
+from dip.data.tensors import UnitLike
+from dip.errors import BadInput
 from dip.integrations.checkpoint import SafetensorsWeights, load_part, write_weights
 from dip.runtime.byo import ByoEdge, ByoModel, ByoModule, ByoUnit
 from dip.runtime.models.seeding import generator
 from dip.spec.model import Edge, ModelSpec, ModuleSpec, ParallelSpec
-from dip.data.tensors import UnitLike
-from dip.errors import BadInput
 
 __all__ = ["T2vData", "T2vProcessor", "WanModel", "build_wan"]
 
@@ -68,17 +70,32 @@ class T2vProcessor:
 
     def measure_t2v(self, row: T2vRow, latent_shape: tuple[int, ...]) -> SampleMeta:
         if len(latent_shape) != 4 or latent_shape[0] != self.channels:
-            raise BadSample(row.source, row.line, f"latents {row.latents} have shape {latent_shape}, expected "
-                                                  f"[{self.channels}, frames, height, width]", "corrupt_latents")
+            raise BadSample(
+                row.source,
+                row.line,
+                f"latents {row.latents} have shape {latent_shape}, expected [{self.channels}, frames, height, width]",
+                "corrupt_latents",
+            )
         c, f, h, w = latent_shape
         pt, ph, pw = self.patch
         if f % pt or h % ph or w % pw:
-            raise BadSample(row.source, row.line, f"latent shape {latent_shape} is not a multiple of the patch "
-                                                  f"{self.patch}", "corrupt_latents")
+            raise BadSample(
+                row.source,
+                row.line,
+                f"latent shape {latent_shape} is not a multiple of the patch {self.patch}",
+                "corrupt_latents",
+            )
         frames = (f - 1) * VAE_TEMPORAL + 1
-        return SampleMeta(row.source, row.line, row.id, text_tokens=len(self.encode(row.caption)),
-                          loss_tokens=c * f * h * w, latent_shape=latent_shape,
-                          clip_tokens=(f // pt) * (h // ph) * (w // pw), clip_seconds=frames / FPS)
+        return SampleMeta(
+            row.source,
+            row.line,
+            row.id,
+            text_tokens=len(self.encode(row.caption)),
+            loss_tokens=c * f * h * w,
+            latent_shape=latent_shape,
+            clip_tokens=(f // pt) * (h // ph) * (w // pw),
+            clip_seconds=frames / FPS,
+        )
 
     def measure_vlm(self, row: VlmRow, image_sizes) -> SampleMeta:
         raise BadSample(row.source, row.line, "a conversation row given to a text-to-video model")
@@ -111,7 +128,7 @@ class T2vData:
     def loss_tokens(self, index: int) -> int:
         return self.metas[index].loss_tokens
 
-    def sample(self, index: int) -> "T2vSample":
+    def sample(self, index: int) -> T2vSample:
         return T2vSample(self, index)
 
     def text(self, index: int) -> Tensor:
@@ -159,7 +176,7 @@ class TextUnitData:
 class DitUnitData:
     """A DiT unit: per clip the noisy latents, the target, the timestep and the rotary tables."""
 
-    def __init__(self, model: "WanModel", unit: ByoUnit):
+    def __init__(self, model: WanModel, unit: ByoUnit):
         self.clips = []
         samples = unit.samples()
         for c in range(unit.start, unit.stop):
@@ -170,10 +187,9 @@ class DitUnitData:
             noisy = ((1 - sigma) * x0.double() + sigma * noise.double()).to(unit.dtype)
             target = (noise.double() - x0.double()).to(unit.dtype)
             rope = model.rope(noisy[None])
-            self.clips.append((noisy, target, torch.tensor([sigma * 1000.0], dtype=unit.dtype), rope,
-                               tuple(x0.shape)))
+            self.clips.append((noisy, target, torch.tensor([sigma * 1000.0], dtype=unit.dtype), rope, tuple(x0.shape)))
         self.cond_lens = tuple(unit.mb.text_lens[unit.mb.clip_sample[c]] for c in range(unit.start, unit.stop))
-        self.tokens = tuple(unit.mb.clip_tokens[unit.start:unit.stop])
+        self.tokens = tuple(unit.mb.clip_tokens[unit.start : unit.stop])
 
 
 class TextPre(nn.Module):
@@ -192,7 +208,7 @@ def text_block(config: Any, index: int) -> nn.Module:
         def forward(self, hidden: Tensor, data: TextUnitData) -> Tensor:  # type: ignore[override]
             out, start = [], 0
             for n in data.doc_lens:  # each caption alone: no cross-caption attention, no [T, T] mask
-                out.append(super().forward(hidden[None, start:start + n])[0])
+                out.append(super().forward(hidden[None, start : start + n])[0])
                 start += n
             return torch.cat(out)
 
@@ -224,7 +240,7 @@ class DitPre(nn.Module):
         hidden, cond, temb, tproj, start = [], [], [], [], 0
         for (noisy, _, timestep, _, _), n in zip(data.clips, data.cond_lens):
             h = self.patch_embedding(noisy[None]).flatten(2).transpose(1, 2).contiguous()
-            te, tp, enc, _ = self.condition_embedder(timestep, text[None, start:start + n])
+            te, tp, enc, _ = self.condition_embedder(timestep, text[None, start : start + n])
             hidden.append(h[0])
             cond.append(enc[0])
             temb.append(te)
@@ -240,14 +256,21 @@ def dit_block(config: Mapping[str, Any], index: int) -> nn.Module:
         def forward(self, hidden: Tensor, data: DitUnitData, side: dict[str, Tensor]) -> Tensor:  # type: ignore[override]
             out, h0, c0 = [], 0, 0
             for k, ((_, _, _, rope, _), n, m) in enumerate(zip(data.clips, data.tokens, data.cond_lens)):
-                tproj = side["tproj"][k:k + 1].unflatten(1, (6, -1))
-                out.append(super().forward(hidden[None, h0:h0 + n], side["cond"][None, c0:c0 + m], tproj, rope)[0])
+                tproj = side["tproj"][k : k + 1].unflatten(1, (6, -1))
+                out.append(super().forward(hidden[None, h0 : h0 + n], side["cond"][None, c0 : c0 + m], tproj, rope)[0])
                 h0, c0 = h0 + n, c0 + m
             return torch.cat(out)
 
     inner = config["num_attention_heads"] * config["attention_head_dim"]
-    return DitBlock(inner, config["ffn_dim"], config["num_attention_heads"], config["qk_norm"],
-                    config["cross_attn_norm"], config["eps"], config.get("added_kv_proj_dim"))
+    return DitBlock(
+        inner,
+        config["ffn_dim"],
+        config["num_attention_heads"],
+        config["qk_norm"],
+        config["cross_attn_norm"],
+        config["eps"],
+        config.get("added_kv_proj_dim"),
+    )
 
 
 class DitPost(nn.Module):
@@ -263,9 +286,9 @@ class DitPost(nn.Module):
         p_t, p_h, p_w = self.patch
         total, h0 = hidden.new_zeros(()), 0
         for k, ((_, target, _, _, shape), n) in enumerate(zip(data.clips, data.tokens)):
-            h = hidden[None, h0:h0 + n]
+            h = hidden[None, h0 : h0 + n]
             h0 += n
-            shift, scale = (self.scale_shift_table + side["temb"][k:k + 1].unsqueeze(1)).chunk(2, dim=1)
+            shift, scale = (self.scale_shift_table + side["temb"][k : k + 1].unsqueeze(1)).chunk(2, dim=1)
             h = (self.norm_out(h.float()) * (1 + scale) + shift).type_as(h)
             h = self.proj_out(h)
             _, f, hh, ww = shape
@@ -291,8 +314,14 @@ def _clip_range(mb: MicroBatchMeta, unit: UnitLike) -> tuple[int, int]:
 class WanModel(ByoModel):
     """A Wan text-to-video pipeline folder as a DIP model (see the module docstring)."""
 
-    def __init__(self, folder: str, *, seed: int = 0, dtype: torch.dtype | str = torch.float32,
-                 device: torch.device | str | None = None):
+    def __init__(
+        self,
+        folder: str,
+        *,
+        seed: int = 0,
+        dtype: torch.dtype | str = torch.float32,
+        device: torch.device | str | None = None,
+    ):
         from diffusers import WanTransformer3DModel
         from transformers import AutoConfig
 
@@ -323,20 +352,34 @@ class WanModel(ByoModel):
             make_pre=lambda: load_part(DitPre(WanTransformer3DModel, cfg), dw, lambda k: k),
             make_block=lambda i: load_part(dit_block(cfg, i), dw, lambda k: f"blocks.{i}.{k}"),
             make_post=lambda: load_part(DitPost(WanTransformer3DModel, cfg), dw, lambda k: k),
-            boundary=lambda mb, a, b: {"hidden": (sum(mb.clip_tokens[a:b]), inner),
-                                       "cond": (len(_caption_rows(mb, a, b)), inner),
-                                       "temb": (b - a, inner), "tproj": (b - a, 6 * inner)},
+            boundary=lambda mb, a, b: {
+                "hidden": (sum(mb.clip_tokens[a:b]), inner),
+                "cond": (len(_caption_rows(mb, a, b)), inner),
+                "temb": (b - a, inner),
+                "tproj": (b - a, 6 * inner),
+            },
             instances=lambda mb: mb.clips,
             first_inputs=lambda mb, a, b: {"text_cond": (len(_caption_rows(mb, a, b)), tc.d_model)},
         )
         edge = ByoEdge(
-            tensors=lambda out, p, c, mb: ({"text_cond": out["text_hidden"][_caption_rows(mb, *_clip_range(mb, c))]}
-                                           if p.mb == c.mb else {}),
-            shapes=lambda p, c, mb: ({"text_cond": (len(_caption_rows(mb, *_clip_range(mb, c))), tc.d_model)}
-                                     if p.mb == c.mb else {}),
+            tensors=lambda out, p, c, mb: (
+                {"text_cond": out["text_hidden"][_caption_rows(mb, *_clip_range(mb, c))]} if p.mb == c.mb else {}
+            ),
+            shapes=lambda p, c, mb: (
+                {"text_cond": (len(_caption_rows(mb, *_clip_range(mb, c))), tc.d_model)} if p.mb == c.mb else {}
+            ),
         )
-        super().__init__(spec, {TEXT: text, DIT: dit}, self._make_data, self._loss_tokens, loss_module=DIT,
-                         seed=seed, dtype=dtype, device=device, edges={(TEXT, DIT): edge})
+        super().__init__(
+            spec,
+            {TEXT: text, DIT: dit},
+            self._make_data,
+            self._loss_tokens,
+            loss_module=DIT,
+            seed=seed,
+            dtype=dtype,
+            device=device,
+            edges={(TEXT, DIT): edge},
+        )
         from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
         self.rope = WanRotaryPosEmbed(cfg["attention_head_dim"], self.patch, cfg.get("rope_max_seq_len", 1024))
@@ -382,11 +425,21 @@ class WanModel(ByoModel):
             src = os.path.join(self.folder, name)
             if name not in parts:
                 _copy(src, os.path.join(out, name))
-        written = [write_weights(os.path.join(out, "text_encoder"), parts["text_encoder"],
-                                 source=os.path.join(self.folder, "text_encoder"), dtypes=self.text_weights.dtypes),
-                   write_weights(os.path.join(out, "transformer"), parts["transformer"],
-                                 source=os.path.join(self.folder, "transformer"), dtypes=self.dit_weights.dtypes,
-                                 filename="diffusion_pytorch_model.safetensors")]
+        written = [
+            write_weights(
+                os.path.join(out, "text_encoder"),
+                parts["text_encoder"],
+                source=os.path.join(self.folder, "text_encoder"),
+                dtypes=self.text_weights.dtypes,
+            ),
+            write_weights(
+                os.path.join(out, "transformer"),
+                parts["transformer"],
+                source=os.path.join(self.folder, "transformer"),
+                dtypes=self.dit_weights.dtypes,
+                filename="diffusion_pytorch_model.safetensors",
+            ),
+        ]
         return written
 
 
@@ -413,18 +466,49 @@ def wan_spec(text_config: Any, dit_config: Mapping[str, Any], name: str) -> Mode
     tc, dc = text_config, dit_config
     inner = dc["num_attention_heads"] * dc["attention_head_dim"]
     pt, ph, _ = dc["patch_size"]
-    text = ModuleSpec(TEXT, "decoder", tc.num_layers, tc.d_model, tc.d_ff, tc.num_heads, tc.num_heads,
-                      vocab_size=tc.vocab_size, lm_head=False)
-    dit = ModuleSpec(DIT, "dit", dc["num_layers"], inner, dc["ffn_dim"], dc["num_attention_heads"],
-                     dc["num_attention_heads"], cond_hidden=tc.d_model, latent_channels=dc["in_channels"],
-                     patch_t=pt, patch_hw=ph, vae_temporal=VAE_TEMPORAL, vae_spatial=VAE_SPATIAL, video_fps=FPS,
-                     video_height=480, video_width=832)
-    return ModelSpec(name, (text, dit), (Edge(TEXT, DIT, "text_conditioning"),), ParallelSpec(), workload="t2v",
-                     context_length=MAX_CAPTION * 8, description="Wan text-to-video pipeline")
+    text = ModuleSpec(
+        TEXT,
+        "decoder",
+        tc.num_layers,
+        tc.d_model,
+        tc.d_ff,
+        tc.num_heads,
+        tc.num_heads,
+        vocab_size=tc.vocab_size,
+        lm_head=False,
+    )
+    dit = ModuleSpec(
+        DIT,
+        "dit",
+        dc["num_layers"],
+        inner,
+        dc["ffn_dim"],
+        dc["num_attention_heads"],
+        dc["num_attention_heads"],
+        cond_hidden=tc.d_model,
+        latent_channels=dc["in_channels"],
+        patch_t=pt,
+        patch_hw=ph,
+        vae_temporal=VAE_TEMPORAL,
+        vae_spatial=VAE_SPATIAL,
+        video_fps=FPS,
+        video_height=480,
+        video_width=832,
+    )
+    return ModelSpec(
+        name,
+        (text, dit),
+        (Edge(TEXT, DIT, "text_conditioning"),),
+        ParallelSpec(),
+        workload="t2v",
+        context_length=MAX_CAPTION * 8,
+        description="Wan text-to-video pipeline",
+    )
 
 
-def build_wan(folder: str, *, seed: int = 0, dtype: torch.dtype | str = torch.float32,
-              device: torch.device | str | None = None) -> WanModel:
+def build_wan(
+    folder: str, *, seed: int = 0, dtype: torch.dtype | str = torch.float32, device: torch.device | str | None = None
+) -> WanModel:
     """The Wan pipeline folder ``folder`` as a DIP model; attach data with :meth:`WanModel.open_data`.
 
     Args:

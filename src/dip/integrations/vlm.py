@@ -19,13 +19,15 @@ positions are computed; :func:`build_vlm` turns a checkpoint folder into a
 Every part is built from the checkpoint config and filled from the checkpoint's safetensors files
 with only its own tensors. A tied LM head is a second copy of the input embedding, declared as a tie.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -67,11 +69,11 @@ class VlmNames:
             _, i, name = rest.split(".", 2)
             return self.vision_block.format(i=i) + name
         if rest.startswith("pre.embed_tokens."):
-            return self.embed + rest[len("pre.embed_tokens."):]
+            return self.embed + rest[len("pre.embed_tokens.") :]
         if rest.startswith("post.norm."):
-            return self.norm + rest[len("post.norm."):]
+            return self.norm + rest[len("post.norm.") :]
         if rest.startswith("post.lm_head."):
-            return self.lm_head + rest[len("post.lm_head."):]
+            return self.lm_head + rest[len("post.lm_head.") :]
         _, i, name = rest.split(".", 2)
         return self.layer.format(i=i) + name
 
@@ -108,13 +110,13 @@ class VisionUnit:
     """Local inputs of a vision unit: its images' grids, per-image sequence bounds, rotary tables and
     (loaded on first use, so only the vision tower's first chunk reads them) pixels."""
 
-    def __init__(self, model: "HfVlmModel", unit: ByoUnit):
+    def __init__(self, model: HfVlmModel, unit: ByoUnit):
         self.model, self.unit = model, unit
         data = model.source
         self.images: list[tuple[int, int]] = []  # (dataset index, image k) of each image of the unit
         for i in unit.mb.sample_ids:
             self.images += [(i, k) for k in range(len(data.meta(i).image_grids))]
-        self.images = self.images[unit.start:unit.stop]
+        self.images = self.images[unit.start : unit.stop]
         self.grids = [tuple(data.meta(i).image_grids[k]) for i, k in self.images]
         lens = torch.tensor([t * h * w for t, h, w in self.grids], dtype=torch.long)
         self.cu_seqlens = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
@@ -136,7 +138,7 @@ class TextUnit:
     """Local inputs of an LM unit: the packed token ids, the image-token rows, per-sample lengths, the
     family's rotary positions, and the labelled rows with their next-token targets."""
 
-    def __init__(self, model: "HfVlmModel", unit: ByoUnit):
+    def __init__(self, model: HfVlmModel, unit: ByoUnit):
         self.model, self.unit = model, unit
         ids, loss_rows, targets, lens, positions, grids_all = [], [], [], [], [], []
         off = 0
@@ -206,22 +208,55 @@ def _load_config(folder: str) -> Any:
 def vlm_spec(family: VlmFamily, config: Any, name: str) -> ModelSpec:
     """The planner's view of the checkpoint: layers, widths, heads, vocabulary and patch sizes."""
     v, t = config.vision_config, config.text_config
-    vision = ModuleSpec(VISION, "vit", v.depth, v.embed_dim, int(v.embed_dim * v.mlp_ratio), v.num_heads,
-                        v.num_heads, image_size=v.patch_size * v.spatial_merge_size * 16, patch_size=v.patch_size,
-                        spatial_merge=v.spatial_merge_size, in_channels=v.in_channels * v.temporal_patch_size,
-                        out_hidden=t.hidden_size)
-    llm = ModuleSpec(LLM, "decoder", t.num_hidden_layers, t.hidden_size, t.intermediate_size,
-                     t.num_attention_heads, t.num_key_value_heads, vocab_size=t.vocab_size, lm_head=True)
+    vision = ModuleSpec(
+        VISION,
+        "vit",
+        v.depth,
+        v.embed_dim,
+        int(v.embed_dim * v.mlp_ratio),
+        v.num_heads,
+        v.num_heads,
+        image_size=v.patch_size * v.spatial_merge_size * 16,
+        patch_size=v.patch_size,
+        spatial_merge=v.spatial_merge_size,
+        in_channels=v.in_channels * v.temporal_patch_size,
+        out_hidden=t.hidden_size,
+    )
+    llm = ModuleSpec(
+        LLM,
+        "decoder",
+        t.num_hidden_layers,
+        t.hidden_size,
+        t.intermediate_size,
+        t.num_attention_heads,
+        t.num_key_value_heads,
+        vocab_size=t.vocab_size,
+        lm_head=True,
+    )
     context = min(int(getattr(t, "max_position_embeddings", MAX_CONTEXT)), MAX_CONTEXT)
-    return ModelSpec(name, (vision, llm), (Edge(VISION, LLM, "image_embeddings"),), ParallelSpec(),
-                     workload="vlm", context_length=context, description=f"{family.name} checkpoint")
+    return ModelSpec(
+        name,
+        (vision, llm),
+        (Edge(VISION, LLM, "image_embeddings"),),
+        ParallelSpec(),
+        workload="vlm",
+        context_length=context,
+        description=f"{family.name} checkpoint",
+    )
 
 
 class HfVlmModel(ByoModel):
     """A transformers VLM checkpoint as a DIP model (see the module docstring)."""
 
-    def __init__(self, folder: str, family: VlmFamily, *, seed: int = 0, dtype: torch.dtype | str = torch.float32,
-                 device: torch.device | str | None = None):
+    def __init__(
+        self,
+        folder: str,
+        family: VlmFamily,
+        *,
+        seed: int = 0,
+        dtype: torch.dtype | str = torch.float32,
+        device: torch.device | str | None = None,
+    ):
         self.folder, self.family = os.path.abspath(folder), family
         self.config = _load_config(folder)
         self.config.vision_config._attn_implementation = "sdpa"  # transformers splits images itself
@@ -229,7 +264,9 @@ class HfVlmModel(ByoModel):
         self.weights = SafetensorsWeights(folder)
         names = family.names
         text = self.config.text_config
-        self.tied = bool(getattr(self.config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False))
+        self.tied = bool(
+            getattr(self.config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False)
+        )
         spec = vlm_spec(family, self.config, os.path.basename(self.folder.rstrip(os.sep)) or family.name)
         cfg = self.config
 
@@ -257,21 +294,37 @@ class HfVlmModel(ByoModel):
             make_block=lambda i: loaded(family.text_layer(cfg, i), names.layer.format(i=i)),
             make_post=text_post,
             hidden_shape=lambda mb, a, b: (mb.text_tokens + sum(mb.image_tokens), text.hidden_size),
-            first_inputs=lambda mb, a, b: {"image_embeds": (sum(mb.image_tokens), text.hidden_size)} if mb.images else {},
+            first_inputs=lambda mb, a, b: (
+                {"image_embeds": (sum(mb.image_tokens), text.hidden_size)} if mb.images else {}
+            ),
         )
         ties = [(f"{LLM}.pre.embed_tokens.weight", f"{LLM}.post.lm_head.weight")] if self.tied else []
-        super().__init__(spec, {VISION: vision, LLM: llm}, self._make_data, self._loss_tokens, loss_module=LLM,
-                         seed=seed, dtype=dtype, device=device, ties=ties)
+        super().__init__(
+            spec,
+            {VISION: vision, LLM: llm},
+            self._make_data,
+            self._loss_tokens,
+            loss_module=LLM,
+            seed=seed,
+            dtype=dtype,
+            device=device,
+            ties=ties,
+        )
         self.vision_rope = family.vision_rope(cfg.vision_config)
         self.text_rope = family.text_rope(text)
-        self.image_token_id = int(getattr(cfg, "image_token_id"))
+        self.image_token_id = int(cfg.image_token_id)
 
     # ------------------------------------------------------------------ data
     def processor(self, context_length: int | None = None) -> VlmProcessor:
         ip = self.family.image_processor(self.folder)
-        return VlmProcessor(self.folder, image_processor=ip, image_rule=self.family.image_rule(self.config, ip),
-                            image_token=self.family.image_token,
-                            context_length=context_length or self.spec.context_length, family=self.family.name)
+        return VlmProcessor(
+            self.folder,
+            image_processor=ip,
+            image_rule=self.family.image_rule(self.config, ip),
+            image_token=self.family.image_token,
+            context_length=context_length or self.spec.context_length,
+            family=self.family.name,
+        )
 
     def open_data(self, path: str, *, strict: bool = False, use_cache: bool = True) -> VlmData:
         """The dataset at ``path`` measured with this checkpoint's tokenizer and image processor, attached."""
@@ -312,8 +365,14 @@ class HfVlmModel(ByoModel):
         return path
 
 
-def build_vlm(folder: str, family: VlmFamily, *, seed: int = 0, dtype: torch.dtype | str = torch.float32,
-              device: torch.device | str | None = None) -> HfVlmModel:
+def build_vlm(
+    folder: str,
+    family: VlmFamily,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str | None = None,
+) -> HfVlmModel:
     """The checkpoint in ``folder`` as a DIP model of ``family``.
 
     Args:

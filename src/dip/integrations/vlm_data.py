@@ -11,14 +11,16 @@ turn's text (and the end-of-turn token after it) are labelled, everything else i
 ``strict``), their metadata (what the planner packs), and lazy per-sample loads (token ids and labels
 for the LM, one image's pixels for the vision tower), memoised per process.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -54,8 +56,16 @@ class ImageRule:
 class VlmProcessor:
     """Tokenizer + image processor of a checkpoint folder, as measurer and encoder."""
 
-    def __init__(self, folder: str, *, image_processor: Any, image_rule: ImageRule, image_token: str,
-                 context_length: int, family: str):
+    def __init__(
+        self,
+        folder: str,
+        *,
+        image_processor: Any,
+        image_rule: ImageRule,
+        image_token: str,
+        context_length: int,
+        family: str,
+    ):
         from transformers import AutoTokenizer  # the checkpoint's own tokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -71,8 +81,7 @@ class VlmProcessor:
 
     def _identity(self, folder: str, family: str) -> str:
         h = hashlib.sha256(f"{family}\0{self.context_length}\0{self.tokenizer.chat_template}".encode())
-        for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "vocab.json",
-                     "merges.txt"):
+        for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "vocab.json", "merges.txt"):
             p = os.path.join(folder, name)
             if os.path.exists(p):
                 with open(p, "rb") as f:
@@ -100,14 +109,19 @@ class VlmProcessor:
         text = self.tokenizer.apply_chat_template(self._messages(row), tokenize=False)
         pieces = text.split(self.image_token)
         if len(pieces) - 1 != len(image_tokens):
-            raise BadSample(row.source, row.line, f"the chat template placed {len(pieces) - 1} images, "
-                                                  f"the sample has {len(image_tokens)}")
+            raise BadSample(
+                row.source,
+                row.line,
+                f"the chat template placed {len(pieces) - 1} images, the sample has {len(image_tokens)}",
+            )
         expanded = pieces[0] + "".join(self.image_token * n + p for n, p in zip(image_tokens, pieces[1:]))
         spans = self._assistant_spans(row, expanded)
         enc = self.tokenizer(expanded, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
-        labels = [t if any(a <= s and e <= b for a, b in spans) and e > s else IGNORE
-                  for t, (s, e) in zip(ids, enc["offset_mapping"])]
+        labels = [
+            t if any(a <= s and e <= b for a, b in spans) and e > s else IGNORE
+            for t, (s, e) in zip(ids, enc["offset_mapping"])
+        ]
         return EncodedText(tuple(ids), tuple(labels))
 
     def _assistant_spans(self, row: VlmRow, text: str) -> list[tuple[int, int]]:
@@ -139,17 +153,27 @@ class VlmProcessor:
     def measure_vlm(self, row: VlmRow, image_sizes: tuple[tuple[int, int], ...]) -> SampleMeta:
         grids = tuple(self.image_grid(w, h) for w, h in image_sizes)
         patches = tuple(t * h * w for t, h, w in grids)
-        tokens = tuple(p // self.rule.merge ** 2 for p in patches)
+        tokens = tuple(p // self.rule.merge**2 for p in patches)
         enc = self.encode(row, tokens)
         total = len(enc.input_ids)
         if total > self.context_length:
-            raise BadSample(row.source, row.line, f"{total} tokens exceed the context length {self.context_length}",
-                            "too_long")
+            raise BadSample(
+                row.source, row.line, f"{total} tokens exceed the context length {self.context_length}", "too_long"
+            )
         loss = sum(1 for lab in enc.labels[1:] if lab != IGNORE)
         if loss == 0:
             raise BadSample(row.source, row.line, "no labelled (assistant) token")
-        return SampleMeta(row.source, row.line, row.id, text_tokens=total - sum(tokens), loss_tokens=loss,
-                          image_sizes=image_sizes, image_grids=grids, image_patches=patches, image_tokens=tokens)
+        return SampleMeta(
+            row.source,
+            row.line,
+            row.id,
+            text_tokens=total - sum(tokens),
+            loss_tokens=loss,
+            image_sizes=image_sizes,
+            image_grids=grids,
+            image_patches=patches,
+            image_tokens=tokens,
+        )
 
     def measure_t2v(self, row: T2vRow, latent_shape: tuple[int, ...]) -> SampleMeta:
         raise BadSample(row.source, row.line, "a text-to-video row given to a vision-language model")
@@ -158,16 +182,26 @@ class VlmProcessor:
 class VlmData:
     """A VLM dataset (LLaVA JSONL or WebDataset shards) measured and encoded by ``processor``."""
 
-    def __init__(self, path: str, processor: VlmProcessor, *, strict: bool = False, fmt: str | None = None,
-                 use_cache: bool = True):
+    def __init__(
+        self,
+        path: str,
+        processor: VlmProcessor,
+        *,
+        strict: bool = False,
+        fmt: str | None = None,
+        use_cache: bool = True,
+    ):
         self.path, self.processor = path, processor
         metas = scan(path, processor, fmt=fmt, use_cache=use_cache)
         self.metas, self.skipped = split_good(metas, strict)
         if not self.metas:
             raise BadInput(f"data {path!r}: no usable sample ({self.skipped.total} bad: {self.skipped.examples[:1]})")
         wanted = {(m.source, m.line) for m in self.metas}
-        rows = {(r.source, r.line): r for r in read_rows(path, fmt) if isinstance(r, VlmRow)
-                and (r.source, r.line) in wanted}
+        rows = {
+            (r.source, r.line): r
+            for r in read_rows(path, fmt)
+            if isinstance(r, VlmRow) and (r.source, r.line) in wanted
+        }
         self.rows = [rows[(m.source, m.line)] for m in self.metas]
         self._text = lru_cache(maxsize=4096)(self._load_text)
         self._image = lru_cache(maxsize=1024)(self._load_image)
@@ -187,7 +221,7 @@ class VlmData:
     def loss_tokens(self, index: int) -> int:
         return self.metas[index].loss_tokens
 
-    def sample(self, index: int) -> "VlmSample":
+    def sample(self, index: int) -> VlmSample:
         return VlmSample(self, index)
 
     def text(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,8 +236,10 @@ class VlmData:
         m = self.metas[index]
         enc = self.processor.encode(self.rows[index], m.image_tokens)
         if len(enc.input_ids) != m.lm_tokens:
-            raise RuntimeError(f"{m.source}:{m.line}: {len(enc.input_ids)} tokens, the metadata says "
-                               f"{m.lm_tokens} (stale metadata cache?)")
+            raise RuntimeError(
+                f"{m.source}:{m.line}: {len(enc.input_ids)} tokens, the metadata says "
+                f"{m.lm_tokens} (stale metadata cache?)"
+            )
         return torch.tensor(enc.input_ids, dtype=torch.long), torch.tensor(enc.labels, dtype=torch.long)
 
     def _load_image(self, index: int, k: int) -> torch.Tensor:
@@ -216,8 +252,9 @@ class VlmData:
         except OSError as exc:
             raise BadInput(f"{m.source}:{m.line}: image {ref.name} cannot be decoded ({exc})") from None
         if grid != tuple(m.image_grids[k]):
-            raise RuntimeError(f"{m.source}:{m.line}: image {ref.name} has grid {grid}, the metadata says "
-                               f"{m.image_grids[k]}")
+            raise RuntimeError(
+                f"{m.source}:{m.line}: image {ref.name} has grid {grid}, the metadata says {m.image_grids[k]}"
+            )
         return pixels
 
 

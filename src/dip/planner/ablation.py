@@ -12,6 +12,7 @@
 Steps 3-5 start from the previous step's schedule, so each is never slower than the one before; step 2
 is a different scheduler and is reported as measured.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,15 @@ def _list_scheduled(model, batch, cost_model, hardware, partition, limit):
     topo = Topology.from_hardware(hardware, tp=cost_model.tp)
     best = None
     for strategy in UNIFORM:
-        strategies = {(c.id, u.index): (strategy,) * sum(p.layers for p in c.parts)
-                      for c in partition.graph.chunks for u in units[c.group]} if strategy != "none" else {}
+        strategies = (
+            {
+                (c.id, u.index): (strategy,) * sum(p.layers for p in c.parts)
+                for c in partition.graph.chunks
+                for u in units[c.group]
+            }
+            if strategy != "none"
+            else {}
+        )
         costs = stage_costs(partition.graph, units, flows, model, cost_model, batch, strategies)
         tg = TaskGraph.build(partition.graph, units, flows, costs, topo)
         plan = Plan(partition.graph, units, flows, list_schedule(tg), strategies, "list")
@@ -52,14 +60,28 @@ def _list_scheduled(model, batch, cost_model, hardware, partition, limit):
     return best
 
 
-def ablation(model, batch, cost_model, hardware, budget_s: float = 2.0, rollouts: int | None = None,
-             memory_limit_bytes: float | None = None, seed: int = 0) -> list[dict]:
+def ablation(
+    model,
+    batch,
+    cost_model,
+    hardware,
+    budget_s: float = 2.0,
+    rollouts: int | None = None,
+    memory_limit_bytes: float | None = None,
+    seed: int = 0,
+) -> list[dict]:
     """Rows ``{"step", "time_s", "strategy", "fits"}`` of the five steps (see module docstring)."""
     limit = float(memory_limit_bytes if memory_limit_bytes is not None else usable_memory_bytes(hardware))
     rows = []
     mega = plan_schedule("megatron", model, batch, cost_model, hardware, memory_limit_bytes=limit)
-    rows.append({"step": "megatron", "time_s": float(mega.result.iteration_time),
-                 "strategy": mega.plan.meta.get("memory_strategy"), "fits": not mega.result.oom})
+    rows.append(
+        {
+            "step": "megatron",
+            "time_s": float(mega.result.iteration_time),
+            "strategy": mega.plan.meta.get("memory_strategy"),
+            "fits": not mega.result.oom,
+        }
+    )
     partition = default_partition(model, cost_model)
     t, strategy, fits = _list_scheduled(model, batch, cost_model, hardware, partition, limit)
     rows.append({"step": "+partitioner", "time_s": t, "strategy": strategy, "fits": fits})
@@ -73,8 +95,7 @@ def ablation(model, batch, cost_model, hardware, budget_s: float = 2.0, rollouts
     search = SearchOptions(budget_s=budget_s, rollouts=rollouts, seed=seed)
     state, _ = search_problem(uniform_problem, search.replace(seeds=((plain.ptr, plain.tasks, plain.choice),)))
     reordered = state.best
-    rows.append({"step": "+reordering", "time_s": reordered.makespan, "strategy": strategy,
-                 "fits": reordered.feasible})
+    rows.append({"step": "+reordering", "time_s": reordered.makespan, "strategy": strategy, "fits": reordered.feasible})
     full = build_problem(model, partition, batch, cost_model, hardware, limit)
     choice = _matching_choice(full, uniform_problem)
     state, stats = search_problem(full, search.replace(seeds=((reordered.ptr, reordered.tasks, choice),)))

@@ -9,6 +9,7 @@ memory-efficient and the fastest one inside each of ``S - 2`` equal memory bucke
 Every candidate's times and bytes come from ``cost_model.chunk_costs`` with its strategy tuple, the
 same call the simulator makes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +55,10 @@ class StageCandidates:
 
 def layer_options(cost_model, module: str, work: ModuleWork) -> list[tuple[str, float, float]]:
     """``(strategy, extra backward seconds, activation bytes)`` per allowed strategy of one layer."""
-    opts = [(s, cost_model.recompute_seconds(module, work, s), cost_model.layer_activation_bytes(module, work, s))
-            for s in BASE_STRATEGIES]
+    opts = [
+        (s, cost_model.recompute_seconds(module, work, s), cost_model.layer_activation_bytes(module, work, s))
+        for s in BASE_STRATEGIES
+    ]
     off_t = cost_model.recompute_seconds(module, work, "offload")
     if off_t < cost_model.recompute_seconds(module, work, "full"):
         opts.append(("offload", off_t, cost_model.layer_activation_bytes(module, work, "offload")))

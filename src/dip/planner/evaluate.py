@@ -13,6 +13,7 @@ Every score is the simulator's makespan of the final order with the chosen candi
 ``passes > 1`` a rollout interleaves again with the bytes and durations of the candidates the memory
 phase chose, while that improves the score (the search uses 3 passes).
 """
+
 from __future__ import annotations
 
 import math
@@ -43,16 +44,24 @@ class TrackConfig:
 
     def __str__(self) -> str:
         extra = (",backward=tail" if self.backward == "tail" else "") + (",drain" if self.drain else "")
-        return (f"level={self.level:g},durations={self.durations},reserve={self.reserve:g},"
-                f"{'alternate' if self.alternate else 'priority'}{extra}")
+        return (
+            f"level={self.level:g},durations={self.durations},reserve={self.reserve:g},"
+            f"{'alternate' if self.alternate else 'priority'}{extra}"
+        )
 
 
 PAPER_CONFIG = TrackConfig(0.0, "memory")
 DEFAULT_CONFIGS: tuple[TrackConfig, ...] = (
-    TrackConfig(0.0, "memory"), TrackConfig(0.0, "fast"), TrackConfig(0.5, "fast"), TrackConfig(1.0, "fast"),
-    TrackConfig(0.0, "fast", alternate=False), TrackConfig(1.0, "fast", alternate=False),
-    TrackConfig(0.0, "memory", backward="tail", drain=True), TrackConfig(0.0, "fast", backward="tail", drain=True),
-    TrackConfig(0.5, "fast", backward="tail", drain=True), TrackConfig(0.0, "memory", backward="tail"),
+    TrackConfig(0.0, "memory"),
+    TrackConfig(0.0, "fast"),
+    TrackConfig(0.5, "fast"),
+    TrackConfig(1.0, "fast"),
+    TrackConfig(0.0, "fast", alternate=False),
+    TrackConfig(1.0, "fast", alternate=False),
+    TrackConfig(0.0, "memory", backward="tail", drain=True),
+    TrackConfig(0.0, "fast", backward="tail", drain=True),
+    TrackConfig(0.5, "fast", backward="tail", drain=True),
+    TrackConfig(0.0, "memory", backward="tail"),
     TrackConfig(0.0, "fast", backward="tail"),
 )
 # large problems skip the configurations that never came within 0.3% of the best on the presets' batches
@@ -111,7 +120,7 @@ class Evaluator:
         self.cap = problem.safe_cap.astype(np.float64)
         self.min_mem = np.zeros(len(cand.count), np.int64)
         self.fastest = cand.fastest.astype(np.int64)
-        self.is_f = (tg.task_op == 0)
+        self.is_f = tg.task_op == 0
         self.holds = np.where(self.is_f, 1, -1).astype(np.int64)
         self._tracks: dict[TrackConfig, tuple[np.ndarray, np.ndarray]] = {}
         self.calls = 0
@@ -139,16 +148,24 @@ class Evaluator:
                 break
             rows = np.arange(len(sched.choice))
             duration, _ = p.task_durations(sched.choice)
-            again = self.evaluate_tracked(items, duration, p.cand.mem[rows, sched.choice].astype(np.float64), config,
-                                          prio=prio)
+            again = self.evaluate_tracked(
+                items, duration, p.cand.mem[rows, sched.choice].astype(np.float64), config, prio=prio
+            )
             self.calls -= 1
             if again.score >= sched.score:
                 break
             sched = again
         return sched
 
-    def evaluate_tracked(self, items: np.ndarray, duration: np.ndarray, act: np.ndarray, config: TrackConfig,
-                         ilp: bool = False, prio: np.ndarray | None = None) -> Schedule:
+    def evaluate_tracked(
+        self,
+        items: np.ndarray,
+        duration: np.ndarray,
+        act: np.ndarray,
+        config: TrackConfig,
+        ilp: bool = False,
+        prio: np.ndarray | None = None,
+    ) -> Schedule:
         """Like :meth:`evaluate` with explicit planning durations (per task) and tracked bytes (per stage);
         ``prio`` (per task) overrides the priorities derived from ``items``."""
         self.calls += 1
@@ -161,22 +178,48 @@ class Evaluator:
         p, tg = self.p, self.p.tg
         if config.backward == "tail":
             prio = np.where(self.is_f, prio, tail_keys(p, duration))
-        sequence, _, _, _, _ = interleave(p.num_ranks, tg.task_rank, tg.task_op, tg.task_stage, duration, act,
-                                          self.cap, prio, tg.pred_ptr, tg.succ_ptr, tg.succ_idx, p.succ_delay,
-                                          float(config.reserve), bool(config.alternate), bool(config.drain))
+        sequence, _, _, _, _ = interleave(
+            p.num_ranks,
+            tg.task_rank,
+            tg.task_op,
+            tg.task_stage,
+            duration,
+            act,
+            self.cap,
+            prio,
+            tg.pred_ptr,
+            tg.succ_ptr,
+            tg.succ_idx,
+            p.succ_delay,
+            float(config.reserve),
+            bool(config.alternate),
+            bool(config.drain),
+        )
         ptr, tasks = rank_orders(sequence, tg.task_rank, p.num_ranks)
         return sequence, ptr, tasks
 
     def finish(self, sequence, ptr, tasks, config: TrackConfig, items, ilp: bool) -> Schedule:
         """Memory optimisation and simulation of a fixed order."""
         p, cand = self.p, self.p.cand
-        choice, overflow = greedy_select(ptr, tasks, p.tg.task_op, p.tg.task_stage, self.cand_t, cand.mem,
-                                         cand.count, self.cap)
+        choice, overflow = greedy_select(
+            ptr, tasks, p.tg.task_op, p.tg.task_stage, self.cand_t, cand.mem, cand.count, self.cap
+        )
         ilp_ranks = 0
         if ilp and overflow.max() <= 0:
             for r in range(p.num_ranks):
-                better = ilp_select(ptr, tasks, p.tg.task_op, p.tg.task_stage, self.cand_t, cand.mem, cand.count,
-                                    self.cap, r, choice, time_limit=self.ilp_time_limit)
+                better = ilp_select(
+                    ptr,
+                    tasks,
+                    p.tg.task_op,
+                    p.tg.task_stage,
+                    self.cand_t,
+                    cand.mem,
+                    cand.count,
+                    self.cap,
+                    r,
+                    choice,
+                    time_limit=self.ilp_time_limit,
+                )
                 if better is not None:
                     choice = better
                     ilp_ranks += 1
@@ -188,9 +231,32 @@ class Evaluator:
         alloc = np.where(self.is_f, act, 0.0)
         free = np.where(self.is_f, 0.0, act)
         status, makespan, start, end, _, _, peak, _, _, _ = simulate_arrays(
-            ptr, tasks, duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay, tg.succ_ptr, tg.succ_idx,
-            alloc, free, self.holds)
+            ptr,
+            tasks,
+            duration,
+            tg.pred_ptr,
+            tg.pred_idx,
+            tg.pred_delay,
+            tg.succ_ptr,
+            tg.succ_idx,
+            alloc,
+            free,
+            self.holds,
+        )
         fits = bool(np.all(peak <= self.cap + 1e-6))
         feasible = status == OK and fits
-        return Schedule(float(makespan), sequence, ptr, tasks, choice, start, end, peak, feasible, config,
-                        np.asarray(items), overflow if overflow is not None else np.zeros(p.num_ranks), ilp_ranks)
+        return Schedule(
+            float(makespan),
+            sequence,
+            ptr,
+            tasks,
+            choice,
+            start,
+            end,
+            peak,
+            feasible,
+            config,
+            np.asarray(items),
+            overflow if overflow is not None else np.zeros(p.num_ranks),
+            ilp_ranks,
+        )

@@ -1,7 +1,8 @@
 """Exact reference for small instances: the same scheduling problem as a CP-SAT model.
 
 Same partition, units, dependencies and p2p delays as the planner; every stage at the memory candidate
-the planner chose (or at its fastest). Variables: one start per task (integer microseconds); constraints: dependencies with their
+the planner chose (or at its fastest). Variables: one start per task (integer microseconds); constraints:
+dependencies with their
 delays, one ``NoOverlap`` per rank, and, when ``memory`` is on, one ``Cumulative`` per rank in which
 each stage holds its activation bytes from its forward's start to its backward's end (capacity = the
 rank's limit minus static memory). Objective: the makespan. The solver is hinted with the planner's
@@ -9,8 +10,10 @@ order. The optimal order is re-simulated with the exact (float) durations, so th
 directly comparable with the planner's; ``status`` says whether CP-SAT proved optimality and
 ``bound_s`` is its proven lower bound.
 """
+
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -39,8 +42,13 @@ class ExactResult:
     orders: list[list[int]] | None = None
 
     def summary(self) -> dict:
-        return {"exact_time_s": self.time_s, "exact_status": self.status, "exact_bound_s": self.bound_s,
-                "exact_wall_s": self.wall_s, "exact_memory": self.memory}
+        return {
+            "exact_time_s": self.time_s,
+            "exact_status": self.status,
+            "exact_bound_s": self.bound_s,
+            "exact_wall_s": self.wall_s,
+            "exact_memory": self.memory,
+        }
 
 
 def _arrays(problem: PlanProblem, choice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,8 +57,9 @@ def _arrays(problem: PlanProblem, choice: np.ndarray) -> tuple[np.ndarray, np.nd
     return duration, stage_act
 
 
-def _order_makespan(problem: PlanProblem, per_rank: list[list[int]], duration: np.ndarray,
-                    stage_act: np.ndarray | None = None) -> float:
+def _order_makespan(
+    problem: PlanProblem, per_rank: list[list[int]], duration: np.ndarray, stage_act: np.ndarray | None = None
+) -> float:
     """Simulated makespan of an order (inf if it deadlocks or, with ``stage_act``, overflows memory)."""
     tg = problem.tg
     lengths = [len(x) for x in per_rank]
@@ -60,16 +69,23 @@ def _order_makespan(problem: PlanProblem, per_rank: list[list[int]], duration: n
     is_f = tg.task_op == 0
     alloc, free = np.where(is_f, act, 0.0), np.where(is_f, 0.0, act)
     holds = np.where(is_f, 1, -1).astype(np.int64)
-    status, makespan, _, _, _, _, peak, *_ = simulate_arrays(ptr, tasks, duration, tg.pred_ptr, tg.pred_idx,
-                                                             tg.pred_delay, tg.succ_ptr, tg.succ_idx, alloc, free,
-                                                             holds)
+    status, makespan, _, _, _, _, peak, *_ = simulate_arrays(
+        ptr, tasks, duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay, tg.succ_ptr, tg.succ_idx, alloc, free, holds
+    )
     if status != OK or (stage_act is not None and np.any(peak > problem.safe_cap + 1e-6)):
         return math.inf
     return float(makespan)
 
 
-def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, memory: bool | None = False,
-                costs: str = "plan", workers: int = 2, seed: int = 0) -> ExactResult:
+def solve_exact(
+    problem: PlanProblem,
+    time_limit_s: float = 120.0,
+    hint=None,
+    memory: bool | None = False,
+    costs: str = "plan",
+    workers: int = 2,
+    seed: int = 0,
+) -> ExactResult:
     """Solve ``problem`` exactly (see module docstring). ``hint``: a :class:`PlanResult` or a per-rank
     list of task ids. ``costs``: "plan" (the hint's chosen memory candidates, so the optimum is over
     orders of exactly the planner's stage costs) or "fastest". ``memory``: False (a relaxation: the
@@ -80,8 +96,9 @@ def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, me
     tg = problem.tg
     n = tg.num_tasks
     if n > MAX_TASKS:
-        raise BadInput(f"the exact solver handles at most {MAX_TASKS} tasks; this batch has {n} "
-                       f"(use fewer --microbatches)")
+        raise BadInput(
+            f"the exact solver handles at most {MAX_TASKS} tasks; this batch has {n} (use fewer --microbatches)"
+        )
     choice = problem.cand.fastest.astype(np.int64)
     if costs == "plan" and getattr(hint, "schedule", None) is not None:
         choice = np.asarray(hint.schedule.choice, np.int64)
@@ -95,16 +112,19 @@ def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, me
     hint_time = _order_makespan(problem, hint_orders, duration, check_act) if hint_orders else math.inf
     hint_start = None
     if hint_orders:
-        hint_start = np.rint(_hint_starts(problem, hint_orders, dur.astype(np.float64),
-                                          delay.astype(np.float64))).astype(np.int64)
+        hint_start = np.rint(
+            _hint_starts(problem, hint_orders, dur.astype(np.float64), delay.astype(np.float64))
+        ).astype(np.int64)
     head, tail = _heads_tails(problem, dur, delay)
     if hint_start is not None and math.isfinite(hint_time):
         horizon = int((hint_start + dur).max())
     else:
         horizon = int(dur.sum() + delay.sum())
     model = cp_model.CpModel()
-    start = [model.NewIntVar(int(head[t]), max(int(head[t]), horizon - int(dur[t]) - int(tail[t])), f"s{t}")
-             for t in range(n)]
+    start = [
+        model.NewIntVar(int(head[t]), max(int(head[t]), horizon - int(dur[t]) - int(tail[t])), f"s{t}")
+        for t in range(n)
+    ]
     end = [start[t] + int(dur[t]) for t in range(n)]
     intervals = [model.NewFixedSizeIntervalVar(start[t], int(dur[t]), f"i{t}") for t in range(n)]
     for t in range(n):
@@ -114,7 +134,7 @@ def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, me
         model.AddNoOverlap([intervals[t] for t in range(n) if tg.task_rank[t] == r])
     classes = symmetry_classes(problem, dur)
     for members in classes:
-        for a, b in zip(members, members[1:]):
+        for a, b in itertools.pairwise(members):
             model.Add(start[a[0]] <= start[b[0]])
     if memory:
         _add_memory(model, problem, start, end, stage_act, horizon)
@@ -134,15 +154,16 @@ def solve_exact(problem: PlanProblem, time_limit_s: float = 120.0, hint=None, me
     best_time, best_orders = hint_time, hint_orders
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         values = np.asarray([solver.Value(s) for s in start])
-        orders = [sorted((t for t in range(n) if tg.task_rank[t] == r), key=lambda t: (values[t], t))
-                  for r in range(problem.num_ranks)]
+        orders = [
+            sorted((t for t in range(n) if tg.task_rank[t] == r), key=lambda t: (values[t], t))
+            for r in range(problem.num_ranks)
+        ]
         found = _order_makespan(problem, orders, duration, check_act)
         if found < best_time:
             best_time, best_orders = found, orders
     bound = solver.BestObjectiveBound() / SCALE if code in (cp_model.OPTIMAL, cp_model.FEASIBLE) else 0.0
     bound = max(min(bound, best_time), 0.0) if math.isfinite(best_time) else bound
-    return ExactResult(float(best_time), status, float(bound), time.perf_counter() - t_start, bool(memory),
-                       best_orders)
+    return ExactResult(float(best_time), status, float(bound), time.perf_counter() - t_start, bool(memory), best_orders)
 
 
 def _heads_tails(problem: PlanProblem, dur: np.ndarray, delay: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -224,9 +245,9 @@ def _add_memory(model, problem: PlanProblem, start, end, stage_act: np.ndarray, 
             size = model.NewIntVar(0, horizon, f"live{s}")
             model.Add(size == end[int(b_task[s])] - start[int(f_task[s])])
             intervals.append(model.NewIntervalVar(start[int(f_task[s])], size, end[int(b_task[s])], f"m{s}"))
-            demands.append(int(math.ceil(stage_act[s] / KIB)))
+            demands.append(math.ceil(stage_act[s] / KIB))
         # one KiB of rounding slack per stage; orders are re-checked in bytes afterwards
-        model.AddCumulative(intervals, demands, max(int(math.ceil(problem.cap[r] / KIB)) + len(stages), 0))
+        model.AddCumulative(intervals, demands, max(math.ceil(problem.cap[r] / KIB) + len(stages), 0))
 
 
 def _hint_orders(problem: PlanProblem, hint) -> list[list[int]] | None:
@@ -238,13 +259,23 @@ def _hint_orders(problem: PlanProblem, hint) -> list[list[int]] | None:
     return [list(map(int, x)) for x in hint]
 
 
-def _hint_starts(problem: PlanProblem, orders: list[list[int]], duration: np.ndarray, delay: np.ndarray
-                 ) -> np.ndarray:
+def _hint_starts(problem: PlanProblem, orders: list[list[int]], duration: np.ndarray, delay: np.ndarray) -> np.ndarray:
     """Start times of an order in the integer model (integer durations and delays, so the hint is exact)."""
     tg = problem.tg
     ptr = np.concatenate(([0], np.cumsum([len(x) for x in orders]))).astype(np.int64)
     tasks = np.asarray([t for x in orders for t in x], np.int64)
     zeros = np.zeros(tg.num_tasks)
-    _, _, start, *_ = simulate_arrays(ptr, tasks, duration, tg.pred_ptr, tg.pred_idx, delay,
-                                      tg.succ_ptr, tg.succ_idx, zeros, zeros, np.zeros(tg.num_tasks, np.int64))
+    _, _, start, *_ = simulate_arrays(
+        ptr,
+        tasks,
+        duration,
+        tg.pred_ptr,
+        tg.pred_idx,
+        delay,
+        tg.succ_ptr,
+        tg.succ_idx,
+        zeros,
+        zeros,
+        np.zeros(tg.num_tasks, np.int64),
+    )
     return np.nan_to_num(start)

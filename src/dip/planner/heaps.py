@@ -3,6 +3,7 @@
 Heaps: heap ``h`` occupies ``heap[base[h]:base[h] + size[h]]`` and is ordered by ``(kf[t], ki[t])``
 ascending. Fenwick trees: per rank a slice of ``fen`` holding the bytes of forwards in priority order.
 """
+
 from __future__ import annotations
 
 import numpy as np

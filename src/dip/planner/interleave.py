@@ -31,6 +31,7 @@ early instead of each forward waiting behind a backward of an earlier micro-batc
 Complexity: O(p) per step for the rank choice plus O(log n) heap work, O(p·n + n log n) overall (the
 scan for a fitting released forward touches only a blocked rank's released, not yet ready forwards).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,9 @@ def _fits(u, mem_r, cap_r, act, reserve, fen, fen_off, fen_pos):
 
 
 @njit(cache=True)
-def _pending_forward(heap, off, n, blocked, t_start, prio, task_stage, stage_act, mem_r, cap_r, reserve, fen,
-                     fen_off, fen_pos):
+def _pending_forward(
+    heap, off, n, blocked, t_start, prio, task_stage, stage_act, mem_r, cap_r, reserve, fen, fen_off, fen_pos
+):
     """The released, not yet ready forward of earliest release that fits and, once released, heads the
     ready queue: it outranks the blocked ready forward ``blocked`` (if >= 0) and every forward
     released no later than it; -1 if none."""
@@ -75,8 +77,23 @@ def _pending_forward(heap, off, n, blocked, t_start, prio, task_stage, stage_act
 
 
 @njit(cache=True)
-def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap, prio,
-               pred_ptr, succ_ptr, succ_idx, succ_delay, reserve=0.0, alternate=True, drain=False):
+def interleave(
+    n_ranks,
+    task_rank,
+    task_op,
+    task_stage,
+    duration,
+    stage_act,
+    cap,
+    prio,
+    pred_ptr,
+    succ_ptr,
+    succ_idx,
+    succ_delay,
+    reserve=0.0,
+    alternate=True,
+    drain=False,
+):
     """Greedy dual-queue interleaving.
 
     ``task_op``: 0 forward, 1 backward; ``stage_act[s]``: bytes a forward of stage ``s`` holds until
@@ -133,19 +150,34 @@ def interleave(n_ranks, task_rank, task_op, task_stage, duration, stage_act, cap
                         t = pop(heap, base, size, hp, t_start, prio)
                         push(heap, base, size, 4 * r + kind, t, zero, prio)
                 nxt_f = heap[base[4 * r]] if size[4 * r] > 0 else -1
-                f_ok = nxt_f < 0 or _fits(nxt_f, mem[r], cap[r], stage_act[task_stage[nxt_f]], reserve, fen,
-                                          fen_base[r], fen_pos)
+                f_ok = nxt_f < 0 or _fits(
+                    nxt_f, mem[r], cap[r], stage_act[task_stage[nxt_f]], reserve, fen, fen_base[r], fen_pos
+                )
                 fits[r] = f_ok
                 pend_t[r] = -1
                 if size[4 * r + 2] > 0 and not (f_ok and nxt_f >= 0):
                     top = heap[base[4 * r + 2]]  # the earliest released heads the queue if it fits
-                    if (nxt_f < 0 or prio[top] < prio[nxt_f]) and _fits(top, mem[r], cap[r], stage_act[task_stage[top]],
-                                                                        reserve, fen, fen_base[r], fen_pos):
+                    if (nxt_f < 0 or prio[top] < prio[nxt_f]) and _fits(
+                        top, mem[r], cap[r], stage_act[task_stage[top]], reserve, fen, fen_base[r], fen_pos
+                    ):
                         pend_t[r] = top
                     else:
-                        pend_t[r] = _pending_forward(heap, base[4 * r + 2], size[4 * r + 2], nxt_f, t_start, prio,
-                                                     task_stage, stage_act, mem[r], cap[r], reserve, fen,
-                                                     fen_base[r], fen_pos)
+                        pend_t[r] = _pending_forward(
+                            heap,
+                            base[4 * r + 2],
+                            size[4 * r + 2],
+                            nxt_f,
+                            t_start,
+                            prio,
+                            task_stage,
+                            stage_act,
+                            mem[r],
+                            cap[r],
+                            reserve,
+                            fen,
+                            fen_base[r],
+                            fen_pos,
+                        )
                 if size[4 * r + 1] > 0 or (f_ok and size[4 * r] > 0):
                     tm = t_last[r]
                 else:

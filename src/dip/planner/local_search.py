@@ -7,6 +7,7 @@ move and rejects deadlocking ones. The greedy interleaving decides stage by stag
 critical path recover what its local decisions lose, most visibly on small batches where pipeline
 fill and drain dominate.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,9 +18,9 @@ from dip.sim.kernel import OK, simulate_arrays
 
 @njit(cache=True)
 def _score(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds, cap):
-    status, span, _, _, _, rank_end, peak, _, _, _ = simulate_arrays(ptr, tasks, duration, pred_ptr, pred_idx,
-                                                                     pred_delay, succ_ptr, succ_idx, alloc, free,
-                                                                     holds)
+    status, span, _, _, _, rank_end, peak, _, _, _ = simulate_arrays(
+        ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds
+    )
     if status != OK:
         return np.inf, np.inf
     for q in range(peak.shape[0]):
@@ -42,16 +43,32 @@ def _move(tasks, src, dst):
 
 
 @njit(cache=True)
-def move_descent(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds,
-                 cap, reach, max_evals, offset):
+def move_descent(
+    ptr,
+    tasks,
+    duration,
+    pred_ptr,
+    pred_idx,
+    pred_delay,
+    succ_ptr,
+    succ_idx,
+    alloc,
+    free,
+    holds,
+    cap,
+    reach,
+    max_evals,
+    offset,
+):
     """First-improvement descent over insertion moves, at most ``max_evals`` simulations, scanning from
     position ``offset``. Returns ``(tasks, makespan, evaluations, next offset)``; fewer evaluations than
     ``max_evals`` means a local optimum was reached."""
     tasks = tasks.copy()
     n_ranks = ptr.shape[0] - 1
     n = tasks.shape[0]
-    best, best2 = _score(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free,
-                         holds, cap)
+    best, best2 = _score(
+        ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds, cap
+    )
     evals = 0
     stale = 0
     k = offset % max(n, 1)
@@ -67,8 +84,9 @@ def move_descent(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr,
                 if j < lo or j >= hi:
                     continue
                 _move(tasks, k, j)
-                span, span2 = _score(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx,
-                                     alloc, free, holds, cap)
+                span, span2 = _score(
+                    ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds, cap
+                )
                 evals += 1
                 if span < best * (1.0 - 1e-12) or (span <= best and span2 < best2 * (1.0 - 1e-12)):
                     best, best2 = span, span2
@@ -105,14 +123,31 @@ def move_item(trial, ptr, task_unit_item, item, shift):
 
 
 @njit(cache=True)
-def unit_descent(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds,
-                 cap, task_unit_item, n_items, reach, max_evals):
+def unit_descent(
+    ptr,
+    tasks,
+    duration,
+    pred_ptr,
+    pred_idx,
+    pred_delay,
+    succ_ptr,
+    succ_idx,
+    alloc,
+    free,
+    holds,
+    cap,
+    task_unit_item,
+    n_items,
+    reach,
+    max_evals,
+):
     """First-improvement descent over *unit moves*: every stage of one unit item (one pass of one
     sub-microbatch, on all ranks at once) moves up to ``reach`` places earlier or later in its rank's
     order. Returns ``(tasks, makespan, evaluations)``."""
     tasks = tasks.copy()
-    best, best2 = _score(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free,
-                         holds, cap)
+    best, best2 = _score(
+        ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds, cap
+    )
     evals = 0
     improved = True
     trial = tasks.copy()
@@ -126,8 +161,20 @@ def unit_descent(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr,
                     trial[:] = tasks
                     if not move_item(trial, ptr, task_unit_item, item, sign * d):
                         continue
-                    span, span2 = _score(ptr, trial, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx,
-                                         alloc, free, holds, cap)
+                    span, span2 = _score(
+                        ptr,
+                        trial,
+                        duration,
+                        pred_ptr,
+                        pred_idx,
+                        pred_delay,
+                        succ_ptr,
+                        succ_idx,
+                        alloc,
+                        free,
+                        holds,
+                        cap,
+                    )
                     evals += 1
                     if span < best * (1.0 - 1e-12) or (span <= best and span2 < best2 * (1.0 - 1e-12)):
                         best, best2 = span, span2

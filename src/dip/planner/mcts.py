@@ -32,11 +32,12 @@ search has learnt. :class:`DFSSearch` enumerates the same tree depth first (chil
 deepest alternatives first) and :class:`RandomSearch` draws independent uniform completions of the
 base, over the same items: the comparison strategies of the paper's Fig. 11.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -56,8 +57,8 @@ class Node:
 
     item: int
     depth: int
-    parent: "Node | None" = None
-    children: list["Node"] = field(default_factory=list)
+    parent: Node | None = None
+    children: list[Node] = field(default_factory=list)
     visits: int = 0
     best: float = math.inf
     virtual: int = 0
@@ -88,8 +89,9 @@ def random_completion(base: np.ndarray, prefix: list[int], window: int, rng: np.
     return guided_completion(base, prefix, window, 1.0, rng)
 
 
-def guided_completion(order: np.ndarray, prefix: list[int], window: int, epsilon: float,
-                      rng: np.random.Generator) -> np.ndarray:
+def guided_completion(
+    order: np.ndarray, prefix: list[int], window: int, epsilon: float, rng: np.random.Generator
+) -> np.ndarray:
     """``prefix`` followed by the remaining items in ``order``; with probability ``epsilon`` a position
     takes one of the first ``window`` remaining items uniformly instead of the first."""
     placed = set(prefix)
@@ -115,10 +117,19 @@ class MCTSSearch:
 
     name = "mcts"
 
-    def __init__(self, base: np.ndarray, reference: float, rng: np.random.Generator, alpha: float = DEFAULT_ALPHA,
-                 beta: float = DEFAULT_BETA, window: int = DEFAULT_WINDOW,
-                 rollouts_per_expansion: int = DEFAULT_ROLLOUTS_PER_EXPANSION, configs: int = 1,
-                 epsilon: float = DEFAULT_EPSILON, active: list[np.ndarray | None] | None = None):
+    def __init__(
+        self,
+        base: np.ndarray,
+        reference: float,
+        rng: np.random.Generator,
+        alpha: float = DEFAULT_ALPHA,
+        beta: float = DEFAULT_BETA,
+        window: int = DEFAULT_WINDOW,
+        rollouts_per_expansion: int = DEFAULT_ROLLOUTS_PER_EXPANSION,
+        configs: int = 1,
+        epsilon: float = DEFAULT_EPSILON,
+        active: list[np.ndarray | None] | None = None,
+    ):
         self.base = np.asarray(base, np.int64)
         self.n = len(self.base)
         self.reference = reference
@@ -132,7 +143,7 @@ class MCTSSearch:
         self.exhausted = False
         masks = list(active or []) + [None] * self.configs
         # per configuration: the items it searches, and the others (see split_active)
-        self.trees, self.idle = map(list, zip(*(split_active(self.base, m) for m in masks[:self.configs])))
+        self.trees, self.idle = map(list, zip(*(split_active(self.base, m) for m in masks[: self.configs])))
         start = reference if math.isfinite(reference) else math.inf
         self.incumbents = [(np.concatenate([t, i]), start) for t, i in zip(self.trees, self.idle)]
         self._seen = {(k, seq.tobytes()) for k, (seq, _) in enumerate(self.incumbents)}  # scored already
@@ -159,7 +170,7 @@ class MCTSSearch:
 
     def _complete(self, config: int, prefix: list[int], epsilon: float) -> np.ndarray:
         """A guided completion of ``prefix`` under ``config``, the inactive items appended in base order."""
-        order = self.incumbents[config][0][:len(self.trees[config])]
+        order = self.incumbents[config][0][: len(self.trees[config])]
         seq = guided_completion(order, prefix, self.window, epsilon, self.rng)
         return np.concatenate([seq, self.idle[config]]) if len(self.idle[config]) else seq
 
@@ -230,8 +241,15 @@ class DFSSearch:
 
     name = "dfs"
 
-    def __init__(self, base: np.ndarray, reference: float, rng: np.random.Generator, window: int = DEFAULT_WINDOW,
-                 active: list[np.ndarray | None] | None = None, **_):
+    def __init__(
+        self,
+        base: np.ndarray,
+        reference: float,
+        rng: np.random.Generator,
+        window: int = DEFAULT_WINDOW,
+        active: list[np.ndarray | None] | None = None,
+        **_,
+    ):
         self.base, self.idle = split_active(np.asarray(base, np.int64), (active or [None])[0])
         self.window = window
         self.exhausted = False
@@ -262,9 +280,16 @@ class RandomSearch:
 
     name = "random"
 
-    def __init__(self, base: np.ndarray, reference: float, rng: np.random.Generator, window: int = DEFAULT_WINDOW,
-                 rollouts_per_expansion: int = DEFAULT_ROLLOUTS_PER_EXPANSION,
-                 active: list[np.ndarray | None] | None = None, **_):
+    def __init__(
+        self,
+        base: np.ndarray,
+        reference: float,
+        rng: np.random.Generator,
+        window: int = DEFAULT_WINDOW,
+        rollouts_per_expansion: int = DEFAULT_ROLLOUTS_PER_EXPANSION,
+        active: list[np.ndarray | None] | None = None,
+        **_,
+    ):
         self.base, self.idle = split_active(np.asarray(base, np.int64), (active or [None])[0])
         self.rng = rng
         self.window = window

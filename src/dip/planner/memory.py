@@ -14,6 +14,7 @@ for the contiguous range ``[first[s], last[s]]`` of forward positions.
   per pair and, at every forward position where memory can bind, the live pairs' bytes stay within the
   rank's capacity; warm-started, relative gap 5%, a time limit per solve.
 """
+
 from __future__ import annotations
 
 import os
@@ -194,15 +195,27 @@ def greedy_select(ptr, tasks, task_op, task_stage, cand_t, mem, count, cap):
                 load[i] += dm
             choice[s] = k
             if k < count[s] - 1:
-                k2, ratio2 = _best_upgrade(s, k, cand_t, mem, count)
+                _k2, ratio2 = _best_upgrade(s, k, cand_t, mem, count)
                 size = _heap_push(keys, vals, size, ratio2, s)
     return choice, overflow
 
 
-def ilp_select(ptr: np.ndarray, tasks: np.ndarray, task_op: np.ndarray, task_stage: np.ndarray,
-               cand_t: np.ndarray, mem: np.ndarray, count: np.ndarray, cap: np.ndarray, rank: int,
-               warm: np.ndarray, gap: float = 0.05, time_limit: float | None = 0.5,
-               node_limit: int | None = None, max_columns: int | None = None) -> np.ndarray | None:
+def ilp_select(
+    ptr: np.ndarray,
+    tasks: np.ndarray,
+    task_op: np.ndarray,
+    task_stage: np.ndarray,
+    cand_t: np.ndarray,
+    mem: np.ndarray,
+    count: np.ndarray,
+    cap: np.ndarray,
+    rank: int,
+    warm: np.ndarray,
+    gap: float = 0.05,
+    time_limit: float | None = 0.5,
+    node_limit: int | None = None,
+    max_columns: int | None = None,
+) -> np.ndarray | None:
     """Solve rank ``rank``'s ILP with HiGHS, warm-started from ``warm`` (a full per-stage choice).
 
     Returns the improved per-stage choice (only this rank's stages change), or None when HiGHS found
@@ -245,11 +258,10 @@ def ilp_select(ptr: np.ndarray, tasks: np.ndarray, task_op: np.ndarray, task_sta
     inf = highspy.kHighsInf
     h.addVars(ncol, np.zeros(ncol), np.ones(ncol))
     h.changeColsCost(ncol, np.arange(ncol, dtype=np.int32), np.asarray(cols_cost, float))
-    h.changeColsIntegrality(ncol, np.arange(ncol, dtype=np.int32),
-                            np.full(ncol, highspy.HighsVarType.kInteger))
+    h.changeColsIntegrality(ncol, np.arange(ncol, dtype=np.int32), np.full(ncol, highspy.HighsVarType.kInteger))
     # rows: one selection row per involved pair, one memory row per binding position
     fixed = np.zeros(len(rows))
-    inv = set(int(s) for s in involved)
+    inv = {int(s) for s in involved}
     for s in stages:
         if int(s) in inv:
             continue
@@ -290,6 +302,6 @@ def ilp_select(ptr: np.ndarray, tasks: np.ndarray, task_op: np.ndarray, task_sta
     choice = warm.copy()
     col = 0
     for s in involved:
-        choice[s] = int(np.argmax(values[col:col + count[s]]))
+        choice[s] = int(np.argmax(values[col : col + count[s]]))
         col += count[s]
     return choice

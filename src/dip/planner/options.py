@@ -3,6 +3,7 @@
 Modelled on Megatron-core's ``ModelParallelConfig``: keyword-only fields with a docstring each, and
 the cross-field rules in ``__post_init__``, so a bad value fails where it is made, naming the field.
 """
+
 from __future__ import annotations
 
 import math

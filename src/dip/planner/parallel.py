@@ -8,6 +8,7 @@ the coordinator as the lock; with a rollout budget the rounds are the same whate
 the search stays deterministic. Workers are forked, so they inherit the built problem and the
 compiled kernels.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,9 @@ def _rollouts(job: tuple[list[np.ndarray], int, float]) -> tuple[list[float], Sc
     return scores, best
 
 
-def run_parallel(problem, search, configs: list[TrackConfig], state, workers: int, limit: int | None,
-                 deadline: float, seed: int) -> None:
+def run_parallel(
+    problem, search, configs: list[TrackConfig], state, workers: int, limit: int | None, deadline: float, seed: int
+) -> None:
     """Run ``search`` with ``workers`` processes until ``limit`` rollouts or ``deadline``."""
     ctx = mp.get_context("fork")
     with ctx.Pool(workers, initializer=_init, initargs=(problem, configs)) as pool:
@@ -63,7 +65,7 @@ def run_parallel(problem, search, configs: list[TrackConfig], state, workers: in
                 node, seqs, k = proposal
                 if limit is not None:
                     left = limit - state.rollouts - sum(len(s) for _, s, _ in batch)
-                    seqs = seqs[:max(left, 0)]
+                    seqs = seqs[: max(left, 0)]
                 if not seqs:
                     search.update(node, [], [])
                     break

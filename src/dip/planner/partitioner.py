@@ -17,18 +17,17 @@ For every module ``i``:
   counts from an exact linear partition of per-layer costs (the first layer carries the module's
   pre-processing, the last its post-processing and loss). Modules never share a chunk.
 """
+
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from dip.data.meta import BatchMeta, MicroBatchMeta, ModuleWork, work_for
 from dip.errors import BadInput
-from dip.schedule.ir import StageGraph, Unit, Flow
 from dip.schedule.partition import Partition, linear_partition
-from dip.schedule.units import SPLITTABLE_KINDS, build_units, module_graph
+from dip.schedule.units import SPLITTABLE_KINDS, module_graph
 from dip.spec.model import ModelSpec, ModuleSpec
 
 DEFAULT_EFFICIENCY = 0.95
@@ -50,9 +49,8 @@ class _Representative:
 
     def __init__(self, model: ModelSpec, sample: Sequence[MicroBatchMeta]):
         self.model = model
-        self.sample = [mb for mb in sample]
-        clips = [(tok, mb.text_lens[mb.clip_sample[k]]) for mb in self.sample
-                 for k, tok in enumerate(mb.clip_tokens)]
+        self.sample = list(sample)
+        clips = [(tok, mb.text_lens[mb.clip_sample[k]]) for mb in self.sample for k, tok in enumerate(mb.clip_tokens)]
         clips.sort()
         self.clip = clips[len(clips) // 2] if clips else None
         patches = sorted(p for mb in self.sample for p in mb.image_patches)  # variable-resolution images
@@ -82,8 +80,9 @@ def action_overhead(cost_model) -> float:
     return hw.action_overhead("f") + hw.action_overhead("b") if hw is not None else 0.0
 
 
-def choose_sub_microbatch(cost_model, module: ModuleSpec, rep: _Representative,
-                          efficiency: float = DEFAULT_EFFICIENCY, pp: int = 1) -> tuple[int, list[float]]:
+def choose_sub_microbatch(
+    cost_model, module: ModuleSpec, rep: _Representative, efficiency: float = DEFAULT_EFFICIENCY, pp: int = 1
+) -> tuple[int, list[float]]:
     """``(B_i, efficiency curve)``: the smallest size within ``efficiency`` of the best throughput (a
     unit pays the runtime's per-action overhead once per pipeline rank it crosses)."""
     sizes = range(1, rep.max_instances(module) + 1)
@@ -105,10 +104,15 @@ def layer_weights(cost_model, module: ModuleSpec, work: ModuleWork) -> list[floa
     return w
 
 
-def partition_model(model: ModelSpec, cost_model, pp: int | None = None,
-                    sample: BatchMeta | Sequence[MicroBatchMeta] | Sequence[BatchMeta] = (),
-                    sub_microbatch: Mapping[str, int] | None = None, segments: Mapping[str, int] | None = None,
-                    efficiency: float = DEFAULT_EFFICIENCY) -> Partition:
+def partition_model(
+    model: ModelSpec,
+    cost_model,
+    pp: int | None = None,
+    sample: BatchMeta | Sequence[MicroBatchMeta] | Sequence[BatchMeta] = (),
+    sub_microbatch: Mapping[str, int] | None = None,
+    segments: Mapping[str, int] | None = None,
+    efficiency: float = DEFAULT_EFFICIENCY,
+) -> Partition:
     """Partition ``model`` for ``pp`` ranks (default: the model's) from a representative ``sample``.
 
     ``sub_microbatch`` / ``segments`` override ``B_i`` / ``K_i`` per module name.
@@ -165,8 +169,10 @@ def partition_model(model: ModelSpec, cost_model, pp: int | None = None,
     report = {
         "module_order": order,
         "unit_latency_s": {n: latency[n] for n in order},
-        "chunk_seconds": {m.name: [sum(layer_weights(cost_model, m, works[m.name])[a:b]) for a, b in layouts[m.name]]
-                          for m in model.modules},
+        "chunk_seconds": {
+            m.name: [sum(layer_weights(cost_model, m, works[m.name])[a:b]) for a, b in layouts[m.name]]
+            for m in model.modules
+        },
         "efficiency_curve": curves,
     }
     return Partition(graph, sizes, segs, layouts, report)

@@ -10,6 +10,7 @@
 Budget mode splits the time given by the deadline; a rollout budget (deterministic mode) sizes each
 step by work instead (evaluations, task-steps), so results never depend on the clock.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,10 +43,12 @@ ILP_NODE_LIMIT = 200
 ILP_MAX_COLUMNS = 1500
 
 
-def polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, rollouts: int | None = None,
-           seed: int = 0) -> None:
+def polish(
+    ev: Evaluator, problem: PlanProblem, state, deadline: float, rollouts: int | None = None, seed: int = 0
+) -> None:
     """Refine the incumbent with its own candidates, reorder unit passes, solve the memory ILP per rank,
-    then move stages (orders are polished last, for the memory candidates they will run with). ``rollouts`` (deterministic mode) sizes the work; otherwise ``deadline`` stops it."""
+    then move stages (orders are polished last, for the memory candidates they will run with). ``rollouts``
+    (deterministic mode) sizes the work; otherwise ``deadline`` stops it."""
     deterministic = rollouts is not None
     now = time.perf_counter()
     left = max(deadline - now, 0.0) if math.isfinite(deadline) else 0.0
@@ -92,19 +95,33 @@ def ilp_polish(ev: Evaluator, problem: PlanProblem, state, deadline: float, dete
         if not deterministic and left <= 0.01:
             break
         limit = None if deterministic else min(ILP_TIME_LIMIT_S, left / (problem.num_ranks - r))
-        better = ilp_select(best.ptr, best.tasks, problem.tg.task_op, problem.tg.task_stage, ev.cand_t, cand.mem,
-                            cand.count, ev.cap, r, choice, time_limit=limit, node_limit=ILP_NODE_LIMIT,
-                            max_columns=ILP_MAX_COLUMNS if deterministic else None)
+        better = ilp_select(
+            best.ptr,
+            best.tasks,
+            problem.tg.task_op,
+            problem.tg.task_stage,
+            ev.cand_t,
+            cand.mem,
+            cand.count,
+            ev.cap,
+            r,
+            choice,
+            time_limit=limit,
+            node_limit=ILP_NODE_LIMIT,
+            max_columns=ILP_MAX_COLUMNS if deterministic else None,
+        )
         if better is not None:
             choice, changed = better, True
     if changed:
-        sched = ev.simulate(best.sequence, best.ptr, best.tasks, choice, best.config, best.items, best.overflow,
-                            problem.num_ranks)
+        sched = ev.simulate(
+            best.sequence, best.ptr, best.tasks, choice, best.config, best.items, best.overflow, problem.num_ranks
+        )
         state.offer(sched)
 
 
-def move_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool,
-                seed: int = 0) -> None:
+def move_search(
+    ev: Evaluator, problem: PlanProblem, state, deadline: float, deterministic: bool, seed: int = 0
+) -> None:
     """Iterated local search on the incumbent's order: insertion moves of single stages and of whole
     unit passes until a local optimum, then a random kick (a few unit moves) and again, keeping the
     best order; finally a fresh memory choice for it. Deterministic searches get ``MOVE_WORK``
@@ -115,8 +132,19 @@ def move_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, det
     is_f = tg.task_op == 0
     alloc, free = np.where(is_f, act, 0.0), np.where(is_f, 0.0, act)
     n = tg.num_tasks
-    args = (best.ptr, duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay, tg.succ_ptr, tg.succ_idx, alloc, free,
-            ev.holds, ev.cap)
+    args = (
+        best.ptr,
+        duration,
+        tg.pred_ptr,
+        tg.pred_idx,
+        tg.pred_delay,
+        tg.succ_ptr,
+        tg.succ_idx,
+        alloc,
+        free,
+        ev.holds,
+        ev.cap,
+    )
     budget = min(max(int(MOVE_WORK // max(n, 1)), 4 * n), MOVE_MAX_EVALS)
     n_items = problem.num_unit_items
     step = max(50, int(MOVE_CHUNK_WORK // max(n, 1)))  # evaluations between clock checks (~0.1 s)
@@ -136,8 +164,9 @@ def move_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, det
             local_optimum = evals < chunk
             if n_items and not out_of_time():
                 before = span
-                tasks, span, evals = unit_descent(args[0], tasks, *args[1:], problem.task_unit_item, n_items,
-                                                  UNIT_REACH, min(step, budget - used))
+                tasks, span, evals = unit_descent(
+                    args[0], tasks, *args[1:], problem.task_unit_item, n_items, UNIT_REACH, min(step, budget - used)
+                )
                 used += evals
                 local_optimum = local_optimum and span >= before
             if local_optimum:
@@ -161,8 +190,9 @@ def move_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, det
         state.offer(ev.finish(best.sequence, best.ptr, top, best.config, best.items, False))
 
 
-def priority_search(ev: Evaluator, problem: PlanProblem, state, deadline: float, max_evals: int | None = None,
-                    seed: int = 0) -> None:
+def priority_search(
+    ev: Evaluator, problem: PlanProblem, state, deadline: float, max_evals: int | None = None, seed: int = 0
+) -> None:
     """Iterated hill climbing over the priorities of *unit items* (one pass of one sub-microbatch), a
     finer granularity than MCTS's micro-batch items, decoded by the same interleaving.
 

@@ -11,6 +11,7 @@ Built once per batch from a :class:`~dip.planner.partitioner.Partition`:
   fixed order: the further-along segment first; then, for forwards, smaller sub-microbatches first (a
   short pipeline fill) and, for backwards, larger ones first (a short drain), then unit order.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,9 +21,9 @@ import numpy as np
 
 from dip.data.meta import BatchMeta, work_for
 from dip.errors import BadInput
-from dip.planner.candidates import CandidateBuilder, StageCandidates, pack_candidates, DEFAULT_CANDIDATES
-from dip.schedule.partition import Partition
+from dip.planner.candidates import DEFAULT_CANDIDATES, CandidateBuilder, StageCandidates, pack_candidates
 from dip.schedule.ir import Flow, Unit
+from dip.schedule.partition import Partition
 from dip.schedule.units import linear_stage_graph, uniform_units
 from dip.sim import StageCosts, TaskGraph, stage_costs, uniform_stage_costs
 from dip.sim.topology import Topology
@@ -116,9 +117,17 @@ class PlanProblem:
         return np.where(op == F, f[s], b[s]), mem[s]
 
 
-def build_problem(model: ModelSpec, partition: Partition, batch: BatchMeta, cost_model, hardware,
-                  memory_limit_bytes: float | None = None, candidates: int = DEFAULT_CANDIDATES,
-                  dp: int | None = None, uniform: str | None = None) -> PlanProblem:
+def build_problem(
+    model: ModelSpec,
+    partition: Partition,
+    batch: BatchMeta,
+    cost_model,
+    hardware,
+    memory_limit_bytes: float | None = None,
+    candidates: int = DEFAULT_CANDIDATES,
+    dp: int | None = None,
+    uniform: str | None = None,
+) -> PlanProblem:
     """Units, costs, task graph, candidates and segment items of ``batch`` under ``partition``.
     ``uniform`` restricts every stage to one candidate: all its layers with that strategy."""
     graph = partition.graph
@@ -139,19 +148,39 @@ def build_problem(model: ModelSpec, partition: Partition, batch: BatchMeta, cost
             u = unit_of[c.group][unit]
             module = model.module(c.parts[0].module)
             work = works[(module.name, unit)] = work_for(
-                model, module, mbs[u.mb], slice(u.start, u.stop) if u.stop > u.start else None)
+                model, module, mbs[u.mb], slice(u.start, u.stop) if u.stop > u.start else None
+            )
         per_stage.append(builder.for_stage(c, work))
     limit = float(usable_memory_bytes(hardware) if memory_limit_bytes is None else memory_limit_bytes)
-    return problem_from_costs(partition, units, flows, costs, topo, pack_candidates(per_stage), limit,
-                              int(dp or model.parallel.dp or 1), model, batch)
+    return problem_from_costs(
+        partition,
+        units,
+        flows,
+        costs,
+        topo,
+        pack_candidates(per_stage),
+        limit,
+        int(dp or model.parallel.dp or 1),
+        model,
+        batch,
+    )
 
 
 UNIFORM_GROUP = "model"  # the one group of a schedule-only chain
 
 
-def problem_from_costs(partition: Partition, units, flows, costs: StageCosts, topology: Topology,
-                       cand: StageCandidates, limit: float, dp: int = 1, model: ModelSpec | None = None,
-                       batch: BatchMeta | None = None) -> PlanProblem:
+def problem_from_costs(
+    partition: Partition,
+    units,
+    flows,
+    costs: StageCosts,
+    topology: Topology,
+    cand: StageCandidates,
+    limit: float,
+    dp: int = 1,
+    model: ModelSpec | None = None,
+    batch: BatchMeta | None = None,
+) -> PlanProblem:
     """A problem from ready-made stage costs and candidates (also schedule-only studies)."""
     graph = partition.graph
     tg = TaskGraph.build(graph, units, flows, costs, topology, split=False)
@@ -166,10 +195,27 @@ def problem_from_costs(partition: Partition, units, flows, costs: StageCosts, to
     if static.shape != (graph.num_ranks,):
         static = np.zeros(graph.num_ranks)
     return PlanProblem(
-        model=model, partition=partition, batch=batch, units=units, flows=tuple(flows), costs=costs, tg=tg,
-        topology=topology, cand=cand, static=static, limit=float(limit), stage_rank=stage_rank,
-        succ_delay=succ_delay, items=items, task_item=task_item, task_seq=task_seq, default_sequence=default,
-        task_unit_item=unit_item, task_unit_seq=unit_seq, dp=dp, lower_bound=float(lb),
+        model=model,
+        partition=partition,
+        batch=batch,
+        units=units,
+        flows=tuple(flows),
+        costs=costs,
+        tg=tg,
+        topology=topology,
+        cand=cand,
+        static=static,
+        limit=float(limit),
+        stage_rank=stage_rank,
+        succ_delay=succ_delay,
+        items=items,
+        task_item=task_item,
+        task_seq=task_seq,
+        default_sequence=default,
+        task_unit_item=unit_item,
+        task_unit_seq=unit_seq,
+        dp=dp,
+        lower_bound=float(lb),
     )
 
 
@@ -234,8 +280,16 @@ def _unit_items(graph, tg: TaskGraph) -> tuple[np.ndarray, np.ndarray]:
     return item, seq
 
 
-def uniform_problem(pp: int, m: int, chunks: int = 1, f: float = 1.0, i: float = 1.0, w: float = 1.0,
-                    act_bytes: float = 1.0, memory_limit_bytes: float = math.inf) -> PlanProblem:
+def uniform_problem(
+    pp: int,
+    m: int,
+    chunks: int = 1,
+    f: float = 1.0,
+    i: float = 1.0,
+    w: float = 1.0,
+    act_bytes: float = 1.0,
+    memory_limit_bytes: float = math.inf,
+) -> PlanProblem:
     """The problem of one uniform chain (single memory candidate per stage)."""
     graph = linear_stage_graph(pp, chunks, module=UNIFORM_GROUP)
     units = uniform_units(UNIFORM_GROUP, m)

@@ -1,4 +1,5 @@
 """Plan several generated batches and compare DIP with the baselines on each (``dip plan``, benchmarks)."""
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,14 @@ class PlanRequest:
 
     def search(self, batch_index: int) -> SearchOptions:
         """The search options of batch ``batch_index`` (each batch its own seed)."""
-        return SearchOptions(budget_s=self.budget_s, rollouts=self.rollouts, workers=self.workers,
-                             seed=self.seed * 1000 + batch_index, strategy=self.strategy, **self.search_options)
+        return SearchOptions(
+            budget_s=self.budget_s,
+            rollouts=self.rollouts,
+            workers=self.workers,
+            seed=self.seed * 1000 + batch_index,
+            strategy=self.strategy,
+            **self.search_options,
+        )
 
 
 def resolve_model(model):
@@ -60,8 +67,13 @@ def make_partition(model, cost_model, request: PlanRequest):
     if not request.sub_microbatch and not request.segments:
         return default_partition(model, cost_model)
     sample = generate_batches(model, 1, CALIBRATION_SEED)
-    return partition_model(model, cost_model, sample=sample, sub_microbatch=request.sub_microbatch or None,
-                           segments=request.segments or None)
+    return partition_model(
+        model,
+        cost_model,
+        sample=sample,
+        sub_microbatch=request.sub_microbatch or None,
+        segments=request.segments or None,
+    )
 
 
 def baseline_times(model, batch, cost_model, hardware, limit: float | None, names) -> tuple[dict, dict]:
@@ -88,16 +100,24 @@ def plan_batches(request: PlanRequest) -> tuple[dict, PlanResult]:
     batches = generate_batches(model, request.batches, request.seed, microbatches=request.microbatches)
     rows, first = [], None
     for k, batch in enumerate(batches):
-        res = plan_batch(model, batch, cost_model, hardware, partition=partition,
-                         memory_limit_bytes=request.memory_limit_bytes, options=request.search(k))
+        res = plan_batch(
+            model,
+            batch,
+            cost_model,
+            hardware,
+            partition=partition,
+            memory_limit_bytes=request.memory_limit_bytes,
+            options=request.search(k),
+        )
         first = first or res
         row = res.summary()
         if request.exact:
             ex = solve_exact(res.problem, time_limit_s=request.exact_time_limit_s, hint=res)
             row.update(ex.summary())
         if request.baselines:
-            row["baselines"], row["baselines_fit"] = baseline_times(model, batch, cost_model, hardware,
-                                                                    res.memory_limit_bytes, request.baseline_names)
+            row["baselines"], row["baselines_fit"] = baseline_times(
+                model, batch, cost_model, hardware, res.memory_limit_bytes, request.baseline_names
+            )
         rows.append(row)
     return summarize(model, request, partition, rows), first
 
@@ -108,16 +128,34 @@ def summarize(model, request: PlanRequest, partition, rows: list[dict]) -> dict:
     def mean(key: str) -> float:
         return sum(r[key] for r in rows) / n
 
-    mean_row = {key: mean(key) for key in ("dip_time_s", "lower_bound_s", "lower_bound_fastest_s", "initial_time_s",
-                                           "search_time_s", "time_to_best_s", "rollouts")}
+    mean_row = {
+        key: mean(key)
+        for key in (
+            "dip_time_s",
+            "lower_bound_s",
+            "lower_bound_fastest_s",
+            "initial_time_s",
+            "search_time_s",
+            "time_to_best_s",
+            "rollouts",
+        )
+    }
     if rows and "exact_time_s" in rows[0]:
         mean_row["exact_time_s"] = mean("exact_time_s")
     names = [name for name in request.baseline_names if rows and name in rows[0].get("baselines", {})]
     mean_row["baselines"] = {name: sum(r["baselines"][name] for r in rows) / n for name in names}
     mean_row["speedup_vs"] = {name: t / mean_row["dip_time_s"] for name, t in mean_row["baselines"].items()}
     return {
-        "model": model.name, "hardware": request.hardware, "microbatches": request.microbatches, "batches": n,
-        "seed": request.seed, "strategy": request.strategy, "workers": request.workers,
-        "budget_s": request.budget_s, "rollouts": request.rollouts, "mean": mean_row, "per_batch": rows,
+        "model": model.name,
+        "hardware": request.hardware,
+        "microbatches": request.microbatches,
+        "batches": n,
+        "seed": request.seed,
+        "strategy": request.strategy,
+        "workers": request.workers,
+        "budget_s": request.budget_s,
+        "rollouts": request.rollouts,
+        "mean": mean_row,
+        "per_batch": rows,
         "partition": partition.summary(),
     }

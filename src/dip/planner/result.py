@@ -1,4 +1,5 @@
 """What the planner returns: the :class:`Plan`, its simulation, bounds and search statistics."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -102,22 +103,27 @@ def default_partition(model, cost_model) -> Partition:
 def schedule_to_plan(problem: PlanProblem, sched: Schedule) -> Plan:
     """The :class:`Plan` of a scored schedule: per-rank compute orders and per-layer strategies."""
     tg = problem.tg
-    order = {r: [tg.actions[int(t)] for t in sched.tasks[sched.ptr[r]:sched.ptr[r + 1]]]
-             for r in range(problem.num_ranks)}
+    order = {
+        r: [tg.actions[int(t)] for t in sched.tasks[sched.ptr[r] : sched.ptr[r + 1]]] for r in range(problem.num_ranks)
+    }
     strategies: dict[tuple[int, int], tuple[str, ...]] = {}
     for s, (chunk, unit) in enumerate(problem.costs.keys):
         strat = problem.cand.strategies[s][int(sched.choice[s])]
         if any(x != "none" for x in strat):
             strategies[(chunk, unit)] = strat
     meta = {
-        "planner": "dip", "tracking": str(sched.config), "sub_microbatch": dict(problem.partition.sub_microbatch),
-        "segments": dict(problem.partition.segments), "batch_index": problem.batch.index if problem.batch is not None else None,
+        "planner": "dip",
+        "tracking": str(sched.config),
+        "sub_microbatch": dict(problem.partition.sub_microbatch),
+        "segments": dict(problem.partition.segments),
+        "batch_index": problem.batch.index if problem.batch is not None else None,
     }
     return Plan(problem.partition.graph, dict(problem.units), problem.flows, order, strategies, "dip", meta)
 
 
-def build_result(problem: PlanProblem, best: Schedule, initial: Schedule, stats: SearchStats, cost_model,
-                 hardware) -> PlanResult:
+def build_result(
+    problem: PlanProblem, best: Schedule, initial: Schedule, stats: SearchStats, cost_model, hardware
+) -> PlanResult:
     """Assemble the plan, validate it and simulate it with the simulator's full report."""
     plan = schedule_to_plan(problem, best)
     validate_plan(plan)
@@ -125,6 +131,16 @@ def build_result(problem: PlanProblem, best: Schedule, initial: Schedule, stats:
     sim = simulate(plan, costs, problem.topology, problem.limit, problem.dp)
     if not np.isclose(sim.makespan, best.makespan, rtol=1e-6, atol=1e-9):
         raise RuntimeError(f"planner and simulator disagree: {best.makespan} vs {sim.makespan}")
-    return PlanResult(plan, sim, costs, float(sim.lower_bound), float(problem.lower_bound + sim.dp_allreduce_time),
-                      float(initial.makespan + sim.dp_allreduce_time),
-                      problem.limit, problem.partition, stats, problem, best)
+    return PlanResult(
+        plan,
+        sim,
+        costs,
+        float(sim.lower_bound),
+        float(problem.lower_bound + sim.dp_allreduce_time),
+        float(initial.makespan + sim.dp_allreduce_time),
+        problem.limit,
+        problem.partition,
+        stats,
+        problem,
+        best,
+    )

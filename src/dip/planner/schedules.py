@@ -6,6 +6,7 @@
 * a baseline (:mod:`dip.schedule.baselines`): its plan, with the cheapest uniform memory strategy that
   fits (:func:`dip.sim.plans.fit_uniform_memory`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,10 +49,19 @@ def check_schedule(name: str, model: ModelSpec | None = None) -> str:
     return sched.name
 
 
-def plan_schedule(name: str, model: ModelSpec, batch: BatchMeta, cost_model: CostModel, hardware, *,
-                  chunks: int | None = None, memory_limit_bytes: float | None = None,
-                  partition: Partition | None = None, search: SearchOptions = SearchOptions(),
-                  check: Callable[[Plan], None] | None = None) -> SimulatedPlan:
+def plan_schedule(
+    name: str,
+    model: ModelSpec,
+    batch: BatchMeta,
+    cost_model: CostModel,
+    hardware,
+    *,
+    chunks: int | None = None,
+    memory_limit_bytes: float | None = None,
+    partition: Partition | None = None,
+    search: SearchOptions = SearchOptions(),
+    check: Callable[[Plan], None] | None = None,
+) -> SimulatedPlan:
     """The simulated plan of ``batch`` under schedule ``name``.
 
     Args:
@@ -71,8 +81,15 @@ def plan_schedule(name: str, model: ModelSpec, batch: BatchMeta, cost_model: Cos
     """
     key = check_schedule(name, model)
     if key == DIP:
-        found = plan_batch(model, batch, cost_model, hardware, partition=partition,
-                           memory_limit_bytes=memory_limit_bytes, options=search)
+        found = plan_batch(
+            model,
+            batch,
+            cost_model,
+            hardware,
+            partition=partition,
+            memory_limit_bytes=memory_limit_bytes,
+            options=search,
+        )
         found.plan.schedule = found.plan.schedule or DIP
         if check is not None:
             check(found.plan)
@@ -81,6 +98,12 @@ def plan_schedule(name: str, model: ModelSpec, batch: BatchMeta, cost_model: Cos
     if check is not None:
         check(plan)
     sim = fit_uniform_memory(plan, model, cost_model, batch, hardware, memory_limit_bytes)
-    logger.debug("%s on batch %s: %.6g s, memory %s%s", key, batch.index, sim.result.iteration_time,
-                 plan.meta.get("memory_strategy"), "" if sim.fits else " (does not fit)")
+    logger.debug(
+        "%s on batch %s: %.6g s, memory %s%s",
+        key,
+        batch.index,
+        sim.result.iteration_time,
+        plan.meta.get("memory_strategy"),
+        "" if sim.fits else " (does not fit)",
+    )
     return sim

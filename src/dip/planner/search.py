@@ -18,6 +18,7 @@
 deterministic (no wall-clock dependence) and takes precedence over ``budget_s``; ``workers > 1`` runs
 rollouts in processes that share the MCTS statistics (:mod:`dip.planner.parallel`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,15 @@ import numpy as np
 from dip.cost import CostModel
 from dip.data.meta import BatchMeta
 from dip.errors import Infeasible
-from dip.planner.evaluate import DEFAULT_CONFIGS, LARGE_CONFIGS, PAPER_CONFIG, Evaluator, Schedule, TrackConfig, active_items
+from dip.planner.evaluate import (
+    DEFAULT_CONFIGS,
+    LARGE_CONFIGS,
+    PAPER_CONFIG,
+    Evaluator,
+    Schedule,
+    TrackConfig,
+    active_items,
+)
 from dip.planner.mcts import DEFAULT_WINDOW, STRATEGIES, Portfolio
 from dip.planner.options import SearchOptions
 from dip.planner.parallel import run_parallel
@@ -56,9 +65,16 @@ POLISH_SHARE = 0.4  # of the time left after tuning: polishing the best schedule
 GIB = 2**30
 
 
-def plan_batch(model: ModelSpec, batch: BatchMeta, cost_model: CostModel | None = None, hardware=None, *,
-               partition: Partition | None = None, memory_limit_bytes: float | None = None,
-               options: SearchOptions = SearchOptions()) -> PlanResult:
+def plan_batch(
+    model: ModelSpec,
+    batch: BatchMeta,
+    cost_model: CostModel | None = None,
+    hardware=None,
+    *,
+    partition: Partition | None = None,
+    memory_limit_bytes: float | None = None,
+    options: SearchOptions = SearchOptions(),
+) -> PlanResult:
     """Search a DIP plan for ``batch`` (see module docstring).
 
     The clock (``search_time_s``, the budget) starts after the one-time per-process work: loading the
@@ -84,13 +100,20 @@ def plan_batch(model: ModelSpec, batch: BatchMeta, cost_model: CostModel | None 
     t0 = time.perf_counter()
     problem = build_problem(model, partition, batch, cost_model, hardware, memory_limit_bytes)
     state, stats = search_problem(problem, options, t0=t0)
-    logger.debug("planned batch %s: %.6g s after %d rollouts (initial %.6g s, tracking %s)", batch.index,
-                 state.best.makespan, state.rollouts, state.initial.makespan, state.best.config)
+    logger.debug(
+        "planned batch %s: %.6g s after %d rollouts (initial %.6g s, tracking %s)",
+        batch.index,
+        state.best.makespan,
+        state.rollouts,
+        state.initial.makespan,
+        state.best.config,
+    )
     return build_result(problem, state.best, state.initial, stats, cost_model, hardware)
 
 
-def search_problem(problem: PlanProblem, options: SearchOptions = SearchOptions(), *, t0: float | None = None
-                   ) -> tuple[SearchState, SearchStats]:
+def search_problem(
+    problem: PlanProblem, options: SearchOptions = SearchOptions(), *, t0: float | None = None
+) -> tuple[SearchState, SearchStats]:
     """The search phases on a built problem; returns the final state (best and initial schedules).
 
     ``options.window`` / ``options.search_configs`` default by size: small problems (few segment items,
@@ -107,21 +130,25 @@ def search_problem(problem: PlanProblem, options: SearchOptions = SearchOptions(
         _feasible_fallback(ev, problem, state)
     for ptr, tasks, choice in o.seeds:
         seq = np.asarray(tasks, np.int64)
-        state.offer(ev.simulate(seq, np.asarray(ptr, np.int64), seq, np.asarray(choice, np.int64), state.best.config,
-                                state.best.items))
+        state.offer(
+            ev.simulate(
+                seq, np.asarray(ptr, np.int64), seq, np.asarray(choice, np.int64), state.best.config, state.best.items
+            )
+        )
     ranked, base = [state.best.config], problem.default_sequence
     state.phase = "tune"
     small = len(problem.items) <= SMALL_ITEMS
     if o.tune:
-        ranked, base = tune_base(ev, problem, state, o.configs or (DEFAULT_CONFIGS if small else LARGE_CONFIGS),
-                                 deadline)
+        ranked, base = tune_base(
+            ev, problem, state, o.configs or (DEFAULT_CONFIGS if small else LARGE_CONFIGS), deadline
+        )
     search_configs = o.search_configs
     if search_configs is None:
         search_configs = len(ranked) if small else LARGE_SEARCH_CONFIGS
     window = o.window
     if window is None:
         window = SMALL_WINDOWS if small else DEFAULT_WINDOW
-    ranked = ranked[:max(int(search_configs), 1)]
+    ranked = ranked[: max(int(search_configs), 1)]
     if not state.best.feasible:
         raise _infeasible(problem, state.best)
     polish_reserve = 0.0
@@ -130,10 +157,22 @@ def search_problem(problem: PlanProblem, options: SearchOptions = SearchOptions(
     windows = (window,) if isinstance(window, int) else tuple(window)
     rngs = np.random.default_rng(o.seed).spawn(len(windows))
     active = [active_items(problem, cfg) for cfg in ranked]
-    search = Portfolio([STRATEGIES[o.strategy](base, state.best.makespan, rng, alpha=o.alpha, beta=o.beta, window=w,
-                                               rollouts_per_expansion=o.rollouts_per_expansion, configs=len(ranked),
-                                               active=active)
-                        for w, rng in zip(windows, rngs)])
+    search = Portfolio(
+        [
+            STRATEGIES[o.strategy](
+                base,
+                state.best.makespan,
+                rng,
+                alpha=o.alpha,
+                beta=o.beta,
+                window=w,
+                rollouts_per_expansion=o.rollouts_per_expansion,
+                configs=len(ranked),
+                active=active,
+            )
+            for w, rng in zip(windows, rngs)
+        ]
+    )
     limit = o.rollouts
     state.phase = o.strategy
     if o.workers > 1:
@@ -143,16 +182,24 @@ def search_problem(problem: PlanProblem, options: SearchOptions = SearchOptions(
     if o.polish:
         _polish_pool(ev, problem, state, deadline, o.rollouts, o.seed, small)
     stats = SearchStats(
-        strategy=o.strategy, rollouts=state.rollouts, time_to_best_s=state.time_to_best,
-        search_time_s=time.perf_counter() - t0, curve=state.curve, config=str(state.best.config),
-        initial_time_s=state.initial.makespan, workers=o.workers, evaluations=ev.calls, gains=dict(state.gains),
+        strategy=o.strategy,
+        rollouts=state.rollouts,
+        time_to_best_s=state.time_to_best,
+        search_time_s=time.perf_counter() - t0,
+        curve=state.curve,
+        config=str(state.best.config),
+        initial_time_s=state.initial.makespan,
+        workers=o.workers,
+        evaluations=ev.calls,
+        gains=dict(state.gains),
         phase_start=dict(state.phase_start),
     )
     return state, stats
 
 
-def _run_serial(ev: Evaluator, search, configs: list[TrackConfig], state: SearchState, limit: int | None,
-                deadline: float) -> None:
+def _run_serial(
+    ev: Evaluator, search, configs: list[TrackConfig], state: SearchState, limit: int | None, deadline: float
+) -> None:
     while not search.exhausted:
         if limit is not None and state.rollouts >= limit:
             break
@@ -164,7 +211,7 @@ def _run_serial(ev: Evaluator, search, configs: list[TrackConfig], state: Search
         node, seqs, k = proposal
         config = configs[k]
         if limit is not None:
-            seqs = seqs[:max(limit - state.rollouts, 0)]
+            seqs = seqs[: max(limit - state.rollouts, 0)]
         scores = []
         for seq in seqs:
             sched = ev.evaluate(seq, config)
@@ -174,11 +221,18 @@ def _run_serial(ev: Evaluator, search, configs: list[TrackConfig], state: Search
             scores.append(sched.score)
             if limit is None and time.perf_counter() >= deadline:
                 break
-        search.update(node, scores, seqs[:len(scores)])
+        search.update(node, scores, seqs[: len(scores)])
 
 
-def _polish_pool(ev: Evaluator, problem: PlanProblem, state: SearchState, deadline: float, rollouts: int | None,
-                 seed: int, small: bool) -> None:
+def _polish_pool(
+    ev: Evaluator,
+    problem: PlanProblem,
+    state: SearchState,
+    deadline: float,
+    rollouts: int | None,
+    seed: int,
+    small: bool,
+) -> None:
     """Polish the incumbent and, on small problems or with a few seconds to spare, also the best
     schedules of other tracking configurations (local searches from diverse starts), sharing the time.
     Every configuration's best schedule is first refined (cheap), which may change the incumbent."""
@@ -226,6 +280,8 @@ def _infeasible(problem: PlanProblem, sched: Schedule) -> Infeasible:
         over = (problem.static + sched.peak_bytes) - problem.limit
     r = int(np.argmax(over))
     need = problem.limit + max(float(over[r]), 0.0)
-    return Infeasible(f"rank {r} needs {need / GIB:.1f} GiB, {over[r] / GIB:.1f} GiB over the "
-                      f"{problem.limit / GIB:.1f} GiB limit even with full recompute "
-                      f"({problem.static[r] / GIB:.1f} GiB parameters and optimizer state)")
+    return Infeasible(
+        f"rank {r} needs {need / GIB:.1f} GiB, {over[r] / GIB:.1f} GiB over the "
+        f"{problem.limit / GIB:.1f} GiB limit even with full recompute "
+        f"({problem.static[r] / GIB:.1f} GiB parameters and optimizer state)"
+    )

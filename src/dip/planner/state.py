@@ -4,6 +4,7 @@ The search phases (:mod:`dip.planner.tuning`, :mod:`dip.planner.polish`, :mod:`d
 read and offer schedules through :class:`Incumbent`; :class:`SearchState` is the implementation the
 driver uses.
 """
+
 from __future__ import annotations
 
 import math

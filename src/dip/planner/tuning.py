@@ -10,6 +10,7 @@ data-dependent sizes the order decides the pipeline fill and drain. A few small 
 bring the first backwards (which free memory) back early, so the warm-up does not stall on memory;
 the remaining ones largest first leave short chains for the drain.
 """
+
 from __future__ import annotations
 
 import time
@@ -25,8 +26,9 @@ RERANK = 4  # configurations ranked again on the tuned base
 SMALL_FIRST = (0.5, 1.0, 2.0)  # small micro-batches up front, in multiples of the pipeline ranks
 
 
-def shifted_sequence(problem: PlanProblem, shift: dict[tuple[str, int], int],
-                     mb_order: np.ndarray | None = None) -> np.ndarray:
+def shifted_sequence(
+    problem: PlanProblem, shift: dict[tuple[str, int], int], mb_order: np.ndarray | None = None
+) -> np.ndarray:
     """The default item order (micro-batches in ``mb_order``, default: as given) with (group, direction)
     items moved ``shift`` micro-batches earlier."""
     groups = list(problem.tg.graph.groups)
@@ -37,8 +39,12 @@ def shifted_sequence(problem: PlanProblem, shift: dict[tuple[str, int], int],
     def key(i: int) -> tuple[int, int, int, int]:
         it = items[i]
         gp = groups.index(it.group)
-        return (int(pos[it.mb]) - shift.get((it.group, it.direction), 0), it.direction,
-                gp if it.direction == 0 else len(groups) - gp, int(pos[it.mb]))
+        return (
+            int(pos[it.mb]) - shift.get((it.group, it.direction), 0),
+            it.direction,
+            gp if it.direction == 0 else len(groups) - gp,
+            int(pos[it.mb]),
+        )
 
     return np.asarray(sorted(range(len(items)), key=key), np.int64)
 
@@ -58,9 +64,9 @@ def microbatch_orders(problem: PlanProblem) -> list[np.ndarray]:
     desc = list(np.argsort(-work, kind="stable"))
     orders = [np.arange(n_mb), np.asarray(desc)]
     for factor in SMALL_FIRST:
-        k = int(round(factor * problem.num_ranks))
+        k = round(factor * problem.num_ranks)
         if 0 < k < n_mb:
-            orders.append(np.asarray(desc[n_mb - k:][::-1] + desc[:n_mb - k]))
+            orders.append(np.asarray(desc[n_mb - k :][::-1] + desc[: n_mb - k]))
     unique: list[np.ndarray] = []
     for order in orders:
         if not any(np.array_equal(order, u) for u in unique):
@@ -68,8 +74,9 @@ def microbatch_orders(problem: PlanProblem) -> list[np.ndarray]:
     return unique
 
 
-def tune_base(ev: Evaluator, problem: PlanProblem, state, configs: tuple[TrackConfig, ...], deadline: float
-              ) -> tuple[list[TrackConfig], np.ndarray]:
+def tune_base(
+    ev: Evaluator, problem: PlanProblem, state, configs: tuple[TrackConfig, ...], deadline: float
+) -> tuple[list[TrackConfig], np.ndarray]:
     """Tracking configurations ranked on the tuned base sequence, and that base sequence."""
     base = problem.default_sequence
     ranked = _rank(ev, state, configs, base, deadline)
@@ -94,8 +101,16 @@ def tune_base(ev: Evaluator, problem: PlanProblem, state, configs: tuple[TrackCo
     return order, base
 
 
-def _tune_shifts(ev: Evaluator, problem: PlanProblem, state, config: TrackConfig, mb_order: np.ndarray | None,
-                 base: np.ndarray, best_score: float, deadline: float) -> tuple[np.ndarray, bool]:
+def _tune_shifts(
+    ev: Evaluator,
+    problem: PlanProblem,
+    state,
+    config: TrackConfig,
+    mb_order: np.ndarray | None,
+    base: np.ndarray,
+    best_score: float,
+    deadline: float,
+) -> tuple[np.ndarray, bool]:
     """Coordinate descent over whole-micro-batch shifts per (group, direction); returns the best
     sequence and whether any shift improved on ``base``."""
     shift: dict[tuple[str, int], int] = {}

@@ -5,6 +5,7 @@ rank ``c mod pp``) and ``m`` micro-batches where every forward costs ``f`` and e
 ``i + w``, with free communication and no memory limit, so it can be compared with the textbook
 schedules' closed forms.
 """
+
 from __future__ import annotations
 
 from dip.planner.options import SearchOptions
@@ -17,8 +18,16 @@ from dip.sim import SimResult, simulate
 __all__ = ["plan_uniform"]
 
 
-def plan_uniform(pp: int, m: int, chunks: int = 1, f: float = 1.0, i: float = 1.0, w: float = 1.0, *,
-                 options: SearchOptions = SearchOptions()) -> tuple[Plan, SimResult, float, SearchStats]:
+def plan_uniform(
+    pp: int,
+    m: int,
+    chunks: int = 1,
+    f: float = 1.0,
+    i: float = 1.0,
+    w: float = 1.0,
+    *,
+    options: SearchOptions = SearchOptions(),
+) -> tuple[Plan, SimResult, float, SearchStats]:
     """Search and simulate a uniform chain; returns ``(plan, sim result, lower bound, stats)``."""
     problem = uniform_problem(pp, m, chunks, f, i, w)
     state, stats = search_problem(problem, options)

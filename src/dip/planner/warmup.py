@@ -1,5 +1,6 @@
 """Loading every compiled kernel once per process, before any timed search (a planner service pays
 this at start-up only)."""
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,19 @@ def warm_up() -> float:
     ev = Evaluator(problem)
     sched = ev.evaluate(problem.default_sequence, TrackConfig(0.0, "memory", 1.0))
     polish(ev, problem, SearchState(t0, sched, sched), time.perf_counter() + 1.0, 1)
-    ilp_select(sched.ptr, sched.tasks, problem.tg.task_op, problem.tg.task_stage, ev.cand_t, problem.cand.mem,
-               problem.cand.count, np.asarray(ev.cap, float), 0, sched.choice, time_limit=0.1)
+    ilp_select(
+        sched.ptr,
+        sched.tasks,
+        problem.tg.task_op,
+        problem.tg.task_stage,
+        ev.cand_t,
+        problem.cand.mem,
+        problem.cand.count,
+        np.asarray(ev.cap, float),
+        0,
+        sched.choice,
+        time_limit=0.1,
+    )
     _WARM = True
     took = time.perf_counter() - t0
     logger.debug("planner kernels loaded in %.2f s", took)

@@ -10,10 +10,11 @@ started the ranks itself (under torchrun or another launcher, placement stays th
 it already bound would otherwise be cut into a slice of its own slice); ``on`` always binds
 (round-robin, one core each, when there are more ranks than cores); ``off`` never does.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 BIND_MODES: tuple[str, ...] = ("auto", "on", "off")
 
@@ -31,7 +32,7 @@ def core_slices(cores: Sequence[int], local_world: int, mode: str = "auto") -> l
         return None
     per = len(cores) // local_world
     if per >= 1:
-        return [tuple(cores[r * per:(r + 1) * per]) for r in range(local_world)]
+        return [tuple(cores[r * per : (r + 1) * per]) for r in range(local_world)]
     if mode == "on":
         return [(cores[r % len(cores)],) for r in range(local_world)]
     return None
@@ -44,8 +45,9 @@ def _threads() -> list[int]:
         return [0]
 
 
-def bind_local_rank(mode: str, local_rank: int, local_world: int, uses_gpu: bool = False,
-                    external_launcher: bool = False) -> tuple[int, ...] | None:
+def bind_local_rank(
+    mode: str, local_rank: int, local_world: int, uses_gpu: bool = False, external_launcher: bool = False
+) -> tuple[int, ...] | None:
     """Bind every thread of this process (and the threads it starts later) to the cores of
     ``local_rank``; returns them, or ``None`` when nothing was bound (mode, GPU, another launcher's
     ranks under ``auto``, or no affinity support)."""

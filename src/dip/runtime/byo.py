@@ -44,19 +44,21 @@ Each part is constructed under ``torch.random.fork_rng`` seeded by ``(seed, modu
 constructors' default initialisation is the same on every rank and in every chunking. Modules run whole
 micro-batches (``instances`` = 1) unless you give ``instances``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from dip.data.meta import MicroBatchMeta
+from dip.data.tensors import TensorSpec, UnitLike
 from dip.runtime.models.chunk import ChunkModule, PartProtocol
 from dip.runtime.models.seeding import dtype_name, stable_seed, torch_dtype
 from dip.spec.model import Edge, ModelSpec
-from dip.data.tensors import TensorSpec, UnitLike
 
 __all__ = ["ByoEdge", "ByoModel", "ByoModule", "ByoUnit", "SampleSource", "merge_received"]
 
@@ -163,8 +165,9 @@ class ByoProtocol(PartProtocol):
         return post(hidden, data, side) if self.with_side else post(hidden, data)
 
 
-def merge_received(module_name: str, received: Sequence[tuple[Edge, UnitLike, dict[str, Tensor]]],
-                   edge_order: Sequence[Edge] = ()) -> dict[str, Tensor]:
+def merge_received(
+    module_name: str, received: Sequence[tuple[Edge, UnitLike, dict[str, Tensor]]], edge_order: Sequence[Edge] = ()
+) -> dict[str, Tensor]:
     """First-chunk inputs from ``(edge, producer unit, tensors)`` triples: a name sent by several
     producer units is their concatenation (dim 0) in (edge, unit start) order, never overwritten."""
     rank = {(e.src, e.dst): k for k, e in enumerate(edge_order)}
@@ -188,10 +191,20 @@ def merge_received(module_name: str, received: Sequence[tuple[Edge, UnitLike, di
 class ByoModel:
     """A :class:`~dip.runtime.models.provider.ModelProvider` over user-defined modules."""
 
-    def __init__(self, spec: ModelSpec, modules: Mapping[str, ByoModule], make_data: Callable[[ByoUnit], Any],
-                 loss_tokens: Callable[[MicroBatchMeta], int], loss_module: str | None = None, seed: int = 0,
-                 dtype: torch.dtype | str = torch.float32, device: torch.device | str | None = None, *,
-                 ties: Sequence[Sequence[str]] = (), edges: Mapping[tuple[str, str], ByoEdge] | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        modules: Mapping[str, ByoModule],
+        make_data: Callable[[ByoUnit], Any],
+        loss_tokens: Callable[[MicroBatchMeta], int],
+        loss_module: str | None = None,
+        seed: int = 0,
+        dtype: torch.dtype | str = torch.float32,
+        device: torch.device | str | None = None,
+        *,
+        ties: Sequence[Sequence[str]] = (),
+        edges: Mapping[tuple[str, str], ByoEdge] | None = None,
+    ):
         missing = [m.name for m in spec.modules if m.name not in modules]
         if missing:
             raise ValueError(f"no ByoModule for module(s) {', '.join(missing)}")
@@ -228,15 +241,18 @@ class ByoModel:
     def build_chunk(self, module_name: str, layer_start: int, layer_end: int) -> ChunkModule:
         spec, byo = self.spec.module(module_name), self.modules[module_name]
         if not 0 <= layer_start < layer_end <= spec.layers:
-            raise ValueError(f"bad layer range [{layer_start}, {layer_end}) for {module_name} "
-                             f"with {spec.layers} layers")
+            raise ValueError(
+                f"bad layer range [{layer_start}, {layer_end}) for {module_name} with {spec.layers} layers"
+            )
         pre = self._part(module_name, "pre", byo.make_pre) if layer_start == 0 and byo.make_pre else None
-        blocks = [self._part(module_name, f"layers.{i}", lambda i=i: byo.make_block(i))
-                  for i in range(layer_start, layer_end)]
+        blocks = [
+            self._part(module_name, f"layers.{i}", lambda i=i: byo.make_block(i)) for i in range(layer_start, layer_end)
+        ]
         last = layer_end == spec.layers
         post = self._part(module_name, "post", byo.make_post) if last and byo.make_post else None
-        chunk = ChunkModule(module_name, layer_start, layer_end, spec.layers, pre, blocks, post,
-                            ByoProtocol(byo.has_side))
+        chunk = ChunkModule(
+            module_name, layer_start, layer_end, spec.layers, pre, blocks, post, ByoProtocol(byo.has_side)
+        )
         self._apply_ties(chunk)
         return chunk.to(device=self.device, dtype=self.dtype)
 
@@ -254,8 +270,10 @@ class ByoModel:
                 first = self._part(module_name, part, factory).get_parameter(name)
             for n in copies:
                 if held[n].shape != first.shape:
-                    raise ValueError(f"tied parameters {group[0]} {tuple(first.shape)} and {n} "
-                                     f"{tuple(held[n].shape)} differ in shape")
+                    raise ValueError(
+                        f"tied parameters {group[0]} {tuple(first.shape)} and {n} "
+                        f"{tuple(held[n].shape)} differ in shape"
+                    )
                 held[n].copy_(first)
 
     def tied_groups(self) -> tuple[tuple[str, ...], ...]:
@@ -272,8 +290,7 @@ class ByoModel:
 
     def unit_data(self, mb, mb_index, module_name, start, stop, step_seed):
         a, b = self._range(module_name, mb, start, stop)
-        return self.make_data(ByoUnit(module_name, mb, mb_index, a, b, step_seed, self.dtype, self.device,
-                                      self.source))
+        return self.make_data(ByoUnit(module_name, mb, mb_index, a, b, step_seed, self.dtype, self.device, self.source))
 
     def loss_module(self) -> str:
         return self._loss_module
@@ -300,8 +317,9 @@ class ByoModel:
             return self._specs(byo.boundary_shapes(mb, a, b))
         return self._specs(byo.last_outputs(mb, a, b)) if byo.last_outputs else ()
 
-    def edge_specs(self, edge: Edge, producer: UnitLike, consumer: UnitLike,
-                   mb: MicroBatchMeta) -> tuple[TensorSpec, ...]:
+    def edge_specs(
+        self, edge: Edge, producer: UnitLike, consumer: UnitLike, mb: MicroBatchMeta
+    ) -> tuple[TensorSpec, ...]:
         """Tensor specs of the channel ``producer -> consumer`` (the shape plan of :meth:`edge_tensors`)."""
         custom = self.edges.get((edge.src, edge.dst))
         if custom is not None:
@@ -311,13 +329,20 @@ class ByoModel:
         layers = self.spec.module(edge.src).layers
         return tuple(self.output_specs(edge.src, layers, mb, producer.start, producer.stop))
 
-    def edge_tensors(self, edge: Edge, producer_outputs: dict[str, Tensor], producer: UnitLike,
-                     consumer: UnitLike, mb: MicroBatchMeta) -> dict[str, Tensor]:
+    def edge_tensors(
+        self,
+        edge: Edge,
+        producer_outputs: dict[str, Tensor],
+        producer: UnitLike,
+        consumer: UnitLike,
+        mb: MicroBatchMeta,
+    ) -> dict[str, Tensor]:
         custom = self.edges.get((edge.src, edge.dst))
         if custom is not None:
             return custom.tensors(producer_outputs, producer, consumer, mb)
         return dict(producer_outputs) if producer.mb == consumer.mb else {}
 
-    def assemble_inputs(self, module_name: str, mb: MicroBatchMeta,
-                        received: Sequence[tuple[Edge, UnitLike, dict[str, Tensor]]]) -> dict[str, Tensor]:
+    def assemble_inputs(
+        self, module_name: str, mb: MicroBatchMeta, received: Sequence[tuple[Edge, UnitLike, dict[str, Tensor]]]
+    ) -> dict[str, Tensor]:
         return merge_received(module_name, received, self.spec.producers(module_name))

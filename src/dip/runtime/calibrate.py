@@ -5,10 +5,12 @@ runs in another. After every step, rank 0 compares each compute action's measure
 messages excluded) with the simulator's time for the same action and keeps one factor per
 ``(module, pass)`` (``f`` for forwards, ``b`` for backward passes: ``B``, ``I``, ``W``). The next step's
 plan is simulated with :class:`ScaledCostModel` (the cost model with its times multiplied by those
-factors) to predict its time; plans themselves are made with the shipped cost model. Step ``k``'s prediction thus only uses measurements of steps ``< k``. A compute
+factors) to predict its time; plans themselves are made with the shipped cost model. Step ``k``'s prediction thus
+only uses measurements of steps ``< k``. A compute
 action's measured time runs until the next compute action starts, so the executor's per-action
 overhead (posting its sends and receives) is part of what the factors absorb.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +25,7 @@ from dip.data.meta import BatchMeta, work_for
 from dip.runtime.executor import ActionTime
 from dip.schedule.ir import Action, Op, Plan
 
-__all__ = ["OnlineCalibration", "PASS_OF", "ScaledCostModel", "busy_times"]
+__all__ = ["PASS_OF", "OnlineCalibration", "ScaledCostModel", "busy_times"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +93,9 @@ class OnlineCalibration:
             for module, k in _fit(obs).items():
                 key = (module, kind)
                 old = self.factors.get(key)
-                self.factors[key] = k if old is None else math.exp(
-                    (1 - self.weight) * math.log(old) + self.weight * math.log(k))
+                self.factors[key] = (
+                    k if old is None else math.exp((1 - self.weight) * math.log(old) + self.weight * math.log(k))
+                )
         logger.debug("online calibration after batch %s: %s", batch.index, self.summary())
 
     def _base_times(self, plan: Plan, batch: BatchMeta, action: Action) -> dict[str, float]:
@@ -107,7 +110,7 @@ class OnlineCalibration:
             spec = self.base.model.module(part.module)
             inst = slice(unit.start, unit.stop) if unit.stop > unit.start else None
             work = work_for(self.base.model, spec, mb, inst)
-            strat = tuple(strategies[offset:offset + part.layers])
+            strat = tuple(strategies[offset : offset + part.layers])
             offset += part.layers
             if work.empty:
                 continue

@@ -13,14 +13,15 @@ program, :func:`dip.schedule.lowering.comm_batches`) that mixes sends and receiv
 ``dist.batch_isend_irecv`` (no deadlock whatever the peer's order); a homogeneous batch is issued op
 by op (coalescing independent transfers would serialise them on one stream).
 """
+
 from __future__ import annotations
 
 import datetime
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -29,7 +30,10 @@ from torch import Tensor
 from dip.data.tensors import TensorSpec
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
 }
 
 
@@ -59,7 +63,7 @@ def unpack(flat: Tensor, specs: Sequence[TensorSpec]) -> list[Tensor]:
     """Views of ``flat`` shaped like ``specs`` (inverse of :func:`pack`)."""
     out, offset = [], 0
     for s in specs:
-        out.append(flat[offset:offset + s.numel].view(s.shape))
+        out.append(flat[offset : offset + s.numel].view(s.shape))
         offset += s.numel
     return out
 
@@ -155,7 +159,7 @@ class Poster:
             batch, done = item
             try:
                 post_batch(batch, self.group)
-            except BaseException as exc:  # noqa: BLE001 - raised by the waiter
+            except BaseException as exc:
                 for p in batch:
                     p.error = exc
             finally:
@@ -214,5 +218,6 @@ def timed_collective(fn: Callable[..., object], what: str, rank: int, timeout_s:
     try:
         work.wait(timeout=datetime.timedelta(seconds=timeout_s))
     except RuntimeError as exc:
-        raise CommTimeout(f"rank {rank}: timed out after {timeout_s:g} s in {what}: "
-                          f"{str(exc).splitlines()[0][:200]}") from None
+        raise CommTimeout(
+            f"rank {rank}: timed out after {timeout_s:g} s in {what}: {str(exc).splitlines()[0][:200]}"
+        ) from None

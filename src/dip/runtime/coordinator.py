@@ -1,6 +1,7 @@
 """What global rank 0 does besides its own pipeline work: batches and plans for every step (the planner's
 layer partition fixed after the first step, predictions corrected by the online calibration), the
 single-process reference, the report and the trace."""
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,10 @@ logger = logging.getLogger(__name__)
 
 def predicted_rows(plan: Plan, sim: SimulatedPlan) -> dict[int, list]:
     """Simulated ``(action, start, end, modules)`` per rank of one plan."""
-    return {r: [(str(a), s, e, "+".join(plan.graph.chunks[a.chunk].modules)) for a, s, e in acts]
-            for r, acts in sim.result.action_times().items()}
+    return {
+        r: [(str(a), s, e, "+".join(plan.graph.chunks[a.chunk].modules)) for a, s, e in acts]
+        for r, acts in sim.result.action_times().items()
+    }
 
 
 def tokens_of(model: ModelSpec, batch: BatchMeta) -> int:
@@ -57,9 +60,17 @@ class Coordinator:
         try:
             check_schedule(self.cfg.schedule, self.model)
             predict = self.calibration.cost_model() if self.calibration else None
-            work, self.sims = planning.plan_step(step, self.cfg.schedule, self.model, self.batches[step],
-                                                 self.cost_model, self.hardware, self.cfg.seed, predict,
-                                                 self.partition)
+            work, self.sims = planning.plan_step(
+                step,
+                self.cfg.schedule,
+                self.model,
+                self.batches[step],
+                self.cost_model,
+                self.hardware,
+                self.cfg.seed,
+                predict,
+                self.partition,
+            )
             self.partition = self.sims[0].partition or self.partition
             pp = self.model.parallel.pp
             if len({tuple(layout_of(p, r) for r in range(pp)) for p in work.plans}) > 1:
@@ -67,7 +78,7 @@ class Coordinator:
             return work
         except BadInput as exc:
             return ("BadInput", str(exc))
-        except Exception as exc:  # noqa: BLE001 - re-raised on every rank by the trainer
+        except Exception as exc:
             return ("Error", f"{type(exc).__name__}: {exc}")
 
     def measured(self, work, rows: Sequence[Sequence[ActionTime]]) -> None:
@@ -80,29 +91,51 @@ class Coordinator:
             self.predicted.append(pred)
         self.last_trace = (work.plans[0], self.sims[0], rows)
 
-    def add_report(self, step: int, work, loss: float, loss_tokens: int, times: tuple[float, float],
-                   extra: dict) -> None:
+    def add_report(
+        self, step: int, work, loss: float, loss_tokens: int, times: tuple[float, float], extra: dict
+    ) -> None:
         gb = work.global_batch
-        self.reports.append({
-            "step": step, "loss": loss, "step_time_s": times[1], "pipeline_time_s": times[0],
-            "predicted_step_time_s": work.predicted_s, "predicted_pipeline_time_s": work.predicted_makespan_s,
-            "predicted_pipeline_time_shipped_calibration_s": work.predicted_static_makespan_s,
-            "tokens": tokens_of(self.model, gb), "loss_tokens": loss_tokens, "microbatches": len(gb.microbatches),
-            **extra,
-        })
+        self.reports.append(
+            {
+                "step": step,
+                "loss": loss,
+                "step_time_s": times[1],
+                "pipeline_time_s": times[0],
+                "predicted_step_time_s": work.predicted_s,
+                "predicted_pipeline_time_s": work.predicted_makespan_s,
+                "predicted_pipeline_time_shipped_calibration_s": work.predicted_static_makespan_s,
+                "tokens": tokens_of(self.model, gb),
+                "loss_tokens": loss_tokens,
+                "microbatches": len(gb.microbatches),
+                **extra,
+            }
+        )
 
     def result(self, world: int, pp: int, dp: int) -> dict[str, Any]:
         cfg = self.cfg
         if cfg.trace and self.last_trace is not None:
             write_trace(cfg.trace, *self.last_trace)
-        out: dict[str, Any] = {"steps": self.reports, "schedule": cfg.schedule, "model": self.model.name,
-                               "nproc": world, "pp": pp, "dp": dp, "dtype": cfg.dtype,
-                               "microbatches": cfg.microbatches}
+        out: dict[str, Any] = {
+            "steps": self.reports,
+            "schedule": cfg.schedule,
+            "model": self.model.name,
+            "nproc": world,
+            "pp": pp,
+            "dp": dp,
+            "dtype": cfg.dtype,
+            "microbatches": cfg.microbatches,
+        }
         if self.checker is not None:
             e = self.checker.errors
-            out.update({"max_grad_rel_err": e["grad"], "max_loss_abs_err": e["loss"],
-                        "max_param_rel_err": e["param"], "max_grad_allclose_ratio": e["allclose"],
-                        "worst": self.checker.worst})
+            out.update(
+                {
+                    "max_grad_rel_err": e["grad"],
+                    "max_loss_abs_err": e["loss"],
+                    "max_param_rel_err": e["param"],
+                    "max_grad_allclose_ratio": e["allclose"],
+                    "worst": self.checker.worst,
+                }
+            )
         if self.calibration is not None:
             out["calibration_factors"] = self.calibration.summary()
         if cfg.timeline:
@@ -113,6 +146,7 @@ class Coordinator:
 
 def write_trace(path: str, plan: Plan, sim: SimulatedPlan, rows: Sequence[Sequence[ActionTime]]) -> None:
     """Chrome/Perfetto trace of the last step: measured compute actions next to the simulated plan."""
-    measured = {r: [(t.action, t.start, t.end) for t in acts if t.action.op.is_compute]
-                for r, acts in enumerate(rows) if acts}
+    measured = {
+        r: [(t.action, t.start, t.end) for t in acts if t.action.op.is_compute] for r, acts in enumerate(rows) if acts
+    }
     write_chrome_trace(path, plan, sim.result, sim.costs, measured=measured)

@@ -14,13 +14,15 @@ One :class:`Executor` per process holds its stage chunks (built once) and a hand
 
 Every action's start and end (seconds since the step started) are recorded.
 """
+
 from __future__ import annotations
 
 import gc
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -69,8 +71,14 @@ class Route:
     what: str
 
 
-def _routes(program: Program, rank: int, shapes: ShapePlan, rank_map: Callable[[int], int],
-            group: dist.ProcessGroup | None, direct: bool) -> dict[Action, Route]:
+def _routes(
+    program: Program,
+    rank: int,
+    shapes: ShapePlan,
+    rank_map: Callable[[int], int],
+    group: dist.ProcessGroup | None,
+    direct: bool,
+) -> dict[Action, Route]:
     out: dict[Action, Route] = {}
     for a in program.actions.get(rank, ()):
         if not a.op.is_comm:
@@ -153,8 +161,10 @@ class StepContext:
             return got
         entry = self.recvs.pop(key, None)
         if entry is None:
-            raise RuntimeError(f"rank {self.rank}: {action} needs message {key.describe()}, "
-                               f"which was neither received nor handed over locally before it")
+            raise RuntimeError(
+                f"rank {self.rank}: {action} needs message {key.describe()}, "
+                f"which was neither received nor handed over locally before it"
+            )
         p, specs = entry
         if p is None:
             return {s.name: torch.zeros(s.shape, dtype=TORCH_DTYPES[s.dtype], device=self.device) for s in specs}
@@ -180,8 +190,9 @@ class StepContext:
     def pop_state(self, action: Action) -> UnitState:
         state = self.states.pop((action.chunk, action.unit), None)
         if state is None:
-            raise RuntimeError(f"rank {self.rank}: {action} runs before the forward of chunk {action.chunk} "
-                               f"unit {action.unit}")
+            raise RuntimeError(
+                f"rank {self.rank}: {action} runs before the forward of chunk {action.chunk} unit {action.unit}"
+            )
         return state
 
     def add_loss(self, loss: Tensor) -> None:
@@ -192,8 +203,9 @@ class StepContext:
         got = self.edges.get(key)
         if got is None:
             g = self.plan.graph
-            got = self.edges[key] = module_edge(self.provider.spec, g.chunks[src_chunk].parts[-1].module,
-                                                g.chunks[dst_chunk].parts[0].module)
+            got = self.edges[key] = module_edge(
+                self.provider.spec, g.chunks[src_chunk].parts[-1].module, g.chunks[dst_chunk].parts[0].module
+            )
         return got
 
     def strategy(self, chunk: int, unit: int) -> tuple[str, ...]:
@@ -247,11 +259,22 @@ class Executor:
     rank of ``group`` (data-parallel replicas run disjoint pipelines in one process group).
     """
 
-    def __init__(self, rank: int, provider: Any, stages: Mapping[int, StageChunk], *,
-                 rank_map: Callable[[int], int] | None = None, group: dist.ProcessGroup | None = None,
-                 timeout_s: float = 120.0, device: torch.device | str = "cpu", max_outstanding_sends: int = 64,
-                 handlers: Mapping[str, Handler] | None = None, post_in_background: bool = False,
-                 comm_device: torch.device | str | None = None, pause_gc: bool = True):
+    def __init__(
+        self,
+        rank: int,
+        provider: Any,
+        stages: Mapping[int, StageChunk],
+        *,
+        rank_map: Callable[[int], int] | None = None,
+        group: dist.ProcessGroup | None = None,
+        timeout_s: float = 120.0,
+        device: torch.device | str = "cpu",
+        max_outstanding_sends: int = 64,
+        handlers: Mapping[str, Handler] | None = None,
+        post_in_background: bool = False,
+        comm_device: torch.device | str | None = None,
+        pause_gc: bool = True,
+    ):
         self.rank = rank
         self.provider = provider
         self.stages = dict(stages)
@@ -271,8 +294,9 @@ class Executor:
         """Override the handler of ``op`` (``"F"``, ``"SEND_F"``, ..., or ``"BATCH"`` for posting)."""
         self.handlers[op.value if isinstance(op, Op) else str(op)] = handler
 
-    def prepare(self, plan: Plan, program: Program, batch: BatchMeta, deps: DependencyIndex | None = None
-                ) -> PreparedPlan:
+    def prepare(
+        self, plan: Plan, program: Program, batch: BatchMeta, deps: DependencyIndex | None = None
+    ) -> PreparedPlan:
         """Everything :meth:`run_step` derives from a plan, built now (outside a timed region).
 
         Args:
@@ -294,15 +318,28 @@ class Executor:
     def context(self, prepared: PreparedPlan, step_seed: int, mb_offset: int, loss_scale: float) -> StepContext:
         p = prepared
         return StepContext(
-            rank=self.rank, plan=p.plan, program=p.program, deps=p.deps, batch=p.batch,
-            provider=self.provider, stages=self.stages, shapes=p.shapes, routes=p.routes,
-            step_seed=step_seed, mb_offset=mb_offset, loss_scale=loss_scale, rank_map=self.rank_map,
-            group=self.group, timeout_s=self.timeout_s, device=self.device, comm_device=self.comm_device,
-            sends=SendQueue(self.rank, self.timeout_s, self.max_outstanding_sends), poster=self.poster,
+            rank=self.rank,
+            plan=p.plan,
+            program=p.program,
+            deps=p.deps,
+            batch=p.batch,
+            provider=self.provider,
+            stages=self.stages,
+            shapes=p.shapes,
+            routes=p.routes,
+            step_seed=step_seed,
+            mb_offset=mb_offset,
+            loss_scale=loss_scale,
+            rank_map=self.rank_map,
+            group=self.group,
+            timeout_s=self.timeout_s,
+            device=self.device,
+            comm_device=self.comm_device,
+            sends=SendQueue(self.rank, self.timeout_s, self.max_outstanding_sends),
+            poster=self.poster,
         )
 
-    def run_step(self, prepared: PreparedPlan, *, step_seed: int, loss_scale: float, mb_offset: int = 0
-                 ) -> StepResult:
+    def run_step(self, prepared: PreparedPlan, *, step_seed: int, loss_scale: float, mb_offset: int = 0) -> StepResult:
         """Run this rank's program of one step; the loss gradient is ``loss_sum * loss_scale``.
 
         Python's cyclic garbage collector is paused during the step (as Megatron's manual GC does):

@@ -11,9 +11,11 @@
 
 Replace any of them with :meth:`dip.runtime.executor.Executor.register`.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -31,7 +33,8 @@ Handler = Callable[[Action, "StepContext"], None]
 
 # --------------------------------------------------------------------------- compute
 
-def forward(action: Action, ctx: "StepContext") -> None:
+
+def forward(action: Action, ctx: StepContext) -> None:
     c, u = action.chunk, action.unit
     plan = ctx.plan
     chunk = plan.graph.chunks[c]
@@ -43,8 +46,10 @@ def forward(action: Action, ctx: "StepContext") -> None:
     received = []
     for _, msg in ctx.deps.inputs(c, Op.F, u):
         key = msg.key
-        leaves = {n: (t.requires_grad_() if t.is_floating_point() and not t.requires_grad else t)
-                  for n, t in ctx.take(key, action).items()}
+        leaves = {
+            n: (t.requires_grad_() if t.is_floating_point() and not t.requires_grad else t)
+            for n, t in ctx.take(key, action).items()
+        }
         state.inputs[key] = leaves
         received.append((msg, leaves))
     handoff = None
@@ -71,15 +76,19 @@ def forward(action: Action, ctx: "StepContext") -> None:
             payload = outputs
         else:
             dst_unit = plan.units[dst.group][msg.dst_unit]
-            payload = ctx.provider.edge_tensors(ctx.edge(c, msg.dst_chunk), outputs,
-                                                ctx.part_unit(chunk.parts[-1].module, unit),
-                                                ctx.part_unit(dst.parts[0].module, dst_unit), mb)
+            payload = ctx.provider.edge_tensors(
+                ctx.edge(c, msg.dst_chunk),
+                outputs,
+                ctx.part_unit(chunk.parts[-1].module, unit),
+                ctx.part_unit(dst.parts[0].module, dst_unit),
+                mb,
+            )
         state.outputs[key] = payload
         ctx.emit(key, payload)
     ctx.states[(c, u)] = state
 
 
-def _roots(action: Action, ctx: "StepContext", state: UnitState) -> tuple[list[Tensor], list[Tensor]]:
+def _roots(action: Action, ctx: StepContext, state: UnitState) -> tuple[list[Tensor], list[Tensor]]:
     """Autograd roots of a unit's backward and their incoming gradients."""
     roots: list[Tensor] = []
     grads: list[Tensor] = []
@@ -95,7 +104,7 @@ def _roots(action: Action, ctx: "StepContext", state: UnitState) -> tuple[list[T
     return roots, grads
 
 
-def _send_input_grads(ctx: "StepContext", state: UnitState, grads: dict[int, Tensor] | None = None) -> None:
+def _send_input_grads(ctx: StepContext, state: UnitState, grads: dict[int, Tensor] | None = None) -> None:
     for key, leaves in state.inputs.items():
         out = {}
         for name, leaf in leaves.items():
@@ -104,7 +113,7 @@ def _send_input_grads(ctx: "StepContext", state: UnitState, grads: dict[int, Ten
         ctx.emit(key.reply(), out)
 
 
-def backward(action: Action, ctx: "StepContext") -> None:
+def backward(action: Action, ctx: StepContext) -> None:
     state = ctx.pop_state(action)
     roots, grads = _roots(action, ctx, state)
     if roots:
@@ -112,10 +121,12 @@ def backward(action: Action, ctx: "StepContext") -> None:
     _send_input_grads(ctx, state)
 
 
-def backward_input(action: Action, ctx: "StepContext") -> None:
+def backward_input(action: Action, ctx: StepContext) -> None:
     state = ctx.states.get((action.chunk, action.unit))
     if state is None:
-        raise RuntimeError(f"rank {ctx.rank}: {action} runs before the forward of chunk {action.chunk} unit {action.unit}")
+        raise RuntimeError(
+            f"rank {ctx.rank}: {action} runs before the forward of chunk {action.chunk} unit {action.unit}"
+        )
     roots, grads = _roots(action, ctx, state)
     leaves = state.input_leaves()
     found: dict[int, Tensor] = {}
@@ -126,35 +137,43 @@ def backward_input(action: Action, ctx: "StepContext") -> None:
     state.inputs = {}
 
 
-def backward_weight(action: Action, ctx: "StepContext") -> None:
+def backward_weight(action: Action, ctx: StepContext) -> None:
     state = ctx.pop_state(action)
     if state.weight_job is not None:
         splitgrad.backward_weight(state.weight_job)
         state.weight_job = None
 
 
-def reduce_grad(action: Action, ctx: "StepContext") -> None:
+def reduce_grad(action: Action, ctx: StepContext) -> None:
     ctx.reduced.add(action.chunk)
 
 
 # --------------------------------------------------------------------------- communication
 
-def _tag(ctx: "StepContext", seq: int) -> int:
+
+def _tag(ctx: StepContext, seq: int) -> int:
     return seq if seq >= 0 else (1 << 20) + len(ctx.pending)
 
 
-def recv(action: Action, ctx: "StepContext") -> None:
+def recv(action: Action, ctx: StepContext) -> None:
     r = ctx.routes[action]
     if r.numel == 0:
         ctx.recvs[r.key] = (None, r.specs)
         return
-    p = P2P(False, alloc(r.specs, ctx.comm_device or ctx.device), r.peer, _tag(ctx, r.tag), r.what, ctx.batch_no,
-            r.group_peer)
+    p = P2P(
+        False,
+        alloc(r.specs, ctx.comm_device or ctx.device),
+        r.peer,
+        _tag(ctx, r.tag),
+        r.what,
+        ctx.batch_no,
+        r.group_peer,
+    )
     ctx.recvs[r.key] = (p, r.specs)
     ctx.pending.append(p)
 
 
-def send(action: Action, ctx: "StepContext") -> None:
+def send(action: Action, ctx: StepContext) -> None:
     r = ctx.routes[action]
     payload = ctx.outbox.pop(r.key, None)
     if payload is None:
@@ -163,8 +182,9 @@ def send(action: Action, ctx: "StepContext") -> None:
         t = payload.get(s.name)
         if t is None or tuple(t.shape) != tuple(s.shape):
             got = None if t is None else tuple(t.shape)
-            raise RuntimeError(f"rank {ctx.rank}: {action} sends {s.name} of shape {got}, "
-                               f"but the shape plan says {tuple(s.shape)}")
+            raise RuntimeError(
+                f"rank {ctx.rank}: {action} sends {s.name} of shape {got}, but the shape plan says {tuple(s.shape)}"
+            )
     if r.numel == 0:
         return
     buffer = pack([payload[s.name] for s in r.specs])
@@ -175,7 +195,7 @@ def send(action: Action, ctx: "StepContext") -> None:
     ctx.sends.add(p)
 
 
-def post(batch: Sequence[Action], ctx: "StepContext") -> None:
+def post(batch: Sequence[Action], ctx: StepContext) -> None:
     """Post the transfers the batch's SEND/RECV handlers prepared."""
     ops, ctx.pending = ctx.pending, []
     if ctx.poster is not None:

@@ -1,7 +1,8 @@
 """Start the ranks of ``dip train``: N local processes with an env:// rendezvous on 127.0.0.1.
 
 ``launch(cfg)`` writes the config to a temporary folder (``launch_many`` several configs, run one
-after the other in one process group), starts ``python -m dip.runtime.launch CONFIG`` once per rank (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` set), and
+after the other in one process group), starts ``python -m dip.runtime.launch CONFIG`` once per rank (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` set), and
 watches them: when a rank dies the others are killed at once and :class:`RankFailed` names the rank
 and its last error line. Rank 0 writes the report to ``result.json``; a ``BadInput`` raised on a rank
 comes back as ``BadInput``.
@@ -11,6 +12,7 @@ comes back as ``BadInput``.
 Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` already set) ``dip train`` calls
 :func:`dip.runtime.trainer.train` in-process instead (see ``docs/runtime.md``).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,9 +43,18 @@ class RankFailed(RuntimeError):
 
 def worker_env(rank: int, world: int, port: int, threads: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-                "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": LOCALHOST, "MASTER_PORT": str(port),
-                "OMP_NUM_THREADS": str(threads), "DIP_WORKER": "1"})
+    env.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": LOCALHOST,
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": str(threads),
+            "DIP_WORKER": "1",
+        }
+    )
     return env
 
 
@@ -80,8 +91,11 @@ def launch_many(cfgs: list[TrainConfig], poll_s: float = 0.05, worker: list[str]
             for rank in range(nproc):
                 log = open(os.path.join(workdir, f"rank{rank}.log"), "wb")
                 logs.append(log)
-                procs.append(subprocess.Popen([*cmd, config], env=worker_env(rank, nproc, port, threads),
-                                              stdout=log, stderr=subprocess.STDOUT))
+                procs.append(
+                    subprocess.Popen(
+                        [*cmd, config], env=worker_env(rank, nproc, port, threads), stdout=log, stderr=subprocess.STDOUT
+                    )
+                )
             _watch(procs, workdir, poll_s)
         finally:
             for p in procs:
@@ -166,7 +180,7 @@ def worker_main(config_path: str) -> int:
             os.replace(tmp, os.path.join(workdir, RESULT_FILE))
         _shutdown(cfgs[-1].timeout_s)
         return 0
-    except BaseException as exc:  # noqa: BLE001 - reported to the launcher, then the rank exits
+    except BaseException as exc:
         kind = "BadInput" if isinstance(exc, BadInput) else type(exc).__name__
         message = " ".join(str(exc).split("\n")[0].split()) or kind
         with open(os.path.join(workdir, ERROR_FILE.format(rank=rank)), "w", encoding="utf-8") as f:

@@ -3,6 +3,7 @@ plan of every replica under the chosen schedule, with the simulator's predicted 
 
 Only global rank 0 calls these; the results are broadcast to the other ranks.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,9 @@ def text_only(mb: MicroBatchMeta) -> MicroBatchMeta:
 WORKLOADS = ("default", "dynamic")
 
 
-def make_step_batches(model: ModelSpec, steps: int, dp: int, microbatches: int, seed: int,
-                      workload: str = "default") -> list[list[BatchMeta]]:
+def make_step_batches(
+    model: ModelSpec, steps: int, dp: int, microbatches: int, seed: int, workload: str = "default"
+) -> list[list[BatchMeta]]:
     """``steps`` global batches of ``dp * microbatches`` micro-batches, cut into ``dp`` replica batches.
 
     ``default``: the model's workload mixture; ``dynamic`` (VLM): image counts per micro-batch that rise
@@ -67,7 +69,7 @@ def make_step_batches(model: ModelSpec, steps: int, dp: int, microbatches: int, 
         mbs = list(b.microbatches)
         if model.is_vlm and s == 0 and not any(mb.images == 0 for bb in raw for mb in bb.microbatches):
             mbs[-1] = text_only(mbs[-1])
-        out.append([BatchMeta(tuple(mbs[d * microbatches:(d + 1) * microbatches]), index=s) for d in range(dp)])
+        out.append([BatchMeta(tuple(mbs[d * microbatches : (d + 1) * microbatches]), index=s) for d in range(dp)])
     return out
 
 
@@ -91,8 +93,10 @@ def check_parallel(model: ModelSpec, nproc: int, pp: int | None, dp: int | None)
     if pp * dp != nproc:
         raise BadInput(f"nproc {nproc} must equal pp x dp = {pp} x {dp} = {pp * dp}")
     if pp > layers:
-        raise BadInput(f"nproc {nproc} is more processes than model {model.name} can use: pipeline size {pp} "
-                       f"exceeds its {layers} layers (pp must be <= layers, nproc = pp x dp)")
+        raise BadInput(
+            f"nproc {nproc} is more processes than model {model.name} can use: pipeline size {pp} "
+            f"exceeds its {layers} layers (pp must be <= layers, nproc = pp x dp)"
+        )
     return pp, dp
 
 
@@ -103,9 +107,16 @@ def cost_setup(model: ModelSpec, dtype: str, hardware: str = CPU_HARDWARE) -> tu
     return CostModel(model, hw, tp=1, dtype_bytes=dtype_bytes), hw
 
 
-def plan_replica(schedule: str, model: ModelSpec, batch: BatchMeta, cost_model: CostModel, hardware: HardwareSpec,
-                 seed: int = 0, predict_cost_model: CostModel | None = None,
-                 partition: Partition | None = None) -> SimulatedPlan:
+def plan_replica(
+    schedule: str,
+    model: ModelSpec,
+    batch: BatchMeta,
+    cost_model: CostModel,
+    hardware: HardwareSpec,
+    seed: int = 0,
+    predict_cost_model: CostModel | None = None,
+    partition: Partition | None = None,
+) -> SimulatedPlan:
     """The simulated plan of one replica's batch.
 
     Every schedule plans with ``cost_model`` (``dip``: the planner with a fixed number of rollouts, so
@@ -113,8 +124,15 @@ def plan_replica(schedule: str, model: ModelSpec, batch: BatchMeta, cost_model: 
     first step's placement). The simulation that predicts the step time uses ``predict_cost_model``
     (e.g. online-calibrated) when given; the result keeps the planner's partition.
     """
-    sim = plan_schedule(schedule, model, batch, cost_model, hardware, partition=partition,
-                        search=SearchOptions(rollouts=DIP_ROLLOUTS, seed=seed))
+    sim = plan_schedule(
+        schedule,
+        model,
+        batch,
+        cost_model,
+        hardware,
+        partition=partition,
+        search=SearchOptions(rollouts=DIP_ROLLOUTS, seed=seed),
+    )
     if predict_cost_model is not None:
         predicted = simulate_plan(sim.plan, model, predict_cost_model, batch, hardware)
         predicted.partition = sim.partition
@@ -126,20 +144,32 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def plan_step(step: int, schedule: str, model: ModelSpec, batches: list[BatchMeta], cost_model,
-              hardware, seed: int = 0, predict_cost_model=None, partition=None) -> tuple[StepWork, list]:
+def plan_step(
+    step: int,
+    schedule: str,
+    model: ModelSpec,
+    batches: list[BatchMeta],
+    cost_model,
+    hardware,
+    seed: int = 0,
+    predict_cost_model=None,
+    partition=None,
+) -> tuple[StepWork, list]:
     """Plans (one per replica) and the predicted step time of one step, plus the simulations (a DIP
     simulation carries the planner's ``partition``)."""
-    sims = [plan_replica(schedule, model, b, cost_model, hardware, seed, predict_cost_model, partition)
-            for b in batches]
+    sims = [
+        plan_replica(schedule, model, b, cost_model, hardware, seed, predict_cost_model, partition) for b in batches
+    ]
     its = [_finite(s.result.iteration_time) for s in sims]
     mss = [_finite(s.result.makespan) for s in sims]
     pred = max(its) if all(x is not None for x in its) else None
     make = max(mss) if all(x is not None for x in mss) else None
     static = make
     if predict_cost_model is not None:
-        plain = [_finite(simulate_plan(s.plan, model, cost_model, b, hardware).result.makespan)
-                 for s, b in zip(sims, batches)]
+        plain = [
+            _finite(simulate_plan(s.plan, model, cost_model, b, hardware).result.makespan)
+            for s, b in zip(sims, batches)
+        ]
         static = max(plain) if all(x is not None for x in plain) else None
     return StepWork(step, batches, [s.plan for s in sims], pred, make, static), sims
 
@@ -149,5 +179,13 @@ def with_parallel(model: ModelSpec, pp: int, dp: int) -> ModelSpec:
     return model.with_parallel(pp=pp, dp=dp, tp=1, distributed_optimizer=False)
 
 
-__all__ = ["StepWork", "check_parallel", "cost_setup", "make_step_batches", "plan_replica",
-           "plan_step", "text_only", "with_parallel"]
+__all__ = [
+    "StepWork",
+    "check_parallel",
+    "cost_setup",
+    "make_step_batches",
+    "plan_replica",
+    "plan_step",
+    "text_only",
+    "with_parallel",
+]

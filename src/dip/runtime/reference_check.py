@@ -13,11 +13,12 @@ Error measures (max over parameters and steps):
   when every gradient passes ``allclose(rtol=1e-5, atol=1e-6)`` (the float32 criterion; the relative
   measure above is dominated by rounding noise on parameters whose true gradient is zero)
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 from torch import Tensor
@@ -38,8 +39,9 @@ def rel_err(x: Tensor, ref: Tensor) -> float:
     return float((x.double() - ref.double()).abs().max() / (ref.double().abs().max() + EPS)) if ref.numel() else 0.0
 
 
-def allclose_ratio(got: Mapping[str, Tensor], ref: Mapping[str, Tensor], rtol: float = 1e-5,
-                   atol: float = 1e-6) -> float:
+def allclose_ratio(
+    got: Mapping[str, Tensor], ref: Mapping[str, Tensor], rtol: float = 1e-5, atol: float = 1e-6
+) -> float:
     """max ``|g - r| / (atol + rtol |r|)`` over all elements (<= 1: allclose)."""
     worst = 0.0
     for name, r in ref.items():
@@ -54,8 +56,10 @@ def max_rel_err(got: Mapping[str, Tensor], ref: Mapping[str, Tensor], what: str)
     missing = sorted(set(ref) - set(got))
     extra = sorted(set(got) - set(ref))
     if missing or extra:
-        raise RuntimeError(f"{what}: the pipeline and the reference hold different parameters "
-                           f"(missing {missing[:5]}, unexpected {extra[:5]})")
+        raise RuntimeError(
+            f"{what}: the pipeline and the reference hold different parameters "
+            f"(missing {missing[:5]}, unexpected {extra[:5]})"
+        )
     worst, where = math.nan, ""  # NaN: nothing compared
     for name, r in ref.items():
         e = rel_err(got[name].to(r.device), r)
@@ -74,8 +78,9 @@ class ReferenceChecker:
     dtype: str
     device: object = None
     # NaN until a step was compared: a report never shows "no error" for a comparison that did not happen
-    errors: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("grad", "loss", "param", "allclose"),
-                                                                           math.nan))
+    errors: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("grad", "loss", "param", "allclose"), math.nan)
+    )
     worst: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):

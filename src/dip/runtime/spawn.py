@@ -1,5 +1,6 @@
 """Run a Python function on N local processes, each with ``torch.distributed``'s env:// variables set
 (tests and benchmarks; training has its own launcher, :mod:`dip.runtime.launch`)."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -27,12 +28,19 @@ def free_port() -> int:
 
 
 def _spawn_entry(rank: int, world: int, port: int, fn: Callable, args: tuple, results) -> None:
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": LOCALHOST,
-                       "MASTER_PORT": str(port), "LOCAL_RANK": str(rank)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": LOCALHOST,
+            "MASTER_PORT": str(port),
+            "LOCAL_RANK": str(rank),
+        }
+    )
     torch.set_num_threads(1)
     try:
         results.put((rank, True, pickle.dumps(fn(rank, world, *args))))  # plain bytes: no shared memory
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+    except BaseException as exc:
         results.put((rank, False, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
     finally:
         results.close()
@@ -47,8 +55,9 @@ def spawn(fn: Callable, world: int, *args: Any, timeout_s: float = 120.0) -> lis
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_spawn_entry, args=(r, world, port, fn, args, results), daemon=True)
-             for r in range(world)]
+    procs = [
+        ctx.Process(target=_spawn_entry, args=(r, world, port, fn, args, results), daemon=True) for r in range(world)
+    ]
     for p in procs:
         p.start()
     got: dict[int, tuple[bool, Any]] = {}

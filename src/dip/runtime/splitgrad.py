@@ -10,11 +10,12 @@ branch never meets the input path (a first chunk has no inputs) get a plain back
 same idea as torch pipelining's ``stage_backward_input`` / ``stage_backward_weight``, written against
 the public ``torch.autograd.graph`` API.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -75,8 +76,9 @@ def _closure(starts: Sequence[Node], rev: dict[Node, list[Node]], stop: set[Node
     return seen, hit
 
 
-def backward_input(roots: list[Tensor], grads: list[Tensor], inputs: list[Tensor],
-                   params: list[Tensor]) -> tuple[list[Tensor | None], WeightJob]:
+def backward_input(
+    roots: list[Tensor], grads: list[Tensor], inputs: list[Tensor], params: list[Tensor]
+) -> tuple[list[Tensor | None], WeightJob]:
     """Input gradients of ``roots`` (with incoming ``grads``) and the job for :func:`backward_weight`."""
     root_nodes = [n for n in (_node(r) for r in roots) if n is not None]
     rev = _reverse_edges(root_nodes)
@@ -111,8 +113,10 @@ def backward_input(roots: list[Tensor], grads: list[Tensor], inputs: list[Tensor
     for g in groups:
         g.saved = [None] * len(g.intermediates)
         for k, node in enumerate(g.intermediates):
+
             def save(grad_outputs, g=g, k=k):
                 g.saved[k] = tuple(grad_outputs)
+
             handles.append(node.register_prehook(save))
     try:
         live = [t for t in inputs if t.requires_grad]

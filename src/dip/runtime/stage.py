@@ -6,20 +6,21 @@ the model's cross-module glue (``edge_tensors`` then ``assemble_inputs``), exact
 does between whole modules. A part whose module has nothing to do for the unit (a text-only
 micro-batch reaching ViT layers) is skipped and yields empty tensors of the planned shapes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from dip.data.meta import MicroBatchMeta
+from dip.data.tensors import TensorSpec
 from dip.runtime.comm import TORCH_DTYPES
 from dip.schedule.ir import Chunk, ChunkPart, Unit
 from dip.spec.model import Edge, ModelSpec
-from dip.data.tensors import TensorSpec
-
 
 
 def module_edge(model: ModelSpec, src: str, dst: str) -> Edge:
@@ -56,8 +57,7 @@ class StageChunk:
         self.provider = provider
         self.device = device or torch.device("cpu")
         self.parts: list[ChunkPart] = list(chunk.parts)
-        self.modules: list[nn.Module] = [provider.build_chunk(p.module, p.layer_start, p.layer_end)
-                                         for p in self.parts]
+        self.modules: list[nn.Module] = [provider.build_chunk(p.module, p.layer_start, p.layer_end) for p in self.parts]
         self.params: list[nn.Parameter] = [p for m in self.modules for p in m.parameters() if p.requires_grad]
         self._offsets = []
         off = 0
@@ -82,8 +82,16 @@ class StageChunk:
             return unit.stop - unit.start
         return self.provider.instances(part.module, mb)
 
-    def run(self, inputs: dict[str, Tensor], unit: Unit, mb: MicroBatchMeta, mb_index: int,
-            strategies: Sequence[str], data_of, handoff_from: str | None = None) -> dict[str, Tensor]:
+    def run(
+        self,
+        inputs: dict[str, Tensor],
+        unit: Unit,
+        mb: MicroBatchMeta,
+        mb_index: int,
+        strategies: Sequence[str],
+        data_of,
+        handoff_from: str | None = None,
+    ) -> dict[str, Tensor]:
         """Forward of the chunk on one unit.
 
         ``data_of(module, unit)`` gives the unit's local data (cached per step); ``handoff_from`` names
@@ -105,8 +113,16 @@ class StageChunk:
             prev = part.module
         return x
 
-    def _handoff(self, src: str, part: ChunkPart, outputs: dict[str, Tensor], unit: Unit, mb: MicroBatchMeta,
-                 mb_index: int, src_empty: bool) -> dict[str, Tensor]:
+    def _handoff(
+        self,
+        src: str,
+        part: ChunkPart,
+        outputs: dict[str, Tensor],
+        unit: Unit,
+        mb: MicroBatchMeta,
+        mb_index: int,
+        src_empty: bool,
+    ) -> dict[str, Tensor]:
         edge = module_edge(self.provider.spec, src, part.module)
         received = []
         if not src_empty:

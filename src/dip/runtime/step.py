@@ -7,6 +7,7 @@ transport (:func:`dip.schedule.lowering.lower`, which validates the program), pr
 their steps through it; :func:`gather_actions` brings every rank's measured action times to rank 0 as
 typed :class:`~dip.runtime.executor.ActionTime` records.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,9 @@ Layout = tuple[tuple[str, int, int], ...]
 
 def layout_of(plan: Plan, rank: int) -> tuple[tuple[int, Layout], ...]:
     """What ``rank`` holds under ``plan``: chunk ids with their layer ranges."""
-    return tuple((c.id, tuple((p.module, p.layer_start, p.layer_end) for p in c.parts))
-                 for c in plan.graph.rank_chunks(rank))
+    return tuple(
+        (c.id, tuple((p.module, p.layer_start, p.layer_end) for p in c.parts)) for c in plan.graph.rank_chunks(rank)
+    )
 
 
 class StepRunner:
@@ -51,8 +53,9 @@ class StepRunner:
             ``group``, ``timeout_s``, ``device``, ``comm_device``, ``handlers``, ...).
     """
 
-    def __init__(self, pp_rank: int, provider: Any, *, backend: str = "gloo", fixed_layout: bool = True,
-                 **executor_options: Any):
+    def __init__(
+        self, pp_rank: int, provider: Any, *, backend: str = "gloo", fixed_layout: bool = True, **executor_options: Any
+    ):
         self.pp_rank = pp_rank
         self.provider = provider
         self.backend = backend
@@ -82,8 +85,9 @@ class StepRunner:
         """Execute this rank's program of ``prepared``; the loss gradient is ``loss_sum * loss_scale``."""
         return self.executor.run_step(prepared, step_seed=step_seed, loss_scale=loss_scale, mb_offset=mb_offset)
 
-    def step(self, plan: Plan, batch: BatchMeta, *, step_seed: int, loss_scale: float,
-             mb_offset: int = 0) -> StepResult:
+    def step(
+        self, plan: Plan, batch: BatchMeta, *, step_seed: int, loss_scale: float, mb_offset: int = 0
+    ) -> StepResult:
         """:meth:`prepare` then :meth:`run`."""
         return self.run(self.prepare(plan, batch), step_seed=step_seed, loss_scale=loss_scale, mb_offset=mb_offset)
 
@@ -107,8 +111,10 @@ class StepRunner:
             stage = self.built.get(key)
             if stage is None:
                 if self.fixed_layout and not first_plan:
-                    raise RuntimeError(f"pipeline rank {self.pp_rank}: the plan places layers {key} here, which "
-                                       f"this rank did not hold before (plans must keep the layer placement)")
+                    raise RuntimeError(
+                        f"pipeline rank {self.pp_rank}: the plan places layers {key} here, which "
+                        f"this rank did not hold before (plans must keep the layer placement)"
+                    )
                 stage = self.built[key] = StageChunk(c, self.provider, self.executor.device)
                 logger.debug("pipeline rank %d built chunk %d: %s", self.pp_rank, c.id, c.label)
             stage.chunk = c
@@ -119,8 +125,9 @@ class StepRunner:
         return iter(self.built.values())
 
 
-def gather_actions(result: StepResult | None, rank: int, world: int, dst: int = 0,
-                   group: dist.ProcessGroup | None = None) -> list[list[ActionTime]] | None:
+def gather_actions(
+    result: StepResult | None, rank: int, world: int, dst: int = 0, group: dist.ProcessGroup | None = None
+) -> list[list[ActionTime]] | None:
     """Every rank's measured actions of one step on rank ``dst`` (``None`` elsewhere); a rank that
     contributes ``None`` appears as an empty list."""
     mine = list(result.actions) if result is not None else []

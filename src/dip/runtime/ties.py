@@ -11,10 +11,12 @@ with identical optimizer steps, the copies stay equal.
 * :class:`TiedGradients`: the per-step reduction between ranks (one process group per tie and
   data-parallel replica, created by :meth:`TiedGradients.create` on every rank in the same order).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,8 +48,9 @@ def holder_layer(name: str, layers: int) -> tuple[str, int]:
     raise ValueError(f"{name!r} is not a canonical parameter name (<module>.pre|layers.<i>|post.<name>)")
 
 
-def tie_holders(groups: Sequence[Sequence[str]], layouts: Mapping[int, Layout],
-                layers: Mapping[str, int]) -> list[TieGroup]:
+def tie_holders(
+    groups: Sequence[Sequence[str]], layouts: Mapping[int, Layout], layers: Mapping[str, int]
+) -> list[TieGroup]:
     """For each tie group, the pipeline ranks (keys of ``layouts``) whose chunks hold a member.
 
     ``layouts[rank]``: the ``(module, layer_start, layer_end)`` parts of every chunk on that rank;
@@ -100,8 +103,9 @@ class TiedGradients:
     process_groups: dict[int, Any] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, provider: Any, layouts: Mapping[int, Layout], *, pp_rank: int, pp: int, dp: int = 1,
-               dp_index: int = 0) -> "TiedGradients":
+    def create(
+        cls, provider: Any, layouts: Mapping[int, Layout], *, pp_rank: int, pp: int, dp: int = 1, dp_index: int = 0
+    ) -> TiedGradients:
         """Call on every rank of the job, in the same order (``dist.new_group`` is collective).
 
         ``layouts`` describes one pipeline (pp ranks ``0..pp-1``); global rank of pipeline rank ``r`` in
@@ -120,8 +124,7 @@ class TiedGradients:
                     mine[k] = pg
         return cls(list(ties), mine)
 
-    def reduce(self, params: Mapping[str, nn.Parameter], pp_rank: int,
-               comm_device: torch.device | None = None) -> None:
+    def reduce(self, params: Mapping[str, nn.Parameter], pp_rank: int, comm_device: torch.device | None = None) -> None:
         """Sum each group's gradients over its local copies and its holder ranks; every copy gets the sum
         (``comm_device``: where the collective runs, e.g. the CPU under gloo with CUDA parameters)."""
         for k, tie in enumerate(self.groups):

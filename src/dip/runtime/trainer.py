@@ -15,6 +15,7 @@ Gloo on CPU, NCCL on CUDA, chosen by the device (:func:`choose_backend`). When m
 share a node (e.g. 2 ranks on one GPU, where NCCL refuses to run), gloo moves the messages through host
 memory (``comm_device`` = CPU) while the compute stays on the GPU.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -126,8 +127,13 @@ def init_distributed(timeout_s: float) -> tuple[int, int, torch.device]:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=max(timeout_s, 60.0)))
+        dist.init_process_group(
+            backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=max(timeout_s, 60.0)),
+        )
     return rank, world, device
 
 
@@ -150,12 +156,13 @@ def sync_gradients(rt: Runtime, timeout_s: float) -> None:
             p.grad = torch.zeros_like(p)
     if rt.dp > 1 and params:
         flat = torch.cat([p.grad.reshape(-1) for p in params]).to(rt.comm_device)
-        timed_collective(dist.all_reduce, "the data-parallel gradient all-reduce", rt.rank, timeout_s, flat,
-                         group=rt.dp_group)
+        timed_collective(
+            dist.all_reduce, "the data-parallel gradient all-reduce", rt.rank, timeout_s, flat, group=rt.dp_group
+        )
         off = 0
         for p in params:
             n = p.numel()
-            p.grad.copy_(flat[off:off + n].view_as(p))
+            p.grad.copy_(flat[off : off + n].view_as(p))
             off += n
 
 
@@ -168,9 +175,13 @@ def _gather(obj: Any, rt: Runtime) -> list[Any] | None:
 def train(cfg: TrainConfig) -> dict | None:
     """Run ``cfg.steps`` steps on this rank (``RANK``/``WORLD_SIZE`` from the environment); rank 0
     returns the report, the other ranks ``None``."""
-    cores = bind_local_rank(cfg.bind_cores, int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
-                            int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
-                            uses_gpu=torch.cuda.is_available(), external_launcher=not os.environ.get("DIP_WORKER"))
+    cores = bind_local_rank(
+        cfg.bind_cores,
+        int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
+        int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
+        uses_gpu=torch.cuda.is_available(),
+        external_launcher=not os.environ.get("DIP_WORKER"),
+    )
     rank, world, device = init_distributed(cfg.timeout_s)
     if cfg.threads or cores:
         torch.set_num_threads(len(cores) if cores else cfg.threads)
@@ -182,8 +193,15 @@ def train(cfg: TrainConfig) -> dict | None:
         if r == rt.pp_rank:
             rt.dp_group = g
     provider = SpecModel(model, cfg.seed, cfg.dtype, device)
-    rt.runner = StepRunner(rt.pp_rank, provider, backend=dist.get_backend(), rank_map=rt.global_rank,
-                           timeout_s=cfg.timeout_s, device=device, comm_device=rt.comm_device)
+    rt.runner = StepRunner(
+        rt.pp_rank,
+        provider,
+        backend=dist.get_backend(),
+        rank_map=rt.global_rank,
+        timeout_s=cfg.timeout_s,
+        device=device,
+        comm_device=rt.comm_device,
+    )
     coord = Coordinator(cfg, model, dp, device) if rank == 0 else None
     for step in range(cfg.steps):
         work = _broadcast(coord.plan(step) if coord else None, rt)
@@ -228,7 +246,9 @@ def _train_step(cfg: TrainConfig, rt: Runtime, provider, coord, step: int, work)
             extra.update(coord.checker.step(global_batch, seed, loss, {k: v for d in got for k, v in d.items()}))
     t1 = time.perf_counter()
     rt.optimizer.step()
-    times = torch.tensor([res.elapsed_s, t_grads + time.perf_counter() - t1], dtype=torch.float64, device=rt.comm_device)
+    times = torch.tensor(
+        [res.elapsed_s, t_grads + time.perf_counter() - t1], dtype=torch.float64, device=rt.comm_device
+    )
     timed_collective(dist.all_reduce, "the step-time all-reduce", rt.rank, cfg.timeout_s, times, op=dist.ReduceOp.MAX)
     if cfg.check_reference:
         got = _gather({n: p.detach().cpu() for n, p in params.items()} if mine else {}, rt)
@@ -236,7 +256,7 @@ def _train_step(cfg: TrainConfig, rt: Runtime, provider, coord, step: int, work)
             extra["param_rel_err"] = coord.checker.compare_params({k: v for d in got for k, v in d.items()})
     rows = gather_actions(res if mine else None, rt.rank, rt.world)
     if coord:
-        coord.measured(work, rows[:rt.pp])
+        coord.measured(work, rows[: rt.pp])
         coord.add_report(step, work, loss, total, (float(times[0]), float(times[1])), extra)
 
 

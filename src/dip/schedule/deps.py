@@ -13,6 +13,7 @@ For a chunk ``c`` of group ``g`` and unit ``u``:
 Every cross-chunk dependency is one message on a channel; :class:`Message` names it. Lowering, the shape
 plan, the simulator's message sizes and the runtime all key messages by :class:`MessageKey`.
 """
+
 from __future__ import annotations
 
 import re
@@ -129,8 +130,13 @@ class DependencyIndex:
     and the runtime, which all read it.
     """
 
-    def __init__(self, graph: StageGraph, units: Mapping[str, Sequence[Unit]], flows: Iterable[Flow],
-                 split: Iterable[tuple[int, int]] = ()):
+    def __init__(
+        self,
+        graph: StageGraph,
+        units: Mapping[str, Sequence[Unit]],
+        flows: Iterable[Flow],
+        split: Iterable[tuple[int, int]] = (),
+    ):
         self.graph = graph
         self.units = units
         self.split = frozenset(split)
@@ -173,8 +179,9 @@ class DependencyIndex:
             else:
                 for dst_group, dst_unit, kind in self._consumers.get((group, unit), ()):
                     dst = g.first_chunk(dst_group)
-                    out.append(((dst, self.bwd_op(dst, dst_unit), dst_unit),
-                                _message(dst, dst_unit, chunk, unit, True, kind)))
+                    out.append(
+                        ((dst, self.bwd_op(dst, dst_unit), dst_unit), _message(dst, dst_unit, chunk, unit, True, kind))
+                    )
         return out
 
     def outputs(self, chunk: int, op: Op, unit: int) -> list[Message]:

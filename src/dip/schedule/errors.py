@@ -4,9 +4,10 @@
 column per rank and one row per step, and marks the failing step with ``<-- ERROR: ...`` (the failing
 cell itself is bracketed). A schedule bug is then visible in context, not as a lone action name.
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from dip.schedule.ir import Action
 
@@ -50,8 +51,14 @@ class ScheduleError(ValueError):
     a missing action); ``reason`` is the one-line cause; ``str(err)`` adds the whole grid.
     """
 
-    def __init__(self, reason: str, order: Grid | None = None, rank: int | None = None,
-                 step: int | None = None, action: Action | None = None):
+    def __init__(
+        self,
+        reason: str,
+        order: Grid | None = None,
+        rank: int | None = None,
+        step: int | None = None,
+        action: Action | None = None,
+    ):
         self.reason = reason
         self.rank = rank
         self.step = step

@@ -4,6 +4,7 @@ Only plans torch can express are exported: one group (a linear chain of chunks),
 (torch's micro-batch indices), no flows. The global stage index is the chunk's position along the
 chain and the micro-batch index is the unit index, so ``"3F1"`` reads the same in both IRs.
 """
+
 from __future__ import annotations
 
 import csv
@@ -60,7 +61,7 @@ def to_torch_csv(plan: Plan, path: str | os.PathLike) -> None:
         csv.writer(f).writerows(to_torch_rows(plan))
 
 
-def to_torch_actions(plan: Plan) -> dict[int, list["_Action"]]:
+def to_torch_actions(plan: Plan) -> dict[int, list[_Action]]:
     """``{rank: [torch _Action, ...]}`` for oracle tests against torch's private schedule helpers."""
     # torch (heavy, and private API): only the oracle tests convert plans to torch actions
     from torch.distributed.pipelining.schedules import _Action

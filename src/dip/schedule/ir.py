@@ -16,20 +16,21 @@ Vocabulary
     micro-batch; one LM micro-batch feeds several DiT sub-microbatches).
   * *action*: ``(chunk, op, unit)``; compact text ``"12F3"`` = chunk 12, forward, unit 3.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable, Mapping
 
 
-class Op(str, Enum):
+class Op(str, Enum):  # noqa: UP042 - str(op) keeps the enum's repr form; the text form is op.value
     """Action kinds. Compute: F, B (full backward), I (backward-input), W (backward-weight)."""
 
     F = "F"
     B = "B"
-    I = "I"  # noqa: E741 - the established name (Zero Bubble, torch pipelining)
+    I = "I"
     W = "W"
     SEND_F = "SEND_F"
     RECV_F = "RECV_F"
@@ -85,7 +86,7 @@ class Action:
     __repr__ = __str__
 
     @staticmethod
-    def parse(text: str) -> "Action":
+    def parse(text: str) -> Action:
         """Inverse of ``str(action)``."""
         m = _ACTION_RE.match(text.strip())
         if not m:

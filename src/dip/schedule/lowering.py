@@ -16,6 +16,7 @@ Passes (each a small pure function over ``dict[rank, list[Action]]`` or a :class
 
 Every pass keeps the message order on each directed rank pair (see :mod:`dip.schedule.program`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,6 +41,7 @@ BACKENDS: tuple[str, ...] = ("gloo", "nccl")
 
 
 # --------------------------------------------------------------------------- the program a transport runs
+
 
 def lower(plan: Plan, backend: str = "gloo", *, deps: DependencyIndex | None = None) -> Program:
     """The validated program that ``backend`` (``"gloo"`` or ``"nccl"``) executes for ``plan``.
@@ -79,8 +81,11 @@ def lower(plan: Plan, backend: str = "gloo", *, deps: DependencyIndex | None = N
     raw = add_send_recv(plan, deps=deps)
     early = add_reduce_grad(raw)
     if backend == "gloo":
-        candidates = [("early", early), ("deferred", add_reduce_grad(defer_recvs(raw))),
-                      ("late", add_reduce_grad(add_send_recv(plan, "late", deps)))]
+        candidates = [
+            ("early", early),
+            ("deferred", add_reduce_grad(defer_recvs(raw))),
+            ("late", add_reduce_grad(add_send_recv(plan, "late", deps))),
+        ]
     else:
         candidates = [("deferred", add_reduce_grad(defer_recvs(raw))), ("early", early)]
     error: ScheduleError | None = None
@@ -107,8 +112,8 @@ def lower(plan: Plan, backend: str = "gloo", *, deps: DependencyIndex | None = N
 
 # --------------------------------------------------------------------------- add_send_recv
 
-def add_send_recv(plan: Plan, recv_placement: RecvPlacement = "early", deps: DependencyIndex | None = None
-                  ) -> Program:
+
+def add_send_recv(plan: Plan, recv_placement: RecvPlacement = "early", deps: DependencyIndex | None = None) -> Program:
     """Add SEND/RECV for every cross-rank message of ``plan.order``.
 
     ``"early"`` follows torch's ``_add_send_recv``: ranks take turns in rank order, each scheduling its
@@ -190,6 +195,7 @@ def _raise_stuck(plan: Plan, todo, missing, rank_of) -> None:
 
 # --------------------------------------------------------------------------- receive placement
 
+
 def defer_recvs(program: Program, rule: DeferRule = "parity") -> Program:
     """Move each RECV towards the compute action that consumes it (to just before it, at the latest).
 
@@ -241,13 +247,18 @@ def _defer(program: Program, rule: str) -> Program:
             deferred = [d for d, f in zip(deferred, flush) if not f]
             new.append(a)
         if deferred:
-            raise ScheduleError(f"RECVs without a consumer on rank {r}: {' '.join(map(str, deferred))}",
-                                program.actions, r, len(acts) - 1)
+            raise ScheduleError(
+                f"RECVs without a consumer on rank {r}: {' '.join(map(str, deferred))}",
+                program.actions,
+                r,
+                len(acts) - 1,
+            )
         result[r] = new
     return Program.build(program.graph, result)
 
 
 # --------------------------------------------------------------------------- backward merge / split
+
 
 def merge_bw(order: Mapping[int, Sequence[Action]]) -> RankOrder:
     """Merge each ``I`` immediately followed by ``W`` of the same chunk and unit into one ``B``."""
@@ -283,6 +294,7 @@ def split_bw(order: Mapping[int, Sequence[Action]]) -> RankOrder:
 
 
 # --------------------------------------------------------------------------- gradient reduction
+
 
 @overload
 def add_reduce_grad(x: Program) -> Program: ...

@@ -13,6 +13,7 @@ The cut is an exact linear partition: first the smallest possible maximum chunk 
 cuts that reach it, the one with the smallest sum of squared chunk weights (so chunks that are not the
 bottleneck are balanced too).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -42,8 +43,9 @@ class Partition:
     def pp(self) -> int:
         return self.graph.num_ranks
 
-    def units(self, model: ModelSpec, batch: BatchMeta | Sequence[MicroBatchMeta]
-              ) -> tuple[dict[str, tuple[Unit, ...]], tuple[Flow, ...]]:
+    def units(
+        self, model: ModelSpec, batch: BatchMeta | Sequence[MicroBatchMeta]
+    ) -> tuple[dict[str, tuple[Unit, ...]], tuple[Flow, ...]]:
         """Units (``M_i = ceil(N_i / B_i)`` sub-microbatches per micro-batch) and flows of ``batch``."""
         return build_units(model, self.graph, batch, self.sub_microbatch)
 
@@ -156,8 +158,9 @@ def _parts_of(layers: Sequence[LayerSlot], start: int, stop: int) -> tuple[Chunk
     return tuple(parts)
 
 
-def mixed_partition(model: ModelSpec, pp: int, chunks_per_rank: int = 1,
-                    weights: str | Sequence[float] = "params") -> StageGraph:
+def mixed_partition(
+    model: ModelSpec, pp: int, chunks_per_rank: int = 1, weights: str | Sequence[float] = "params"
+) -> StageGraph:
     """One group of ``pp * chunks_per_rank`` chunks over the concatenated layers of all modules,
     balancing ``weights`` ("params" or one number per layer of :func:`model_layers`)."""
     layers = model_layers(model)
@@ -165,8 +168,10 @@ def mixed_partition(model: ModelSpec, pp: int, chunks_per_rank: int = 1,
     if pp < 1 or chunks_per_rank < 1:
         raise BadInput(f"pp and chunks per rank must be >= 1, got pp {pp}, chunks {chunks_per_rank}")
     if len(layers) < n:
-        raise BadInput(f"pp {pp} x {chunks_per_rank} chunks per rank needs at least {n} layers; "
-                       f"model {model.name} has {len(layers)}")
+        raise BadInput(
+            f"pp {pp} x {chunks_per_rank} chunks per rank needs at least {n} layers; "
+            f"model {model.name} has {len(layers)}"
+        )
     if isinstance(weights, str):
         if weights != "params":
             raise BadInput(f"unknown partition weights {weights!r}; valid: params or a list of per-layer costs")
@@ -175,8 +180,9 @@ def mixed_partition(model: ModelSpec, pp: int, chunks_per_rank: int = 1,
         w = [float(x) for x in weights]
         if len(w) != len(layers):
             raise BadInput(f"{len(w)} layer weights given for {len(layers)} layers of model {model.name}")
-    chunks = [Chunk(c, MIXED_GROUP, c, c % pp, _parts_of(layers, a, b))
-              for c, (a, b) in enumerate(linear_partition(w, n))]
+    chunks = [
+        Chunk(c, MIXED_GROUP, c, c % pp, _parts_of(layers, a, b)) for c, (a, b) in enumerate(linear_partition(w, n))
+    ]
     return StageGraph(tuple(chunks), tuple(chain_channels(chunks)), pp)
 
 

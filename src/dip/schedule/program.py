@@ -5,6 +5,7 @@ communication batches the runtime posts together (:func:`comm_batches`).
 the same messages in the same order (NCCL point-to-point is tagless and matches same-peer operations
 first in, first out). Every lowering pass keeps that invariant; :mod:`dip.schedule.validate` checks it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -15,8 +16,21 @@ from dip.schedule.deps import Message, MessageKey
 from dip.schedule.errors import ScheduleError
 from dip.schedule.ir import Action, Op, RankOrder, StageGraph
 
-__all__ = ["BACKWARD", "COMM", "COMM_MODELS", "COMPUTE", "RECVS", "SENDS", "Comm", "CommBatch", "CommModel",
-           "Program", "comm_batches", "message_of", "stream_of"]
+__all__ = [
+    "BACKWARD",
+    "COMM",
+    "COMM_MODELS",
+    "COMPUTE",
+    "RECVS",
+    "SENDS",
+    "Comm",
+    "CommBatch",
+    "CommModel",
+    "Program",
+    "comm_batches",
+    "message_of",
+    "stream_of",
+]
 
 SENDS = frozenset((Op.SEND_F, Op.SEND_B))
 RECVS = frozenset((Op.RECV_F, Op.RECV_B))
@@ -26,6 +40,7 @@ BACKWARD = frozenset((Op.B, Op.I, Op.W))
 
 
 # --------------------------------------------------------------------------- messages and programs
+
 
 def message_of(graph: StageGraph, action: Action) -> Message:
     """The message a SEND or RECV action carries (``kind`` from the graph's channel, else ``activation``)."""
@@ -72,7 +87,7 @@ class Program:
     comms: dict[Action, Comm]
 
     @staticmethod
-    def build(graph: StageGraph, actions: Mapping[int, Sequence[Action]]) -> "Program":
+    def build(graph: StageGraph, actions: Mapping[int, Sequence[Action]]) -> Program:
         acts = {r: list(actions.get(r, ())) for r in range(graph.num_ranks)}
         for r in actions:
             if r not in acts:

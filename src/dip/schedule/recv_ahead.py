@@ -17,6 +17,7 @@ message is available no later than before. This does not hold when one communica
 operations in issue order (NCCL): a RECV posted early holds back the SENDs queued behind it. The
 result must pass :func:`dip.schedule.validate.validate_program` with ``comm_model="op"``.
 """
+
 from __future__ import annotations
 
 from dip.schedule.ir import Action, Op
@@ -50,8 +51,9 @@ def _ahead(acts: list[Action], program: Program) -> list[Action]:
             moving = [a.op in RECVS and _consumes(consumer, a) for a in run]
             # an earlier RECV from the same peer moves along, so each directed pair keeps its order
             last = {program.peer(a): k for k, (a, m) in enumerate(zip(run, moving)) if m}
-            moving = [m or (a.op in RECVS and k < last.get(program.peer(a), -1))
-                      for k, (a, m) in enumerate(zip(run, moving))]
+            moving = [
+                m or (a.op in RECVS and k < last.get(program.peer(a), -1)) for k, (a, m) in enumerate(zip(run, moving))
+            ]
             ahead = [a for a, m in zip(run, moving) if m]
             out[last_compute:last_compute] = ahead
             last_compute += len(ahead)

@@ -12,6 +12,7 @@ dtypes. Which tensors a boundary holds is the model's business (:class:`ShapeRul
 models follow :mod:`dip.data.tensors` (:class:`SpecShapes`); a runtime model provider answers the
 same two questions for its own modules.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -34,8 +35,9 @@ class ShapeRules(Protocol):
 
     spec: ModelSpec
 
-    def output_specs(self, module_name: str, layer_end: int, mb: MicroBatchMeta, start: int,
-                     stop: int) -> tuple[TensorSpec, ...]:
+    def output_specs(
+        self, module_name: str, layer_end: int, mb: MicroBatchMeta, start: int, stop: int
+    ) -> tuple[TensorSpec, ...]:
         """Tensors leaving layer ``layer_end - 1`` of ``module_name`` for instances ``[start, stop)``."""
         ...
 
@@ -51,8 +53,9 @@ class SpecShapes:
     spec: ModelSpec
     dtype: str = "bfloat16"
 
-    def output_specs(self, module_name: str, layer_end: int, mb: MicroBatchMeta, start: int,
-                     stop: int) -> tuple[TensorSpec, ...]:
+    def output_specs(
+        self, module_name: str, layer_end: int, mb: MicroBatchMeta, start: int, stop: int
+    ) -> tuple[TensorSpec, ...]:
         return chunk_output_specs(self.spec, module_name, layer_end, mb, start, stop, self.dtype)
 
     def edge_specs(self, edge: Edge, producer: Unit, consumer: Unit, mb: MicroBatchMeta) -> tuple[TensorSpec, ...]:
@@ -63,8 +66,13 @@ class ShapePlan:
     """Tensor specs of the messages of one plan on one batch, computed from ``rules`` on first use
     and kept (a rank asks only for its own messages; :meth:`all` computes every one)."""
 
-    def __init__(self, plan: Plan, rules: ShapeRules, batch: BatchMeta | Sequence[MicroBatchMeta],
-                 deps: DependencyIndex | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        rules: ShapeRules,
+        batch: BatchMeta | Sequence[MicroBatchMeta],
+        deps: DependencyIndex | None = None,
+    ):
         self.plan, self.rules = plan, rules
         self.microbatches = batch.microbatches if isinstance(batch, BatchMeta) else tuple(batch)
         self.deps = deps or DependencyIndex.of_plan(plan)
@@ -116,8 +124,9 @@ class ShapePlan:
         src, dst = graph.chunks[key.src_chunk], graph.chunks[key.dst_chunk]
         su, du = self._units[src.group][key.src_unit], self._units[dst.group][key.dst_unit]
         if su.mb >= len(self.microbatches):
-            raise ScheduleError(f"unit {su.index} of group {src.group!r} is micro-batch {su.mb}; "
-                                f"the batch has {len(self.microbatches)}")
+            raise ScheduleError(
+                f"unit {su.index} of group {src.group!r} is micro-batch {su.mb}; the batch has {len(self.microbatches)}"
+            )
         mb = self.microbatches[su.mb]
         last = src.parts[-1]
         if src.group == dst.group:
@@ -127,11 +136,18 @@ class ShapePlan:
         for e in model.edges:
             if e.src == last.module and e.dst == first and e.kind == kind:
                 return tuple(self.rules.edge_specs(e, su, du, mb))
-        raise ScheduleError(f"no {kind} edge {last.module} -> {first} in model {model.name} "
-                            f"for the message from chunk {src.id} to chunk {dst.id}")
+        raise ScheduleError(
+            f"no {kind} edge {last.module} -> {first} in model {model.name} "
+            f"for the message from chunk {src.id} to chunk {dst.id}"
+        )
 
 
-def shape_plan(plan: Plan, model: ModelSpec, batch: BatchMeta | Sequence[MicroBatchMeta], dtype: str = "bfloat16",
-               deps: DependencyIndex | None = None) -> ShapePlan:
+def shape_plan(
+    plan: Plan,
+    model: ModelSpec,
+    batch: BatchMeta | Sequence[MicroBatchMeta],
+    dtype: str = "bfloat16",
+    deps: DependencyIndex | None = None,
+) -> ShapePlan:
     """The shape plan of ``plan`` on ``batch`` for the built-in model ``model`` (activations in ``dtype``)."""
     return ShapePlan(plan, SpecShapes(model, dtype), batch, deps)

@@ -4,10 +4,12 @@ A group that holds one splittable module (``vit`` images, ``dit`` clips) runs ``
 near-equal sub-microbatches per micro-batch (none for a micro-batch without instances); every other
 group runs one unit per micro-batch. Flows follow the model's edges micro-batch by micro-batch.
 """
+
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from dip.data.meta import BatchMeta, MicroBatchMeta
 from dip.schedule.ir import Channel, Chunk, ChunkPart, Flow, StageGraph, Unit
@@ -115,12 +117,13 @@ def chain_channels(chunks: Sequence[Chunk]) -> list[Channel]:
     out = []
     for cs in by_group.values():
         cs = sorted(cs, key=lambda c: c.index)
-        out += [Channel(a.id, b.id, "activation") for a, b in zip(cs, cs[1:])]
+        out += [Channel(a.id, b.id, "activation") for a, b in itertools.pairwise(cs)]
     return out
 
 
-def linear_stage_graph(pp: int, chunks_per_rank: int = 1, style: str = "loop", module: str = "model",
-                       layers_per_chunk: int = 1) -> StageGraph:
+def linear_stage_graph(
+    pp: int, chunks_per_rank: int = 1, style: str = "loop", module: str = "model", layers_per_chunk: int = 1
+) -> StageGraph:
     """One group of ``pp * chunks_per_rank`` chunks; ``loop`` puts chunk c on rank c mod pp,
     ``v`` goes down and back up (0,1,..,p-1,p-1,..,0)."""
     n = pp * chunks_per_rank
@@ -137,8 +140,12 @@ def linear_stage_graph(pp: int, chunks_per_rank: int = 1, style: str = "loop", m
     return StageGraph(tuple(chunks), tuple(chain_channels(chunks)), pp)
 
 
-def module_graph(model: ModelSpec, pp: int, layouts: Mapping[str, Sequence[tuple[int, int]]],
-                 placement: Mapping[str, Sequence[int]] | None = None) -> StageGraph:
+def module_graph(
+    model: ModelSpec,
+    pp: int,
+    layouts: Mapping[str, Sequence[tuple[int, int]]],
+    placement: Mapping[str, Sequence[int]] | None = None,
+) -> StageGraph:
     """Separated partitioning: group per module, chunks ``layouts[module] = [(start, stop), ...]``
     (chunk i of a module on rank ``i mod pp`` unless ``placement`` says otherwise), plus the
     cross-module channels from the model's edges (last chunk of the producer -> first of the consumer)."""

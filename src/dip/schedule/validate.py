@@ -17,9 +17,10 @@ that prints the whole rank x step grid with the failing step marked.
     same messages in the same order (tagless FIFO matching would otherwise swap tensors);
   * :func:`check_deadlock`, a dry run of the communication batches (see its docstring).
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from dip.schedule.deps import DependencyIndex, Message, MessageKey
 from dip.schedule.errors import ScheduleError
@@ -36,6 +37,7 @@ def _key_text(key) -> str:
 
 
 # --------------------------------------------------------------------------- compute order
+
 
 def validate_plan(plan: Plan, deps: DependencyIndex | None = None) -> None:
     """Raise :class:`ScheduleError` unless ``plan.order`` is complete, well placed and executable
@@ -86,8 +88,11 @@ def _check_compute(plan: Plan, order: Order, deps: DependencyIndex, allow_comm: 
     for key, (r, i) in sorted(where.items(), key=lambda kv: kv[1]):
         if key not in expected:
             a = order[r][i]
-            why = f" (no {a.chunk}I{a.unit} in the plan)" if a.op is Op.W else (
-                f" (chunk {a.chunk} unit {a.unit} also has I/W)" if a.op is Op.B else "")
+            why = (
+                f" (no {a.chunk}I{a.unit} in the plan)"
+                if a.op is Op.W
+                else (f" (chunk {a.chunk} unit {a.unit} also has I/W)" if a.op is Op.B else "")
+            )
             raise err(f"unexpected action {a}{why}", r, i, a)
     lost = sorted(expected - set(where), key=lambda k: (rank_of[k[0]], k[0], k[2], k[1].value))
     if lost:
@@ -98,18 +103,19 @@ def _check_compute(plan: Plan, order: Order, deps: DependencyIndex, allow_comm: 
         for i, a in enumerate(order[r]):
             if a.op not in COMPUTE:
                 continue
-            for key, msg in deps.inputs(a.chunk, a.op, a.unit):
+            for key, _msg in deps.inputs(a.chunk, a.op, a.unit):
                 pr, pi = where[key]
                 if pr == r and pi > i:
                     raise err(f"{a} needs {_key_text(key)}, which comes later on rank {r} (step {pi})", r, i, a)
     last_bwd: dict[int, int] = {}
-    for key, (r, i) in where.items():
+    for key, (_, i) in where.items():
         if key[1] in BACKWARD:
             last_bwd[key[0]] = max(last_bwd.get(key[0], -1), i)
     for chunk, (r, i) in reduce_at.items():
         if last_bwd.get(chunk, -1) > i:
-            raise err(f"REDUCE_GRAD of chunk {chunk} before its last backward (step {last_bwd[chunk]})",
-                      r, i, order[r][i])
+            raise err(
+                f"REDUCE_GRAD of chunk {chunk} before its last backward (step {last_bwd[chunk]})", r, i, order[r][i]
+            )
     return where
 
 
@@ -117,7 +123,7 @@ def _check_progress(plan: Plan, deps: DependencyIndex) -> None:
     """Run every rank's compute list, each action once its inputs are done anywhere."""
     order = plan.order
     rank_of = plan.graph.stage_to_rank()
-    pc = {r: 0 for r in order}
+    pc = dict.fromkeys(order, 0)
     done: set = set()
     progress = True
     while progress:
@@ -142,8 +148,9 @@ def _check_progress(plan: Plan, deps: DependencyIndex) -> None:
     cycle = _find_cycle({r: q for r, (q, _) in waits.items()}, min(stuck))
     r0 = cycle[0]
     text = "; ".join(waits[r][1] for r in cycle)
-    raise ScheduleError(f"deadlock, cyclic wait {_cycle_text(cycle)}: {text}", order, r0, stuck[r0],
-                        order[r0][stuck[r0]])
+    raise ScheduleError(
+        f"deadlock, cyclic wait {_cycle_text(cycle)}: {text}", order, r0, stuck[r0], order[r0][stuck[r0]]
+    )
 
 
 def _find_cycle(edges: dict[int, int], start: int) -> list[int]:
@@ -154,7 +161,7 @@ def _find_cycle(edges: dict[int, int], start: int) -> list[int]:
         seen[r] = len(path)
         path.append(r)
         r = edges[r]
-    return path[seen[r]:] if r in seen else path
+    return path[seen[r] :] if r in seen else path
 
 
 def _cycle_text(cycle: list[int]) -> str:
@@ -163,8 +170,10 @@ def _cycle_text(cycle: list[int]) -> str:
 
 # --------------------------------------------------------------------------- lowered program
 
-def validate_program(plan: Plan, program: Program, comm_model: CommModel = "rank",
-                     deps: DependencyIndex | None = None) -> None:
+
+def validate_program(
+    plan: Plan, program: Program, comm_model: CommModel = "rank", deps: DependencyIndex | None = None
+) -> None:
     """Raise :class:`ScheduleError` unless ``program`` is a correct, deadlock-free lowering of ``plan``.
 
     The compute actions are checked as a plan (the program may have merged or split backwards, so
@@ -200,8 +209,14 @@ def _check_messages(plan: Plan, program: Program, deps: DependencyIndex, where: 
             if mid not in wanted:
                 raise ScheduleError(f"{a} carries no message of the plan", order, r, i, a)
             if rank_of[msg.src_chunk] == rank_of[msg.dst_chunk]:
-                raise ScheduleError(f"{a}: chunks {msg.src_chunk} and {msg.dst_chunk} share rank {r}; "
-                                    "a same-rank message is a local hand-off, not a SEND/RECV", order, r, i, a)
+                raise ScheduleError(
+                    f"{a}: chunks {msg.src_chunk} and {msg.dst_chunk} share rank {r}; "
+                    "a same-rank message is a local hand-off, not a SEND/RECV",
+                    order,
+                    r,
+                    i,
+                    a,
+                )
             side = (mid, a.op in SENDS)
             if side in seen:
                 raise ScheduleError(f"duplicate {a} (first at step {seen[side][1]})", order, r, i, a)
@@ -209,13 +224,15 @@ def _check_messages(plan: Plan, program: Program, deps: DependencyIndex, where: 
             if a.op in SENDS:
                 prod = (msg.src_chunk, deps.bwd_op(msg.src_chunk, msg.src_unit) if msg.backward else Op.F, msg.src_unit)
                 if where[prod][1] > i:
-                    raise ScheduleError(f"{a} before its producer {_key_text(prod)} (step {where[prod][1]})",
-                                        order, r, i, a)
+                    raise ScheduleError(
+                        f"{a} before its producer {_key_text(prod)} (step {where[prod][1]})", order, r, i, a
+                    )
             else:
                 cons = (msg.dst_chunk, deps.bwd_op(msg.dst_chunk, msg.dst_unit) if msg.backward else Op.F, msg.dst_unit)
                 if where[cons][1] < i:
-                    raise ScheduleError(f"{a} after its consumer {_key_text(cons)} (step {where[cons][1]})",
-                                        order, r, i, a)
+                    raise ScheduleError(
+                        f"{a} after its consumer {_key_text(cons)} (step {where[cons][1]})", order, r, i, a
+                    )
     for mid, msg in sorted(wanted.items()):
         if rank_of[msg.src_chunk] == rank_of[msg.dst_chunk]:
             continue
@@ -242,12 +259,18 @@ def _check_pair_order(program: Program) -> None:
                 raise ScheduleError(
                     f"message order differs on rank pair {s}->{d} at message {k}: rank {s} sends {sa} "
                     f"(step {si}) but rank {d} receives {ra} (step {ri}); point-to-point matching is "
-                    f"first in, first out per peer, so these tensors would be swapped", order, d, ri, ra)
+                    f"first in, first out per peer, so these tensors would be swapped",
+                    order,
+                    d,
+                    ri,
+                    ra,
+                )
         if len(ss) != len(rr):
             raise ScheduleError(f"rank pair {s}->{d}: {len(ss)} SENDs but {len(rr)} RECVs", order)
 
 
 # --------------------------------------------------------------------------- deadlock dry run
+
 
 def check_deadlock(program: Program, comm_model: CommModel = "rank") -> None:
     """Dry-run the program's communication and raise on a deadlock, naming the cyclic wait.
@@ -296,13 +319,13 @@ class _DryRun:
                 else:
                     i += 1
         self.stream_of = {b: (self.owner[b], self.batches[b].stream) for b in range(len(self.batches))}
-        self.head = {key: 0 for key in self.streams}
+        self.head = dict.fromkeys(self.streams, 0)
         self.posted = [False] * len(self.batches)
         self.done = [False] * len(self.batches)
         self.matched: set[tuple[int, int]] = set()
         self.partner = self._partners()
         self.needs = self._needs()
-        self.pc = {r: 0 for r in ranks}
+        self.pc = dict.fromkeys(ranks, 0)
 
     def _partners(self) -> dict[tuple[int, int], tuple[int, int] | None]:
         queues: dict[tuple[int, int, bool], list[tuple[int, int]]] = {}
@@ -378,8 +401,12 @@ class _DryRun:
                     self.done[b] = True
                     self.head[key] += 1
                     changed = True
-        stuck = [r for r in self.ranks if self.pc[r] < len(self.order[r])
-                 or any(not self.done[b] for b in range(len(self.batches)) if self.owner[b] == r)]
+        stuck = [
+            r
+            for r in self.ranks
+            if self.pc[r] < len(self.order[r])
+            or any(not self.done[b] for b in range(len(self.batches)) if self.owner[b] == r)
+        ]
         if stuck:
             self._raise(stuck)
 
@@ -407,8 +434,10 @@ class _DryRun:
             else:
                 qkey = self.stream_of[c]
                 qh = self.streams[qkey][self.head[qkey]]
-                parts.append(f"{order[r][i]} (step {i}) waits for {order[q][j]} (rank {q} step {j}), queued "
-                             f"behind rank {q}'s unfinished batch at step {self.batches[qh].start}")
+                parts.append(
+                    f"{order[r][i]} (step {i}) waits for {order[q][j]} (rank {q} step {j}), queued "
+                    f"behind rank {q}'s unfinished batch at step {self.batches[qh].start}"
+                )
             return q, ", ".join(parts)
         return None, ", ".join(parts)
 
@@ -421,8 +450,10 @@ class _DryRun:
                 b = self.blocker(r, i)
                 recv = next(j for j in self.needs[(r, i)] if self.batch_at[(r, j)] == b)
                 q, why = self._why_batch(b)
-                text = (f"rank {r} blocks at step {i} ({order[r][i]}) until its batch with {order[r][recv]} "
-                        f"completes: {why}")
+                text = (
+                    f"rank {r} blocks at step {i} ({order[r][i]}) until its batch with {order[r][recv]} "
+                    f"completes: {why}"
+                )
             else:
                 b = next(b for b in range(len(self.batches)) if self.owner[b] == r and not self.done[b])
                 i = self.batches[b].start
@@ -432,5 +463,10 @@ class _DryRun:
         cycle = _find_cycle({r: q for r, (q, _, _) in waits.items() if q is not None}, stuck[0]) or [stuck[0]]
         r0 = cycle[0]
         step = waits[r0][2]
-        raise ScheduleError(f"deadlock, cyclic wait {_cycle_text(cycle)}: " + "; ".join(waits[r][1] for r in cycle),
-                            order, r0, step, order[r0][step])
+        raise ScheduleError(
+            f"deadlock, cyclic wait {_cycle_text(cycle)}: " + "; ".join(waits[r][1] for r in cycle),
+            order,
+            r0,
+            step,
+            order[r0][step],
+        )

@@ -7,6 +7,7 @@ Compile once per plan structure, then score orders fast::
     fast = simulate_order_arrays(tg, tg.orders_to_arrays(order))          # planner hot path
     result = simulate(plan, costs, hardware)                               # full report of one plan
 """
+
 from dip.sim.costs import StageCosts, stage_costs, uniform_stage_costs
 from dip.sim.kernel import BAD_TASK, DEADLOCK, DUPLICATE, INCOMPLETE, OK, simulate_arrays
 from dip.sim.listsched import list_schedule
@@ -16,7 +17,24 @@ from dip.sim.taskgraph import OrderArrays, TaskGraph
 from dip.sim.topology import Topology
 
 __all__ = [
-    "BAD_TASK", "DEADLOCK", "DUPLICATE", "INCOMPLETE", "OK", "FastResult", "OrderArrays", "SimResult",
-    "SimulatedPlan", "StageCosts", "TaskGraph", "Topology", "fit_uniform_memory", "list_schedule", "simulate",
-    "simulate_arrays", "simulate_order_arrays", "simulate_plan", "stage_costs", "uniform_stage_costs",
+    "BAD_TASK",
+    "DEADLOCK",
+    "DUPLICATE",
+    "INCOMPLETE",
+    "OK",
+    "FastResult",
+    "OrderArrays",
+    "SimResult",
+    "SimulatedPlan",
+    "StageCosts",
+    "TaskGraph",
+    "Topology",
+    "fit_uniform_memory",
+    "list_schedule",
+    "simulate",
+    "simulate_arrays",
+    "simulate_order_arrays",
+    "simulate_plan",
+    "stage_costs",
+    "uniform_stage_costs",
 ]

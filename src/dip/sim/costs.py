@@ -11,11 +11,12 @@ until ``W``, an upper bound).
 gradient sent back along the same edge has the same size. All byte counts are per GPU of a
 tensor-parallel group.
 """
+
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -72,15 +73,21 @@ def stage_keys(graph: StageGraph, units: Mapping[str, Sequence[Unit]]) -> list[S
     return [(c.id, u.index) for c in graph.chunks for u in units[c.group]]
 
 
-def uniform_stage_costs(graph: StageGraph, units: Mapping[str, Sequence[Unit]], f: float, i: float, w: float,
-                        act_bytes: float = 1.0) -> StageCosts:
+def uniform_stage_costs(
+    graph: StageGraph, units: Mapping[str, Sequence[Unit]], f: float, i: float, w: float, act_bytes: float = 1.0
+) -> StageCosts:
     """Every chunk pass costs ``f``/``i``/``w``; no communication; ``act_bytes`` per (chunk, unit)."""
     keys = stage_keys(graph, units)
     n = len(keys)
     return StageCosts(
-        keys=keys, f=np.full(n, float(f)), i=np.full(n, float(i)), w=np.full(n, float(w)),
-        act_bytes=np.full(n, float(act_bytes)), static_bytes=np.zeros(graph.num_ranks),
-        grad_bytes=np.zeros(graph.num_ranks), modules={c.id: "+".join(c.modules) for c in graph.chunks},
+        keys=keys,
+        f=np.full(n, float(f)),
+        i=np.full(n, float(i)),
+        w=np.full(n, float(w)),
+        act_bytes=np.full(n, float(act_bytes)),
+        static_bytes=np.zeros(graph.num_ranks),
+        grad_bytes=np.zeros(graph.num_ranks),
+        modules={c.id: "+".join(c.modules) for c in graph.chunks},
     )
 
 
@@ -110,16 +117,25 @@ class _WorkCache:
 
     def chunk(self, part: ChunkPart, unit: Unit, strategies: tuple[str, ...] | str):
         n = part.layers
-        key = (part.module, unit.mb, unit.start, unit.stop, part.layer_start == 0,
-               part.layer_end == self._layers[part.module], n, strategies)
+        key = (
+            part.module,
+            unit.mb,
+            unit.start,
+            unit.stop,
+            part.layer_start == 0,
+            part.layer_end == self._layers[part.module],
+            n,
+            strategies,
+        )
         hit = self._chunks.get(key)
         if hit is None:
             hit = self._chunks[key] = self.cost_model.chunk_costs(
-                part.module, self.get(part.module, unit), part.layer_start, part.layer_end, strategies)
+                part.module, self.get(part.module, unit), part.layer_start, part.layer_end, strategies
+            )
         return hit
 
 
-_FLOPS: "weakref.WeakKeyDictionary[object, dict[MicroBatchMeta, float]]" = weakref.WeakKeyDictionary()
+_FLOPS: weakref.WeakKeyDictionary[object, dict[MicroBatchMeta, float]] = weakref.WeakKeyDictionary()
 
 
 def batch_flops(cost_model, mbs: Sequence[MicroBatchMeta]) -> float:
@@ -142,9 +158,15 @@ def _chunk_strategies(strategies, chunk: Chunk, unit: int) -> tuple[str, ...] | 
     return got if got is not None else "none"
 
 
-def stage_costs(graph: StageGraph, units: Mapping[str, Sequence[Unit]], flows: Sequence[Flow], model: ModelSpec,
-                cost_model, batch: BatchMeta | Sequence[MicroBatchMeta],
-                strategies: Mapping[StageKey, Sequence[str]] | None = None) -> StageCosts:
+def stage_costs(
+    graph: StageGraph,
+    units: Mapping[str, Sequence[Unit]],
+    flows: Sequence[Flow],
+    model: ModelSpec,
+    cost_model,
+    batch: BatchMeta | Sequence[MicroBatchMeta],
+    strategies: Mapping[StageKey, Sequence[str]] | None = None,
+) -> StageCosts:
     """Costs of every (chunk, unit) from ``cost_model`` (a :class:`dip.cost.CostModel`).
 
     A chunk's cost is the sum over its parts of ``chunk_costs(module, work, start, end, strategies)``,
@@ -162,7 +184,7 @@ def stage_costs(graph: StageGraph, units: Mapping[str, Sequence[Unit]], flows: S
             strat = _chunk_strategies(strategies, c, u.index)
             offset = 0
             for p in c.parts:
-                part_strat = strat if isinstance(strat, str) else tuple(strat[offset:offset + p.layers])
+                part_strat = strat if isinstance(strat, str) else tuple(strat[offset : offset + p.layers])
                 offset += p.layers
                 cc = works.chunk(p, u, part_strat)
                 f[k] += cc.f
@@ -171,7 +193,11 @@ def stage_costs(graph: StageGraph, units: Mapping[str, Sequence[Unit]], flows: S
                 act[k] += cc.act_bytes
             k += 1
     costs = StageCosts(
-        keys=keys, f=f, i=i, w=w, act_bytes=act,
+        keys=keys,
+        f=f,
+        i=i,
+        w=w,
+        act_bytes=act,
         message_bytes=_message_bytes(graph, units, flows, model, cost_model, works),
         static_bytes=_per_rank(graph, model, cost_model.static_bytes),
         flops_total=batch_flops(cost_model, mbs),
@@ -182,8 +208,9 @@ def stage_costs(graph: StageGraph, units: Mapping[str, Sequence[Unit]], flows: S
     return costs
 
 
-def _message_bytes(graph: StageGraph, units, flows, model: ModelSpec, cost_model, works: _WorkCache
-                   ) -> dict[MessageKey, float]:
+def _message_bytes(
+    graph: StageGraph, units, flows, model: ModelSpec, cost_model, works: _WorkCache
+) -> dict[MessageKey, float]:
     """Forward message sizes: activations inside a group, module outputs along the flows."""
     out: dict[MessageKey, float] = {}
     for c in graph.chunks:
@@ -207,7 +234,9 @@ def _message_bytes(graph: StageGraph, units, flows, model: ModelSpec, cost_model
         module = src.parts[-1].module
         work = works.get(module, unit_of[fl.src_group][fl.src_unit])
         nbytes = cost_model.output_bytes(module, work) if hasattr(cost_model, "output_bytes") else 0.0
-        out[MessageKey(src.id, fl.src_unit, dst, fl.dst_unit)] = float(nbytes or cost_model.boundary_bytes(module, work))
+        out[MessageKey(src.id, fl.src_unit, dst, fl.dst_unit)] = float(
+            nbytes or cost_model.boundary_bytes(module, work)
+        )
     return out
 
 

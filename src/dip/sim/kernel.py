@@ -18,19 +18,26 @@ Status codes: ``OK``; ``DEADLOCK`` (``stuck_pos[r]`` = the waiting position of r
 ``DUPLICATE`` / ``BAD_TASK`` (a task id appears twice / is out of range; nothing simulated);
 ``INCOMPLETE`` (all orders ran to the end but some tasks appear in no order).
 """
+
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
 OK, DEADLOCK, DUPLICATE, BAD_TASK, INCOMPLETE = 0, 1, 2, 3, 4
-STATUS_NAMES = {OK: "ok", DEADLOCK: "deadlock", DUPLICATE: "duplicate task", BAD_TASK: "unknown task id",
-                INCOMPLETE: "tasks missing from the order"}
+STATUS_NAMES = {
+    OK: "ok",
+    DEADLOCK: "deadlock",
+    DUPLICATE: "duplicate task",
+    BAD_TASK: "unknown task id",
+    INCOMPLETE: "tasks missing from the order",
+}
 
 
 @njit(cache=True, nogil=True)
-def simulate_arrays(order_ptr, order_tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx,
-                    alloc, free, holds):
+def simulate_arrays(
+    order_ptr, order_tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds
+):
     """Simulate one order.
 
     Inputs (int64 / float64 arrays): ``order_ptr[r]:order_ptr[r+1]`` slices ``order_tasks`` into rank

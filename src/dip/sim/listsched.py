@@ -7,6 +7,7 @@ chunk. With ``max_inflight`` a rank starts no forward while that many of its sta
 unless no rank could otherwise proceed. The result is a topological order per rank, hence free of
 deadlocks.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -74,7 +75,7 @@ def list_schedule(tg: TaskGraph, max_inflight: int | None = None) -> RankOrder:
             if when < best[0]:
                 best = (when, r, kinds)
         if best[1] < 0:  # every rank is at its limit: let the earliest forward through
-            best = min(((queues[r].next_time(free[r], (0, 1)), r, (0, 1)) for r in range(n_ranks)))
+            best = min((queues[r].next_time(free[r], (0, 1)), r, (0, 1)) for r in range(n_ranks))
             if not math.isfinite(best[0]):
                 raise ValueError("task dependencies contain a cycle")
         when, r, kinds = best

@@ -6,6 +6,7 @@ chunk: ``none``, else ``selective`` (attention core recomputed), else ``full`` (
 from its input). Each candidate is timed by the simulator; the first without an out-of-memory rank
 wins, ``full`` when none fits (the result then reports the OOM).
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,24 +40,43 @@ class SimulatedPlan:
         return not self.result.oom
 
 
-def simulate_plan(plan: Plan, model: ModelSpec, cost_model, batch: BatchMeta, hardware,
-                  memory_limit_bytes: float | None = None, dp: int | None = None) -> SimulatedPlan:
+def simulate_plan(
+    plan: Plan,
+    model: ModelSpec,
+    cost_model,
+    batch: BatchMeta,
+    hardware,
+    memory_limit_bytes: float | None = None,
+    dp: int | None = None,
+) -> SimulatedPlan:
     """Cost and simulate ``plan`` with its own memory strategies."""
     costs = stage_costs(plan.graph, plan.units, plan.flows, model, cost_model, batch, plan.strategies)
     result = simulate(plan, costs, hardware, memory_limit_bytes, dp or model.parallel.dp)
     return SimulatedPlan(plan, costs, result)
 
 
-def fit_uniform_memory(plan: Plan, model: ModelSpec, cost_model, batch: BatchMeta, hardware,
-                       memory_limit_bytes: float | None = None, dp: int | None = None) -> SimulatedPlan:
+def fit_uniform_memory(
+    plan: Plan,
+    model: ModelSpec,
+    cost_model,
+    batch: BatchMeta,
+    hardware,
+    memory_limit_bytes: float | None = None,
+    dp: int | None = None,
+) -> SimulatedPlan:
     """Set ``plan.strategies`` to the cheapest uniform strategy that fits; record it in ``plan.meta``."""
     sim: SimulatedPlan | None = None
     for strategy in UNIFORM_STRATEGIES:
         plan.strategies = uniform_strategies(plan, strategy)
         plan.meta["memory_strategy"] = strategy
         sim = simulate_plan(plan, model, cost_model, batch, hardware, memory_limit_bytes, dp)
-        logger.debug("%s: uniform memory strategy %s %s (%.3f s)", plan.schedule, strategy,
-                     "fits" if sim.fits else "does not fit", sim.result.iteration_time)
+        logger.debug(
+            "%s: uniform memory strategy %s %s (%.3f s)",
+            plan.schedule,
+            strategy,
+            "fits" if sim.fits else "does not fit",
+            sim.result.iteration_time,
+        )
         if sim.fits:
             break
     assert sim is not None

@@ -12,6 +12,7 @@ The step ends with a data-parallel gradient all-reduce when ``dp > 1``: a ring a
 rank's gradient bytes over ``dp`` replicas, not overlapped with the pipeline (the slowest rank's
 reduction is added to the makespan, and to the lower bound).
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,18 @@ class FastResult(NamedTuple):
 def simulate_order_arrays(tg: TaskGraph, arrays: OrderArrays) -> FastResult:
     """Simulate one candidate order of ``tg``'s structure (no Python work per task)."""
     status, makespan, _, _, _, _, peak_bytes, _, peak_held, stuck = simulate_arrays(
-        arrays.ptr, arrays.tasks, tg.duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay,
-        tg.succ_ptr, tg.succ_idx, tg.alloc, tg.free, tg.holds)
+        arrays.ptr,
+        arrays.tasks,
+        tg.duration,
+        tg.pred_ptr,
+        tg.pred_idx,
+        tg.pred_delay,
+        tg.succ_ptr,
+        tg.succ_idx,
+        tg.alloc,
+        tg.free,
+        tg.holds,
+    )
     return FastResult(status, makespan, peak_bytes, peak_held, stuck)
 
 
@@ -107,15 +118,22 @@ class SimResult:
         return np.asarray(times), np.cumsum(deltas)
 
     def __repr__(self) -> str:
-        return (f"SimResult({self.status}, iteration {self.iteration_time:.6g} s, "
-                f"bubble {self.bubble_fraction:.3f}, lower bound {self.lower_bound:.6g} s)")
+        return (
+            f"SimResult({self.status}, iteration {self.iteration_time:.6g} s, "
+            f"bubble {self.bubble_fraction:.3f}, lower bound {self.lower_bound:.6g} s)"
+        )
 
     def summary(self) -> dict:
         """JSON-friendly headline numbers."""
         return {
-            "status": self.status, "iteration_time_s": self.iteration_time, "makespan_s": self.makespan,
-            "dp_allreduce_s": self.dp_allreduce_time, "bubble_fraction": self.bubble_fraction, "mfu": self.mfu,
-            "lower_bound_s": self.lower_bound, "busiest_rank_bound_s": self.busiest_rank_bound,
+            "status": self.status,
+            "iteration_time_s": self.iteration_time,
+            "makespan_s": self.makespan,
+            "dp_allreduce_s": self.dp_allreduce_time,
+            "bubble_fraction": self.bubble_fraction,
+            "mfu": self.mfu,
+            "lower_bound_s": self.lower_bound,
+            "busiest_rank_bound_s": self.busiest_rank_bound,
             "critical_path_bound_s": self.critical_path_bound,
             "peak_memory_bytes": [float(x) for x in self.peak_memory_bytes],
             "peak_activations": [int(x) for x in self.peak_activations],
@@ -124,10 +142,15 @@ class SimResult:
         }
 
 
-def simulate(plan: Plan, costs: StageCosts, topology: Topology | object | None = None,
-             memory_limit_bytes: float | None = None, dp: int = 1,
-             dp_grad_bytes_per_rank: np.ndarray | list[float] | None = None,
-             taskgraph: TaskGraph | None = None) -> SimResult:
+def simulate(
+    plan: Plan,
+    costs: StageCosts,
+    topology: Topology | object | None = None,
+    memory_limit_bytes: float | None = None,
+    dp: int = 1,
+    dp_grad_bytes_per_rank: np.ndarray | list[float] | None = None,
+    taskgraph: TaskGraph | None = None,
+) -> SimResult:
     """Simulate ``plan`` with ``costs`` on ``topology`` (Topology, HardwareSpec or None = free links).
 
     ``memory_limit_bytes`` defaults to the topology's usable GPU memory (inf when unknown).
@@ -137,12 +160,25 @@ def simulate(plan: Plan, costs: StageCosts, topology: Topology | object | None =
     topo = as_topology(topology, costs.tp)
     tg = taskgraph or TaskGraph.from_plan(plan, costs, topo)
     arrays = tg.orders_to_arrays(plan.order)
-    (status, makespan, start, end, busy, rank_end, peak_act, peak_time, peak_held,
-     stuck_pos) = simulate_arrays(arrays.ptr, arrays.tasks, tg.duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay,
-                                  tg.succ_ptr, tg.succ_idx, tg.alloc, tg.free, tg.holds)
+    (status, makespan, start, end, busy, rank_end, peak_act, peak_time, peak_held, stuck_pos) = simulate_arrays(
+        arrays.ptr,
+        arrays.tasks,
+        tg.duration,
+        tg.pred_ptr,
+        tg.pred_idx,
+        tg.pred_delay,
+        tg.succ_ptr,
+        tg.succ_idx,
+        tg.alloc,
+        tg.free,
+        tg.holds,
+    )
     n_ranks = tg.num_ranks
-    stuck = [(r, int(stuck_pos[r]), tg.actions[int(arrays.tasks[arrays.ptr[r] + stuck_pos[r]])])
-             for r in range(n_ranks) if stuck_pos[r] >= 0]
+    stuck = [
+        (r, int(stuck_pos[r]), tg.actions[int(arrays.tasks[arrays.ptr[r] + stuck_pos[r]])])
+        for r in range(n_ranks)
+        if stuck_pos[r] >= 0
+    ]
     grads = np.asarray(costs.grad_bytes if dp_grad_bytes_per_rank is None else dp_grad_bytes_per_rank, float)
     dp_time = max((topo.allreduce_seconds(float(g), dp, n_ranks) for g in grads), default=0.0)
     static = costs.static_bytes if len(costs.static_bytes) == n_ranks else np.zeros(n_ranks)
@@ -152,15 +188,35 @@ def simulate(plan: Plan, costs: StageCosts, topology: Topology | object | None =
     finite = math.isfinite(makespan)
     iteration = makespan + dp_time if finite else math.inf
     gpus = topo.tp * n_ranks * max(dp, 1)
-    mfu = (max(dp, 1) * costs.flops_total / (gpus * topo.peak_flops * iteration)
-           if finite and iteration > 0 and topo.peak_flops > 0 else 0.0)
+    mfu = (
+        max(dp, 1) * costs.flops_total / (gpus * topo.peak_flops * iteration)
+        if finite and iteration > 0 and topo.peak_flops > 0
+        else 0.0
+    )
     busiest, critical = tg.busiest_rank_bound(), tg.critical_path_bound()
     bubble = 1.0 - float(busy.sum()) / (n_ranks * makespan) if finite and makespan > 0 else 0.0
     return SimResult(
-        status=STATUS_NAMES[int(status)], iteration_time=iteration, makespan=float(makespan), dp_allreduce_time=dp_time,
-        busy=busy, idle=(makespan - busy) if finite else np.full(n_ranks, math.inf), rank_end=rank_end,
-        bubble_fraction=bubble, mfu=mfu, static_bytes=static, peak_activation_bytes=peak_act,
-        peak_memory_bytes=peak_mem, peak_time=peak_time, peak_activations=peak_held, memory_limit_bytes=limit,
-        oom=oom, busiest_rank_bound=busiest, critical_path_bound=critical,
-        lower_bound=max(busiest, critical) + dp_time, start=start, end=end, taskgraph=tg, stuck=stuck,
+        status=STATUS_NAMES[int(status)],
+        iteration_time=iteration,
+        makespan=float(makespan),
+        dp_allreduce_time=dp_time,
+        busy=busy,
+        idle=(makespan - busy) if finite else np.full(n_ranks, math.inf),
+        rank_end=rank_end,
+        bubble_fraction=bubble,
+        mfu=mfu,
+        static_bytes=static,
+        peak_activation_bytes=peak_act,
+        peak_memory_bytes=peak_mem,
+        peak_time=peak_time,
+        peak_activations=peak_held,
+        memory_limit_bytes=limit,
+        oom=oom,
+        busiest_rank_bound=busiest,
+        critical_path_bound=critical,
+        lower_bound=max(busiest, critical) + dp_time,
+        start=start,
+        end=end,
+        taskgraph=tg,
+        stuck=stuck,
     )

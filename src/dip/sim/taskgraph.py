@@ -12,10 +12,11 @@ dense, stage-major. Dependencies are exactly those of :class:`dip.schedule.deps.
 Edge delay: 0 when producer and consumer sit on the same rank, else the topology's point-to-point
 time for the message bytes of that edge (:class:`dip.sim.topology.Topology`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class OrderArrays:
     tasks: np.ndarray
 
     @classmethod
-    def from_lists(cls, per_rank: Sequence[Sequence[int]]) -> "OrderArrays":
+    def from_lists(cls, per_rank: Sequence[Sequence[int]]) -> OrderArrays:
         """From one list of task ids per rank (what a planner builds with :meth:`TaskGraph.task_id`)."""
         lengths = np.fromiter((len(x) for x in per_rank), np.int64, len(per_rank))
         ptr = np.zeros(len(per_rank) + 1, np.int64)
@@ -80,9 +81,15 @@ class TaskGraph:
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def build(cls, graph: StageGraph, units: Mapping[str, Sequence[Unit]], flows: Sequence[Flow],
-              costs: StageCosts, topology: Topology | object | None = None,
-              split: bool | set[tuple[int, int]] = False) -> "TaskGraph":
+    def build(
+        cls,
+        graph: StageGraph,
+        units: Mapping[str, Sequence[Unit]],
+        flows: Sequence[Flow],
+        costs: StageCosts,
+        topology: Topology | object | None = None,
+        split: bool | set[tuple[int, int]] = False,
+    ) -> TaskGraph:
         """Number the tasks and compute dependencies, delays, durations and memory deltas.
 
         ``split``: True (every stage splits its backward into I and W), False (none), or the set of
@@ -118,18 +125,29 @@ class TaskGraph:
             pred_lists.append(preds)
         unit_mb = {(g, u.index): u.mb for g, us in units.items() for u in us}
         task_mb = np.fromiter((unit_mb[(graph.chunks[a.chunk].group, a.unit)] for a in actions), np.int64, len(actions))
-        return cls._assemble(graph, {g: tuple(us) for g, us in units.items()}, costs, topo, actions, stage_of,
-                             task_mb, task_rank, pred_lists, split_set)
+        return cls._assemble(
+            graph,
+            {g: tuple(us) for g, us in units.items()},
+            costs,
+            topo,
+            actions,
+            stage_of,
+            task_mb,
+            task_rank,
+            pred_lists,
+            split_set,
+        )
 
     @classmethod
-    def from_plan(cls, plan: Plan, costs: StageCosts, topology=None) -> "TaskGraph":
+    def from_plan(cls, plan: Plan, costs: StageCosts, topology=None) -> TaskGraph:
         """The structure of ``plan``; stages with an ``I`` action in the order split their backward."""
         split = {(a.chunk, a.unit) for acts in plan.order.values() for a in acts if a.op is Op.I}
         return cls.build(plan.graph, plan.units, plan.flows, costs, topology, split)
 
     @classmethod
-    def _assemble(cls, graph, units, costs, topo, actions, stage_of, task_mb, task_rank, pred_lists,
-                  split_set) -> "TaskGraph":
+    def _assemble(
+        cls, graph, units, costs, topo, actions, stage_of, task_mb, task_rank, pred_lists, split_set
+    ) -> TaskGraph:
         n = len(actions)
         counts = np.fromiter((len(p) for p in pred_lists), np.int64, n)
         pred_ptr = np.zeros(n + 1, np.int64)
@@ -138,15 +156,32 @@ class TaskGraph:
         pred_bytes = np.fromiter((b for ps in pred_lists for _, b in ps), np.float64, int(pred_ptr[-1]))
         task_op = np.fromiter((OP_CODES[a.op] for a in actions), np.int64, n)
         succ_ptr, succ_idx = _reverse_csr(pred_ptr, pred_idx, n)
-        tg = cls(graph=graph, units=units, costs=costs, topology=topo, actions=actions, task_stage=stage_of,
-                 task_mb=task_mb, task_op=task_op, task_rank=task_rank, duration=np.zeros(n), alloc=np.zeros(n),
-                 free=np.zeros(n), holds=np.zeros(n, np.int64), pred_ptr=pred_ptr, pred_idx=pred_idx,
-                 pred_delay=np.zeros(len(pred_idx)), pred_bytes=pred_bytes, succ_ptr=succ_ptr, succ_idx=succ_idx,
-                 split=frozenset(split_set))
+        tg = cls(
+            graph=graph,
+            units=units,
+            costs=costs,
+            topology=topo,
+            actions=actions,
+            task_stage=stage_of,
+            task_mb=task_mb,
+            task_op=task_op,
+            task_rank=task_rank,
+            duration=np.zeros(n),
+            alloc=np.zeros(n),
+            free=np.zeros(n),
+            holds=np.zeros(n, np.int64),
+            pred_ptr=pred_ptr,
+            pred_idx=pred_idx,
+            pred_delay=np.zeros(len(pred_idx)),
+            pred_bytes=pred_bytes,
+            succ_ptr=succ_ptr,
+            succ_idx=succ_idx,
+            split=frozenset(split_set),
+        )
         tg._retime(costs, topo)
         return tg
 
-    def with_costs(self, costs: StageCosts, topology: Topology | None = None) -> "TaskGraph":
+    def with_costs(self, costs: StageCosts, topology: Topology | None = None) -> TaskGraph:
         """The same structure with new stage costs (e.g. other memory strategies); edges are reused.
 
         Message sizes are kept: they do not depend on memory strategies.
@@ -154,7 +189,11 @@ class TaskGraph:
         if list(costs.keys) != list(self.costs.keys):
             raise ValueError("new costs describe other (chunk, unit) stages than this task graph")
         tg = TaskGraph(**{k: getattr(self, k) for k in self.__dataclass_fields__})
-        tg.duration, tg.alloc, tg.free = np.zeros_like(self.duration), np.zeros_like(self.alloc), np.zeros_like(self.free)
+        tg.duration, tg.alloc, tg.free = (
+            np.zeros_like(self.duration),
+            np.zeros_like(self.alloc),
+            np.zeros_like(self.free),
+        )
         tg.holds, tg.pred_delay = np.zeros_like(self.holds), np.zeros_like(self.pred_delay)
         tg._retime(costs, topology or self.topology)
         return tg
@@ -174,8 +213,10 @@ class TaskGraph:
         self.pred_delay[:] = topo.p2p_seconds_array(src_rank, dst_rank, self.pred_bytes)
 
     def __repr__(self) -> str:
-        return (f"TaskGraph({len(self.graph.chunks)} chunks, {self.num_ranks} ranks, {self.num_tasks} tasks, "
-                f"{len(self.pred_idx)} edges, {len(self.split)} split stages)")
+        return (
+            f"TaskGraph({len(self.graph.chunks)} chunks, {self.num_ranks} ranks, {self.num_tasks} tasks, "
+            f"{len(self.pred_idx)} edges, {len(self.split)} split stages)"
+        )
 
     # -- lookups ----------------------------------------------------------------------------------
     @property
@@ -219,21 +260,26 @@ class TaskGraph:
                 per_rank.append([ids[a] for a in acts])
             except KeyError:
                 bad = next(a for a in acts if a not in ids)
-                raise ValueError(f"rank {r}: action {bad} is not a compute task of this structure"
-                                 f"{' (its stage splits the backward)' if bad.op is Op.B else ''}") from None
+                raise ValueError(
+                    f"rank {r}: action {bad} is not a compute task of this structure"
+                    f"{' (its stage splits the backward)' if bad.op is Op.B else ''}"
+                ) from None
         arrays = OrderArrays.from_lists(per_rank)
         owners = np.repeat(np.arange(self.num_ranks), np.diff(arrays.ptr))
         wrong = np.nonzero(self.task_rank[arrays.tasks] != owners)[0]
         if len(wrong):
             t = int(arrays.tasks[wrong[0]])
-            raise ValueError(f"rank {int(owners[wrong[0]])}: action {self.actions[t]} belongs to rank "
-                             f"{int(self.task_rank[t])}")
+            raise ValueError(
+                f"rank {int(owners[wrong[0]])}: action {self.actions[t]} belongs to rank {int(self.task_rank[t])}"
+            )
         return arrays
 
     def arrays_to_orders(self, arrays: OrderArrays) -> RankOrder:
         """Inverse of :meth:`orders_to_arrays`."""
-        return {r: [self.actions[int(t)] for t in arrays.tasks[arrays.ptr[r]:arrays.ptr[r + 1]]]
-                for r in range(self.num_ranks)}
+        return {
+            r: [self.actions[int(t)] for t in arrays.tasks[arrays.ptr[r] : arrays.ptr[r + 1]]]
+            for r in range(self.num_ranks)
+        }
 
     # -- order-independent lower bounds --------------------------------------------------------
     def busiest_rank_bound(self) -> float:
@@ -242,8 +288,9 @@ class TaskGraph:
 
     def critical_path_bound(self) -> float:
         """Longest dependency path (durations + edge delays), ignoring rank serialization."""
-        length, _ = critical_path(self.duration, self.pred_ptr, self.pred_idx, self.pred_delay,
-                                  self.succ_ptr, self.succ_idx)
+        length, _ = critical_path(
+            self.duration, self.pred_ptr, self.pred_idx, self.pred_delay, self.succ_ptr, self.succ_idx
+        )
         return float(length)
 
 

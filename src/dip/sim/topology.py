@@ -5,6 +5,7 @@ A point-to-point message between two ranks of one node uses NVLink, otherwise th
 ``latency + alpha * bytes / bandwidth`` (bandwidths per GPU per direction; every GPU of the TP group
 sends its own copy in parallel). Transfers overlap compute and never contend for a link.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,13 +31,18 @@ class Topology:
     mem_bytes: float = math.inf  # usable GPU memory: capacity minus the reserve
 
     @classmethod
-    def from_hardware(cls, hardware, tp: int = 1, gpus_per_node: int | None = None) -> "Topology":
+    def from_hardware(cls, hardware, tp: int = 1, gpus_per_node: int | None = None) -> Topology:
         """Links of a :class:`dip.spec.hardware.HardwareSpec` (its ``p2p`` efficiency factor included)."""
         return cls(
-            tp=int(tp), gpus_per_node=int(gpus_per_node or hardware.gpus_per_node),
-            intra_bw=hardware.nvlink_bw, intra_latency_s=hardware.nvlink_latency_s,
-            inter_bw=hardware.net_bw, inter_latency_s=hardware.net_latency_s,
-            p2p_alpha=hardware.alpha("p2p"), peak_flops=hardware.peak_flops, mem_bytes=usable_memory_bytes(hardware),
+            tp=int(tp),
+            gpus_per_node=int(gpus_per_node or hardware.gpus_per_node),
+            intra_bw=hardware.nvlink_bw,
+            intra_latency_s=hardware.nvlink_latency_s,
+            inter_bw=hardware.net_bw,
+            inter_latency_s=hardware.net_latency_s,
+            p2p_alpha=hardware.alpha("p2p"),
+            peak_flops=hardware.peak_flops,
+            mem_bytes=usable_memory_bytes(hardware),
         )
 
     def node_of(self, rank: int) -> int:

@@ -1,4 +1,5 @@
 """Model, module and parallel specifications, presets and parameter counts."""
+
 from dip.spec.model import Edge, ModelSpec, ModuleSpec, ParallelSpec
 from dip.spec.params import layer_params, model_params, module_params, post_params, pre_params
 from dip.spec.presets import (

@@ -14,6 +14,7 @@ efficiency factors of the latency model ``max(a_f*flops/F, a_m*bytes/B_mem, a_n*
 The ``cpu`` preset is a measured calibration (``dip profile``) shipped in ``dip/cost/calibrations``;
 :func:`get_hardware` also accepts a path to any calibration JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -110,7 +111,7 @@ class HardwareSpec:
         """Fixed runtime seconds per action of pass ``"f"`` or ``"b"`` (0 when not calibrated)."""
         return float(self.action_overhead_s.get(pass_, 0.0))
 
-    def with_(self, **changes: Any) -> "HardwareSpec":
+    def with_(self, **changes: Any) -> HardwareSpec:
         return replace(self, **changes)
 
     # -- serialisation --------------------------------------------------------------------------
@@ -123,7 +124,7 @@ class HardwareSpec:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HardwareSpec":
+    def from_dict(cls, data: dict[str, Any]) -> HardwareSpec:
         data = dict(data)
         data.pop("format", None)
         data.pop("measurements", None)
@@ -133,8 +134,21 @@ class HardwareSpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise BadInput(f"hardware calibration has unknown fields: {', '.join(unknown)}")
-        missing = [f for f in ("name", "peak_flops", "mem_bw", "mem_bytes", "nvlink_bw", "nvlink_latency_s",
-                               "net_bw", "net_latency_s", "host_bw") if f not in data]
+        missing = [
+            f
+            for f in (
+                "name",
+                "peak_flops",
+                "mem_bw",
+                "mem_bytes",
+                "nvlink_bw",
+                "nvlink_latency_s",
+                "net_bw",
+                "net_latency_s",
+                "host_bw",
+            )
+            if f not in data
+        ]
         if missing:
             raise BadInput(f"hardware calibration is missing fields: {', '.join(missing)}")
         curve = data.get("gemm_curve", {})
@@ -154,7 +168,7 @@ class HardwareSpec:
         write_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
     @classmethod
-    def load(cls, path: str) -> "HardwareSpec":
+    def load(cls, path: str) -> HardwareSpec:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -186,8 +200,10 @@ def usable_memory_bytes(hardware: HardwareSpec, reserve_gib: float | None = None
         return capacity * (1.0 - DEFAULT_MEMORY_RESERVE_FRACTION)
     reserve = float(reserve_gib) * GIB
     if not math.isfinite(reserve) or reserve < 0 or reserve >= capacity:
-        raise BadInput(f"--memory-reserve-gib must be a number >= 0 and below the {capacity / GIB:g} GiB of "
-                       f"{hardware.name}, got {reserve_gib}")
+        raise BadInput(
+            f"--memory-reserve-gib must be a number >= 0 and below the {capacity / GIB:g} GiB of "
+            f"{hardware.name}, got {reserve_gib}"
+        )
     return capacity - reserve
 
 
@@ -211,27 +227,68 @@ def _runtime_factors(raw: Any) -> dict[str, dict[str, float]]:
     return {str(kind): _passes(v, f"runtime_factors.{kind}", zero_ok=False) for kind, v in raw.items()}
 
 
-def _hopper(name: str, peak: float, mem_bw: float, mem: float, nvlink: float, net: float, desc: str,
-            **changes: Any) -> HardwareSpec:
-    return HardwareSpec(name=name, peak_flops=peak, mem_bw=mem_bw, mem_bytes=mem, nvlink_bw=nvlink,
-                        nvlink_latency_s=3e-6, net_bw=net, net_latency_s=8e-6, host_bw=64 * GB,
-                        description=desc, **changes)
+def _hopper(
+    name: str, peak: float, mem_bw: float, mem: float, nvlink: float, net: float, desc: str, **changes: Any
+) -> HardwareSpec:
+    return HardwareSpec(
+        name=name,
+        peak_flops=peak,
+        mem_bw=mem_bw,
+        mem_bytes=mem,
+        nvlink_bw=nvlink,
+        nvlink_latency_s=3e-6,
+        net_bw=net,
+        net_latency_s=8e-6,
+        host_bw=64 * GB,
+        description=desc,
+        **changes,
+    )
 
 
 PRESETS: dict[str, HardwareSpec] = {
-    "H800": _hopper("H800", 989e12, 3.35e12, 80 * GIB, 200 * GB, 25 * GB,
-                    "H800 SXM: H100 compute, NVLink 200 GB/s per direction, 8x200 Gb/s RoCE per node"),
-    "H100-SXM": _hopper("H100-SXM", 989e12, 3.35e12, 80 * GIB, 450 * GB, 50 * GB,
-                        "H100 SXM: 989 TFLOPS bf16 dense, 3.35 TB/s HBM3, NVLink 450 GB/s per direction, 400 Gb/s IB"),
-    "H20": _hopper("H20", 148e12, 4.0e12, 96 * GIB, 450 * GB, 50 * GB,
-                   "H20: 148 TFLOPS bf16 dense, 96 GB HBM3 at 4.0 TB/s, NVLink 450 GB/s per direction",
-                   gemm_curve=GemmCurve(m0=1200.0, n0=96.0, k0=96.0)),
+    "H800": _hopper(
+        "H800",
+        989e12,
+        3.35e12,
+        80 * GIB,
+        200 * GB,
+        25 * GB,
+        "H800 SXM: H100 compute, NVLink 200 GB/s per direction, 8x200 Gb/s RoCE per node",
+    ),
+    "H100-SXM": _hopper(
+        "H100-SXM",
+        989e12,
+        3.35e12,
+        80 * GIB,
+        450 * GB,
+        50 * GB,
+        "H100 SXM: 989 TFLOPS bf16 dense, 3.35 TB/s HBM3, NVLink 450 GB/s per direction, 400 Gb/s IB",
+    ),
+    "H20": _hopper(
+        "H20",
+        148e12,
+        4.0e12,
+        96 * GIB,
+        450 * GB,
+        50 * GB,
+        "H20: 148 TFLOPS bf16 dense, 96 GB HBM3 at 4.0 TB/s, NVLink 450 GB/s per direction",
+        gemm_curve=GemmCurve(m0=1200.0, n0=96.0, k0=96.0),
+    ),
     "A100-80G": HardwareSpec(
-        name="A100-80G", peak_flops=312e12, mem_bw=2.04e12, mem_bytes=80 * GIB, nvlink_bw=300 * GB,
-        nvlink_latency_s=4e-6, net_bw=25 * GB, net_latency_s=8e-6, host_bw=32 * GB,
+        name="A100-80G",
+        peak_flops=312e12,
+        mem_bw=2.04e12,
+        mem_bytes=80 * GIB,
+        nvlink_bw=300 * GB,
+        nvlink_latency_s=4e-6,
+        net_bw=25 * GB,
+        net_latency_s=8e-6,
+        host_bw=32 * GB,
         alphas=default_alphas(gemm=1.2, attention=1.8),
-        gemm_curve=GemmCurve(m0=1536.0, n0=128.0, k0=128.0), kernel_overhead_s=5e-6,
-        description="A100 SXM 80 GB: 312 TFLOPS bf16 dense, 2.04 TB/s HBM2e, NVLink 300 GB/s per direction"),
+        gemm_curve=GemmCurve(m0=1536.0, n0=128.0, k0=128.0),
+        kernel_overhead_s=5e-6,
+        description="A100 SXM 80 GB: 312 TFLOPS bf16 dense, 2.04 TB/s HBM2e, NVLink 300 GB/s per direction",
+    ),
 }
 
 

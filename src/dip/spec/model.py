@@ -4,6 +4,7 @@ A model is a DAG of modules (``vit`` image encoders, ``decoder`` language models
 transformers) joined by typed edges. Every number here is an architecture hyper-parameter; parameter
 counts are computed from them (see :mod:`dip.spec.params`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -87,7 +88,7 @@ class ModuleSpec:
     def latent_frames(self, seconds: float) -> int:
         """Latent frames (after temporal VAE compression and temporal patchify) of a clip."""
         frames = seconds * self.video_fps / (self.vae_temporal * self.patch_t)
-        return max(1, int(round(frames)))
+        return max(1, round(frames))
 
     def clip_tokens(self, seconds: float, height: int | None = None, width: int | None = None) -> int:
         """DiT sequence length of one clip: ``latent_frames * rows * cols``."""
@@ -99,7 +100,7 @@ class ModuleSpec:
         h, w = self.latent_grid(height, width)
         return h * w * self.video_fps / (self.vae_temporal * self.patch_t)
 
-    def with_(self, **changes) -> "ModuleSpec":
+    def with_(self, **changes) -> ModuleSpec:
         return replace(self, **changes)
 
 
@@ -176,5 +177,5 @@ class ModelSpec:
     def consumers(self, module: str) -> list[Edge]:
         return [e for e in self.edges if e.src == module]
 
-    def with_parallel(self, **changes) -> "ModelSpec":
+    def with_parallel(self, **changes) -> ModelSpec:
         return replace(self, parallel=replace(self.parallel, **changes))

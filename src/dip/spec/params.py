@@ -15,6 +15,7 @@ A module is ``pre`` (lives in its first pipeline chunk) + ``layers`` identical b
   cross-attention with biases (keys none), GELU MLP with biases; post = final norm modulation (2 x hidden) and
   Linear(hidden -> latent patch).
 """
+
 from __future__ import annotations
 
 from dip.spec.model import ModelSpec, ModuleSpec
@@ -42,8 +43,12 @@ def _attention(m: ModuleSpec, bias: bool) -> int:
     """Self-attention q, k, v and output projections (query width ``heads * head_dim``)."""
     q_width = m.heads * m.head_dim
     kv = _kv_width(m)
-    return (_linear(m.hidden, q_width, bias) + _linear(m.hidden, kv, False) + _linear(m.hidden, kv, bias)
-            + _linear(q_width, m.hidden, bias))  # keys carry no bias (softmax ignores it)
+    return (
+        _linear(m.hidden, q_width, bias)
+        + _linear(m.hidden, kv, False)
+        + _linear(m.hidden, kv, bias)
+        + _linear(q_width, m.hidden, bias)
+    )  # keys carry no bias (softmax ignores it)
 
 
 def layer_params(m: ModuleSpec) -> int:

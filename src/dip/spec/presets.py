@@ -17,6 +17,7 @@ Documented choices where the paper gives no number:
   VLM-7B is ViT-2B (36 x 2048, ffn 8192, 16 heads; 1.97B with its merger) + LM-5B (24 layers of the
   Llama-2-7B shape; 5.12B).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,23 @@ _MODULES: tuple[ModuleSpec, ...] = (
     ModuleSpec("tiny-vit", "vit", 8, 128, 512, 4, 4, image_size=56, patch_size=14, spatial_merge=2),
     ModuleSpec("tiny-llm", "decoder", 8, 192, 512, 6, 2, vocab_size=1024),
     ModuleSpec("tiny-text-encoder", "decoder", 8, 128, 384, 4, 2, vocab_size=1024, lm_head=False),
-    ModuleSpec("tiny-dit", "dit", 8, 128, 512, 4, 4, latent_channels=4, patch_t=1, patch_hw=2,
-               vae_temporal=8, vae_spatial=8, video_fps=16, video_height=64, video_width=64),
+    ModuleSpec(
+        "tiny-dit",
+        "dit",
+        8,
+        128,
+        512,
+        4,
+        4,
+        latent_channels=4,
+        patch_t=1,
+        patch_hw=2,
+        vae_temporal=8,
+        vae_spatial=8,
+        video_fps=16,
+        video_height=64,
+        video_width=64,
+    ),
 )
 MODULE_PRESETS: dict[str, ModuleSpec] = {m.name: m for m in _MODULES}
 
@@ -63,8 +79,17 @@ def _role(preset: str, role: str, **changes) -> ModuleSpec:
     return get_module_preset(preset).with_(name=role, **changes)
 
 
-def _vlm(name: str, vit: str, lm: str, tp: int, pp: int, dp: int = 1, nominal: float | None = None,
-         description: str = "", **model_fields) -> ModelSpec:
+def _vlm(
+    name: str,
+    vit: str,
+    lm: str,
+    tp: int,
+    pp: int,
+    dp: int = 1,
+    nominal: float | None = None,
+    description: str = "",
+    **model_fields,
+) -> ModelSpec:
     llm = _role(lm, "llm")
     return ModelSpec(
         name=name,
@@ -78,8 +103,17 @@ def _vlm(name: str, vit: str, lm: str, tp: int, pp: int, dp: int = 1, nominal: f
     )
 
 
-def _t2v(name: str, lm: str, dit: str, tp: int, pp: int, dp: int = 1, nominal: float | None = None,
-         description: str = "", **model_fields) -> ModelSpec:
+def _t2v(
+    name: str,
+    lm: str,
+    dit: str,
+    tp: int,
+    pp: int,
+    dp: int = 1,
+    nominal: float | None = None,
+    description: str = "",
+    **model_fields,
+) -> ModelSpec:
     llm = _role(lm, "llm", lm_head=False)
     return ModelSpec(
         name=name,
@@ -117,10 +151,27 @@ _MODELS: tuple[ModelSpec, ...] = (
     _t2v("T2V-XL-6k", "Qwen2-72B", "DiT-30B", tp=8, pp=8, dp=96),
     _text("LM-7B", "Llama2-7B", tp=2, pp=4, nominal=6.74e9),
     _vlm("VLM-7B", "ViT-2B", "LM-5B", tp=2, pp=4, nominal=7e9),
-    _vlm("tiny-vlm", "tiny-vit", "tiny-llm", tp=1, pp=2, description="tiny CPU VLM",
-         context_length=256, max_images_per_microbatch=8),
-    _t2v("tiny-t2v", "tiny-text-encoder", "tiny-dit", tp=1, pp=2, description="tiny CPU T2V",
-         context_length=256, max_clips_per_microbatch=4, max_video_seconds=8.0),
+    _vlm(
+        "tiny-vlm",
+        "tiny-vit",
+        "tiny-llm",
+        tp=1,
+        pp=2,
+        description="tiny CPU VLM",
+        context_length=256,
+        max_images_per_microbatch=8,
+    ),
+    _t2v(
+        "tiny-t2v",
+        "tiny-text-encoder",
+        "tiny-dit",
+        tp=1,
+        pp=2,
+        description="tiny CPU T2V",
+        context_length=256,
+        max_clips_per_microbatch=4,
+        max_video_seconds=8.0,
+    ),
 )
 _BY_NAME: dict[str, ModelSpec] = {m.name: m for m in _MODELS}
 
@@ -155,8 +206,18 @@ def load_model(name_or_path: str) -> ModelSpec:
 
 # ---- model files -------------------------------------------------------------------------------
 
-_MODEL_KEYS = ("name", "description", "workload", "context_length", "max_images_per_microbatch",
-               "max_clips_per_microbatch", "max_video_seconds", "modules", "edges", "parallel")
+_MODEL_KEYS = (
+    "name",
+    "description",
+    "workload",
+    "context_length",
+    "max_images_per_microbatch",
+    "max_clips_per_microbatch",
+    "max_video_seconds",
+    "modules",
+    "edges",
+    "parallel",
+)
 _MODULE_KEYS = tuple(f.name for f in fields(ModuleSpec)) + ("preset",)
 _MODULE_REQUIRED = ("kind", "layers", "hidden", "ffn_hidden", "heads", "kv_heads")
 _PARALLEL_KEYS = ("tp", "pp", "dp", "segments", "gpus_per_node", "sequence_parallel", "distributed_optimizer")
@@ -188,17 +249,23 @@ def model_to_dict(model: ModelSpec) -> dict[str, Any]:
         modules.append(entry)
     p = model.parallel
     return {
-        "name": model.name, "description": model.description, "workload": model.workload,
+        "name": model.name,
+        "description": model.description,
+        "workload": model.workload,
         "context_length": model.context_length,
         "max_images_per_microbatch": model.max_images_per_microbatch,
         "max_clips_per_microbatch": model.max_clips_per_microbatch,
         "max_video_seconds": model.max_video_seconds,
         "modules": modules,
         "edges": [{"src": e.src, "dst": e.dst, "kind": e.kind} for e in model.edges],
-        "parallel": {"tp": p.tp, "pp": p.pp, "dp": p.dp, "segments": dict(p.segments),
-                     "gpus_per_node": p.gpus_per_node,
-                     **{k: getattr(p, k) for k in ("sequence_parallel", "distributed_optimizer")
-                        if getattr(p, k) is not None}},
+        "parallel": {
+            "tp": p.tp,
+            "pp": p.pp,
+            "dp": p.dp,
+            "segments": dict(p.segments),
+            "gpus_per_node": p.gpus_per_node,
+            **{k: getattr(p, k) for k in ("sequence_parallel", "distributed_optimizer") if getattr(p, k) is not None},
+        },
     }
 
 
@@ -209,7 +276,8 @@ def model_from_dict(data: Any) -> ModelSpec:
     ``preset`` plus overriding fields, or ``kind, layers, hidden, ffn_hidden, heads, kv_heads`` and
     any other :class:`ModuleSpec` field), ``edges`` (``src, dst, kind``; inferred vit -> decoder ->
     dit when omitted and the model has one decoder), ``parallel`` (``tp, pp, dp, segments: {module:
-    K}, gpus_per_node, sequence_parallel, distributed_optimizer``), ``workload`` (inferred when omitted), and the ``ModelSpec`` sizes.
+    K}, gpus_per_node, sequence_parallel, distributed_optimizer``), ``workload`` (inferred when omitted), and the
+    ``ModelSpec`` sizes.
     ``vit.out_hidden`` and ``dit.cond_hidden`` default to the hidden size across their edge.
     """
     _check_keys(data, _MODEL_KEYS, "model", required=("name", "modules"))
@@ -224,8 +292,12 @@ def model_from_dict(data: Any) -> ModelSpec:
     kinds = {m.kind for m in modules}
     default_workload = "t2v" if "dit" in kinds else "vlm" if "vit" in kinds else "text"
     sizes = {}
-    for key, typ in (("context_length", int), ("max_images_per_microbatch", int),
-                     ("max_clips_per_microbatch", int), ("max_video_seconds", float)):
+    for key, typ in (
+        ("context_length", int),
+        ("max_images_per_microbatch", int),
+        ("max_clips_per_microbatch", int),
+        ("max_video_seconds", float),
+    ):
         if key in data:
             sizes[key] = _typed(data[key], typ, key)
     model = ModelSpec(
@@ -266,8 +338,9 @@ def _edges_from(raw: Any, modules: list[ModuleSpec]) -> list[Edge]:
         if len(decoders) != 1:
             return []
         lm = decoders[0].name
-        return ([Edge(m.name, lm, "image_embeddings") for m in modules if m.kind == "vit"]
-                + [Edge(lm, m.name, "text_conditioning") for m in modules if m.kind == "dit"])
+        return [Edge(m.name, lm, "image_embeddings") for m in modules if m.kind == "vit"] + [
+            Edge(lm, m.name, "text_conditioning") for m in modules if m.kind == "dit"
+        ]
     if not isinstance(raw, list):
         raise BadInput("edges must be a list of mappings with src, dst and kind")
     edges = []
@@ -293,8 +366,13 @@ def _fill_edge_widths(modules: list[ModuleSpec], edges: list[Edge]) -> list[Modu
 def _parallel_from(raw: Any) -> ParallelSpec:
     _check_keys(raw, _PARALLEL_KEYS, "parallel")
     values = {k: _typed(raw[k], int, f"parallel.{k}") for k in ("tp", "pp", "dp", "gpus_per_node") if k in raw}
-    values.update({k: _typed(raw[k], bool, f"parallel.{k}") for k in ("sequence_parallel", "distributed_optimizer")
-                   if raw.get(k) is not None})
+    values.update(
+        {
+            k: _typed(raw[k], bool, f"parallel.{k}")
+            for k in ("sequence_parallel", "distributed_optimizer")
+            if raw.get(k) is not None
+        }
+    )
     segments = raw.get("segments") or {}
     if not isinstance(segments, dict):
         raise BadInput("parallel.segments must be a mapping {module: segment count}")
@@ -316,6 +394,6 @@ def _check_keys(data: Any, allowed: tuple[str, ...], where: str, required: tuple
 def _typed(value: Any, typ: type, field: str) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if typ is int and isinstance(value, bool) or not isinstance(value, typ):
+    if (typ is int and isinstance(value, bool)) or not isinstance(value, typ):
         raise BadInput(f"{field} must be {'a' if typ is not int else 'an'} {typ.__name__}, got {value!r}")
     return value

@@ -3,6 +3,7 @@
 Every failure raises :class:`BadInput` whose one-line message names the violated rule, the module and
 its preset, e.g. ``tp 7 does not divide the 16 attention heads of module vit (ViT-5B)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -16,9 +17,24 @@ EDGE_ENDS: dict[str, tuple[str, str]] = {
     "text_conditioning": ("decoder", "dit"),
 }
 _POSITIVE_FIELDS: tuple[str, ...] = (
-    "layers", "hidden", "ffn_hidden", "heads", "kv_heads", "image_size", "patch_size", "spatial_merge",
-    "in_channels", "latent_channels", "patch_t", "patch_hw", "vae_temporal", "vae_spatial", "video_fps",
-    "video_height", "video_width")
+    "layers",
+    "hidden",
+    "ffn_hidden",
+    "heads",
+    "kv_heads",
+    "image_size",
+    "patch_size",
+    "spatial_merge",
+    "in_channels",
+    "latent_channels",
+    "patch_t",
+    "patch_hw",
+    "vae_temporal",
+    "vae_spatial",
+    "video_fps",
+    "video_height",
+    "video_width",
+)
 _NON_NEGATIVE_FIELDS: tuple[str, ...] = ("out_hidden", "vocab_size", "cond_hidden")
 
 
@@ -43,9 +59,11 @@ def validate_model(model: ModelSpec) -> None:
     order = {n: i for i, n in enumerate(names)}
     for e in model.edges:
         _validate_edge(model, e.src, e.dst, e.kind, order)
-    for field, value in (("context_length", model.context_length),
-                         ("max_images_per_microbatch", model.max_images_per_microbatch),
-                         ("max_clips_per_microbatch", model.max_clips_per_microbatch)):
+    for field, value in (
+        ("context_length", model.context_length),
+        ("max_images_per_microbatch", model.max_images_per_microbatch),
+        ("max_clips_per_microbatch", model.max_clips_per_microbatch),
+    ):
         if value < 1:
             raise BadInput(f"{field} must be >= 1 in model {model.name}, got {value}")
     if model.max_video_seconds <= 0:
@@ -63,11 +81,16 @@ def _validate_module(model: ModelSpec, m: ModuleSpec) -> None:
     if m.hidden % m.heads:
         raise BadInput(f"hidden {m.hidden} of module {label} is not divisible by its {m.heads} attention heads")
     if m.heads % m.kv_heads:
-        raise BadInput(f"the {m.heads} attention heads of module {label} are not a multiple of its {m.kv_heads} key/value heads")
+        raise BadInput(
+            f"the {m.heads} attention heads of module {label} are not a multiple of its {m.kv_heads} key/value heads"
+        )
     if m.kind == "decoder" and m.vocab_size < 1:
         raise BadInput(f"vocab_size of decoder module {label} must be >= 1, got {m.vocab_size}")
     if m.kind == "vit" and m.image_size // m.patch_size < m.spatial_merge:
-        raise BadInput(f"module {label}: image_size {m.image_size} / patch_size {m.patch_size} gives fewer patches per side than spatial_merge {m.spatial_merge}")
+        raise BadInput(
+            f"module {label}: image_size {m.image_size} / patch_size {m.patch_size} gives fewer patches per "
+            f"side than spatial_merge {m.spatial_merge}"
+        )
 
 
 def _validate_edge(model: ModelSpec, src: str, dst: str, kind: str, order: dict[str, int]) -> None:
@@ -81,18 +104,31 @@ def _validate_edge(model: ModelSpec, src: str, dst: str, kind: str, order: dict[
     a, b = model.module(src), model.module(dst)
     want_src, want_dst = EDGE_ENDS[kind]
     if (a.kind, b.kind) != (want_src, want_dst):
-        raise BadInput(f"edge {src} -> {dst} of kind {kind} must join a {want_src} to a {want_dst}, got {a.kind} -> {b.kind}")
+        raise BadInput(
+            f"edge {src} -> {dst} of kind {kind} must join a {want_src} to a {want_dst}, got {a.kind} -> {b.kind}"
+        )
     if kind == "image_embeddings" and a.out_hidden != b.hidden:
-        raise BadInput(f"out_hidden {a.out_hidden} of module {module_label(model, a)} must equal hidden {b.hidden} of {module_label(model, b)}")
+        raise BadInput(
+            f"out_hidden {a.out_hidden} of module {module_label(model, a)} must equal hidden {b.hidden} of "
+            f"{module_label(model, b)}"
+        )
     if kind == "text_conditioning" and b.cond_hidden != a.hidden:
-        raise BadInput(f"cond_hidden {b.cond_hidden} of module {module_label(model, b)} must equal hidden {a.hidden} of {module_label(model, a)}")
+        raise BadInput(
+            f"cond_hidden {b.cond_hidden} of module {module_label(model, b)} must equal hidden {a.hidden} of "
+            f"{module_label(model, a)}"
+        )
 
 
-def validate_parallel(model: ModelSpec, parallel: ParallelSpec | None = None,
-                      segments: dict[str, int] | None = None, gpus: int | None = None) -> None:
+def validate_parallel(
+    model: ModelSpec,
+    parallel: ParallelSpec | None = None,
+    segments: dict[str, int] | None = None,
+    gpus: int | None = None,
+) -> None:
     """Check that ``parallel`` (default: the model's own) fits every module of ``model``.
 
-    Rules: tp, pp, dp >= 1; sequence_parallel and distributed_optimizer are booleans or None; tp divides every module's attention heads, key/value heads, hidden and
+    Rules: tp, pp, dp >= 1; sequence_parallel and distributed_optimizer are booleans or None; tp divides every
+    module's attention heads, key/value heads, hidden and
     ffn hidden sizes; each module has at least ``pp * segments`` layers (one per pipeline chunk);
     ``gpus == tp * pp * dp`` when ``gpus`` is given. ``segments`` overrides ``parallel.segments``.
     """
@@ -115,31 +151,54 @@ def validate_parallel(model: ModelSpec, parallel: ParallelSpec | None = None,
             raise BadInput(f"segments of module {name} must be an integer >= 1, got {k!r}")
     for m in model.modules:
         label = module_label(model, m)
-        for what, value in (("attention heads", m.heads), ("key/value heads", m.kv_heads),
-                            ("hidden size", m.hidden), ("ffn hidden size", m.ffn_hidden)):
+        for what, value in (
+            ("attention heads", m.heads),
+            ("key/value heads", m.kv_heads),
+            ("hidden size", m.hidden),
+            ("ffn hidden size", m.ffn_hidden),
+        ):
             if value % p.tp:
                 raise BadInput(f"tp {p.tp} does not divide the {value} {what} of module {label}")
         k = seg.get(m.name, 1)
         chunks = p.pp * k
         if m.layers < chunks:
-            raise BadInput(f"module {label} has {m.layers} layers, fewer than its {chunks} pipeline chunks "
-                           f"(pp {p.pp} x {k} segment{'s' if k > 1 else ''})")
+            raise BadInput(
+                f"module {label} has {m.layers} layers, fewer than its {chunks} pipeline chunks "
+                f"(pp {p.pp} x {k} segment{'s' if k > 1 else ''})"
+            )
     if gpus is not None and gpus != p.gpus:
         raise BadInput(f"gpus {gpus} != tp {p.tp} x pp {p.pp} x dp {p.dp} = {p.gpus}")
 
 
-def with_overrides(model: ModelSpec, tp: int | None = None, pp: int | None = None, dp: int | None = None,
-                   segments: dict[str, int] | None = None, sequence_parallel: bool | None = None,
-                   distributed_optimizer: bool | None = None) -> ModelSpec:
+def with_overrides(
+    model: ModelSpec,
+    tp: int | None = None,
+    pp: int | None = None,
+    dp: int | None = None,
+    segments: dict[str, int] | None = None,
+    sequence_parallel: bool | None = None,
+    distributed_optimizer: bool | None = None,
+) -> ModelSpec:
     """``model`` with the given parallel degrees, per-module segment counts and Megatron memory flags
     (``sequence_parallel``, ``distributed_optimizer``; None keeps the model's) replaced, validated."""
-    changes = {k: v for k, v in (("tp", tp), ("pp", pp), ("dp", dp), ("sequence_parallel", sequence_parallel),
-                                 ("distributed_optimizer", distributed_optimizer)) if v is not None}
+    changes = {
+        k: v
+        for k, v in (
+            ("tp", tp),
+            ("pp", pp),
+            ("dp", dp),
+            ("sequence_parallel", sequence_parallel),
+            ("distributed_optimizer", distributed_optimizer),
+        )
+        if v is not None
+    }
     if segments is not None:
         merged = dict(model.parallel.segments)
         merged.update(segments)
         order = [m.name for m in model.modules]
-        changes["segments"] = tuple(sorted(merged.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+        changes["segments"] = tuple(
+            sorted(merged.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+        )
     parallel = replace(model.parallel, **changes)
     validate_parallel(model, parallel)
     return replace(model, parallel=parallel)

@@ -1,4 +1,5 @@
 """Gantt / memory plots, Perfetto traces and the interactive HTML viewer of simulated (and measured) plans."""
+
 from dip.viz.gantt import write_gantt_png
 from dip.viz.html import build_viewer
 from dip.viz.trace import trace_events, write_chrome_trace

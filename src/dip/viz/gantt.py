@@ -1,9 +1,11 @@
 """Gantt chart of a simulated plan (PNG, matplotlib Agg).
 
 One row per rank, one colour per module, one shade per pass (``F`` light, ``B``/``I`` darker, ``W``
-darkest; small plans carry the micro-batch number in each bar); under it the memory timeline (static + activations) of every rank. The title gives the
+darkest; small plans carry the micro-batch number in each bar); under it the memory timeline (static + activations)
+of every rank. The title gives the
 iteration time and bubble fraction.
 """
+
 from __future__ import annotations
 
 import io
@@ -49,20 +51,32 @@ def write_gantt_png(path: str, plan: Plan, result: SimResult, label: str = "", d
     colors = _module_colors(plan)
     chunk_module = ["+".join(c.modules) for c in plan.graph.chunks]
     task_chunk = np.fromiter((a.chunk for a in tg.actions), np.int64, tg.num_tasks)
-    fig, (ax, mem_ax) = plt.subplots(2, 1, figsize=(14, 1.2 + 0.45 * n_ranks + 2.5), sharex=True,
-                                     gridspec_kw={"height_ratios": [max(n_ranks, 2), 3]})
+    fig, (ax, mem_ax) = plt.subplots(
+        2, 1, figsize=(14, 1.2 + 0.45 * n_ranks + 2.5), sharex=True, gridspec_kw={"height_ratios": [max(n_ranks, 2), 3]}
+    )
     done = ~np.isnan(result.start)
     groups: dict[tuple[int, str, int], list[tuple[float, float]]] = {}
     for t in np.nonzero(done)[0]:
         key = (int(tg.task_rank[t]), chunk_module[task_chunk[t]], int(tg.task_op[t]))
         groups.setdefault(key, []).append((float(result.start[t]), float(result.end[t] - result.start[t])))
     for (rank, module, op), bars in groups.items():
-        ax.broken_barh(bars, (rank - 0.4, 0.8), facecolors=_shade(colors[module], PASS_SHADE[op]),
-                       edgecolor="black" if len(bars) < 400 else "none", linewidth=0.2)
+        ax.broken_barh(
+            bars,
+            (rank - 0.4, 0.8),
+            facecolors=_shade(colors[module], PASS_SHADE[op]),
+            edgecolor="black" if len(bars) < 400 else "none",
+            linewidth=0.2,
+        )
     if done.sum() <= LABEL_MAX_TASKS:  # small plans: name the micro-batch inside each bar
         for t in np.nonzero(done)[0]:
-            ax.text((result.start[t] + result.end[t]) / 2, tg.task_rank[t], str(tg.task_mb[t]),
-                    ha="center", va="center", fontsize=6)
+            ax.text(
+                (result.start[t] + result.end[t]) / 2,
+                tg.task_rank[t],
+                str(tg.task_mb[t]),
+                ha="center",
+                va="center",
+                fontsize=6,
+            )
     ax.set_yticks(range(n_ranks), [f"rank {r}" for r in range(n_ranks)])
     ax.set_ylim(n_ranks - 0.5, -0.5)
     ops_used = sorted({op for (_, _, op) in groups})
@@ -74,14 +88,17 @@ def write_gantt_png(path: str, plan: Plan, result: SimResult, label: str = "", d
     for r in range(n_ranks):
         times, values = result.memory_timeline(r)
         end = result.makespan if np.isfinite(result.makespan) else (times[-1] if len(times) else 0.0)
-        mem_ax.step(np.append(times, end), np.append(values, values[-1]) / scale, where="post",
-                    label=f"rank {r}", linewidth=0.9)
+        mem_ax.step(
+            np.append(times, end), np.append(values, values[-1]) / scale, where="post", label=f"rank {r}", linewidth=0.9
+        )
     if np.isfinite(result.memory_limit_bytes) and result.memory_limit_bytes <= 2 * np.max(result.peak_memory_bytes):
         mem_ax.axhline(result.memory_limit_bytes / scale, color="red", linestyle="--", linewidth=0.8, label="limit")
     mem_ax.set_ylabel(f"memory ({unit})")
     mem_ax.set_xlabel("time (s)")
     mem_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, ncol=1 + n_ranks // 9)
-    title = f"{label + ': ' if label else ''}iteration {result.iteration_time:.4g} s, bubble {result.bubble_fraction:.1%}"
+    title = (
+        f"{label + ': ' if label else ''}iteration {result.iteration_time:.4g} s, bubble {result.bubble_fraction:.1%}"
+    )
     if result.status != "ok":
         title += f" ({result.status})"
     ax.set_title(title)

@@ -10,19 +10,21 @@ The page draws on a canvas and only the bars in view, so traces with 100k slices
 exposes ``document.body.dataset.bars`` (bars in the page), ``.visible`` (bars in the current view)
 and ``.ready`` for tests.
 """
+
 from __future__ import annotations
 
 import html as html_escape
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 from dip.errors import BadInput
 
-__all__ = ["Bar", "Lane", "TraceView", "ViewerPage", "SeriesSummary", "read_trace", "build_viewer"]
+__all__ = ["Bar", "Lane", "SeriesSummary", "TraceView", "ViewerPage", "build_viewer", "read_trace"]
 
 US = 1e-6  # trace timestamps are microseconds
 SLICE_ARGS = ("module", "op", "chunk", "unit", "mb")
@@ -103,10 +105,15 @@ class ViewerPage:
         return sum(s.bars for s in self.series)
 
     def summary(self) -> dict[str, Any]:
-        return {"ranks": self.ranks, "bars": self.bars,
-                "memory_points": sum(s.memory_points for s in self.series),
-                "series": [{"name": s.name, "bars": s.bars, "memory_points": s.memory_points,
-                            "makespan_s": s.makespan_s} for s in self.series]}
+        return {
+            "ranks": self.ranks,
+            "bars": self.bars,
+            "memory_points": sum(s.memory_points for s in self.series),
+            "series": [
+                {"name": s.name, "bars": s.bars, "memory_points": s.memory_points, "makespan_s": s.makespan_s}
+                for s in self.series
+            ],
+        }
 
 
 # -- reading a trace ------------------------------------------------------------------------------
@@ -124,8 +131,10 @@ def read_trace(doc: Any, *, source: str) -> TraceView:
         BadInput: ``doc`` is not a dip trace (naming ``source`` and what is missing).
     """
     if not isinstance(doc, dict) or not isinstance(doc.get("traceEvents"), list):
-        raise BadInput(f"{source} is not a dip trace: expected a JSON object with a 'traceEvents' list "
-                       f"(write one with dip plan/simulate/train --trace)")
+        raise BadInput(
+            f"{source} is not a dip trace: expected a JSON object with a 'traceEvents' list "
+            f"(write one with dip plan/simulate/train --trace)"
+        )
     meta = doc.get("otherData") if isinstance(doc.get("otherData"), dict) else {}
     events = [e for e in doc["traceEvents"] if isinstance(e, dict)]
     pid_lane = _lanes_by_pid(events, source)
@@ -136,8 +145,10 @@ def read_trace(doc: Any, *, source: str) -> TraceView:
     for k, e in enumerate(slices):
         lane = pid_lane.get(e.get("pid"))
         if lane is None:
-            raise BadInput(f"{source} is not a dip trace: slice {k} is on process {e.get('pid')!r}, "
-                           f"which has no 'rank N' process_name")
+            raise BadInput(
+                f"{source} is not a dip trace: slice {k} is on process {e.get('pid')!r}, "
+                f"which has no 'rank N' process_name"
+            )
         lane.bars.append(_bar(e, k, source))
     for e in events:
         if e.get("ph") == "C" and e.get("name") == "memory" and e.get("pid") in pid_lane:
@@ -158,8 +169,10 @@ def _lanes_by_pid(events: list[dict], source: str) -> dict[Any, Lane]:
             if m:
                 lanes[e.get("pid")] = Lane(rank=int(m.group(1)), series=m.group(2) or "plan")
     if not lanes:
-        raise BadInput(f"{source} is not a dip trace: no process is named 'rank N' "
-                       f"(write one with dip plan/simulate/train --trace)")
+        raise BadInput(
+            f"{source} is not a dip trace: no process is named 'rank N' "
+            f"(write one with dip plan/simulate/train --trace)"
+        )
     return lanes
 
 
@@ -176,10 +189,18 @@ def _bar(e: dict, k: int, source: str) -> Bar:
     if bad:
         raise BadInput(f"{source}: slice {k} ({e.get('name')!r}) needs integer args {', '.join(bad)}")
     act = args.get("act_bytes")
-    return Bar(start_s=float(e["ts"]) * US, dur_s=max(float(e["dur"]), 0.0) * US, name=str(e.get("name", "")),
-               module=str(args["module"]), op=str(args["op"]), chunk=int(args["chunk"]), unit=int(args["unit"]),
-               mb=int(args["mb"]), layers=str(args.get("layers", "")),
-               act_bytes=float(act) if _is_number(act) else None)
+    return Bar(
+        start_s=float(e["ts"]) * US,
+        dur_s=max(float(e["dur"]), 0.0) * US,
+        name=str(e.get("name", "")),
+        module=str(args["module"]),
+        op=str(args["op"]),
+        chunk=int(args["chunk"]),
+        unit=int(args["unit"]),
+        mb=int(args["mb"]),
+        layers=str(args.get("layers", "")),
+        act_bytes=float(act) if _is_number(act) else None,
+    )
 
 
 def _is_number(x: Any) -> bool:
@@ -192,8 +213,10 @@ def _pick_series(first: TraceView, second: TraceView | None) -> list[tuple[str, 
     if second is None:
         return [(s, s, first.lanes_of(s), first) for s in first.series()]
     if first.ranks != second.ranks:
-        raise BadInput(f"{second.source} has {second.ranks} ranks but {first.source} has {first.ranks}; "
-                       f"compare traces of the same pipeline")
+        raise BadInput(
+            f"{second.source} has {second.ranks} ranks but {first.source} has {first.ranks}; "
+            f"compare traces of the same pipeline"
+        )
     a_name = "plan" if "plan" in first.series() else first.series()[0]
     b_name = "measured" if "measured" in second.series() else second.series()[0]
     a_label, b_label = a_name, b_name
@@ -222,29 +245,60 @@ def _page_data(picked: list[tuple[str, str, list[Lane], TraceView]], title: str,
     for si, (name, kind, lanes, view) in enumerate(picked):
         meta = view.meta
         planned = kind == "plan"
-        series.append({"name": name, "kind": kind, "source": view.name, "schedule": meta.get("schedule"),
-                       "label": meta.get("label"), "status": meta.get("status"),
-                       "iteration_s": meta.get("iteration_time_s") if planned else None,
-                       "bubble": meta.get("bubble_fraction") if planned else None,
-                       "makespan_s": _makespan(lanes), "bars": sum(len(lane.bars) for lane in lanes)})
+        series.append(
+            {
+                "name": name,
+                "kind": kind,
+                "source": view.name,
+                "schedule": meta.get("schedule"),
+                "label": meta.get("label"),
+                "status": meta.get("status"),
+                "iteration_s": meta.get("iteration_time_s") if planned else None,
+                "bubble": meta.get("bubble_fraction") if planned else None,
+                "makespan_s": _makespan(lanes),
+                "bars": sum(len(lane.bars) for lane in lanes),
+            }
+        )
         for lane in lanes:
-            lanes_out.append({"rank": lane.rank, "series": si, "bars": _columns(lane, modules, ops),
-                              "mem": {"t": [_round(t, _TIME_DIGITS) for t, _ in lane.memory],
-                                      "v": [_round(v, _MEM_DIGITS) for _, v in lane.memory]}})
+            lanes_out.append(
+                {
+                    "rank": lane.rank,
+                    "series": si,
+                    "bars": _columns(lane, modules, ops),
+                    "mem": {
+                        "t": [_round(t, _TIME_DIGITS) for t, _ in lane.memory],
+                        "v": [_round(v, _MEM_DIGITS) for _, v in lane.memory],
+                    },
+                }
+            )
     limits = [v.meta.get("memory_limit_gib") for _, _, _, v in picked]
     limit = next((x for x in limits if _is_number(x)), None)
-    return {"title": title, "ranks": ranks, "series": series, "modules": modules, "ops": ops,
-            "layers": {str(c): s for c, s in sorted(layers.items())}, "memLimitGiB": limit, "lanes": lanes_out}
+    return {
+        "title": title,
+        "ranks": ranks,
+        "series": series,
+        "modules": modules,
+        "ops": ops,
+        "layers": {str(c): s for c, s in sorted(layers.items())},
+        "memLimitGiB": limit,
+        "lanes": lanes_out,
+    }
 
 
 def _columns(lane: Lane, modules: list[str], ops: list[str]) -> dict[str, list]:
     """A lane's bars as columns (compact JSON): start, duration, module/op index, chunk, unit, mb, name, act GiB."""
     bars = lane.bars
-    return {"s": [_round(b.start_s, _TIME_DIGITS) for b in bars], "d": [_round(b.dur_s, _TIME_DIGITS) for b in bars],
-            "m": [modules.index(b.module) for b in bars], "o": [ops.index(b.op) for b in bars],
-            "c": [b.chunk for b in bars], "u": [b.unit for b in bars], "b": [b.mb for b in bars],
-            "n": [b.name for b in bars],
-            "a": [None if b.act_bytes is None else _round(b.act_bytes / 2**30, _MEM_DIGITS) for b in bars]}
+    return {
+        "s": [_round(b.start_s, _TIME_DIGITS) for b in bars],
+        "d": [_round(b.dur_s, _TIME_DIGITS) for b in bars],
+        "m": [modules.index(b.module) for b in bars],
+        "o": [ops.index(b.op) for b in bars],
+        "c": [b.chunk for b in bars],
+        "u": [b.unit for b in bars],
+        "b": [b.mb for b in bars],
+        "n": [b.name for b in bars],
+        "a": [None if b.act_bytes is None else _round(b.act_bytes / 2**30, _MEM_DIGITS) for b in bars],
+    }
 
 
 def _makespan(lanes: list[Lane]) -> float:
@@ -272,8 +326,14 @@ def _default_title(first: TraceView, second: TraceView | None) -> str:
     return title
 
 
-def build_viewer(*, trace: Any, source: str = "trace", measured: Any | None = None,
-                 measured_source: str = "measured trace", title: str | None = None) -> ViewerPage:
+def build_viewer(
+    *,
+    trace: Any,
+    source: str = "trace",
+    measured: Any | None = None,
+    measured_source: str = "measured trace",
+    title: str | None = None,
+) -> ViewerPage:
     """Render the interactive viewer page of a dip trace.
 
     Args:
@@ -296,11 +356,19 @@ def build_viewer(*, trace: Any, source: str = "trace", measured: Any | None = No
     ranks = max(first.ranks, second.ranks if second else 0)
     title = title if title is not None else _default_title(first, second)
     data = _page_data(picked, title, ranks)
-    page = _fill(_asset("viewer.html"), {"TITLE": html_escape.escape(title), "DATA": _script_json(data),
-                                         "SCRIPT": _asset("viewer.js")})
-    summaries = tuple(SeriesSummary(name=name, bars=sum(len(lane.bars) for lane in lanes),
-                                    memory_points=sum(len(lane.memory) for lane in lanes),
-                                    makespan_s=_makespan(lanes)) for name, _, lanes, _ in picked)
+    page = _fill(
+        _asset("viewer.html"),
+        {"TITLE": html_escape.escape(title), "DATA": _script_json(data), "SCRIPT": _asset("viewer.js")},
+    )
+    summaries = tuple(
+        SeriesSummary(
+            name=name,
+            bars=sum(len(lane.bars) for lane in lanes),
+            memory_points=sum(len(lane.memory) for lane in lanes),
+            makespan_s=_makespan(lanes),
+        )
+        for name, _, lanes, _ in picked
+    )
     return ViewerPage(html=page, ranks=ranks, series=summaries)
 
 

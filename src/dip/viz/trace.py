@@ -6,10 +6,11 @@ mb, op, action, layers, act_bytes), flow arrows for cross-rank messages and a me
 and ``"rank r (measured)"``. ``otherData`` names the writer (``"generator": "dip"``), the number of
 ranks and the memory limit, so ``dip viz`` can tell a dip trace from any other Chrome trace.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -30,24 +31,42 @@ def action_label(plan: Plan, action: Action) -> tuple[str, dict]:
     name = f"{module} {action.op.value} mb{unit.mb}"
     if unit.stop > unit.start:
         name += f" [{unit.start}:{unit.stop})"
-    args = {"module": module, "chunk": action.chunk, "unit": action.unit, "mb": unit.mb, "op": action.op.value,
-            "action": str(action), "layers": chunk.label}
+    args = {
+        "module": module,
+        "chunk": action.chunk,
+        "unit": action.unit,
+        "mb": unit.mb,
+        "op": action.op.value,
+        "action": str(action),
+        "layers": chunk.label,
+    }
     return name, args
 
 
 def _meta(pid: int, name: str) -> list[dict]:
-    return [{"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}},
-            {"ph": "M", "name": "process_sort_index", "pid": pid, "args": {"sort_index": pid}},
-            {"ph": "M", "name": "thread_name", "pid": pid, "tid": 0, "args": {"name": "compute"}}]
+    return [
+        {"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}},
+        {"ph": "M", "name": "process_sort_index", "pid": pid, "args": {"sort_index": pid}},
+        {"ph": "M", "name": "thread_name", "pid": pid, "tid": 0, "args": {"name": "compute"}},
+    ]
 
 
 def _slice(pid: int, name: str, args: dict, start: float, end: float) -> dict:
-    return {"ph": "X", "name": name, "cat": args["op"], "pid": pid, "tid": 0, "ts": start * US,
-            "dur": max(end - start, 0.0) * US, "args": args}
+    return {
+        "ph": "X",
+        "name": name,
+        "cat": args["op"],
+        "pid": pid,
+        "tid": 0,
+        "ts": start * US,
+        "dur": max(end - start, 0.0) * US,
+        "args": args,
+    }
 
 
-def trace_events(plan: Plan, result: SimResult, costs: StageCosts | None = None,
-                 measured: MeasuredRows | None = None) -> list[dict]:
+def trace_events(
+    plan: Plan, result: SimResult, costs: StageCosts | None = None, measured: MeasuredRows | None = None
+) -> list[dict]:
     """All trace events (see module docstring)."""
     tg = result.taskgraph
     costs = costs or tg.costs
@@ -67,8 +86,10 @@ def trace_events(plan: Plan, result: SimResult, costs: StageCosts | None = None,
     events += _flows(tg, result, plan_pid)
     for r in range(plan.num_ranks):
         times, values = result.memory_timeline(r)
-        events += [{"ph": "C", "name": "memory", "pid": plan_pid(r), "ts": float(ts) * US,
-                    "args": {"GiB": float(v) / 2**30}} for ts, v in zip(times, values)]
+        events += [
+            {"ph": "C", "name": "memory", "pid": plan_pid(r), "ts": float(ts) * US, "args": {"GiB": float(v) / 2**30}}
+            for ts, v in zip(times, values)
+        ]
     task_of = {a: t for t, a in enumerate(tg.actions)}
     for r, rows in (measured or {}).items():
         for act, start, end in rows:
@@ -89,11 +110,17 @@ def _flows(tg, result: SimResult, pid_of) -> list[dict]:
         if np.isnan(result.end[p]) or np.isnan(result.start[t]):
             continue
         sent = result.end[p] - min(1e-9, (result.end[p] - result.start[p]) / 2)
-        common = {"name": "p2p", "cat": "p2p", "id": int(e), "tid": 0,
-                  "args": {"bytes": float(tg.pred_bytes[e]), "delay_s": float(tg.pred_delay[e])}}
+        common = {
+            "name": "p2p",
+            "cat": "p2p",
+            "id": int(e),
+            "tid": 0,
+            "args": {"bytes": float(tg.pred_bytes[e]), "delay_s": float(tg.pred_delay[e])},
+        }
         events.append({**common, "ph": "s", "pid": pid_of(int(tg.task_rank[p])), "ts": sent * US})
-        events.append({**common, "ph": "f", "bp": "e", "pid": pid_of(int(tg.task_rank[t])),
-                       "ts": float(result.start[t]) * US})
+        events.append(
+            {**common, "ph": "f", "bp": "e", "pid": pid_of(int(tg.task_rank[t])), "ts": float(result.start[t]) * US}
+        )
     return events
 
 
@@ -101,8 +128,14 @@ def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def write_chrome_trace(path: str, plan: Plan, result: SimResult, costs: StageCosts | None = None,
-                       label: str = "plan", measured: MeasuredRows | None = None) -> None:
+def write_chrome_trace(
+    path: str,
+    plan: Plan,
+    result: SimResult,
+    costs: StageCosts | None = None,
+    label: str = "plan",
+    measured: MeasuredRows | None = None,
+) -> None:
     """Write the trace of ``plan`` to ``path``.
 
     ``measured``: ``{rank: [(action or its text, start_s, end_s), ...]}`` in seconds from the step start
@@ -111,9 +144,16 @@ def write_chrome_trace(path: str, plan: Plan, result: SimResult, costs: StageCos
     doc = {
         "traceEvents": trace_events(plan, result, costs, measured),
         "displayTimeUnit": "ms",
-        "otherData": {"generator": "dip", "label": label, "schedule": plan.schedule, "ranks": plan.num_ranks,
-                      "measured": measured is not None, "iteration_time_s": _finite(result.iteration_time),
-                      "bubble_fraction": _finite(result.bubble_fraction), "status": result.status,
-                      "memory_limit_gib": _finite(result.memory_limit_bytes / 2**30)},
+        "otherData": {
+            "generator": "dip",
+            "label": label,
+            "schedule": plan.schedule,
+            "ranks": plan.num_ranks,
+            "measured": measured is not None,
+            "iteration_time_s": _finite(result.iteration_time),
+            "bubble_fraction": _finite(result.bubble_fraction),
+            "status": result.status,
+            "memory_limit_gib": _finite(result.memory_limit_bytes / 2**30),
+        },
     }
     write_atomic(path, json.dumps(doc, allow_nan=False, default=float))

@@ -9,9 +9,11 @@ Part protocols (built-in kinds and bring-your-own models alike):
 
 ``side`` holds tensors that travel alongside ``hidden`` unchanged (the DiT's ``cond`` and ``t_mod``).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,9 +42,17 @@ class ChunkModule(nn.Module):
     :meth:`canonical_named_parameters` prefixes them with the module name.
     """
 
-    def __init__(self, module_name: str, layer_start: int, layer_end: int, total_layers: int,
-                 pre: nn.Module | None, blocks: Sequence[nn.Module], post: nn.Module | None,
-                 protocol: "PartProtocol | None" = None):
+    def __init__(
+        self,
+        module_name: str,
+        layer_start: int,
+        layer_end: int,
+        total_layers: int,
+        pre: nn.Module | None,
+        blocks: Sequence[nn.Module],
+        post: nn.Module | None,
+        protocol: PartProtocol | None = None,
+    ):
         super().__init__()
         self.protocol = protocol or PartProtocol()
         if len(blocks) != layer_end - layer_start:
@@ -67,8 +77,9 @@ class ChunkModule(nn.Module):
         for name, p in self.named_parameters():
             yield f"{self.module_name}.{name}", p
 
-    def forward(self, inputs: dict[str, Tensor], data: Any,
-                strategies: Sequence[str] | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, inputs: dict[str, Tensor], data: Any, strategies: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
         """Run the chunk on one unit: output tensors by name, or ``{"loss_sum": scalar}``."""
         strategies = _check_strategies(strategies, len(self.layers))
         parts = self.protocol
@@ -114,8 +125,9 @@ class PartProtocol:
     def call_pre(self, pre: nn.Module, inputs: dict[str, Tensor], data: Any) -> tuple[Tensor, dict[str, Tensor]]:
         return pre(inputs, data)
 
-    def call_block(self, block: nn.Module, hidden: Tensor, side: dict[str, Tensor], data: Any,
-                   recompute_attention: bool = False) -> Tensor:
+    def call_block(
+        self, block: nn.Module, hidden: Tensor, side: dict[str, Tensor], data: Any, recompute_attention: bool = False
+    ) -> Tensor:
         if recompute_attention:
             return block(hidden, side, data, recompute_attention=True)
         return block(hidden, side, data)
@@ -124,8 +136,14 @@ class PartProtocol:
         return post(hidden, side, data)
 
 
-def run_block(block: nn.Module, hidden: Tensor, side: dict[str, Tensor], data: Any, strategy: str,
-              parts: PartProtocol | None = None) -> Tensor:
+def run_block(
+    block: nn.Module,
+    hidden: Tensor,
+    side: dict[str, Tensor],
+    data: Any,
+    strategy: str,
+    parts: PartProtocol | None = None,
+) -> Tensor:
     """One block under a memory strategy: ``none``; ``selective`` recomputes the attention core in
     backward (parts without that support fall back to ``full``); ``full`` recomputes the whole block;
     ``offload`` keeps saved activations in (pinned) host memory."""
@@ -147,8 +165,15 @@ def run_block(block: nn.Module, hidden: Tensor, side: dict[str, Tensor], data: A
     return parts.call_block(block, hidden, side, data)
 
 
-def build_chunk(model: ModelSpec, module_name: str, layer_start: int, layer_end: int, seed: int = 0,
-                dtype: torch.dtype | str = torch.float32, device: torch.device | str | None = None) -> ChunkModule:
+def build_chunk(
+    model: ModelSpec,
+    module_name: str,
+    layer_start: int,
+    layer_end: int,
+    seed: int = 0,
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str | None = None,
+) -> ChunkModule:
     """Build only layers ``[layer_start, layer_end)`` of ``module_name`` (+ pre / post parts at the ends).
 
     Parts are initialised from generators seeded by ``(seed, module, part)``, so every chunking of a

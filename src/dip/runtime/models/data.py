@@ -8,6 +8,7 @@ Decoder layout (see :mod:`dip.data.tensors`): per sample, its images' merged tok
 positions restart at 0 for every sample. Text position ``j < text_len - 1`` of a sample is labelled
 with the sample's token ``j + 1``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,10 +18,10 @@ import torch
 from torch import Tensor
 
 from dip.data.meta import MicroBatchMeta, lm_sequence_lens
+from dip.data.tensors import caption_lens, dit_latent_grid, image_tokens, resolve_range
 from dip.runtime.models import layers
 from dip.runtime.models.seeding import generator, torch_dtype
 from dip.spec.model import ModelSpec, ModuleSpec
-from dip.data.tensors import caption_lens, dit_latent_grid, image_tokens, resolve_range
 
 
 @dataclass
@@ -74,9 +75,17 @@ class UnitData:
         return self.cache[key]
 
 
-def make_unit_data(model: ModelSpec, mb: MicroBatchMeta, mb_index: int, module_name: str, start: int,
-                   stop: int, step_seed: int, dtype: torch.dtype | str = torch.float32,
-                   device: torch.device | str | None = None) -> UnitData:
+def make_unit_data(
+    model: ModelSpec,
+    mb: MicroBatchMeta,
+    mb_index: int,
+    module_name: str,
+    start: int,
+    stop: int,
+    step_seed: int,
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str | None = None,
+) -> UnitData:
     """Inputs of unit ``(module_name, mb_index, [start, stop))`` (``0, 0`` = all instances)."""
     m = model.module(module_name)
     dtype = torch_dtype(dtype)
@@ -100,8 +109,9 @@ def _vit_data(m: ModuleSpec, mb_index: int, a: int, b: int, step_seed: int, dtyp
     return UnitData(**ident, seq_lens=(m.patches_per_image,) * (b - a), pixels=pixels)
 
 
-def _decoder_data(model: ModelSpec, m: ModuleSpec, mb: MicroBatchMeta, mb_index: int, step_seed: int,
-                  ident: dict) -> UnitData:
+def _decoder_data(
+    model: ModelSpec, m: ModuleSpec, mb: MicroBatchMeta, mb_index: int, step_seed: int, ident: dict
+) -> UnitData:
     tpi = image_tokens(model)
     n_text = mb.text_tokens
     tokens, seq_index, loss_pos, labels, text_pos = [], [], [], [], []
@@ -120,7 +130,8 @@ def _decoder_data(model: ModelSpec, m: ModuleSpec, mb: MicroBatchMeta, mb_index:
     seq_lens = lm_sequence_lens(model, mb)
     long = dict(dtype=torch.long)
     return UnitData(
-        **ident, seq_lens=seq_lens,
+        **ident,
+        seq_lens=seq_lens,
         token_ids=torch.cat(tokens) if tokens else torch.zeros(0, **long),
         seq_index=torch.tensor(seq_index, **long),
         positions=layers.positions_in_blocks(seq_lens),
@@ -130,8 +141,9 @@ def _decoder_data(model: ModelSpec, m: ModuleSpec, mb: MicroBatchMeta, mb_index:
     )
 
 
-def _dit_data(m: ModuleSpec, mb: MicroBatchMeta, mb_index: int, a: int, b: int, step_seed: int, dtype,
-              ident: dict) -> UnitData:
+def _dit_data(
+    m: ModuleSpec, mb: MicroBatchMeta, mb_index: int, a: int, b: int, step_seed: int, dtype, ident: dict
+) -> UnitData:
     latents, noise, steps = [], [], []
     for c in range(a, b):
         f, r, w = dit_latent_grid(m, mb.clip_tokens[c])
@@ -142,8 +154,11 @@ def _dit_data(m: ModuleSpec, mb: MicroBatchMeta, mb_index: int, a: int, b: int, 
         steps.append(torch.rand((), generator=g).to(dtype))
     seq_lens = tuple(mb.clip_tokens[a:b])
     return UnitData(
-        **ident, seq_lens=seq_lens, cond_lens=caption_lens(mb, a, b),
-        latents=latents, noise=noise,
+        **ident,
+        seq_lens=seq_lens,
+        cond_lens=caption_lens(mb, a, b),
+        latents=latents,
+        noise=noise,
         timesteps=torch.stack(steps) if steps else torch.zeros(0, dtype=dtype),
         positions=layers.positions_in_blocks(seq_lens),
         clip_of_token=layers.segment_ids(seq_lens),
@@ -151,8 +166,17 @@ def _dit_data(m: ModuleSpec, mb: MicroBatchMeta, mb_index: int, a: int, b: int, 
 
 
 def _to_device(data: UnitData, device) -> UnitData:
-    for name in ("pixels", "token_ids", "seq_index", "positions", "loss_positions", "labels",
-                 "text_positions", "timesteps", "clip_of_token"):
+    for name in (
+        "pixels",
+        "token_ids",
+        "seq_index",
+        "positions",
+        "loss_positions",
+        "labels",
+        "text_positions",
+        "timesteps",
+        "clip_of_token",
+    ):
         t = getattr(data, name)
         if t is not None:
             setattr(data, name, t.to(device))

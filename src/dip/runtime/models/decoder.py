@@ -1,16 +1,17 @@
 """Decoder language model: token embeddings with image embeddings scattered in, RMSNorm + RoPE +
 grouped-query attention (causal within each sample) + SwiGLU blocks, final norm and either an LM head
 with a summed token cross-entropy or the text hidden states (text encoder of a T2V model)."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dip.data.tensors import image_tokens
 from dip.runtime.models.data import UnitData
 from dip.runtime.models.layers import Attention, RMSNorm, SwiGLU
 from dip.spec.model import ModelSpec, ModuleSpec
-from dip.data.tensors import image_tokens
 
 
 class DecoderPre(nn.Module):

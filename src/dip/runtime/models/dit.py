@@ -7,16 +7,17 @@ Blocks: modulated LN -> self-attention (full within each clip, RoPE) -> LN -> cr
 attends only to its caption) -> modulated LN -> GELU MLP; each block adds its learned table to
 ``t_mod``. Post: modulated final LN, linear to latent patches, loss = sum((pred - (noise - x0))^2).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dip.data.tensors import T_MOD_PARTS, dit_patch_dim
 from dip.runtime.models.data import UnitData
 from dip.runtime.models.layers import Attention, GeluMLP, timestep_embedding
 from dip.spec.model import ModelSpec, ModuleSpec
-from dip.data.tensors import T_MOD_PARTS, dit_patch_dim
 
 FREQ_DIM = 256
 
@@ -42,8 +43,10 @@ class DitPre(nn.Module):
 
     def noisy_tokens(self, data: UnitData) -> Tensor:
         s = self.spec
-        clips = [patchify_latent((1 - t) * x0 + t * n, s.patch_t, s.patch_hw)
-                 for x0, n, t in zip(data.latents, data.noise, data.timesteps)]
+        clips = [
+            patchify_latent((1 - t) * x0 + t * n, s.patch_t, s.patch_hw)
+            for x0, n, t in zip(data.latents, data.noise, data.timesteps)
+        ]
         return torch.cat(clips) if clips else self.patch.weight.new_zeros(0, dit_patch_dim(s))
 
     def forward(self, inputs: dict[str, Tensor], data: UnitData) -> tuple[Tensor, dict[str, Tensor]]:

@@ -3,28 +3,36 @@ its first chunk's inputs from everything it received (fan-in of ViT units, fan-o
 
 Shapes agree with :func:`dip.data.tensors.edge_specs` and :func:`dip.data.tensors.chunk_input_specs`.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from dip.data.meta import MicroBatchMeta
-from dip.spec.model import Edge, ModelSpec
 from dip.data.tensors import UnitLike, resolve_range, text_cond_rows
+from dip.spec.model import Edge, ModelSpec
 
 
-def text_cond_index(model: ModelSpec, edge: Edge, consumer: UnitLike, mb: MicroBatchMeta,
-                    device: torch.device | None = None) -> Tensor:
+def text_cond_index(
+    model: ModelSpec, edge: Edge, consumer: UnitLike, mb: MicroBatchMeta, device: torch.device | None = None
+) -> Tensor:
     """Rows of the producer's ``text_hidden`` that form the consumer DiT unit's ``text_cond``."""
     a, b = resolve_range(model.module(edge.dst), mb, consumer.start, consumer.stop)
     rows = [torch.arange(r0, r1, device=device) for r0, r1 in text_cond_rows(mb, a, b)]
     return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=device)
 
 
-def edge_tensors(model: ModelSpec, edge: Edge, producer_outputs: dict[str, Tensor], producer: UnitLike,
-                 consumer: UnitLike, mb: MicroBatchMeta) -> dict[str, Tensor]:
+def edge_tensors(
+    model: ModelSpec,
+    edge: Edge,
+    producer_outputs: dict[str, Tensor],
+    producer: UnitLike,
+    consumer: UnitLike,
+    mb: MicroBatchMeta,
+) -> dict[str, Tensor]:
     """Tensors on the channel ``producer -> consumer`` (differentiable in the producer's outputs).
 
     The gradient that comes back for them flows into the producer's outputs by autograd (index
@@ -40,8 +48,9 @@ def edge_tensors(model: ModelSpec, edge: Edge, producer_outputs: dict[str, Tenso
     raise ValueError(f"unknown edge kind {edge.kind!r}")
 
 
-def assemble_inputs(model: ModelSpec, module_name: str, mb: MicroBatchMeta,
-                    received: Sequence[tuple[Edge, UnitLike, dict[str, Tensor]]]) -> dict[str, Tensor]:
+def assemble_inputs(
+    model: ModelSpec, module_name: str, mb: MicroBatchMeta, received: Sequence[tuple[Edge, UnitLike, dict[str, Tensor]]]
+) -> dict[str, Tensor]:
     """First-chunk inputs of a consumer unit from ``(edge, producer unit, channel tensors)`` triples.
 
     ``image_embeds``: the ViT units' tensors concatenated by image index (they must tile all images of
@@ -52,7 +61,7 @@ def assemble_inputs(model: ModelSpec, module_name: str, mb: MicroBatchMeta,
     if images:
         vit = model.module(images[0][0].src)
         expected = 0
-        for _, unit, tensors in images:
+        for _, unit, _tensors in images:
             a, b = resolve_range(vit, mb, unit.start, unit.stop)
             if a != expected:
                 raise ValueError(f"{module_name}: ViT units do not tile the images (gap at image {expected})")

@@ -6,10 +6,11 @@ document (documents of equal lengths batched into one call), so memory grows wit
 squared lengths, not with the packed length squared. :func:`block_mask` / :func:`cross_mask` remain
 as the reference definition of who attends to whom (tests).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +40,11 @@ def segment_ids(seq_lens: Sequence[int], device: torch.device | None = None) -> 
 
 def positions_in_blocks(seq_lens: Sequence[int], device: torch.device | None = None) -> Tensor:
     """Positions restarting at 0 at the start of every block."""
-    return torch.cat([torch.arange(n, device=device) for n in seq_lens]) if seq_lens else \
-        torch.zeros(0, dtype=torch.long, device=device)
+    return (
+        torch.cat([torch.arange(n, device=device) for n in seq_lens])
+        if seq_lens
+        else torch.zeros(0, dtype=torch.long, device=device)
+    )
 
 
 def block_mask(seq_lens: Sequence[int], causal: bool, device: torch.device | None = None) -> Tensor:
@@ -70,12 +74,12 @@ class Segments:
     causal: bool = False
 
     @classmethod
-    def self_attention(cls, seq_lens: Sequence[int], causal: bool) -> "Segments":
+    def self_attention(cls, seq_lens: Sequence[int], causal: bool) -> Segments:
         lens = tuple(int(n) for n in seq_lens)
         return cls(lens, lens, causal)
 
     @classmethod
-    def cross_attention(cls, q_lens: Sequence[int], kv_lens: Sequence[int]) -> "Segments":
+    def cross_attention(cls, q_lens: Sequence[int], kv_lens: Sequence[int]) -> Segments:
         if any(n <= 0 for n in kv_lens):
             raise ValueError("every query block needs at least one key (a clip with an empty caption?)")
         return cls(tuple(int(n) for n in q_lens), tuple(int(n) for n in kv_lens), False)
@@ -97,8 +101,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
-def aligned_attention_inputs(k: Tensor, v: Tensor, mask: Tensor, dtype: torch.dtype,
-                             multiple: int = 16) -> tuple[Tensor, Tensor, Tensor]:
+def aligned_attention_inputs(
+    k: Tensor, v: Tensor, mask: Tensor, dtype: torch.dtype, multiple: int = 16
+) -> tuple[Tensor, Tensor, Tensor]:
     """``k, v [.., Tk, D]`` zero-padded to a multiple of ``multiple`` keys, and an additive bias
     ``[Tq, Tk']`` (0 = attend, -inf = not, padding never attended) equal to boolean ``mask [Tq, Tk]``.
 
@@ -113,7 +118,7 @@ def aligned_attention_inputs(k: Tensor, v: Tensor, mask: Tensor, dtype: torch.dt
     return k, v, bias
 
 
-def attention_core(q: Tensor, k: Tensor, v: Tensor, mask: "Tensor | Segments") -> Tensor:
+def attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | Segments) -> Tensor:
     """SDPA of ``q [H, Tq, D]`` over ``k, v [KV, Tk, D]`` (GQA: kv heads repeated), per document of a
     :class:`Segments` (no ``[Tq, Tk]`` mask), or under a boolean ``mask``."""
     if k.shape[0] != q.shape[0]:
@@ -130,8 +135,10 @@ def segmented_attention(q: Tensor, k: Tensor, v: Tensor, seg: Segments) -> Tenso
     """Attention of each document on its own keys; documents of equal (query, key) lengths run as one
     batched SDPA call. ``q [H, Tq, D]``, ``k, v [H, Tk, D]`` -> ``[H, Tq, D]``."""
     if sum(seg.q_lens) != q.shape[1] or sum(seg.kv_lens) != k.shape[1]:
-        raise ValueError(f"segments cover {sum(seg.q_lens)} queries / {sum(seg.kv_lens)} keys, "
-                         f"the tensors have {q.shape[1]} / {k.shape[1]}")
+        raise ValueError(
+            f"segments cover {sum(seg.q_lens)} queries / {sum(seg.kv_lens)} keys, "
+            f"the tensors have {q.shape[1]} / {k.shape[1]}"
+        )
     qs, ks, vs = q.split(seg.q_lens, dim=1), k.split(seg.kv_lens, dim=1), v.split(seg.kv_lens, dim=1)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, shape in enumerate(zip(seg.q_lens, seg.kv_lens)):
@@ -139,8 +146,12 @@ def segmented_attention(q: Tensor, k: Tensor, v: Tensor, seg: Segments) -> Tenso
             groups.setdefault(shape, []).append(i)
     out: list[Tensor | None] = [q.new_zeros(q.shape[0], 0, v.shape[-1]) if n == 0 else None for n in seg.q_lens]
     for idx in groups.values():
-        got = F.scaled_dot_product_attention(torch.stack([qs[i] for i in idx]), torch.stack([ks[i] for i in idx]),
-                                             torch.stack([vs[i] for i in idx]), is_causal=seg.causal)
+        got = F.scaled_dot_product_attention(
+            torch.stack([qs[i] for i in idx]),
+            torch.stack([ks[i] for i in idx]),
+            torch.stack([vs[i] for i in idx]),
+            is_causal=seg.causal,
+        )
         for i, o in zip(idx, got.unbind(0)):
             out[i] = o
     return torch.cat(out, dim=1) if out else q.new_zeros(q.shape[0], 0, v.shape[-1])
@@ -162,8 +173,14 @@ class Attention(nn.Module):
         self.v = nn.Linear(kv_dim, kv_heads * self.head_dim, bias=bias)
         self.o = nn.Linear(heads * self.head_dim, hidden, bias=bias)
 
-    def forward(self, x: Tensor, mask: "Tensor | Segments", rope: tuple[Tensor, Tensor] | None = None,
-                kv: Tensor | None = None, recompute_core: bool = False) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | Segments,
+        rope: tuple[Tensor, Tensor] | None = None,
+        kv: Tensor | None = None,
+        recompute_core: bool = False,
+    ) -> Tensor:
         src = x if kv is None else kv
         q = self.q(x).view(x.shape[0], self.heads, self.head_dim).transpose(0, 1)
         k = self.k(src).view(src.shape[0], self.kv_heads, self.head_dim).transpose(0, 1)
@@ -205,7 +222,8 @@ class SwiGLU(nn.Module):
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding ``[n, dim]`` of timesteps ``t [n]`` (scaled to 0..1000)."""
     half = dim // 2
-    freqs = torch.exp(-torch.log(torch.tensor(max_period, dtype=torch.float64)) *
-                      torch.arange(half, dtype=torch.float64) / half).to(device=t.device, dtype=t.dtype)
+    freqs = torch.exp(
+        -torch.log(torch.tensor(max_period, dtype=torch.float64)) * torch.arange(half, dtype=torch.float64) / half
+    ).to(device=t.device, dtype=t.dtype)
     args = (t * 1000.0)[:, None] * freqs[None, :]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

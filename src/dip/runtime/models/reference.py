@@ -3,26 +3,32 @@
 The loss of a step is token-weighted over the whole global batch:
 ``loss = sum_mb loss_sum(mb) / sum_mb loss_tokens(mb)`` (not a mean of micro-batch means).
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from dip.data.meta import BatchMeta, MicroBatchMeta
+from dip.data.tensors import Unit
 from dip.runtime.models.chunk import ChunkModule
 from dip.runtime.models.provider import ModelProvider, as_provider
 from dip.runtime.ties import sum_tied_grads
 from dip.spec.model import ModelSpec
-from dip.data.tensors import Unit
 
 
 class ReferenceModel:
     """Every module of ``model`` built in one process through the same chunk builder (layers 0..L)."""
 
-    def __init__(self, model: ModelSpec | ModelProvider, seed: int = 0, dtype: torch.dtype | str = torch.float32,
-                 device: torch.device | str | None = None):
+    def __init__(
+        self,
+        model: ModelSpec | ModelProvider,
+        seed: int = 0,
+        dtype: torch.dtype | str = torch.float32,
+        device: torch.device | str | None = None,
+    ):
         self.provider = as_provider(model, seed, dtype, device)
         self.spec = self.provider.spec
         self.chunks: dict[str, ChunkModule] = {
@@ -66,6 +72,7 @@ def reference_step(ref: ReferenceModel, batch: BatchMeta, step_seed: int) -> tup
     loss = torch.stack(sums).sum() / total
     loss.backward()
     sum_tied_grads(params, getattr(ref.provider, "tied_groups", tuple)())
-    grads = {n: (prm.grad.detach().clone() if prm.grad is not None else torch.zeros_like(prm))
-             for n, prm in params.items()}
+    grads = {
+        n: (prm.grad.detach().clone() if prm.grad is not None else torch.zeros_like(prm)) for n, prm in params.items()
+    }
     return loss.detach(), grads

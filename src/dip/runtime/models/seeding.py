@@ -5,6 +5,7 @@ Every part of a module (``pre``, ``layers.<i>``, ``post``) is initialised from i
 the same values as the same layers of the whole model. Values are drawn in float32 and then cast, so
 float32 and float64 builds start from the same numbers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,7 +64,7 @@ def init_part(part: nn.Module, g: torch.Generator) -> None:
     Linear weights ~ N(0, 1/fan_in), biases and free parameters (tables, positions) ~ N(0, 0.02^2),
     embeddings ~ N(0, 1), norm weights 1 and norm biases 0.
     """
-    for mod_name, mod in part.named_modules():
+    for _mod_name, mod in part.named_modules():
         for name, p in mod.named_parameters(recurse=False):
             if isinstance(mod, nn.Linear) and name == "weight":
                 value = _normal(p.shape, 1.0 / math.sqrt(p.shape[1]), g)

@@ -5,18 +5,21 @@ Every chunk boundary and every cross-module channel is cut like on a real pipeli
 detached leaves (``requires_grad=True``) and backward walks the recorded chunk calls in reverse,
 feeding each producer the gradients its consumers left on those leaves. No schedule, no processes.
 """
+
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from dip.data.meta import BatchMeta
+from dip.data.tensors import Unit
 from dip.runtime.models.chunk import ChunkModule
 from dip.runtime.models.provider import ModelProvider
-from dip.data.tensors import Unit
 from dip.runtime.ties import sum_tied_grads
 
 
@@ -58,16 +61,22 @@ class ChunkedModel:
             bounds = list((cuts or {}).get(m.name, (0, m.layers)))
             if bounds[0] != 0 or bounds[-1] != m.layers or sorted(set(bounds)) != bounds:
                 raise ValueError(f"cuts of {m.name} must rise from 0 to {m.layers}; got {bounds}")
-            self.chunks[m.name] = [provider.build_chunk(m.name, a, b) for a, b in zip(bounds, bounds[1:])]
+            self.chunks[m.name] = [provider.build_chunk(m.name, a, b) for a, b in itertools.pairwise(bounds)]
 
     def canonical_named_parameters(self):
         for chunks in self.chunks.values():
             for c in chunks:
                 yield from c.canonical_named_parameters()
 
-    def step(self, batch: BatchMeta, step_seed: int, unit_splits: Mapping[str, int] | None = None,
-             strategies: Mapping[str, Sequence[str]] | None = None, split_backward: bool = False,
-             trace: list[Any] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(
+        self,
+        batch: BatchMeta,
+        step_seed: int,
+        unit_splits: Mapping[str, int] | None = None,
+        strategies: Mapping[str, Sequence[str]] | None = None,
+        split_backward: bool = False,
+        trace: list[Any] | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss and canonical gradients of one global batch.
 
         ``unit_splits[module]``: units per micro-batch of a vit / dit; ``strategies[module]``: one memory
@@ -85,8 +94,10 @@ class ChunkedModel:
         for call in reversed(calls):
             self._backward(call, total, split_backward)
         sum_tied_grads(params, getattr(self.provider, "tied_groups", tuple)())
-        grads = {n: (prm.grad.detach().clone() if prm.grad is not None else torch.zeros_like(prm))
-                 for n, prm in params.items()}
+        grads = {
+            n: (prm.grad.detach().clone() if prm.grad is not None else torch.zeros_like(prm))
+            for n, prm in params.items()
+        }
         return loss, grads
 
     def _forward_microbatch(self, k, mb, step_seed, unit_splits, strategies, trace) -> list[ChunkCall]:
@@ -112,7 +123,7 @@ class ChunkedModel:
                 data = p.unit_data(mb, k, m.name, a, b, step_seed)
                 layer_strats = strategies.get(m.name)
                 for chunk in self.chunks[m.name]:
-                    strat = None if layer_strats is None else layer_strats[chunk.layer_start:chunk.layer_end]
+                    strat = None if layer_strats is None else layer_strats[chunk.layer_start : chunk.layer_end]
                     outputs = chunk(inputs, data, strat)
                     call = ChunkCall(chunk, unit, inputs, outputs, _leaves(outputs))
                     calls.append(call)

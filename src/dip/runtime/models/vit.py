@@ -1,5 +1,6 @@
 """Vision transformer: patch embedding, pre-LN blocks (full attention within each image), spatial merge
 and projector into the language model's embedding space."""
+
 from __future__ import annotations
 
 import torch
@@ -35,7 +36,7 @@ class VitPre(nn.Module):
     def __init__(self, model: ModelSpec, spec: ModuleSpec):
         super().__init__()
         self.spec = spec
-        self.patch = nn.Linear(spec.in_channels * spec.patch_size ** 2, spec.hidden)
+        self.patch = nn.Linear(spec.in_channels * spec.patch_size**2, spec.hidden)
         self.pos = nn.Parameter(torch.zeros(spec.patches_per_image, spec.hidden))
 
     def forward(self, inputs: dict[str, Tensor], data: UnitData) -> tuple[Tensor, dict[str, Tensor]]:
@@ -67,11 +68,10 @@ class VitPost(nn.Module):
             raise ValueError(f"vit {spec.name} needs out_hidden > 0 (the consumer's hidden size)")
         self.spec = spec
         self.norm = nn.LayerNorm(spec.hidden, eps=1e-6)
-        self.fc1 = nn.Linear(spec.hidden * spec.spatial_merge ** 2, spec.out_hidden)
+        self.fc1 = nn.Linear(spec.hidden * spec.spatial_merge**2, spec.out_hidden)
         self.fc2 = nn.Linear(spec.out_hidden, spec.out_hidden)
 
     def forward(self, x: Tensor, side: dict[str, Tensor], data: UnitData) -> dict[str, Tensor]:
         side_len = self.spec.image_size // self.spec.patch_size
         merged = merge_patches(self.norm(x), side_len, self.spec.spatial_merge)
         return {"image_embeds": self.fc2(F.gelu(self.fc1(merged), approximate="tanh"))}
-

@@ -1,8 +1,9 @@
 """Shared pieces of the baseline order generators: a chain of chunks with its units, action helpers."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from dip.errors import BadInput
 from dip.schedule.ir import Action, Op, RankOrder, StageGraph, Unit
@@ -64,8 +65,10 @@ def bwd_weight(chunk: int, unit: int) -> Action:
 def one_chunk_per_rank(chain: Chain, schedule: str) -> None:
     """Raise a clear error for schedules that run exactly one chunk per rank."""
     if chain.v != 1:
-        raise BadInput(f"schedule {schedule} runs one chunk per rank, got {chain.v} "
-                       f"(use interleaved or megatron for several chunks per rank)")
+        raise BadInput(
+            f"schedule {schedule} runs one chunk per rank, got {chain.v} "
+            f"(use interleaved or megatron for several chunks per rank)"
+        )
 
 
 def empty_order(pp: int) -> RankOrder:

@@ -1,4 +1,5 @@
 """GPipe: all forwards, then all backwards (looped over a rank's chunks when it holds several)."""
+
 from __future__ import annotations
 
 from dip.schedule.baselines.common import Chain, bwd, fwd

@@ -14,6 +14,7 @@ a multiple of ``pp`` unless the group size is raised; :func:`default_group` pick
 (``pp`` whenever ``m`` is a multiple of ``pp``), as a user would with
 ``--microbatch-group-size-per-virtual-pipeline-stage``.
 """
+
 from __future__ import annotations
 
 from dip.errors import BadInput
@@ -45,8 +46,10 @@ def check_group(pp: int, m: int, group: int) -> None:
     if not pp <= group <= m:
         raise BadInput(f"interleaved micro-batch group size {group} must lie in [pp {pp}, micro-batches {m}]")
     if 0 < m % group < pp:
-        raise BadInput(f"interleaved: the last micro-batch group holds {m % group} micro-batches "
-                       f"({m} micro-batches in groups of {group}), fewer than pp {pp}")
+        raise BadInput(
+            f"interleaved: the last micro-batch group holds {m % group} micro-batches "
+            f"({m} micro-batches in groups of {group}), fewer than pp {pp}"
+        )
 
 
 def default_group(pp: int, m: int) -> int:

@@ -4,6 +4,7 @@ Vision (or text-encoder) and language layers are concatenated and cut into ``pp 
 chunk can hold layers of two modules; every micro-batch runs whole through the chain. The same static
 partition is applied to each dynamic batch; ``v = 2`` unless ``chunks`` says otherwise.
 """
+
 from __future__ import annotations
 
 from dip.data.meta import BatchMeta

@@ -1,5 +1,6 @@
 """Memory strategy candidates of the baselines: one strategy for every layer (Megatron's
 ``--recompute-granularity``); :func:`dip.sim.plans.fit_uniform_memory` picks the cheapest that fits."""
+
 from __future__ import annotations
 
 from dip.schedule.ir import Plan

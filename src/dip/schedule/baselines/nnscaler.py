@@ -7,10 +7,11 @@ with a fixed seed from the model's default workload: each layer's weight is its 
 (``f + i + w``, pre/post parts on the module's first/last layer) over that batch's micro-batches. The
 partition never looks at the batch being scheduled.
 """
+
 from __future__ import annotations
 
-from dip.data.workload import generate_batches
 from dip.data.meta import BatchMeta, work_for
+from dip.data.workload import generate_batches
 from dip.schedule.baselines.one_f_one_b import one_f_one_b_order
 from dip.schedule.baselines.plans import mixed_plan
 from dip.schedule.ir import Plan
@@ -58,5 +59,12 @@ def static_graph(model: ModelSpec, cost_model, microbatches: int):
 def nnscaler_plan(model: ModelSpec, batch: BatchMeta, cost_model, schedule: str = "nnscaler") -> Plan:
     """1F1B of ``batch`` over the static, time-balanced partition."""
     graph = static_graph(model, cost_model, len(batch))
-    return mixed_plan(model, batch, one_f_one_b_order, schedule, v=1, graph=graph,
-                      meta={"weights": "representative-time", "representative_seed": REPRESENTATIVE_SEED})
+    return mixed_plan(
+        model,
+        batch,
+        one_f_one_b_order,
+        schedule,
+        v=1,
+        graph=graph,
+        meta={"weights": "representative-time", "representative_seed": REPRESENTATIVE_SEED},
+    )

@@ -1,4 +1,5 @@
 """1F1B (PipeDream-Flush): ``min(P - r - 1, m)`` warm-up forwards, then one forward / one backward."""
+
 from __future__ import annotations
 
 from dip.schedule.baselines.common import Chain, bwd, fwd, one_chunk_per_rank
@@ -26,5 +27,6 @@ def rank_1f1b(chunk: int, units: tuple[int, ...], warmup: int) -> list[Action]:
 def one_f_one_b_order(chain: Chain) -> RankOrder:
     """1F1B over one chunk per rank; rank ``r`` holds at most ``min(P - r, m)`` activations."""
     one_chunk_per_rank(chain, "1f1b")
-    return {r: rank_1f1b(chain.chunk(r, 0), chain.units, warmup_forwards(chain.pp, r, chain.m))
-            for r in range(chain.pp)}
+    return {
+        r: rank_1f1b(chain.chunk(r, 0), chain.units, warmup_forwards(chain.pp, r, chain.m)) for r in range(chain.pp)
+    }

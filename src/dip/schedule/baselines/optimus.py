@@ -5,6 +5,7 @@ chunks, both with near-equal layer counts. Each rank runs all encoder forwards o
 first, then the LM's interleaved 1F1B, then all encoder backwards. Units are whole micro-batches; a
 micro-batch without images has no encoder unit. Vision-language models only.
 """
+
 from __future__ import annotations
 
 from dip.data.meta import BatchMeta
@@ -23,8 +24,9 @@ def encoder_and_lm(model: ModelSpec) -> tuple[str, str]:
     """Names of the vision encoder and the LM; BadInput for models without a vision encoder."""
     vits, lms = model.modules_of_kind("vit"), model.modules_of_kind("decoder")
     if not vits or not lms or len(model.modules) != 2:
-        raise BadInput(f"schedule optimus supports vision-language models only; "
-                       f"model {model.name} has no vision encoder")
+        raise BadInput(
+            f"schedule optimus supports vision-language models only; model {model.name} has no vision encoder"
+        )
     return vits[0].name, lms[0].name
 
 
@@ -34,8 +36,7 @@ def optimus_order(encoder: Chain, lm: Chain) -> RankOrder:
     order: RankOrder = {}
     for r in range(lm.pp):
         chunk = encoder.chunk(r, 0)
-        order[r] = ([fwd(chunk, u) for u in encoder.units] + lm_order[r]
-                    + [bwd(chunk, u) for u in encoder.units])
+        order[r] = [fwd(chunk, u) for u in encoder.units] + lm_order[r] + [bwd(chunk, u) for u in encoder.units]
     return order
 
 

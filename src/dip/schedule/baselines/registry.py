@@ -8,6 +8,7 @@
 DIP's own schedule is searched by :mod:`dip.planner`; :mod:`dip.planner.schedules` plans a batch
 under any name, DIP or a baseline.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -54,24 +55,45 @@ def _textbook(order_fn: Callable[[Chain], RankOrder], name: str, default_chunks:
     def build(model, batch, cost_model, hardware, chunks=None) -> Plan:
         v = chunks_per_rank(model, chunks, default_chunks, len(batch)) if default_chunks > 1 else (chunks or 1)
         return mixed_plan(model, batch, order_fn, name, v=v)
+
     return build
 
 
 _BASELINES: tuple[Schedule, ...] = (
     Schedule("gpipe", "all forwards, then all backwards", _textbook(gpipe_order, "gpipe", 1), gpipe_order),
-    Schedule("1f1b", "one-forward-one-backward (PipeDream-Flush)", _textbook(one_f_one_b_order, "1f1b", 1),
-             one_f_one_b_order),
-    Schedule("interleaved", "Megatron interleaved 1F1B, 2 chunks per rank by default",
-             _textbook(interleaved_order, "interleaved", 2), interleaved_order),
-    Schedule("zb-h1", "Zero Bubble ZB-H1: split backward, deferred weight passes",
-             _textbook(zb_h1_order, "zb-h1", 1), zb_h1_order),
-    Schedule("megatron", "Megatron-LM: interleaved 1F1B over parameter-balanced mixed chunks",
-             lambda model, batch, cm, hw, chunks=None: megatron_plan(model, batch, chunks), interleaved_order),
-    Schedule("nnscaler", "nnScaler*: static time-balanced 1F1B plan from a representative workload",
-             lambda model, batch, cm, hw, chunks=None: nnscaler_plan(model, batch, cm), one_f_one_b_order),
-    Schedule("optimus", "Optimus: encoder forwards, LM interleaved 1F1B, encoder backwards",
-             lambda model, batch, cm, hw, chunks=None: optimus_plan(model, batch, chunks),
-             check_model=encoder_and_lm),
+    Schedule(
+        "1f1b", "one-forward-one-backward (PipeDream-Flush)", _textbook(one_f_one_b_order, "1f1b", 1), one_f_one_b_order
+    ),
+    Schedule(
+        "interleaved",
+        "Megatron interleaved 1F1B, 2 chunks per rank by default",
+        _textbook(interleaved_order, "interleaved", 2),
+        interleaved_order,
+    ),
+    Schedule(
+        "zb-h1",
+        "Zero Bubble ZB-H1: split backward, deferred weight passes",
+        _textbook(zb_h1_order, "zb-h1", 1),
+        zb_h1_order,
+    ),
+    Schedule(
+        "megatron",
+        "Megatron-LM: interleaved 1F1B over parameter-balanced mixed chunks",
+        lambda model, batch, cm, hw, chunks=None: megatron_plan(model, batch, chunks),
+        interleaved_order,
+    ),
+    Schedule(
+        "nnscaler",
+        "nnScaler*: static time-balanced 1F1B plan from a representative workload",
+        lambda model, batch, cm, hw, chunks=None: nnscaler_plan(model, batch, cm),
+        one_f_one_b_order,
+    ),
+    Schedule(
+        "optimus",
+        "Optimus: encoder forwards, LM interleaved 1F1B, encoder backwards",
+        lambda model, batch, cm, hw, chunks=None: optimus_plan(model, batch, chunks),
+        check_model=encoder_and_lm,
+    ),
 )
 SCHEDULES: tuple[str, ...] = tuple(s.name for s in _BASELINES)
 
@@ -89,8 +111,10 @@ def build_uniform_plan(name: str, pp: int, m: int, chunks: int = 1) -> Plan:
     """Schedule-only plan: one chain of ``pp * chunks`` single-layer chunks (loop placement), ``m`` units."""
     sched = get_generator(name)
     if sched.uniform_order is None:
-        raise BadInput(f"schedule {sched.name} needs a model (--model); uniform costs support: "
-                       f"{', '.join(s.name for s in _BASELINES if s.uniform_order is not None)}")
+        raise BadInput(
+            f"schedule {sched.name} needs a model (--model); uniform costs support: "
+            f"{', '.join(s.name for s in _BASELINES if s.uniform_order is not None)}"
+        )
     if pp < 1 or m < 1 or chunks < 1:
         raise BadInput(f"pp, micro-batches and chunks must be >= 1, got pp {pp}, micro-batches {m}, chunks {chunks}")
     graph = linear_stage_graph(pp, chunks, module=UNIFORM_GROUP)

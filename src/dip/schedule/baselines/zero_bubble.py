@@ -6,6 +6,7 @@ bubble. With ``F = I = W`` this takes ``3m + P - 1`` for ``m >= P`` (1F1B: ``3(m
 rank holds more than ``P`` micro-batches (1F1B's peak). This is torch's ``ScheduleInterleavedZeroBubble``
 (ZB1P) order with one chunk per rank.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -39,5 +40,6 @@ def rank_zb_h1(chunk: int, units: tuple[int, ...], warmup: int, deferred: int) -
 def zb_h1_order(chain: Chain) -> RankOrder:
     """ZB-H1 over one chunk per rank."""
     one_chunk_per_rank(chain, "zb-h1")
-    return {r: rank_zb_h1(chain.chunk(r, 0), chain.units, warmup_forwards(chain.pp, r, chain.m), r)
-            for r in range(chain.pp)}
+    return {
+        r: rank_zb_h1(chain.chunk(r, 0), chain.units, warmup_forwards(chain.pp, r, chain.m), r) for r in range(chain.pp)
+    }
