@@ -33,16 +33,6 @@ def layer_flops(module: ModuleSpec, work: ModuleWork) -> tuple[float, float]:
     return fwd, 2.0 * fwd
 
 
-def pre_flops(module: ModuleSpec, work: ModuleWork) -> tuple[float, float]:
-    fwd = _fwd(module, work)[0]
-    return fwd, 2.0 * fwd
-
-
-def post_flops(module: ModuleSpec, work: ModuleWork) -> tuple[float, float]:
-    fwd = _fwd(module, work)[2]
-    return fwd, 2.0 * fwd
-
-
 def module_flops(module: ModuleSpec, work: ModuleWork) -> float:
     """Forward plus backward model FLOPs of a whole module (pre + all blocks + post)."""
     pre, layer, post = _fwd(module, work)

@@ -146,43 +146,12 @@ class _Case:
         return Measurement(self.module, self.work, self.fwd_s, self.bwd_s)
 
 
-def time_block(
-    module: ModuleSpec, work: ModuleWork, device: str, dtype: torch.dtype, min_time: float = 0.05, rounds: int = 1
-) -> Measurement:
-    """Forward (autograd on) and backward seconds of one block of ``module`` on ``work``."""
-    case = _Case(module, work, device, dtype)
-    for _ in range(rounds):
-        case.run(min_time)
-    return case.result()
-
-
 def build_cases(modules, sizes, device: str, dtype: torch.dtype, hidden_scale: float, block: int) -> list[_Case]:
     cases = []
     for m in modules:
         scaled = scale_module(m, hidden_scale)
         cases += [_Case(scaled, work_item(scaled, int(t), block), device, dtype) for t in sizes]
     return cases
-
-
-def profile_blocks(
-    modules,
-    sizes,
-    device: str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    hidden_scale: float = 1.0,
-    block: int = 1024,
-    min_time: float = 0.05,
-    rounds: int = 3,
-) -> list[Measurement]:
-    """Time every (module, size) case in ``rounds`` round-robin passes, keeping each case's fastest run.
-
-    Spreading the repetitions over time makes the result robust to other load on a shared machine.
-    """
-    cases = build_cases(modules, sizes, device, dtype, hidden_scale, block)
-    for _ in range(rounds):
-        for case in cases:
-            case.run(min_time)
-    return [c.result() for c in cases]
 
 
 def _hardware(base: HardwareSpec, x: np.ndarray) -> HardwareSpec:

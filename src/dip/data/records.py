@@ -154,6 +154,3 @@ class Skipped:
         self.by_kind[meta.error_kind or "malformed"] += 1
         if len(self.examples) < 5:
             self.examples.append(f"{meta.source}:{meta.line}: {meta.error}")
-
-    def as_dict(self) -> dict:
-        return {"total": self.total, "by_kind": dict(self.by_kind), "examples": list(self.examples)}

@@ -24,6 +24,8 @@ import highspy
 import numpy as np
 from numba import njit
 
+from dip.planner.heaps import pop, push
+
 EPS_BYTES = 1e-6
 _HIGHS_READY = False
 
@@ -98,45 +100,6 @@ def _best_upgrade(s, j, cand_t, mem, count):
 
 
 @njit(cache=True)
-def _heap_push(keys, vals, size, key, val):
-    pos = size
-    keys[pos] = key
-    vals[pos] = val
-    while pos > 0:
-        parent = (pos - 1) >> 1
-        if keys[pos] > keys[parent]:
-            keys[pos], keys[parent] = keys[parent], keys[pos]
-            vals[pos], vals[parent] = vals[parent], vals[pos]
-            pos = parent
-        else:
-            break
-    return size + 1
-
-
-@njit(cache=True)
-def _heap_pop(keys, vals, size):
-    val = vals[0]
-    size -= 1
-    keys[0] = keys[size]
-    vals[0] = vals[size]
-    pos = 0
-    while True:
-        left = 2 * pos + 1
-        if left >= size:
-            break
-        child = left
-        if left + 1 < size and keys[left + 1] > keys[left]:
-            child = left + 1
-        if keys[child] > keys[pos]:
-            keys[child], keys[pos] = keys[pos], keys[child]
-            vals[child], vals[pos] = vals[pos], vals[child]
-            pos = child
-        else:
-            break
-    return val, size
-
-
-@njit(cache=True)
 def greedy_select(ptr, tasks, task_op, task_stage, cand_t, mem, count, cap):
     """Greedy candidate choice for every rank. Returns ``(choice per stage, min-memory overflow per rank)``;
     an overflow > 0 means the order does not fit even with the most memory-efficient candidates."""
@@ -161,15 +124,20 @@ def greedy_select(ptr, tasks, task_op, task_stage, cand_t, mem, count, cap):
         if worst > EPS_BYTES:
             overflow[r] = worst
             continue
-        keys = np.empty(nf)
-        vals = np.empty(nf, np.int64)
-        size = 0
+        # a max-heap of stages by upgrade ratio: the shared heap (planner.heaps) is a min-heap on
+        # (neg_ratio, tie); every tie key is 0, so equal ratios keep the heap's own order
+        heap = np.empty(nf, np.int64)
+        base = np.zeros(1, np.int64)
+        size = np.zeros(1, np.int64)
+        neg_ratio = np.zeros(n_stages)
+        tie = np.zeros(n_stages, np.int64)
         for s in stages:
             if count[s] > 1:
                 k, ratio = _best_upgrade(s, 0, cand_t, mem, count)
-                size = _heap_push(keys, vals, size, ratio, s)
-        while size > 0:
-            s, size = _heap_pop(keys, vals, size)
+                neg_ratio[s] = -ratio
+                push(heap, base, size, 0, s, neg_ratio, tie)
+        while size[0] > 0:
+            s = pop(heap, base, size, 0, neg_ratio, tie)
             j = choice[s]
             room = cap[r] + EPS_BYTES
             top = -1e300
@@ -196,7 +164,8 @@ def greedy_select(ptr, tasks, task_op, task_stage, cand_t, mem, count, cap):
             choice[s] = k
             if k < count[s] - 1:
                 _k2, ratio2 = _best_upgrade(s, k, cand_t, mem, count)
-                size = _heap_push(keys, vals, size, ratio2, s)
+                neg_ratio[s] = -ratio2
+                push(heap, base, size, 0, s, neg_ratio, tie)
     return choice, overflow
 
 

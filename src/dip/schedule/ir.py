@@ -264,9 +264,6 @@ class Plan:
     def num_ranks(self) -> int:
         return self.graph.num_ranks
 
-    def units_of_chunk(self, chunk: int) -> tuple[Unit, ...]:
-        return self.units[self.graph.chunks[chunk].group]
-
     def strategy(self, chunk: int, unit: int) -> tuple[str, ...]:
         got = self.strategies.get((chunk, unit))
         if got is not None:

@@ -203,8 +203,3 @@ def separated_even_partition(model: ModelSpec, pp: int, segments: Mapping[str, i
 def max_chunks_per_rank(total_layers: int, pp: int, limit: int) -> int:
     """The largest ``v <= limit`` with ``pp * v <= total_layers`` (at least 1)."""
     return max(1, min(limit, total_layers // max(pp, 1)))
-
-
-def group_chain(graph: StageGraph, group: str) -> list[int]:
-    """Chunk ids of ``group`` in chain order."""
-    return [c.id for c in graph.group_chunks(group)]

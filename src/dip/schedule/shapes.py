@@ -15,7 +15,7 @@ same two questions for its own modules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -107,9 +107,6 @@ class ShapePlan:
     @property
     def specs(self) -> dict[MessageKey, tuple[TensorSpec, ...]]:
         return self.all()
-
-    def total_bytes(self, keys: Iterable[MessageKey] | None = None) -> int:
-        return sum(self.nbytes(k) for k in (self.all() if keys is None else keys))
 
     def __len__(self) -> int:
         return 2 * len(self._kind_of())

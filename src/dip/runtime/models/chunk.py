@@ -64,14 +64,6 @@ class ChunkModule(nn.Module):
         self.post = post
         self._blocks: tuple[nn.Module, ...] = tuple(blocks)  # the hot loop iterates this, not the ModuleDict
 
-    @property
-    def is_first(self) -> bool:
-        return self.layer_start == 0
-
-    @property
-    def is_last(self) -> bool:
-        return self.layer_end == self.total_layers
-
     def canonical_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """``("llm.layers.3.attn.q.weight", param)``: names shared by every chunking of the model."""
         for name, p in self.named_parameters():

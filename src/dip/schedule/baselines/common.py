@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dip.errors import BadInput
-from dip.schedule.ir import Action, Op, RankOrder, StageGraph, Unit
+from dip.schedule.ir import Action, Op, StageGraph, Unit
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,3 @@ def one_chunk_per_rank(chain: Chain, schedule: str) -> None:
             f"schedule {schedule} runs one chunk per rank, got {chain.v} "
             f"(use interleaved or megatron for several chunks per rank)"
         )
-
-
-def empty_order(pp: int) -> RankOrder:
-    return {r: [] for r in range(pp)}
