@@ -10,6 +10,8 @@ one-line message on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from dip.cli import (
@@ -55,17 +57,54 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_ENV = "DIP_LOG_LEVEL"  # rank processes started by `dip train` inherit the level through it
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dip", description="DIP: dynamic interleaved pipelines for multimodal model training.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
         command.register(sub)
+    for command_parser in _all_parsers(sub):
+        command_parser.add_argument(
+            "--log-level",
+            default=os.environ.get(LOG_ENV, "warning"),
+            choices=LOG_LEVELS,
+            help="log records at this level and above on stderr (default warning)",
+        )
     return parser
+
+
+def _all_parsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
+    """Every sub-command's parser, nested ones (``dip bench sim``) included."""
+    out = []
+    for p in dict.fromkeys(sub.choices.values()):
+        out.append(p)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                out += _all_parsers(action)
+    return out
+
+
+def configure_logging(level: str) -> None:
+    """One stderr handler for the ``dip`` loggers (other libraries keep their own settings); stdout
+    stays free for the command's output."""
+    root = logging.getLogger("dip")
+    root.setLevel(getattr(logging, level.upper()))
+    if not any(getattr(h, "dip_cli", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.dip_cli = True
+        root.addHandler(handler)
+        root.propagate = False
+    os.environ[LOG_ENV] = level
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(getattr(args, "log_level", None) or os.environ.get(LOG_ENV, "warning"))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

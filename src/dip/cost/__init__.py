@@ -1,4 +1,8 @@
-"""Operator-level cost model: FLOPs, latency, activation memory per strategy, calibration."""
+"""Operator-level cost model: FLOPs, latency, activation memory per strategy (with sequence
+parallelism and the distributed optimizer), calibration by profiling, workload statistics.
+
+Owns how long and how much memory a layer takes on a batch. Imports ``dip.data``, ``dip.spec`` and
+below; ``dip.cost.profile`` (torch) is imported only by ``dip profile``."""
 
 from dip.cost.flops import layer_flops, microbatch_flops, module_flops
 from dip.cost.latency import op_seconds

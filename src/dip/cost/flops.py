@@ -17,6 +17,8 @@ from dip.cost.ops import layer_ops, post_ops, pre_ops
 from dip.data.meta import MicroBatchMeta, ModuleWork, work_for
 from dip.spec.model import ModelSpec, ModuleSpec
 
+__all__ = ["layer_flops", "microbatch_flops", "module_flops"]
+
 
 @lru_cache(maxsize=4096)
 def _fwd(module: ModuleSpec, work: ModuleWork) -> tuple[float, float, float]:

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from dip.cost.ops import Op
 from dip.spec.hardware import HardwareSpec
 
+__all__ = ["op_seconds", "ops_seconds"]
+
 
 def op_seconds(op: Op, hw: HardwareSpec) -> float:
     """Seconds one operator takes on one GPU of ``hw``."""

@@ -9,6 +9,7 @@ and their sources are in docs/memory.md.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from dip.data.meta import MicroBatchMeta, ModuleWork
 from dip.errors import BadInput, choices_error
 from dip.spec.hardware import HardwareSpec, get_hardware
 from dip.spec.model import ModelSpec, ModuleSpec
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["STRATEGIES", "ChunkCost", "CostModel", "PassTimes", "check_strategy"]
 
@@ -122,6 +125,7 @@ class CostModel:
         self._cache: dict[tuple[ModuleSpec, ModuleWork], _WorkCosts] = {}
         self._overhead_f = self.hardware.action_overhead("f")  # runtime seconds per action and part
         self._overhead_b = self.hardware.action_overhead("b")
+        logger.debug("cost model of %s on %s: %s", model.name, self.hardware.name, options)
 
     # -- cached per (module, work) ---------------------------------------------------------------
     def _module(self, module: ModuleSpec | str) -> ModuleSpec:

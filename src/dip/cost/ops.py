@@ -23,6 +23,19 @@ from dip.spec import params as P
 from dip.spec.model import ModuleSpec
 from dip.spec.params import TIMESTEP_FREQ_DIM
 
+__all__ = [
+    "ATTN_BWD_FLOP_RATIO",
+    "FP32",
+    "Op",
+    "PassOps",
+    "Shard",
+    "dit_patch_dim",
+    "layer_ops",
+    "post_ops",
+    "pre_ops",
+    "tp_split_params",
+]
+
 ATTN_BWD_FLOP_RATIO = 2.5  # flash-attention backward: 5 matmuls (QK^T recomputed) vs 2 forward
 FP32 = 4
 

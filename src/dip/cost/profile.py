@@ -27,6 +27,22 @@ from dip.data.meta import ModuleWork
 from dip.spec.hardware import GemmCurve, HardwareSpec, default_alphas
 from dip.spec.model import ModuleSpec
 
+__all__ = [
+    "DIT_COND_TOKENS",
+    "FIT_PARAMS",
+    "PRIOR_WEIGHT",
+    "REFERENCE_MODULES",
+    "Measurement",
+    "base_spec",
+    "build_cases",
+    "calibrate",
+    "fit",
+    "measure_mem_bw",
+    "measure_peak_flops",
+    "predict",
+    "work_item",
+]
+
 REFERENCE_MODULES: tuple[ModuleSpec, ...] = (
     ModuleSpec("ViT-5B", "vit", 63, 1792, 15360, 16, 16, out_hidden=5120),
     ModuleSpec("Qwen2-32B", "decoder", 64, 5120, 27648, 40, 8, vocab_size=152064),

@@ -15,6 +15,8 @@ from torch import nn
 
 from dip.spec.model import ModuleSpec
 
+__all__ = ["BLOCKS", "Attention", "DecoderBlock", "DiTBlock", "ViTBlock", "build_block", "scale_module"]
+
 
 def scale_module(m: ModuleSpec, scale: float) -> ModuleSpec:
     """A narrower copy of ``m`` (same head_dim, ``scale`` x heads and FFN) for cheap profiling."""

@@ -11,6 +11,8 @@ from dip.data.meta import BatchMeta, MicroBatchMeta
 from dip.data.samples import tokens_per_image
 from dip.spec.model import ModelSpec
 
+__all__ = ["FIELDS", "batch_rows", "microbatch_row", "summarize"]
+
 FIELDS: tuple[str, ...] = ("text_tokens", "images", "image_tokens", "clips", "video_seconds", "flops")
 
 

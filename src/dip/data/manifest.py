@@ -17,6 +17,7 @@ cuts the micro-batches into global batches of ``M``; a last, partial batch is ke
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from typing import Any
@@ -26,6 +27,19 @@ from dip.data.packing import pack, to_batches
 from dip.data.samples import Clip, Sample, tokens_per_image
 from dip.errors import BadInput
 from dip.spec.model import ModelSpec
+
+__all__ = [
+    "DEFAULT_FPS",
+    "IMAGE_KEYS",
+    "SAMPLE_KEYS",
+    "VIDEO_KEYS",
+    "check_compatible",
+    "manifest_batches",
+    "parse_sample",
+    "read_manifest",
+]
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_KEYS = ("text_tokens", "images", "videos")
 IMAGE_KEYS = ("width", "height")
@@ -174,6 +188,7 @@ def manifest_batches(model: ModelSpec, path: str, microbatches: int = 64) -> lis
     if not packed:
         raise BadInput(f"manifest {path} has no tokens, images or videos to pack")
     batches = to_batches(packed, microbatches)
+    logger.debug("manifest %s: %d micro-batches in %d batches for %s", path, len(packed), len(batches), model.name)
     for b in batches:
         b.extra["source"] = f"manifest {os.path.basename(path)}"
     return batches

@@ -14,6 +14,8 @@ from functools import cached_property
 
 from dip.spec.model import ModelSpec, ModuleSpec
 
+__all__ = ["BatchMeta", "MicroBatchMeta", "ModuleWork", "lm_sequence_lens", "module_work", "work_for"]
+
 
 @dataclass(frozen=True)
 class MicroBatchMeta:

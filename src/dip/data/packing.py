@@ -25,6 +25,22 @@ from dip.data.samples import ModelClip, Sample, fit_clip, tokens_per_image, vide
 from dip.errors import BadInput
 from dip.spec.model import ModelSpec
 
+__all__ = [
+    "DEFAULT_WINDOW",
+    "SECONDS_EPS",
+    "ClipUnit",
+    "DocumentMeta",
+    "PackLimits",
+    "clip_units",
+    "group_clips",
+    "layout",
+    "pack",
+    "pack_clips",
+    "pack_documents",
+    "pack_sequences",
+    "to_batches",
+]
+
 DEFAULT_WINDOW = 512
 SECONDS_EPS = 1e-9
 

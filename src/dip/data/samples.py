@@ -20,6 +20,17 @@ from dataclasses import dataclass
 from dip.errors import BadInput
 from dip.spec.model import ModelSpec, ModuleSpec
 
+__all__ = [
+    "ASPECT_BUCKETS",
+    "Clip",
+    "ModelClip",
+    "Sample",
+    "aspect_bucket",
+    "fit_clip",
+    "tokens_per_image",
+    "video_module",
+]
+
 # Aspect-ratio buckets (width / height) that clips are grouped by.
 ASPECT_BUCKETS: tuple[tuple[str, float], ...] = (
     ("9:16", 9 / 16),

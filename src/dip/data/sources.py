@@ -19,6 +19,34 @@ import numpy as np
 from dip.data.samples import Clip, Sample
 from dip.errors import BadInput, choices_error
 
+__all__ = [
+    "DEFAULT_MIXTURE",
+    "IDEFICS_INTERLEAVED_SHARE",
+    "IDEFICS_PAIR_SHARE",
+    "INTERNVID_CLIPS",
+    "LAION_2B_EN_PAIRS",
+    "MIXTURES",
+    "MMTRAIL_2M_CLIPS",
+    "PAPER_SOURCES",
+    "SCIENCEQA_QUESTIONS",
+    "SHAREGPT4VIDEO_VIDEOS",
+    "SOURCES",
+    "InternVid",
+    "Laion2B",
+    "MMTrail2M",
+    "Mixture",
+    "Obelics",
+    "SampleSource",
+    "ScienceQA",
+    "ShareGPT4Video",
+    "VideoSource",
+    "WebText",
+    "lognormal",
+    "proportional",
+    "resolve",
+    "source_names",
+]
+
 
 def lognormal(rng: np.random.Generator, mean: float, sigma: float, n: int, low: float, high: float) -> np.ndarray:
     """``n`` log-normal draws with arithmetic mean ``mean`` (before clipping to ``[low, high]``)."""

@@ -30,6 +30,27 @@ from dip.data.meta import MicroBatchMeta, lm_sequence_lens
 from dip.errors import BadInput
 from dip.spec.model import Edge, ModelSpec, ModuleSpec
 
+__all__ = [
+    "DTYPE_BYTES",
+    "T_MOD_PARTS",
+    "TensorSpec",
+    "Unit",
+    "UnitLike",
+    "caption_lens",
+    "chunk_input_specs",
+    "chunk_output_specs",
+    "dit_latent_grid",
+    "dit_patch_dim",
+    "edge_specs",
+    "image_tokens",
+    "instance_count",
+    "loss_module",
+    "loss_tokens",
+    "resolve_range",
+    "text_cond_rows",
+    "text_offsets",
+]
+
 T_MOD_PARTS = 6  # shift/scale/gate for attention and MLP (adaLN-single)
 DTYPE_BYTES = {
     "float64": 8,

@@ -11,6 +11,7 @@ bounds per micro-batch that rise and fall over the iterations (:func:`rise_and_f
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 
@@ -22,6 +23,20 @@ from dip.data.samples import Sample, tokens_per_image
 from dip.data.sources import MIXTURES, SOURCES, Mixture, SampleSource, resolve
 from dip.errors import BadInput
 from dip.spec.model import ModelSpec
+
+__all__ = [
+    "DYNAMIC_SHAPE",
+    "PAPER_MAX_IMAGES",
+    "ImageBounds",
+    "generate_batch",
+    "generate_batches",
+    "generate_dynamic_batches",
+    "rise_and_fall_bounds",
+    "source_microbatches",
+    "stream_rng",
+]
+
+logger = logging.getLogger(__name__)
 
 PAPER_MAX_IMAGES = 48  # Fig. 8b bounds are given for 48-image micro-batches; scaled for other models
 DYNAMIC_SHAPE = (3.0, 5.0)  # Beta(a, b) position inside the bounds: mean 3/8, so (16, 32) averages 22
@@ -92,6 +107,14 @@ def generate_batches(
     _check_counts(batches, seed, microbatches)
     _check_model(model)
     mixture = resolve(source, model.workload)
+    logger.debug(
+        "generating %d batches of %d micro-batches for %s from %s (seed %d)",
+        batches,
+        microbatches,
+        model.name,
+        source or model.workload,
+        seed,
+    )
     return [generate_batch(model, mixture, seed, i, microbatches) for i in range(batches)]
 
 

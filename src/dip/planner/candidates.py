@@ -19,6 +19,17 @@ import numpy as np
 from dip.data.meta import ModuleWork
 from dip.schedule.ir import Chunk
 
+__all__ = [
+    "BASE_STRATEGIES",
+    "DEFAULT_CANDIDATES",
+    "CandidateBuilder",
+    "StageCandidates",
+    "layer_options",
+    "pack_candidates",
+    "pareto_front",
+    "select_candidates",
+]
+
 DEFAULT_CANDIDATES = 10
 BASE_STRATEGIES = ("none", "selective", "full")
 

@@ -26,6 +26,17 @@ from dip.planner.memory import greedy_select, ilp_select
 from dip.planner.problem import PlanProblem
 from dip.sim.kernel import OK, critical_path, simulate_arrays
 
+__all__ = [
+    "DEFAULT_CONFIGS",
+    "LARGE_CONFIGS",
+    "PAPER_CONFIG",
+    "Evaluator",
+    "Schedule",
+    "TrackConfig",
+    "active_items",
+    "tail_keys",
+]
+
 
 @dataclass(frozen=True)
 class TrackConfig:

@@ -25,6 +25,8 @@ from dip.planner.problem import PlanProblem
 from dip.schedule.ir import Action, Op
 from dip.sim.kernel import OK, simulate_arrays
 
+__all__ = ["KIB", "MAX_TASKS", "SCALE", "ExactResult", "solve_exact", "symmetry_classes"]
+
 SCALE = 1e6  # microseconds
 MAX_TASKS = 4000
 KIB = 2**10

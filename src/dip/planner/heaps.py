@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+__all__ = ["EPS", "INF", "fen_add", "fen_prefix", "less", "pop", "push", "reserve_tree"]
+
 INF = np.inf
 EPS = 1e-6
 

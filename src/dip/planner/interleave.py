@@ -39,6 +39,8 @@ from numba import njit
 
 from dip.planner.heaps import EPS, INF, fen_add, fen_prefix, pop, push, reserve_tree
 
+__all__ = ["interleave", "rank_orders"]
+
 
 @njit(cache=True, inline="always")
 def _fits(u, mem_r, cap_r, act, reserve, fen, fen_off, fen_pos):

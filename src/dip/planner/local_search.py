@@ -15,6 +15,8 @@ from numba import njit
 
 from dip.sim.kernel import OK, simulate_arrays
 
+__all__ = ["move_descent", "move_item", "unit_descent"]
+
 
 @njit(cache=True)
 def _score(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds, cap):

@@ -41,6 +41,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_BETA",
+    "DEFAULT_EPSILON",
+    "DEFAULT_ROLLOUTS_PER_EXPANSION",
+    "DEFAULT_WINDOW",
+    "RETRIES",
+    "RETRY_EPSILON",
+    "STRATEGIES",
+    "DFSSearch",
+    "MCTSSearch",
+    "Node",
+    "Portfolio",
+    "RandomSearch",
+    "Scorer",
+    "candidates_after",
+    "guided_completion",
+    "random_completion",
+    "split_active",
+]
+
 Scorer = Callable[[np.ndarray], float]
 DEFAULT_ALPHA = 2.0
 DEFAULT_BETA = 0.2

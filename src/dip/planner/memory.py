@@ -26,6 +26,8 @@ from numba import njit
 
 from dip.planner.heaps import pop, push
 
+__all__ = ["EPS_BYTES", "greedy_select", "ilp_select", "live_ranges", "new_highs"]
+
 EPS_BYTES = 1e-6
 _HIGHS_READY = False
 

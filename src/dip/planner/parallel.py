@@ -20,6 +20,8 @@ import numpy as np
 
 from dip.planner.evaluate import Evaluator, Schedule, TrackConfig
 
+__all__ = ["default_workers", "run_parallel"]
+
 _WORKER: dict = {}
 
 

@@ -30,6 +30,18 @@ from dip.schedule.partition import Partition, linear_partition
 from dip.schedule.units import SPLITTABLE_KINDS, module_graph
 from dip.spec.model import ModelSpec, ModuleSpec
 
+__all__ = [
+    "DEFAULT_CAPTION_TOKENS",
+    "DEFAULT_CLIP_SECONDS",
+    "DEFAULT_EFFICIENCY",
+    "OVERHEAD_SHARE",
+    "action_overhead",
+    "choose_sub_microbatch",
+    "layer_weights",
+    "module_seconds",
+    "partition_model",
+]
+
 DEFAULT_EFFICIENCY = 0.95
 OVERHEAD_SHARE = 0.1  # the most a chunk's fixed per-action runtime overhead may cost of its time
 DEFAULT_CLIP_SECONDS = 4.0

@@ -23,6 +23,32 @@ from dip.planner.local_search import move_descent, move_item, unit_descent
 from dip.planner.memory import ilp_select
 from dip.planner.problem import PlanProblem
 
+__all__ = [
+    "ILP_MAX_COLUMNS",
+    "ILP_NODE_LIMIT",
+    "ILP_SHARE",
+    "ILP_TIME_LIMIT_S",
+    "MOVE_CHUNK_WORK",
+    "MOVE_KICK",
+    "MOVE_MAX_EVALS",
+    "MOVE_PATIENCE",
+    "MOVE_REACH",
+    "MOVE_WORK",
+    "PRIO_EVALS_PER_ROLLOUT",
+    "PRIO_KICK",
+    "PRIO_PATIENCE",
+    "PRIO_REACH",
+    "PRIO_SHARE",
+    "PRIO_WORK",
+    "REFINE_ROUNDS",
+    "UNIT_REACH",
+    "ilp_polish",
+    "move_search",
+    "polish",
+    "priority_search",
+    "refine",
+]
+
 REFINE_ROUNDS = 6
 PRIO_SHARE = 0.3  # of the polishing time (after 10% for refining); the ILP gets ILP_SHARE, moves the rest
 ILP_SHARE = 0.15

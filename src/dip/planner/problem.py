@@ -30,6 +30,8 @@ from dip.sim.topology import Topology
 from dip.spec.hardware import usable_memory_bytes
 from dip.spec.model import ModelSpec
 
+__all__ = ["SEQ_SPAN", "UNIFORM_GROUP", "Item", "PlanProblem", "build_problem", "problem_from_costs", "uniform_problem"]
+
 F, B = 0, 1
 SEQ_SPAN = 1 << 20
 

@@ -20,6 +20,17 @@ import numpy as np
 from dip.planner.evaluate import Evaluator, TrackConfig
 from dip.planner.problem import PlanProblem
 
+__all__ = [
+    "ORDER_CONFIGS",
+    "RERANK",
+    "SHIFTS",
+    "SMALL_FIRST",
+    "microbatch_orders",
+    "microbatch_work",
+    "shifted_sequence",
+    "tune_base",
+]
+
 SHIFTS = (0, 1, 2, 4, 8)
 ORDER_CONFIGS = 3  # best-ranked configurations each micro-batch order is tried with
 RERANK = 4  # configurations ranked again on the tuned base

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 from dip.schedule.ir import Action
 
+__all__ = ["Grid", "ScheduleError", "format_grid"]
+
 Grid = Mapping[int, Sequence[Action | None]]
 
 

@@ -17,6 +17,8 @@ from dip.schedule.ir import Action, Op, Plan
 if TYPE_CHECKING:  # pragma: no cover
     from torch.distributed.pipelining.schedules import _Action
 
+__all__ = ["check_linear", "from_torch_rows", "to_torch_actions", "to_torch_csv", "to_torch_rows"]
+
 _COMPUTE = (Op.F, Op.B, Op.I, Op.W)
 
 

@@ -24,6 +24,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+__all__ = [
+    "COMPUTE_OPS",
+    "Action",
+    "Channel",
+    "Chunk",
+    "ChunkPart",
+    "Flow",
+    "Op",
+    "Plan",
+    "RankOrder",
+    "StageGraph",
+    "Unit",
+    "actions",
+    "format_actions",
+    "order_from_text",
+]
+
 
 class Op(str, Enum):  # noqa: UP042 - str(op) keeps the enum's repr form; the text form is op.value
     """Action kinds. Compute: F, B (full backward), I (backward-input), W (backward-weight)."""

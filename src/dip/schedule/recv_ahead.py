@@ -23,6 +23,8 @@ from __future__ import annotations
 from dip.schedule.ir import Action, Op
 from dip.schedule.program import COMM, COMPUTE, RECVS, Program
 
+__all__ = ["post_recvs_ahead"]
+
 
 def _consumes(action: Action, recv: Action) -> bool:
     """Whether compute ``action`` consumes the message of ``recv``."""

@@ -15,6 +15,19 @@ from dip.data.meta import BatchMeta, MicroBatchMeta
 from dip.schedule.ir import Channel, Chunk, ChunkPart, Flow, StageGraph, Unit
 from dip.spec.model import ModelSpec
 
+__all__ = [
+    "SPLITTABLE_KINDS",
+    "build_units",
+    "chain_channels",
+    "group_modules",
+    "instance_count",
+    "linear_stage_graph",
+    "module_graph",
+    "split_evenly",
+    "sub_microbatches",
+    "uniform_units",
+]
+
 SPLITTABLE_KINDS = ("vit", "dit")
 
 

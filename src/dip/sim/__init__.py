@@ -1,4 +1,7 @@
-"""Timing and memory simulation of plans (no torch).
+"""Timing and memory simulation of plans (no torch): task graphs, the numba kernel, lower bounds,
+simulated plans (``SimulatedPlan``) and the baselines' uniform memory rule.
+
+Imports ``dip.schedule`` and below.
 
 Compile once per plan structure, then score orders fast::
 

@@ -25,6 +25,8 @@ from dip.schedule.deps import MessageKey
 from dip.schedule.ir import Chunk, ChunkPart, Flow, StageGraph, Unit
 from dip.spec.model import ModelSpec
 
+__all__ = ["StageCosts", "StageKey", "batch_flops", "stage_costs", "stage_keys", "uniform_stage_costs"]
+
 StageKey = tuple[int, int]
 
 

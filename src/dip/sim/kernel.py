@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+__all__ = ["STATUS_NAMES", "critical_path", "simulate_arrays"]
+
 OK, DEADLOCK, DUPLICATE, BAD_TASK, INCOMPLETE = 0, 1, 2, 3, 4
 STATUS_NAMES = {
     OK: "ok",

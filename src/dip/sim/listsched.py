@@ -18,6 +18,8 @@ import numpy as np
 from dip.schedule.ir import RankOrder
 from dip.sim.taskgraph import TaskGraph
 
+__all__ = ["list_schedule"]
+
 _OP_CLASS = np.array([1, 0, 0, 2], np.int64)  # F, B, I, W
 
 

@@ -27,6 +27,8 @@ from dip.sim.kernel import DEADLOCK, OK, STATUS_NAMES, simulate_arrays
 from dip.sim.taskgraph import OrderArrays, TaskGraph
 from dip.sim.topology import Topology, as_topology
 
+__all__ = ["FastResult", "SimResult", "simulate", "simulate_order_arrays"]
+
 
 class FastResult(NamedTuple):
     """What the planner needs per candidate: status (``kernel.OK`` ...), makespan (inf on deadlock),

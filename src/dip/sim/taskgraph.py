@@ -26,6 +26,8 @@ from dip.sim.costs import StageCosts
 from dip.sim.kernel import critical_path
 from dip.sim.topology import Topology, as_topology
 
+__all__ = ["CODE_OPS", "OP_CODES", "OrderArrays", "TaskGraph"]
+
 OP_CODES: dict[Op, int] = {Op.F: 0, Op.B: 1, Op.I: 2, Op.W: 3}
 CODE_OPS: tuple[Op, ...] = (Op.F, Op.B, Op.I, Op.W)
 

@@ -15,6 +15,8 @@ import numpy as np
 
 from dip.spec.hardware import usable_memory_bytes
 
+__all__ = ["Topology", "as_topology"]
+
 
 @dataclass(frozen=True)
 class Topology:

@@ -1,4 +1,7 @@
-"""Model, module and parallel specifications, presets and parameter counts."""
+"""Model, module, hardware and parallel specifications, presets and parameter counts.
+
+Owns what a model and a machine *are* (no workload, no costs). Imports only ``dip.io`` and
+``dip.errors``; every other layer may import it."""
 
 from dip.spec.model import Edge, ModelSpec, ModuleSpec, ParallelSpec
 from dip.spec.params import layer_params, model_params, module_params, post_params, pre_params

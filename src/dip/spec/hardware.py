@@ -18,6 +18,7 @@ The ``cpu`` preset is a measured calibration (``dip profile``) shipped in ``dip/
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -27,6 +28,25 @@ from typing import Any
 
 from dip.errors import BadInput, choices_error
 from dip.io import write_atomic
+
+__all__ = [
+    "CALIBRATION_DIR",
+    "DEFAULT_MEMORY_RESERVE_FRACTION",
+    "GB",
+    "GIB",
+    "OP_CLASSES",
+    "PRESETS",
+    "GemmCurve",
+    "HardwareSpec",
+    "calibration_path",
+    "default_alphas",
+    "get_hardware",
+    "list_hardware",
+    "shipped_calibrations",
+    "usable_memory_bytes",
+]
+
+logger = logging.getLogger(__name__)
 
 OP_CLASSES: tuple[str, ...] = ("gemm", "attention", "elementwise", "collective", "p2p", "offload")
 GB = 1e9
@@ -321,7 +341,9 @@ def get_hardware(name_or_path: str | HardwareSpec) -> HardwareSpec:
             return spec
     for name in shipped_calibrations():
         if name == key.lower():
+            logger.debug("hardware %s: the shipped calibration %s", key, calibration_path(name))
             return HardwareSpec.load(calibration_path(name))
     if key.lower().endswith(".json") or os.sep in key or os.path.isfile(key):
+        logger.debug("hardware: calibration file %s", key)
         return HardwareSpec.load(key)
     raise choices_error("hardware", name_or_path, [*list_hardware(), "<calibration.json>"])

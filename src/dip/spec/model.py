@@ -12,6 +12,8 @@ from typing import Literal
 
 from dip.errors import BadInput
 
+__all__ = ["MODULE_KINDS", "Edge", "EdgeKind", "ModelSpec", "ModuleKind", "ModuleSpec", "ParallelSpec"]
+
 ModuleKind = Literal["vit", "decoder", "dit"]
 MODULE_KINDS: tuple[str, ...] = ("vit", "decoder", "dit")
 EdgeKind = Literal["image_embeddings", "text_conditioning"]

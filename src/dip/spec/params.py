@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dip.spec.model import ModelSpec, ModuleSpec
 
+__all__ = ["TIMESTEP_FREQ_DIM", "layer_params", "model_params", "module_params", "post_params", "pre_params"]
+
 TIMESTEP_FREQ_DIM = 256
 
 

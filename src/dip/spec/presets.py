@@ -31,6 +31,18 @@ from dip.errors import BadInput, choices_error
 from dip.spec.model import Edge, ModelSpec, ModuleSpec, ParallelSpec
 from dip.spec.validate import validate_model, validate_parallel
 
+__all__ = [
+    "MODULE_PRESETS",
+    "get_model",
+    "get_module_preset",
+    "list_model_names",
+    "list_models",
+    "load_model",
+    "load_model_file",
+    "model_from_dict",
+    "model_to_dict",
+]
+
 _MODULES: tuple[ModuleSpec, ...] = (
     ModuleSpec("ViT-2B", "vit", 36, 2048, 8192, 16, 16),
     ModuleSpec("ViT-5B", "vit", 63, 1792, 15360, 16, 16),

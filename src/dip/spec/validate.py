@@ -11,6 +11,8 @@ from dataclasses import replace
 from dip.errors import BadInput, choices_error
 from dip.spec.model import MODULE_KINDS, ModelSpec, ModuleSpec, ParallelSpec
 
+__all__ = ["EDGE_ENDS", "WORKLOADS", "module_label", "validate_model", "validate_parallel", "with_overrides"]
+
 WORKLOADS: tuple[str, ...] = ("vlm", "t2v", "text")
 EDGE_ENDS: dict[str, tuple[str, str]] = {
     "image_embeddings": ("vit", "decoder"),

@@ -1,4 +1,6 @@
-"""Gantt / memory plots, Perfetto traces and the interactive HTML viewer of simulated (and measured) plans."""
+"""Gantt / memory plots, Perfetto traces and the interactive HTML viewer of simulated (and measured) plans.
+
+Imports ``dip.sim`` and below (matplotlib only inside the Gantt writer)."""
 
 from dip.viz.gantt import write_gantt_png
 from dip.viz.html import build_viewer

@@ -9,12 +9,17 @@ iteration time and bubble fraction.
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 
 from dip.io import write_atomic
 from dip.schedule.ir import Plan
 from dip.sim.simulate import SimResult
+
+__all__ = ["LABEL_MAX_TASKS", "PASS_NAMES", "PASS_SHADE", "write_gantt_png"]
+
+logger = logging.getLogger(__name__)
 
 PASS_SHADE = {0: 0.55, 1: 0.0, 2: 0.0, 3: -0.35}  # op code -> + lighten / - darken
 PASS_NAMES = {0: "F", 1: "B", 2: "I", 3: "W"}
@@ -107,6 +112,7 @@ def write_gantt_png(path: str, plan: Plan, result: SimResult, label: str = "", d
     fig.savefig(buf, dpi=dpi, format="png")
     plt.close(fig)
     write_atomic(path, buf.getvalue())
+    logger.debug("Gantt chart of %s written to %s", plan.schedule, path)
 
 
 def _mem_unit(peak: float) -> tuple[float, str]:

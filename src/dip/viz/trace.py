@@ -10,6 +10,7 @@ ranks and the memory limit, so ``dip viz`` can tell a dip trace from any other C
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -18,6 +19,10 @@ from dip.io import write_atomic
 from dip.schedule.ir import Action, Plan
 from dip.sim.costs import StageCosts
 from dip.sim.simulate import SimResult
+
+__all__ = ["US", "MeasuredRows", "action_label", "trace_events", "write_chrome_trace"]
+
+logger = logging.getLogger(__name__)
 
 US = 1e6  # trace timestamps are microseconds
 MeasuredRows = Mapping[int, Sequence[tuple[Action | str, float, float]]]
@@ -157,3 +162,4 @@ def write_chrome_trace(
         },
     }
     write_atomic(path, json.dumps(doc, allow_nan=False, default=float))
+    logger.debug("trace of %s written to %s (%d events)", plan.schedule, path, len(doc["traceEvents"]))
