@@ -242,17 +242,7 @@ class Evaluator:
         alloc = np.where(self.is_f, act, 0.0)
         free = np.where(self.is_f, 0.0, act)
         status, makespan, start, end, _, _, peak, _, _, _ = simulate_arrays(
-            ptr,
-            tasks,
-            duration,
-            tg.pred_ptr,
-            tg.pred_idx,
-            tg.pred_delay,
-            tg.succ_ptr,
-            tg.succ_idx,
-            alloc,
-            free,
-            self.holds,
+            ptr, tasks, *tg.kernel_arrays(duration, alloc, free, self.holds)
         )
         fits = bool(np.all(peak <= self.cap + 1e-6))
         feasible = status == OK and fits

@@ -72,7 +72,7 @@ def _order_makespan(
     alloc, free = np.where(is_f, act, 0.0), np.where(is_f, 0.0, act)
     holds = np.where(is_f, 1, -1).astype(np.int64)
     status, makespan, _, _, _, _, peak, *_ = simulate_arrays(
-        ptr, tasks, duration, tg.pred_ptr, tg.pred_idx, tg.pred_delay, tg.succ_ptr, tg.succ_idx, alloc, free, holds
+        ptr, tasks, *tg.kernel_arrays(duration, alloc, free, holds)
     )
     if status != OK or (stage_act is not None and np.any(peak > problem.safe_cap + 1e-6)):
         return math.inf
@@ -268,16 +268,6 @@ def _hint_starts(problem: PlanProblem, orders: list[list[int]], duration: np.nda
     tasks = np.asarray([t for x in orders for t in x], np.int64)
     zeros = np.zeros(tg.num_tasks)
     _, _, start, *_ = simulate_arrays(
-        ptr,
-        tasks,
-        duration,
-        tg.pred_ptr,
-        tg.pred_idx,
-        delay,
-        tg.succ_ptr,
-        tg.succ_idx,
-        zeros,
-        zeros,
-        np.zeros(tg.num_tasks, np.int64),
+        ptr, tasks, *tg.kernel_arrays(duration, zeros, zeros, np.zeros(tg.num_tasks, np.int64), delay)
     )
     return np.nan_to_num(start)

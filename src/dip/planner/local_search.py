@@ -19,7 +19,12 @@ __all__ = ["move_descent", "move_item", "unit_descent"]
 
 
 @njit(cache=True)
-def _score(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds, cap):
+def _score(ptr, tasks, sim):
+    """``(makespan, sum of rank end times)`` of an order, inf when it deadlocks or a rank overflows.
+
+    ``sim``: the simulator's arrays ``(duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx,
+    alloc, free, holds)`` and the per-rank activation capacity ``cap``, as one tuple."""
+    duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds, cap = sim
     status, span, _, _, _, rank_end, peak, _, _, _ = simulate_arrays(
         ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds
     )
@@ -29,6 +34,12 @@ def _score(ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_
         if peak[q] > cap[q] + 1e-6:
             return np.inf, np.inf
     return span, rank_end.sum()
+
+
+@njit(cache=True, inline="always")
+def _better(span, span2, best, best2):
+    """Lexicographically better ``(makespan, sum of rank ends)``, beyond float noise."""
+    return span < best * (1.0 - 1e-12) or (span <= best and span2 < best2 * (1.0 - 1e-12))
 
 
 @njit(cache=True)
@@ -45,32 +56,14 @@ def _move(tasks, src, dst):
 
 
 @njit(cache=True)
-def move_descent(
-    ptr,
-    tasks,
-    duration,
-    pred_ptr,
-    pred_idx,
-    pred_delay,
-    succ_ptr,
-    succ_idx,
-    alloc,
-    free,
-    holds,
-    cap,
-    reach,
-    max_evals,
-    offset,
-):
+def move_descent(ptr, tasks, sim, reach, max_evals, offset):
     """First-improvement descent over insertion moves, at most ``max_evals`` simulations, scanning from
     position ``offset``. Returns ``(tasks, makespan, evaluations, next offset)``; fewer evaluations than
     ``max_evals`` means a local optimum was reached."""
     tasks = tasks.copy()
     n_ranks = ptr.shape[0] - 1
     n = tasks.shape[0]
-    best, best2 = _score(
-        ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds, cap
-    )
+    best, best2 = _score(ptr, tasks, sim)
     evals = 0
     stale = 0
     k = offset % max(n, 1)
@@ -86,11 +79,9 @@ def move_descent(
                 if j < lo or j >= hi:
                     continue
                 _move(tasks, k, j)
-                span, span2 = _score(
-                    ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds, cap
-                )
+                span, span2 = _score(ptr, tasks, sim)
                 evals += 1
-                if span < best * (1.0 - 1e-12) or (span <= best and span2 < best2 * (1.0 - 1e-12)):
+                if _better(span, span2, best, best2):
                     best, best2 = span, span2
                     found = True
                     break
@@ -125,31 +116,12 @@ def move_item(trial, ptr, task_unit_item, item, shift):
 
 
 @njit(cache=True)
-def unit_descent(
-    ptr,
-    tasks,
-    duration,
-    pred_ptr,
-    pred_idx,
-    pred_delay,
-    succ_ptr,
-    succ_idx,
-    alloc,
-    free,
-    holds,
-    cap,
-    task_unit_item,
-    n_items,
-    reach,
-    max_evals,
-):
+def unit_descent(ptr, tasks, sim, task_unit_item, n_items, reach, max_evals):
     """First-improvement descent over *unit moves*: every stage of one unit item (one pass of one
     sub-microbatch, on all ranks at once) moves up to ``reach`` places earlier or later in its rank's
     order. Returns ``(tasks, makespan, evaluations)``."""
     tasks = tasks.copy()
-    best, best2 = _score(
-        ptr, tasks, duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds, cap
-    )
+    best, best2 = _score(ptr, tasks, sim)
     evals = 0
     improved = True
     trial = tasks.copy()
@@ -163,22 +135,9 @@ def unit_descent(
                     trial[:] = tasks
                     if not move_item(trial, ptr, task_unit_item, item, sign * d):
                         continue
-                    span, span2 = _score(
-                        ptr,
-                        trial,
-                        duration,
-                        pred_ptr,
-                        pred_idx,
-                        pred_delay,
-                        succ_ptr,
-                        succ_idx,
-                        alloc,
-                        free,
-                        holds,
-                        cap,
-                    )
+                    span, span2 = _score(ptr, trial, sim)
                     evals += 1
-                    if span < best * (1.0 - 1e-12) or (span <= best and span2 < best2 * (1.0 - 1e-12)):
+                    if _better(span, span2, best, best2):
                         best, best2 = span, span2
                         tasks[:] = trial
                         improved = True

@@ -158,19 +158,7 @@ def move_search(
     is_f = tg.task_op == 0
     alloc, free = np.where(is_f, act, 0.0), np.where(is_f, 0.0, act)
     n = tg.num_tasks
-    args = (
-        best.ptr,
-        duration,
-        tg.pred_ptr,
-        tg.pred_idx,
-        tg.pred_delay,
-        tg.succ_ptr,
-        tg.succ_idx,
-        alloc,
-        free,
-        ev.holds,
-        ev.cap,
-    )
+    sim = (*tg.kernel_arrays(duration, alloc, free, ev.holds), ev.cap)
     budget = min(max(int(MOVE_WORK // max(n, 1)), 4 * n), MOVE_MAX_EVALS)
     n_items = problem.num_unit_items
     step = max(50, int(MOVE_CHUNK_WORK // max(n, 1)))  # evaluations between clock checks (~0.1 s)
@@ -185,13 +173,13 @@ def move_search(
         offset = 0
         while not out_of_time():
             chunk = min(step, budget - used)
-            tasks, span, evals, offset = move_descent(args[0], tasks, *args[1:], MOVE_REACH, chunk, offset)
+            tasks, span, evals, offset = move_descent(best.ptr, tasks, sim, MOVE_REACH, chunk, offset)
             used += evals
             local_optimum = evals < chunk
             if n_items and not out_of_time():
                 before = span
                 tasks, span, evals = unit_descent(
-                    args[0], tasks, *args[1:], problem.task_unit_item, n_items, UNIT_REACH, min(step, budget - used)
+                    best.ptr, tasks, sim, problem.task_unit_item, n_items, UNIT_REACH, min(step, budget - used)
                 )
                 used += evals
                 local_optimum = local_optimum and span >= before

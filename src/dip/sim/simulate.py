@@ -44,17 +44,7 @@ class FastResult(NamedTuple):
 def simulate_order_arrays(tg: TaskGraph, arrays: OrderArrays) -> FastResult:
     """Simulate one candidate order of ``tg``'s structure (no Python work per task)."""
     status, makespan, _, _, _, _, peak_bytes, _, peak_held, stuck = simulate_arrays(
-        arrays.ptr,
-        arrays.tasks,
-        tg.duration,
-        tg.pred_ptr,
-        tg.pred_idx,
-        tg.pred_delay,
-        tg.succ_ptr,
-        tg.succ_idx,
-        tg.alloc,
-        tg.free,
-        tg.holds,
+        arrays.ptr, arrays.tasks, *tg.kernel_arrays()
     )
     return FastResult(status, makespan, peak_bytes, peak_held, stuck)
 
@@ -163,17 +153,7 @@ def simulate(
     tg = taskgraph or TaskGraph.from_plan(plan, costs, topo)
     arrays = tg.orders_to_arrays(plan.order)
     (status, makespan, start, end, busy, rank_end, peak_act, peak_time, peak_held, stuck_pos) = simulate_arrays(
-        arrays.ptr,
-        arrays.tasks,
-        tg.duration,
-        tg.pred_ptr,
-        tg.pred_idx,
-        tg.pred_delay,
-        tg.succ_ptr,
-        tg.succ_idx,
-        tg.alloc,
-        tg.free,
-        tg.holds,
+        arrays.ptr, arrays.tasks, *tg.kernel_arrays()
     )
     n_ranks = tg.num_ranks
     stuck = [

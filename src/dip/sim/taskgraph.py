@@ -183,6 +183,22 @@ class TaskGraph:
         tg._retime(costs, topo)
         return tg
 
+    def kernel_arrays(self, duration=None, alloc=None, free=None, holds=None, pred_delay=None) -> tuple:
+        """The arguments of :func:`dip.sim.kernel.simulate_arrays` after ``(ptr, tasks)``:
+        ``(duration, pred_ptr, pred_idx, pred_delay, succ_ptr, succ_idx, alloc, free, holds)``, each
+        this graph's own unless replaced (e.g. the durations of other memory candidates)."""
+        return (
+            self.duration if duration is None else duration,
+            self.pred_ptr,
+            self.pred_idx,
+            self.pred_delay if pred_delay is None else pred_delay,
+            self.succ_ptr,
+            self.succ_idx,
+            self.alloc if alloc is None else alloc,
+            self.free if free is None else free,
+            self.holds if holds is None else holds,
+        )
+
     def with_costs(self, costs: StageCosts, topology: Topology | None = None) -> TaskGraph:
         """The same structure with new stage costs (e.g. other memory strategies); edges are reused.
 
