@@ -60,6 +60,27 @@ def test_bad_calibration_files(tmp_path):
         get_hardware(str(tmp_path / "missing.json"))
 
 
+@pytest.mark.parametrize(
+    "field,value,words",
+    [
+        ("peak_flops", "fast", "'peak_flops'"),
+        ("peak_flops", float("nan"), "'peak_flops'"),
+        ("mem_bytes", -1.0, "'mem_bytes'"),
+        ("alphas", "fast", "'alphas'"),
+        ("alphas", {"gemm": 0.0}, "'alphas.gemm'"),
+        ("gpus_per_node", 0, "'gpus_per_node'"),
+        ("runtime_factors", {"vit": {"x": 1.0}}, "runtime_factors.vit.x"),
+        ("format", "dip-hardware-v0", "'format' must be 'dip-hardware-v1'"),
+    ],
+)
+def test_calibration_fields_are_typed_and_bounded(tmp_path, field, value, words):
+    bad = tmp_path / "cal.json"
+    bad.write_text(json.dumps({**json.loads(open(calibration_path("cpu")).read()), field: value}))
+    with pytest.raises(BadInput) as err:
+        get_hardware(str(bad))
+    assert words in str(err.value) and str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_gemm_efficiency_saturates_and_links():
     hw = PRESETS["H800"]
     effs = [hw.gemm_efficiency(m, 4096, 4096) for m in (256, 1024, 4096, 16384, 65536)]
@@ -79,13 +100,13 @@ def test_runtime_factors_round_trip_and_validation(tmp_path):
     assert back.runtime_factor("decoder", "f") == 1.0
     assert "runtime_factors" not in PRESETS["H800"].to_dict()
     for bad, msg in (
-        ({"vit": 2.0}, "must be {"),
-        ({"vit": {"x": 1.0}}, "unknown passes"),
-        ({"vit": {"f": -1.0}}, "must be positive"),
+        ({"vit": 2.0}, r"'runtime_factors\.vit': input should be a valid dictionary"),
+        ({"vit": {"x": 1.0}}, r"'runtime_factors\.vit\.x'"),
+        ({"vit": {"f": -1.0}}, r"'runtime_factors\.vit\.f': input should be greater than 0"),
     ):
         path.write_text(json.dumps({**PRESETS["H800"].to_dict(), "runtime_factors": bad}))
         with pytest.raises(BadInput, match=msg):
             get_hardware(str(path))
     path.write_text(json.dumps({**PRESETS["H800"].to_dict(), "action_overhead_s": {"f": -1.0}}))
-    with pytest.raises(BadInput, match="action_overhead_s must be non-negative"):
+    with pytest.raises(BadInput, match=r"'action_overhead_s\.f': input should be greater than or equal to 0"):
         get_hardware(str(path))

@@ -24,7 +24,9 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from dip.errors import BadInput, choices_error
 from dip.io import write_atomic
@@ -144,47 +146,22 @@ class HardwareSpec:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HardwareSpec:
-        data = dict(data)
-        data.pop("format", None)
-        data.pop("measurements", None)
-        data.pop("fit", None)
-        data.pop("runtime_calibration", None)
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BadInput(f"hardware calibration has unknown fields: {', '.join(unknown)}")
-        missing = [
-            f
-            for f in (
-                "name",
-                "peak_flops",
-                "mem_bw",
-                "mem_bytes",
-                "nvlink_bw",
-                "nvlink_latency_s",
-                "net_bw",
-                "net_latency_s",
-                "host_bw",
-            )
-            if f not in data
-        ]
-        if missing:
-            raise BadInput(f"hardware calibration is missing fields: {', '.join(missing)}")
-        curve = data.get("gemm_curve", {})
-        if isinstance(curve, dict):
-            data["gemm_curve"] = GemmCurve(**{k: float(v) for k, v in curve.items()})
-        data["alphas"] = default_alphas(**{k: float(v) for k, v in (data.get("alphas") or {}).items()})
-        data["runtime_factors"] = _runtime_factors(data.get("runtime_factors") or {})
-        data["action_overhead_s"] = _passes(data.get("action_overhead_s") or {}, "action_overhead_s", zero_ok=True)
-        spec = cls(**data)
-        if spec.peak_flops <= 0 or spec.mem_bw <= 0:
-            raise BadInput("hardware calibration needs positive peak_flops and mem_bw")
-        return spec
+    def from_dict(cls, data: dict[str, Any], source: str = "hardware calibration") -> HardwareSpec:
+        """A spec from calibration JSON, every field checked (``source`` names the file in errors)."""
+        try:
+            doc = _CalibrationDoc.model_validate(data)
+        except ValidationError as exc:
+            raise BadInput(f"{source}: {_first_error(exc)}") from None
+        fields = doc.model_dump(exclude={"format", "measurements", "fit", "runtime_calibration"}, exclude_none=True)
+        fields["gemm_curve"] = (
+            GemmCurve(**fields["gemm_curve"]) if "gemm_curve" in fields else GemmCurve(m0=2048.0, n0=128.0, k0=128.0)
+        )
+        fields["alphas"] = default_alphas(**fields.get("alphas", {}))
+        return cls(**fields)
 
     def save(self, path: str, extra: dict[str, Any] | None = None) -> None:
         """Write this spec as calibration JSON (``extra`` keys such as measurements are kept aside)."""
-        payload = {"format": "dip-hardware-v1", **self.to_dict(), **(extra or {})}
+        payload = {"format": CALIBRATION_FORMAT, **self.to_dict(), **(extra or {})}
         write_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
     @classmethod
@@ -198,7 +175,7 @@ class HardwareSpec:
             raise BadInput(f"hardware file {path!r} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
         if not isinstance(data, dict):
             raise BadInput(f"hardware file {path!r} must hold a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(data, f"hardware file {path!r}")
 
 
 def usable_memory_bytes(hardware: HardwareSpec, reserve_gib: float | None = None) -> float:
@@ -227,24 +204,62 @@ def usable_memory_bytes(hardware: HardwareSpec, reserve_gib: float | None = None
     return capacity - reserve
 
 
-def _passes(raw: Any, where: str, zero_ok: bool) -> dict[str, float]:
-    """Validated ``{"f": x, "b": y}`` (either key optional)."""
-    if not isinstance(raw, dict):
-        raise BadInput(f'hardware calibration field {where} must be {{"f": x, "b": y}}')
-    bad = sorted(set(raw) - {"f", "b"})
-    if bad:
-        raise BadInput(f"{where} has unknown passes {bad}; allowed: f, b")
-    out = {p: float(v) for p, v in raw.items()}
-    if any(v < 0 or (v == 0 and not zero_ok) for v in out.values()):
-        raise BadInput(f"{where} must be {'non-negative' if zero_ok else 'positive'}")
-    return out
+CALIBRATION_FORMAT = "dip-hardware-v1"
+_Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
-def _runtime_factors(raw: Any) -> dict[str, dict[str, float]]:
-    """Validated runtime factors ``{module kind: {"f": x, "b": y}}``."""
-    if not isinstance(raw, dict):
-        raise BadInput('hardware calibration field runtime_factors must map module kinds to {"f": x, "b": y}')
-    return {str(kind): _passes(v, f"runtime_factors.{kind}", zero_ok=False) for kind, v in raw.items()}
+class _Passes(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    f: _NonNegative | None = None
+    b: _NonNegative | None = None
+
+
+class _CalibrationDoc(BaseModel):
+    """The calibration file format (``dip profile`` writes it): every field typed and bounded."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["dip-hardware-v1"] | None = None
+    name: StrictStr
+    peak_flops: _Positive
+    mem_bw: _Positive
+    mem_bytes: _Positive
+    nvlink_bw: _Positive
+    nvlink_latency_s: _NonNegative
+    net_bw: _Positive
+    net_latency_s: _NonNegative
+    host_bw: _Positive
+    gpus_per_node: Annotated[StrictInt, Field(ge=1)] = 8
+    alphas: dict[Literal["gemm", "attention", "elementwise", "collective", "p2p", "offload"], _Positive] = {}
+    gemm_curve: dict[Literal["m0", "n0", "k0"], _NonNegative] | None = None
+    attn_s0: _NonNegative = 256.0
+    kernel_overhead_s: _NonNegative = 5e-6
+    description: StrictStr = ""
+    runtime_factors: dict[StrictStr, dict[Literal["f", "b"], _Positive]] = {}
+    action_overhead_s: dict[Literal["f", "b"], _NonNegative] = {}
+    measurements: Any = None  # the profile's raw data, kept beside the fit
+    fit: Any = None
+    runtime_calibration: Any = None
+
+
+def _first_error(exc: ValidationError) -> str:
+    """One line: the missing or unknown fields, or the first bad field with its value."""
+    errors = exc.errors()
+
+    def path(err) -> str:
+        return ".".join(str(x) for x in err["loc"] if x != "[key]") or "(top level)"
+
+    missing = [path(e) for e in errors if e["type"] == "missing"]
+    if missing:
+        return f"missing fields: {', '.join(missing)}"
+    unknown = [path(e) for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:
+        return f"unknown fields: {', '.join(unknown)}"
+    err = errors[0]
+    where = path(err)
+    if where == "format":
+        return f"field 'format' must be {CALIBRATION_FORMAT!r} (this version of dip), got {err.get('input')!r}"
+    return f"field {where!r}: {err['msg'].lower()}, got {err.get('input')!r}"
 
 
 def _hopper(
