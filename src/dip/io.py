@@ -37,10 +37,19 @@ def json_safe(x: Any) -> Any:
 
 
 def check_writable(path: str, field: str = "output file") -> str:
-    """Fail early (before any work) when ``path`` cannot be written."""
+    """Fail early (before any work) when ``path`` cannot be written: a folder, a missing or read-only
+    folder, or a place where no file can be created (tried with a temporary file, then removed)."""
+    if os.path.isdir(path):
+        raise BadInput(f"{field} {path!r} is a folder; give a file name")
     d = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(d) or not os.access(d, os.W_OK):
-        raise BadInput(f"{field} {path!r} cannot be written (directory {d!r} missing or read-only)")
+    if not os.path.isdir(d):
+        raise BadInput(f"{field} {path!r} cannot be written: folder {d!r} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(dir=d, prefix=".dip-probe-")
+    except OSError as exc:
+        raise BadInput(f"{field} {path!r} cannot be written: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 

@@ -164,6 +164,12 @@ def _text(report: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     model = get_model(args.model)
+    if args.clips is not None and not model.is_t2v:
+        raise BadInput(f"--clips: model {model.name} runs no video clips (clips are for text-to-video models)")
+    if args.clip_seconds is not None and not model.is_t2v:
+        raise BadInput(f"--clip-seconds: model {model.name} runs no video clips (for text-to-video models)")
+    if args.images is not None and not model.is_vlm:
+        raise BadInput(f"--images: model {model.name} has no vision encoder (images are for vision-language models)")
     tp = positive_int("--tp", args.tp) if args.tp is not None else None
     model = with_overrides(model, tp=tp, **memory_overrides(args))
     hardware = get_hardware(args.hardware)

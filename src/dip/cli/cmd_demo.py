@@ -8,12 +8,15 @@ then train the tiny VLM on 2 processes with the DIP runtime and check it against
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import subprocess
 import sys
 
+from dip.errors import BadInput, positive_int
 from dip.io import check_writable
+from dip.spec.presets import get_model
 
 
 def register(subparsers) -> None:
@@ -41,8 +44,18 @@ def _dip(*args: str) -> dict:
 
 
 def run(args) -> int:
+    # every option is checked before anything is created (a bad option leaves no folder behind)
+    get_model(args.model)
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        raise BadInput(f"--budget must be a finite number of seconds > 0, got {args.budget}")
+    positive_int("--steps", args.steps)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise BadInput(f"--out {args.out!r} is a file; give a folder")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    check_writable(os.path.join(parent, "x"), "--out")
     os.makedirs(args.out, exist_ok=True)
-    check_writable(os.path.join(args.out, "x"), "--out")
     out = args.out
     plan = _dip(
         "plan",

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from typing import Any
 
 from dip.errors import BadInput
-from dip.io import emit, write_atomic
+from dip.io import check_writable, emit, write_atomic
 
 
 def register(subparsers) -> None:
@@ -68,20 +67,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_output(path: str, inputs: list[str]) -> None:
-    """Fail before reading anything when ``path`` cannot be written (a folder, a missing or read-only folder)."""
-    if os.path.isdir(path):
-        raise BadInput(f"--out {path!r} is a directory; give a file name such as {os.path.join(path, 'trace.html')!r}")
-    if any(os.path.exists(p) and os.path.exists(path) and os.path.samefile(p, path) for p in inputs):
+    """Fail before reading anything when ``path`` cannot be written or would overwrite an input."""
+    if not os.path.isdir(path) and any(
+        os.path.exists(p) and os.path.exists(path) and os.path.samefile(p, path) for p in inputs
+    ):
         raise BadInput(f"--out {path!r} is an input trace; give another file name")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise BadInput(f"--out {path!r} cannot be written: folder {folder!r} does not exist")
-    try:  # the only reliable test (root, read-only mounts, /proc): create a file there
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".dip-tmp-")
-    except OSError as exc:
-        raise BadInput(f"--out {path!r} cannot be written: {exc.strerror or exc}") from None
-    os.close(fd)
-    os.unlink(probe)
+    check_writable(path, "--out")
 
 
 def load_trace(path: str, field: str) -> Any:

@@ -10,6 +10,7 @@ one-line message on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -48,13 +49,19 @@ COMMANDS = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors are one line with exit code 2."""
+    """ArgumentParser whose usage errors are one line naming the sub-command, with exit code 2 (and,
+    under ``--json``, one JSON object ``{"error": ...}`` on stdout)."""
 
     def error(self, message: str):
-        sys.stderr.write(
-            f"dip {self.prog.split(' ', 1)[-1] if ' ' in self.prog else ''}: error: {message}\n".replace("  ", " ")
-        )
+        report_error(self.prog, message, "--json" in sys.argv[1:])
         sys.exit(2)
+
+
+def report_error(where: str, message: str, as_json: bool) -> None:
+    """``where: error: message`` on stderr; with ``--json`` also ``{"error": message}`` on stdout."""
+    sys.stderr.write(f"{where}: error: {message}\n")
+    if as_json:
+        sys.stdout.write(json.dumps({"error": message, "command": where}) + "\n")
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -67,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         command.register(sub)
     for command_parser in _all_parsers(sub):
+        command_parser.set_defaults(prog_name=command_parser.prog)
         command_parser.add_argument(
             "--log-level",
             default=os.environ.get(LOG_ENV, "warning"),
@@ -74,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="log records at this level and above on stderr (default warning)",
         )
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def _all_parsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
@@ -103,7 +115,10 @@ def configure_logging(level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the sub-command's parser, so the message names it
+        parsers = {p.prog: p for p in _all_parsers(_subparsers(parser))}
+        parsers.get(getattr(args, "prog_name", ""), parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     configure_logging(getattr(args, "log_level", None) or os.environ.get(LOG_ENV, "warning"))
     if not getattr(args, "func", None):
         parser.print_help()
@@ -112,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except BadInput as exc:
         msg = " ".join(str(exc).split("\n")[0].split())
-        sys.stderr.write(f"dip {args.command}: error: {msg}\n")
+        report_error(getattr(args, "prog_name", "dip"), msg, bool(getattr(args, "json", False)))
         return 2
     except KeyboardInterrupt:
         return 130
