@@ -53,8 +53,10 @@ class _Parser(argparse.ArgumentParser):
     under ``--json``, one JSON object ``{"error": ...}`` on stdout)."""
 
     def error(self, message: str):
-        report_error(self.prog, message, "--json" in sys.argv[1:])
+        report_error(self.prog, message, "--json" in self.command_line)
         sys.exit(2)
+
+    command_line: tuple[str, ...] = ()  # the arguments being parsed (set by main)
 
 
 def report_error(where: str, message: str, as_json: bool) -> None:
@@ -115,6 +117,7 @@ def configure_logging(level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _Parser.command_line = tuple(sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the sub-command's parser, so the message names it
         parsers = {p.prog: p for p in _all_parsers(_subparsers(parser))}

@@ -25,6 +25,7 @@ from typing import Any
 from dip.data.meta import BatchMeta
 from dip.data.packing import pack, to_batches
 from dip.data.samples import Clip, Sample, tokens_per_image
+from dip.data.workload import MAX_MICROBATCHES
 from dip.errors import BadInput
 from dip.spec.model import ModelSpec
 
@@ -182,8 +183,8 @@ def read_manifest(path: str, model: ModelSpec | None = None) -> list[Sample]:
 
 def manifest_batches(model: ModelSpec, path: str, microbatches: int = 64) -> list[BatchMeta]:
     """Pack a manifest for ``model``: global batches of ``microbatches`` (last one may be partial)."""
-    if microbatches < 1:
-        raise BadInput(f"microbatches must be an integer >= 1, got {microbatches}")
+    if not 1 <= microbatches <= MAX_MICROBATCHES:
+        raise BadInput(f"microbatches must be an integer from 1 to {MAX_MICROBATCHES}, got {microbatches}")
     packed = pack(model, read_manifest(path, model))
     if not packed:
         raise BadInput(f"manifest {path} has no tokens, images or videos to pack")

@@ -26,6 +26,7 @@ from dip.spec.model import ModelSpec
 
 __all__ = [
     "DYNAMIC_SHAPE",
+    "MAX_MICROBATCHES",
     "PAPER_MAX_IMAGES",
     "ImageBounds",
     "generate_batch",
@@ -54,11 +55,19 @@ def _check_model(model: ModelSpec) -> None:
         raise BadInput(f"model {model.name} has workload t2v but no video (dit) module")
 
 
+# The most micro-batches one global batch may hold: 8x the paper's largest (128). Beyond it a plan's
+# task graph (~35 tasks per micro-batch) no longer fits a planning budget of seconds.
+MAX_MICROBATCHES = 1024
+
+
 def _check_counts(batches: int, seed: int, microbatches: int) -> None:
     if batches < 1:
         raise BadInput(f"batches must be an integer >= 1, got {batches}")
-    if microbatches < 1:
-        raise BadInput(f"microbatches must be an integer >= 1, got {microbatches}")
+    if not 1 <= microbatches <= MAX_MICROBATCHES:
+        raise BadInput(
+            f"microbatches must be an integer from 1 to {MAX_MICROBATCHES} per global batch (the paper's "
+            f"batches hold 64 to 128), got {microbatches}"
+        )
     if seed < 0:
         raise BadInput(f"seed must be an integer >= 0, got {seed}")
 
