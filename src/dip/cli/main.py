@@ -17,6 +17,7 @@ import sys
 
 from dip.cli import (
     cmd_bench,
+    cmd_config,
     cmd_cost,
     cmd_data,
     cmd_demo,
@@ -28,6 +29,15 @@ from dip.cli import (
     cmd_train,
     cmd_viz,
     cmd_workload,
+)
+from dip.cli.config import (
+    CONFIG_COMMANDS,
+    ExperimentConfig,
+    apply_config,
+    config_path_beside,
+    load_config,
+    resolved_config,
+    write_resolved,
 )
 from dip.errors import BadInput
 
@@ -43,6 +53,7 @@ COMMANDS = (
     cmd_data,
     cmd_init_model,
     cmd_viz,
+    cmd_config,
     cmd_bench,
     cmd_demo,
 )
@@ -77,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.register(sub)
     for command_parser in _all_parsers(sub):
         command_parser.set_defaults(prog_name=command_parser.prog)
+        if command_parser.prog.split()[1] in CONFIG_COMMANDS and not _has_subcommands(command_parser):
+            command_parser.add_argument(
+                "--config",
+                metavar="FILE.yaml",
+                help="experiment configuration (dip config --print-defaults); flags given here override it",
+            )
         command_parser.add_argument(
             "--log-level",
             default=os.environ.get(LOG_ENV, "warning"),
@@ -84,6 +101,47 @@ def build_parser() -> argparse.ArgumentParser:
             help="log records at this level and above on stderr (default warning)",
         )
     return parser
+
+
+def _has_subcommands(parser: argparse.ArgumentParser) -> bool:
+    return any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+
+
+def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The option destinations that ``argv`` sets explicitly (parsed again with every default suppressed)."""
+    parsers = [parser, *_all_parsers(_subparsers(parser))]
+    saved = [(a, a.default, a.required) for p in parsers for a in p._actions]
+    saved_defaults = [(p, dict(p._defaults)) for p in parsers]
+    try:
+        for a, _, _ in saved:
+            a.default, a.required = argparse.SUPPRESS, False
+        for p, _ in saved_defaults:
+            p._defaults.clear()
+        ns, _ = parser.parse_known_args(argv)
+    finally:
+        for a, default, required in saved:
+            a.default, a.required = default, required
+        for p, defaults in saved_defaults:
+            p._defaults.update(defaults)
+    return set(vars(ns))
+
+
+def _with_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> ExperimentConfig:
+    """Apply ``--config FILE`` to ``args`` (flags given on the command line win); the loaded config."""
+    config = load_config(args.config)
+    parsers = {p.prog: p for p in _all_parsers(_subparsers(parser))}
+    apply_config(config, args, parsers[args.prog_name], _given(parser, argv))
+    return config
+
+
+def _write_resolved_config(args: argparse.Namespace, config: ExperimentConfig | None) -> None:
+    """Beside a configured run's outputs (``--trace``, ``--gantt``, ``--out``): the configuration it ran with."""
+    outputs = [getattr(args, d) for d in ("trace", "gantt") if getattr(args, d, None)]
+    out_dir = getattr(args, "out", None)
+    if config is None or (not outputs and not (out_dir and os.path.isdir(out_dir))):
+        return
+    target = config_path_beside(outputs[0]) if outputs else os.path.join(out_dir, "config.yaml")
+    write_resolved(resolved_config(config, args), target)
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
@@ -126,8 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    config = None
     try:
+        if getattr(args, "config", None):
+            config = _with_config(parser, args, list(_Parser.command_line))
         rc = args.func(args)
+        if not rc:
+            _write_resolved_config(args, config)
     except BadInput as exc:
         msg = " ".join(str(exc).split("\n")[0].split())
         report_error(getattr(args, "prog_name", "dip"), msg, bool(getattr(args, "json", False)))
