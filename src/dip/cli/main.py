@@ -103,6 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _relax_required(parser: argparse.ArgumentParser) -> dict[str, list[argparse.Action]]:
+    """Options a config file may provide are not required on the command line (checked after the file
+    is applied, :func:`_check_required`). Returns the relaxed actions by parser prog."""
+    out: dict[str, list[argparse.Action]] = {}
+    for p in _all_parsers(_subparsers(parser)):
+        for a in p._actions:
+            if a.required and a.option_strings:
+                a.required = False
+                out.setdefault(p.prog, []).append(a)
+    return out
+
+
+def _check_required(args: argparse.Namespace, required: dict[str, list[argparse.Action]]) -> None:
+    missing = [
+        a.option_strings[0]
+        for a in required.get(getattr(args, "prog_name", ""), ())
+        if getattr(args, a.dest, None) is None
+    ]
+    if missing:
+        raise BadInput(
+            f"the following arguments are required (on the command line or in the config file): {', '.join(missing)}"
+        )
+
+
 def _has_subcommands(parser: argparse.ArgumentParser) -> bool:
     return any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
 
@@ -176,6 +200,7 @@ def configure_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     _Parser.command_line = tuple(sys.argv[1:] if argv is None else argv)
+    required = _relax_required(parser) if "--config" in _Parser.command_line else {}
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the sub-command's parser, so the message names it
         parsers = {p.prog: p for p in _all_parsers(_subparsers(parser))}
@@ -188,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "config", None):
             config = _with_config(parser, args, list(_Parser.command_line))
+        _check_required(args, required)
         rc = args.func(args)
         if not rc:
             _write_resolved_config(args, config)
