@@ -24,14 +24,19 @@ def worker_command() -> list[str]:
     return [sys.executable, "-m", "dip.integrations.launch"]
 
 
+def _single_threaded_tokenizers() -> None:
+    # the data loader's workers fork after a tokenizer may have run: the tokenizers' own threads stay off
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def train_any(cfg: TrainConfig) -> dict[str, Any] | None:
     """:func:`dip.runtime.trainer.train` on this rank with checkpoints, factories and datasets."""
+    _single_threaded_tokenizers()
     return train(cfg, load=load_model, open_data=open_data)
 
 
 def main(config_path: str) -> int:
-    # DataLoader workers fork after a tokenizer may have run: keep the tokenizers' own threads off
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _single_threaded_tokenizers()
     return worker_main(config_path, load=load_model, open_data=open_data)
 
 
