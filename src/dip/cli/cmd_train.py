@@ -17,8 +17,10 @@ def register(subparsers) -> None:
         "train",
         help="train with a pipeline schedule on N processes (gloo on CPU, NCCL on GPU)",
         description="Train MODEL with a per-step plan of SCHEDULE on N local processes (or the processes torchrun "
-        "started). Every step's batch has new shapes; --check-reference compares loss, gradients and "
-        "parameters with single-process training of the same batches.",
+        "started). MODEL is a preset, a spec file, a factory or a transformers / diffusers checkpoint folder; "
+        "checkpoints train on --data (packed from its metadata, each rank loading only what its chunks consume). "
+        "Every step's batch has new shapes; --check-reference compares loss, gradients and parameters with "
+        "single-process training of the same batches; --save-hf writes the trained checkpoint.",
     )
     p.add_argument(
         "--model",

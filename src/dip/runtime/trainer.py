@@ -230,28 +230,14 @@ def train(cfg: TrainConfig, *, load: ModelLoader = load_builtin, open_data: Data
         )
 
     provider, dataset = open_provider()
-    pp, dp = planning.check_parallel(provider.spec, world, cfg.pp, cfg.dp)
-    provider.spec = model = planning.with_parallel(provider.spec, pp, dp)
-    rt = Runtime(rank, world, pp, dp, device, comm_device_for(device, dist.get_backend()))
-    for r in range(pp):  # every rank creates every group, in the same order
-        g = dist.new_group([d * pp + r for d in range(dp)]) if dp > 1 else None
-        if r == rt.pp_rank:
-            rt.dp_group = g
-    rt.runner = StepRunner(
-        rt.pp_rank,
-        provider,
-        backend=dist.get_backend(),
-        rank_map=rt.global_rank,
-        timeout_s=cfg.timeout_s,
-        device=device,
-        comm_device=rt.comm_device,
-    )
+    rt = _runtime(cfg, provider, rank, world, device)
+    model = provider.spec
     if dataset is not None and hasattr(dataset, "prime"):
         rt.feed = StepDataLoader(dataset, workers=cfg.data_workers, timeout_s=cfg.timeout_s)
     coord = None
     if rank == 0:
         documents = dataset.documents() if dataset is not None else None
-        coord = Coordinator(cfg, model, dp, device, documents=documents, reference=lambda: open_provider()[0])
+        coord = Coordinator(cfg, model, rt.dp, device, documents=documents, reference=lambda: open_provider()[0])
     try:
         for step in range(cfg.steps):
             work = _broadcast(coord.plan(step) if coord else None, rt)
@@ -270,11 +256,38 @@ def train(cfg: TrainConfig, *, load: ModelLoader = load_builtin, open_data: Data
     loads = _gather(mine, rt)
     if not coord:
         return None
-    out = coord.result(world, pp, dp)
+    out = coord.result(world, rt.pp, rt.dp)
     out["bind_cores"] = cfg.bind_cores
     out["rank0_cores"] = sorted(os.sched_getaffinity(0)) if cores else None  # read back: what the OS applies
     out.update({"device": device.type, "backend": dist.get_backend()})
-    out["skipped_samples"] = dataset.skipped.total if dataset is not None else 0
+    out.update(_data_report(cfg, dataset, loads))
+    return out
+
+
+def _runtime(cfg: TrainConfig, provider, rank: int, world: int, device: torch.device) -> Runtime:
+    """This rank's state: parallel sizes (the provider's spec gets them), data-parallel groups, step runner."""
+    pp, dp = planning.check_parallel(provider.spec, world, cfg.pp, cfg.dp)
+    provider.spec = planning.with_parallel(provider.spec, pp, dp)
+    rt = Runtime(rank, world, pp, dp, device, comm_device_for(device, dist.get_backend()))
+    for r in range(pp):  # every rank creates every group, in the same order
+        g = dist.new_group([d * pp + r for d in range(dp)]) if dp > 1 else None
+        if r == rt.pp_rank:
+            rt.dp_group = g
+    rt.runner = StepRunner(
+        rt.pp_rank,
+        provider,
+        backend=dist.get_backend(),
+        rank_map=rt.global_rank,
+        timeout_s=cfg.timeout_s,
+        device=device,
+        comm_device=rt.comm_device,
+    )
+    return rt
+
+
+def _data_report(cfg: TrainConfig, dataset, loads: list | None) -> dict[str, Any]:
+    """The report's data fields: skipped samples, and with a dataset what it held and every rank loaded."""
+    out: dict[str, Any] = {"skipped_samples": dataset.skipped.total if dataset is not None else 0}
     if dataset is not None:
         out["data"] = {
             "path": cfg.data,
