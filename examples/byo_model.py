@@ -4,7 +4,12 @@ Each sample of a micro-batch is a grid of ``PATCHES`` patches with ``PATCH_DIM``
 ``TARGET_DIM`` regression target. The mixer is cut into two pipeline chunks; composing them (with the
 boundary tensor detached, as on a real pipeline) gives the loss and gradients of the whole model.
 
-Run: ``python examples/byo_model.py``
+Run: ``python examples/byo_model.py`` (two chunks in one process against the whole model), or train it on
+two processes with per-batch DIP plans, compared with one-process training::
+
+    dip train --model examples/byo_model.py:mixer_model --nproc 2 --schedule dip --steps 2 --check-reference
+
+(``dip train`` calls ``mixer_model`` with the ``seed`` and ``dtype`` it accepts.)
 """
 
 from __future__ import annotations

@@ -39,7 +39,15 @@ def test_sample_writer_is_deterministic_and_varied(tmp_path):
     a = write_vlm_sample(str(tmp_path / "a"), samples=20, seed=3)
     b = write_vlm_sample(str(tmp_path / "b"), samples=20, seed=3)
     rows = [json.loads(line) for line in open(a.data_file)]
-    assert open(a.data_file).read() == open(b.data_file).read()
+    # the same rows, each naming its images by absolute path in its own folder
+    assert open(a.data_file).read().replace(str(tmp_path / "a"), "OUT") == open(b.data_file).read().replace(
+        str(tmp_path / "b"), "OUT"
+    )
+    paths = [p for r in rows for p in ([r["image"]] if isinstance(r.get("image"), str) else r.get("image", []))]
+    assert paths and all(os.path.isabs(p) and os.path.isfile(p) for p in paths)
+    for p in paths:
+        with open(p, "rb") as fa, open(p.replace(str(tmp_path / "a"), str(tmp_path / "b")), "rb") as fb:
+            assert fa.read() == fb.read()
     counts = [len(r["image"]) if isinstance(r.get("image"), list) else int("image" in r) for r in rows]
     assert min(counts) == 0 and max(counts) >= 2
     sizes = {

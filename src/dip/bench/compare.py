@@ -16,24 +16,28 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dip.integrations import load_model, open_data
 from dip.runtime import planning
 from dip.runtime.calibrate import OnlineCalibration
 from dip.runtime.comm import timed_collective
+from dip.runtime.dataload import StepDataLoader, chunk_data_keys
 from dip.runtime.executor import ActionTime
-from dip.runtime.models import SpecModel
+from dip.runtime.loading import open_model
 from dip.runtime.spawn import spawn
 from dip.runtime.step import StepRunner, gather_actions
-from dip.spec.presets import load_model
 
 __all__ = ["compare_rank", "compare_schedules"]
 
 
 def _timed_run(
-    runner: StepRunner, work, rank: int, world: int, provider, step: int, timeout_s: float
+    runner: StepRunner, work, rank: int, world: int, provider, step: int, timeout_s: float, feed=None
 ) -> tuple[float, list[list[ActionTime]] | None]:
-    """Run one plan once: (pipeline seconds of the slowest rank, every rank's actions on rank 0)."""
+    """Run one plan once: (pipeline seconds of the slowest rank, every rank's actions on rank 0); a real
+    dataset's tensors (``feed``) are loaded before the timed region."""
     plan, batch = work.plans[0], work.batches[0]
     prepared = runner.prepare(plan, batch)
+    if feed is not None:
+        feed.ready(chunk_data_keys(provider, runner.parts(), batch))
     runner.zero_grad()
     total = sum(provider.loss_tokens(mb) for mb in batch.microbatches)
     timed_collective(dist.barrier, "the comparison barrier", rank, timeout_s)
@@ -58,16 +62,22 @@ def compare_rank(
     repeats: int = 3,
     hardware: str = planning.CPU_HARDWARE,
     observations: bool = False,
+    data: str | None = None,
 ) -> dict[str, Any] | None:
     """One rank of :func:`compare_schedules` (``RANK``/``WORLD_SIZE`` and env:// already set)."""
     dist.init_process_group("gloo", init_method="env://")
-    model = planning.with_parallel(load_model(model_name), world, 1)
-    provider = SpecModel(model, seed, dtype)
+    provider, dataset = open_model(model_name, load=load_model, open_data=open_data, seed=seed, dtype=dtype, data=data)
+    provider.spec = model = planning.with_parallel(provider.spec, world, 1)
     runners = {s: StepRunner(rank, provider, timeout_s=timeout_s, fixed_layout=False) for s in schedules}
+    # the ranks are daemonic processes (no children): the dataset's tensors are loaded in-process
+    feed = StepDataLoader(dataset, workers=0) if dataset is not None and hasattr(dataset, "prime") else None
     out: dict[str, dict[str, list]] = {s: {"measured": [], "predicted": [], "shipped": []} for s in schedules}
     if rank == 0:
         cm, hw = planning.cost_setup(model, dtype, hardware)
-        batches = planning.make_step_batches(model, steps, 1, microbatches, seed, workload)
+        if dataset is not None:
+            batches, _ = planning.dataset_step_batches(model, dataset.documents(), steps, 1, microbatches, seed)
+        else:
+            batches = planning.make_step_batches(model, steps, 1, microbatches, seed, workload)
         calib = {s: OnlineCalibration(cm, keep_observations=observations) for s in schedules}
         partitions: dict[str, Any] = {}
     for step in range(-1, steps):  # step -1: an untimed warm-up on the first batch
@@ -86,7 +96,7 @@ def compare_rank(
         best: dict[str, tuple[float, list]] = {}
         for rep in range(repeats if step >= 0 else 1):
             for s in schedules if (step + rep) % 2 == 0 else schedules[::-1]:
-                t, rows = _timed_run(runners[s], works[s], rank, world, provider, k, timeout_s)
+                t, rows = _timed_run(runners[s], works[s], rank, world, provider, k, timeout_s, feed)
                 if s not in best or t < best[s][0]:
                     best[s] = (t, rows)
         if rank == 0 and step >= 0:
@@ -119,11 +129,15 @@ def compare_schedules(
     repeats: int = 3,
     hardware: str = planning.CPU_HARDWARE,
     observations: bool = False,
+    data: str | None = None,
 ) -> dict[str, Any]:
     """Run :func:`compare_rank` on ``nproc`` local processes; per schedule the measured (fastest of
     ``repeats`` runs), predicted and shipped-calibration pipeline seconds of every step, and the
-    calibration factors. ``hardware``: the calibration the plans and predictions use; ``observations``:
-    also every compute action's modelled and measured seconds (:class:`OnlineCalibration`)."""
+    calibration factors. ``model``: anything ``dip train --model`` accepts (preset, spec file, factory,
+    checkpoint folder), loaded the same way on every rank; ``data``: a dataset the steps' batches are
+    packed from (required by checkpoint models; default: the model's generated workload);
+    ``hardware``: the calibration the plans and predictions use; ``observations``: also every compute
+    action's modelled and measured seconds (:class:`OnlineCalibration`)."""
     got = spawn(
         compare_rank,
         nproc,
@@ -138,6 +152,7 @@ def compare_schedules(
         repeats,
         hardware,
         observations,
+        data,
         timeout_s=timeout_s * (steps * len(schedules) * repeats + 5),
     )
     bad = [v for ok, v in got if not ok]

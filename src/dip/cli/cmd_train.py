@@ -8,7 +8,6 @@ import sys
 from dip.errors import BadInput, positive_int
 from dip.io import check_writable, emit
 from dip.runtime.affinity import BIND_MODES
-from dip.spec.presets import load_model
 
 DTYPES = ("float32", "float64")
 
@@ -18,10 +17,43 @@ def register(subparsers) -> None:
         "train",
         help="train with a pipeline schedule on N processes (gloo on CPU, NCCL on GPU)",
         description="Train MODEL with a per-step plan of SCHEDULE on N local processes (or the processes torchrun "
-        "started). Every step's batch has new shapes; --check-reference compares loss, gradients and "
-        "parameters with single-process training of the same batches.",
+        "started). MODEL is a preset, a spec file, a factory or a transformers / diffusers checkpoint folder; "
+        "checkpoints train on --data (packed from its metadata, each rank loading only what its chunks consume). "
+        "Every step's batch has new shapes; --check-reference compares loss, gradients and parameters with "
+        "single-process training of the same batches; --save-hf writes the trained checkpoint.",
     )
-    p.add_argument("--model", required=True, help="preset name (tiny-vlm, tiny-t2v, ...) or a model YAML/JSON file")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="preset name (tiny-vlm, tiny-t2v, ...), a model YAML/JSON file, a factory path/to/file.py:function or "
+        "package.module:function returning a model, or a transformers / diffusers checkpoint folder",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE_OR_DIR",
+        help="dataset to train on: LLaVA-style JSONL, WebDataset shards or captions+latents JSONL (required by "
+        "checkpoint models; default for the others: the model's generated workload)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="a bad sample (missing or corrupt image, too long, malformed line) is an error naming file and line "
+        "(default: skipped and counted)",
+    )
+    p.add_argument(
+        "--context-length",
+        type=int,
+        default=None,
+        help="pack micro-batches up to this many tokens (default and maximum: the model's context length)",
+    )
+    p.add_argument("--data-workers", type=int, default=2, help="DataLoader worker processes per rank (default 2)")
+    p.add_argument(
+        "--save-hf",
+        default=None,
+        metavar="DIR",
+        help="write the trained weights as a checkpoint folder that transformers / diffusers from_pretrained loads",
+    )
     p.add_argument(
         "--nproc", type=int, default=None, help="processes (default: WORLD_SIZE under torchrun, else pp x dp, else 2)"
     )
@@ -67,12 +99,37 @@ def _under_torchrun() -> bool:
 
 
 def build_config(args):
-    # torch and the numba-compiled planner (seconds to load): imported only when training
+    """The run's ``TrainConfig``; every bad input (model, data, sizes, output folders) is a ``BadInput``
+    raised here, before any rank starts."""
+    # torch, transformers / diffusers (integrations) and the numba-compiled planner (seconds to load):
+    # imported only when training
+    from dip.integrations import load_model, open_data
     from dip.planner import check_schedule
     from dip.runtime import planning
+    from dip.runtime.loading import open_model
+    from dip.runtime.saving import check_save_target
     from dip.runtime.trainer import TrainConfig
 
-    model = load_model(args.model)
+    if args.seed < 0:
+        raise BadInput(f"seed must be an integer >= 0, got {args.seed}")
+    if args.context_length is not None:
+        positive_int("context-length", args.context_length)
+    if args.data_workers < 0:
+        raise BadInput(f"data-workers must be an integer >= 0, got {args.data_workers}")
+    dtype = args.dtype or ("float64" if args.check_reference else "float32")
+    provider, dataset = open_model(
+        args.model,
+        load=load_model,
+        open_data=open_data,
+        seed=args.seed,
+        dtype=dtype,
+        data=args.data,
+        strict=args.strict,
+        context_length=args.context_length,
+    )
+    model = provider.spec
+    if args.save_hf:
+        check_save_target(provider, args.save_hf)
     torchrun = _under_torchrun()
     world = int(os.environ["WORLD_SIZE"]) if torchrun else None
     nproc = args.nproc
@@ -85,8 +142,8 @@ def build_config(args):
     check_schedule(args.schedule, planning.with_parallel(model, pp, dp))
     positive_int("steps", args.steps)
     positive_int("microbatches", args.microbatches)
-    if args.seed < 0:
-        raise BadInput(f"seed must be an integer >= 0, got {args.seed}")
+    if dataset is not None:
+        planning.dataset_step_batches(model, dataset.documents(), 1, 1, 1, args.seed)  # packs: samples fit
     if not args.timeout_s > 0:
         raise BadInput(f"timeout-s must be > 0, got {args.timeout_s}")
     if args.trace:
@@ -100,22 +157,29 @@ def build_config(args):
         dp=dp,
         microbatches=args.microbatches,
         seed=args.seed,
-        dtype=args.dtype or ("float64" if args.check_reference else "float32"),
+        dtype=dtype,
         check_reference=args.check_reference,
         trace=args.trace,
         timeout_s=args.timeout_s,
         online_calibration=not args.static_costs,
         bind_cores=args.bind_cores,
+        data=args.data,
+        strict=args.strict,
+        context_length=args.context_length,
+        data_workers=args.data_workers,
+        save_hf=args.save_hf,
     )
 
 
 def run(args) -> int:
-    from dip.runtime.launch import RankFailed, launch  # torch (seconds to load): see build_config
-    from dip.runtime.trainer import finish, train
+    # torch and transformers / diffusers (seconds to load): see build_config
+    from dip.integrations.launch import train_any, worker_command
+    from dip.runtime.launch import RankFailed, launch
+    from dip.runtime.trainer import finish
 
     cfg = build_config(args)
     if _under_torchrun():
-        out = train(cfg)
+        out = train_any(cfg)
         if out is not None:
             emit(out, args.json, text=summary(out))
         finish(cfg.timeout_s)
@@ -123,7 +187,7 @@ def run(args) -> int:
         sys.stderr.flush()
         os._exit(0)  # skip process-group teardown (see dip.runtime.launch)
     try:
-        out = launch(cfg)
+        out = launch(cfg, worker=worker_command())
     except RankFailed as exc:
         sys.stderr.write(f"dip train: error: {exc}\n")
         return 1
@@ -135,13 +199,20 @@ def summary(out: dict) -> str:
     lines = [
         f"{out['model']} {out['schedule']}: {out['nproc']} processes (pp {out['pp']} x dp {out['dp']}), {out['dtype']}"
     ]
-    lines.append(f"{'step':>4} {'loss':>10} {'time s':>8} {'pred s':>8} {'tokens':>8}")
+    lines.append(f"{'step':>4} {'loss':>10} {'time s':>8} {'pred s':>8} {'tokens':>8} {'samples':>8} {'images':>7}")
     for s in out["steps"]:
         pred = s.get("predicted_step_time_s")
         lines.append(
             f"{s['step']:>4} {s['loss']:>10.5f} {s['step_time_s']:>8.3f} "
-            f"{(f'{pred:.3f}' if pred is not None else '-'):>8} {s['tokens']:>8}"
+            f"{(f'{pred:.3f}' if pred is not None else '-'):>8} {s['tokens']:>8} {s['samples']:>8} {s['images']:>7}"
         )
+    if out.get("data"):
+        d = out["data"]
+        lines.append(
+            f"data {d['path']}: {d['samples']} samples, {out['skipped_samples']} skipped {d['skipped_by_kind']}"
+        )
+    if out.get("saved_checkpoint"):
+        lines.append(f"trained checkpoint written to {out['saved_checkpoint']}")
     if "max_grad_rel_err" in out:
         lines.append(
             f"reference: max grad rel err {out['max_grad_rel_err']:.3g}, max loss abs err "

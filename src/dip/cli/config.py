@@ -104,6 +104,11 @@ class Train(_Section):
     check_reference: bool = Field(False, description="compare with single-process training of the same batches")
     timeout_s: PositiveFloat = Field(120.0, description="timeout of every wait, seconds")
     bind_cores: Literal["auto", "on", "off"] = Field("auto", description="bind each local rank to its own cores")
+    strict: bool = Field(False, description="stop at the first bad sample of --data instead of skipping it")
+    context_length: PositiveInt | None = Field(None, description="packing length of --data (null: the model's)")
+    data_workers: NonNegativeInt = Field(2, description="data-loading processes per rank")
+    save_hf: str | None = Field(None, description="write the trained checkpoint here (checkpoint models)")
+    static_costs: bool = Field(False, description="plan with the shipped calibration only (no online correction)")
 
 
 class ExperimentConfig(_Section):
@@ -162,6 +167,11 @@ OPTION_OF: dict[str, tuple[str, Any]] = {
     "train.check_reference": ("check_reference", None),
     "train.timeout_s": ("timeout_s", None),
     "train.bind_cores": ("bind_cores", None),
+    "train.strict": ("strict", None),
+    "train.context_length": ("context_length", None),
+    "train.data_workers": ("data_workers", None),
+    "train.save_hf": ("save_hf", None),
+    "train.static_costs": ("static_costs", None),
 }
 # sections that belong to one command only (their options share names with other sections')
 COMMAND_SECTIONS = {"simulate": "simulate", "train": "train"}

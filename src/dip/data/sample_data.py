@@ -7,7 +7,9 @@
 * T2V (:func:`write_t2v_sample`): ``captions.jsonl`` plus one ``.safetensors`` file of VAE latents
   ``[C, F, H, W]`` per caption (varied frame counts and sizes, multiples of the DiT's 2x2 patch).
 
-Everything follows from the seed: the same seed writes the same bytes.
+Everything follows from the seed: the same seed writes the same media and rows. A row names its media
+by absolute path (the readers accept absolute paths and paths relative to the JSONL file), so rows can
+be copied into other files, e.g. a data mix or a test set with a broken sample, wherever they live.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ def write_vlm_sample(out: str, *, samples: int, seed: int, wds: bool = False) ->
     """
     _check(samples, seed)
     rng = random.Random(seed)
-    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    root = os.path.abspath(out)
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
     rows, members, media = [], [], 0
     for i in range(samples):
         key = f"{i:06d}"
@@ -120,10 +123,10 @@ def write_vlm_sample(out: str, *, samples: int, seed: int, wds: bool = False) ->
             w, h = rng.randint(MIN_SIDE, MAX_SIDE), rng.randint(MIN_SIDE, MAX_SIDE)
             fmt, ext = ("PNG", "png") if rng.random() < 0.6 else ("JPEG", "jpg")
             data = _image_bytes(rng, w, h, fmt)
-            rel = f"images/{key}_{k}.{ext}"
-            with open(os.path.join(out, rel), "wb") as f:
+            path = os.path.join(root, "images", f"{key}_{k}.{ext}")
+            with open(path, "wb") as f:
                 f.write(data)
-            images.append(rel)
+            images.append(path)
             members.append((f"{key}.{k}.{ext}", data))
             media += 1
         row = {"id": key, "conversations": _conversation(rng, len(images))}
@@ -170,15 +173,16 @@ def write_t2v_sample(out: str, *, samples: int, seed: int, channels: int = 16) -
     from safetensors.numpy import save_file
 
     rng = random.Random(seed)
-    os.makedirs(os.path.join(out, "latents"), exist_ok=True)
+    root = os.path.abspath(out)
+    os.makedirs(os.path.join(root, "latents"), exist_ok=True)
     rows = []
     for i in range(samples):
         key = f"{i:06d}"
         shape = (channels, rng.choice((1, 2, 3)), rng.choice((4, 6, 8)), rng.choice((4, 6, 8)))
         values = np.random.default_rng(rng.randrange(1 << 31)).standard_normal(shape).astype(np.float32)
-        rel = f"latents/{key}.safetensors"
-        save_file({"latents": values}, os.path.join(out, rel))
-        rows.append({"id": key, "caption": _sentence(rng, rng.randint(4, 16)), "latents": rel})
+        path = os.path.join(root, "latents", f"{key}.safetensors")
+        save_file({"latents": values}, path)
+        rows.append({"id": key, "caption": _sentence(rng, rng.randint(4, 16)), "latents": path})
     data_file = os.path.join(out, "captions.jsonl")
     with open(data_file, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -66,6 +66,12 @@ def model_source(spec: str) -> str:
     head, sep, tail = spec.rpartition(":")
     if sep and tail.isidentifier() and (head.endswith(".py") or all(p.isidentifier() for p in head.split("."))):
         return "factory"
+    looks_like_path = os.sep in spec or spec.startswith(".")
+    if looks_like_path and not os.path.exists(spec) and not spec.lower().endswith((".yaml", ".yml", ".json")):
+        raise BadInput(
+            f"model folder {spec!r} does not exist (give a checkpoint folder, a spec file, a factory "
+            "path/to/file.py:function or a preset name)"
+        )
     return "spec"
 
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,6 +41,7 @@ from dip.data.records import BadSample, SampleMeta, T2vRow, VlmRow
 from dip.data.tensors import UnitLike
 from dip.errors import BadInput
 from dip.integrations.checkpoint import SafetensorsWeights, load_part, write_weights
+from dip.integrations.vlm_data import no_usable_sample
 from dip.runtime.byo import ByoEdge, ByoModel, ByoModule, ByoUnit
 from dip.runtime.models.seeding import generator
 from dip.spec.model import Edge, ModelSpec, ModuleSpec, ParallelSpec
@@ -103,7 +105,8 @@ class T2vProcessor:
 
 class T2vData:
     """A captions + latents dataset measured by ``processor`` (bad rows skipped and counted, or an
-    error under ``strict``); loads token ids and latents lazily per sample."""
+    error under ``strict``); loads token ids and latents lazily per sample, or serves what the
+    trainer's data loader loaded for the step (:meth:`load` in its workers, :meth:`prime` here)."""
 
     def __init__(self, path: str, processor: T2vProcessor, *, strict: bool = False, use_cache: bool = True):
         from dip.data.formats import read_t2v_jsonl
@@ -111,10 +114,25 @@ class T2vData:
         self.path, self.processor = path, processor
         self.metas, self.skipped = split_good(scan(path, processor, fmt="t2v", use_cache=use_cache), strict)
         if not self.metas:
-            raise BadInput(f"data {path!r}: no usable sample ({self.skipped.examples[:1]})")
+            raise BadInput(no_usable_sample(path, self.skipped))
         rows = {(r.source, r.line): r for r in read_t2v_jsonl(path) if isinstance(r, T2vRow)}
         self.rows = [rows[(m.source, m.line)] for m in self.metas]
         self._latents = lru_cache(maxsize=1024)(self._load_latents)
+        self._primed: dict[tuple, Any] = {}
+        self.direct_loads: Counter = Counter()  # reads not served by the step's data loader
+        if self.skipped.total:
+            log.warning("%s: %d bad samples skipped (%s)", path, self.skipped.total, dict(self.skipped.by_kind))
+
+    def __getstate__(self) -> dict:  # for data-loader workers started by spawn: caches stay behind
+        state = dict(self.__dict__)
+        state.pop("_latents")
+        state.pop("_primed")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._latents = lru_cache(maxsize=1024)(self._load_latents)
+        self._primed = {}
 
     def __len__(self) -> int:
         return len(self.metas)
@@ -132,10 +150,35 @@ class T2vData:
         return T2vSample(self, index)
 
     def text(self, index: int) -> Tensor:
-        return torch.tensor(self.processor.encode(self.rows[index].caption), dtype=torch.long)
+        """The caption's token ids."""
+        got = self._primed.get(("text", index))
+        if got is None:
+            self.direct_loads["text"] += 1
+            got = self._load_text(index)
+        return got
 
     def latents(self, index: int) -> Tensor:
-        return self._latents(index)
+        """The clip's VAE latents ``[C, F, H, W]`` (float32)."""
+        got = self._primed.get(("latents", index))
+        if got is None:
+            self.direct_loads["latents"] += 1
+            got = self._latents(index)
+        return got
+
+    def load(self, key: tuple) -> Tensor:
+        """One item for the trainer's data loader: ``("text", i)`` or ``("latents", i)``."""
+        if key[0] == "text":
+            return self._load_text(key[1])
+        if key[0] == "latents":
+            return self._load_latents(key[1])
+        raise KeyError(f"unknown data key {key!r}")
+
+    def prime(self, loaded: dict[tuple, Any]) -> None:
+        """The step's loaded items (replacing the previous step's)."""
+        self._primed = dict(loaded)
+
+    def _load_text(self, index: int) -> Tensor:
+        return torch.tensor(self.processor.encode(self.rows[index].caption), dtype=torch.long)
 
     def _load_latents(self, index: int) -> Tensor:
         from safetensors import safe_open  # reads only the latents tensor
@@ -149,6 +192,10 @@ class T2vSample:
     data: T2vData
     index: int
 
+    @property
+    def meta(self) -> SampleMeta:
+        return self.data.meta(self.index)
+
     def text(self) -> Tensor:
         return self.data.text(self.index)
 
@@ -161,35 +208,72 @@ def flow_match_draw(step_seed: int, sample: int, shape: tuple[int, ...], shift: 
     g = generator(step_seed, "flow-match", sample)
     u = float(torch.rand((), generator=g, dtype=torch.float64))
     noise = torch.randn(shape, generator=g, dtype=torch.float32)
-    return noise, shift * u / (1 + (shift - 1) * u)
+    return noise, _shifted(u, shift)
+
+
+def flow_match_sigma(step_seed: int, sample: int, shift: float) -> float:
+    """The noise level ``s`` of :func:`flow_match_draw` alone (its first draw), without the noise."""
+    u = float(torch.rand((), generator=generator(step_seed, "flow-match", sample), dtype=torch.float64))
+    return _shifted(u, shift)
+
+
+def _shifted(u: float, shift: float) -> float:
+    return shift * u / (1 + (shift - 1) * u)
 
 
 class TextUnitData:
-    """An LM (text encoder) unit: the captions' token ids and lengths."""
+    """A text-encoder unit: the captions' lengths (metadata) and, when the embedding asks, their token ids."""
 
     def __init__(self, unit: ByoUnit):
-        ids = [s.text() for s in unit.samples()]
-        self.input_ids = torch.cat(ids)
-        self.doc_lens = tuple(len(t) for t in ids)
+        self.unit = unit
+        self.doc_lens = tuple(unit.mb.text_lens)
+        self._ids: Tensor | None = None
+
+    @property
+    def input_ids(self) -> Tensor:
+        if self._ids is None:
+            self._ids = torch.cat([s.text() for s in self.unit.samples()])
+        return self._ids
 
 
 class DitUnitData:
-    """A DiT unit: per clip the noisy latents, the target, the timestep and the rotary tables."""
+    """A DiT unit: per clip the latent shape, timestep and rotary tables (from metadata and the step
+    seed); the noisy latents (first chunk) and the flow-matching target (last chunk) are made from the
+    sample's latents when a part asks, so middle chunks read no latents."""
 
     def __init__(self, model: WanModel, unit: ByoUnit):
-        self.clips = []
+        self.model, self.unit = model, unit
         samples = unit.samples()
-        for c in range(unit.start, unit.stop):
-            k = unit.mb.clip_sample[c]
-            s = samples[k]
-            x0 = s.latents()
-            noise, sigma = flow_match_draw(unit.step_seed, s.index, tuple(x0.shape), model.shift)
-            noisy = ((1 - sigma) * x0.double() + sigma * noise.double()).to(unit.dtype)
-            target = (noise.double() - x0.double()).to(unit.dtype)
-            rope = model.rope(noisy[None])
-            self.clips.append((noisy, target, torch.tensor([sigma * 1000.0], dtype=unit.dtype), rope, tuple(x0.shape)))
+        self.samples = [samples[unit.mb.clip_sample[c]] for c in range(unit.start, unit.stop)]
+        self.shapes = [tuple(s.meta.latent_shape) for s in self.samples]
+        self.sigmas = [flow_match_sigma(unit.step_seed, s.index, model.shift) for s in self.samples]
+        self.timesteps = [torch.tensor([sigma * 1000.0], dtype=unit.dtype) for sigma in self.sigmas]
+        self.ropes = [model.rope(torch.empty((1, *shape), device="meta")) for shape in self.shapes]
         self.cond_lens = tuple(unit.mb.text_lens[unit.mb.clip_sample[c]] for c in range(unit.start, unit.stop))
         self.tokens = tuple(unit.mb.clip_tokens[unit.start : unit.stop])
+        self._drawn: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def _draw(self, k: int) -> tuple[Tensor, Tensor]:
+        """``(x0, noise)`` of clip ``k`` (float64)."""
+        if k not in self._drawn:
+            s = self.samples[k]
+            x0 = s.latents()
+            if tuple(x0.shape) != self.shapes[k]:
+                raise RuntimeError(f"sample {s.index}: latents {tuple(x0.shape)}, the metadata says {self.shapes[k]}")
+            noise, _ = flow_match_draw(self.unit.step_seed, s.index, self.shapes[k], self.model.shift)
+            self._drawn[k] = (x0.double(), noise.double())
+        return self._drawn[k]
+
+    def noisy(self, k: int) -> Tensor:
+        """``x_t = (1 - s) x0 + s noise`` of clip ``k``."""
+        x0, noise = self._draw(k)
+        sigma = self.sigmas[k]
+        return ((1 - sigma) * x0 + sigma * noise).to(self.unit.dtype)
+
+    def target(self, k: int) -> Tensor:
+        """``noise - x0`` of clip ``k``."""
+        x0, noise = self._draw(k)
+        return (noise - x0).to(self.unit.dtype)
 
 
 class TextPre(nn.Module):
@@ -238,9 +322,9 @@ class DitPre(nn.Module):
     def forward(self, inputs: dict, data: DitUnitData) -> tuple[Tensor, dict[str, Tensor]]:
         text = inputs["text_cond"]
         hidden, cond, temb, tproj, start = [], [], [], [], 0
-        for (noisy, _, timestep, _, _), n in zip(data.clips, data.cond_lens):
-            h = self.patch_embedding(noisy[None]).flatten(2).transpose(1, 2).contiguous()
-            te, tp, enc, _ = self.condition_embedder(timestep, text[None, start : start + n])
+        for k, n in enumerate(data.cond_lens):
+            h = self.patch_embedding(data.noisy(k)[None]).flatten(2).transpose(1, 2).contiguous()
+            te, tp, enc, _ = self.condition_embedder(data.timesteps[k], text[None, start : start + n])
             hidden.append(h[0])
             cond.append(enc[0])
             temb.append(te)
@@ -255,7 +339,7 @@ def dit_block(config: Mapping[str, Any], index: int) -> nn.Module:
     class DitBlock(WanTransformerBlock):
         def forward(self, hidden: Tensor, data: DitUnitData, side: dict[str, Tensor]) -> Tensor:  # type: ignore[override]
             out, h0, c0 = [], 0, 0
-            for k, ((_, _, _, rope, _), n, m) in enumerate(zip(data.clips, data.tokens, data.cond_lens)):
+            for k, (rope, n, m) in enumerate(zip(data.ropes, data.tokens, data.cond_lens)):
                 tproj = side["tproj"][k : k + 1].unflatten(1, (6, -1))
                 out.append(super().forward(hidden[None, h0 : h0 + n], side["cond"][None, c0 : c0 + m], tproj, rope)[0])
                 h0, c0 = h0 + n, c0 + m
@@ -285,7 +369,7 @@ class DitPost(nn.Module):
     def forward(self, hidden: Tensor, data: DitUnitData, side: dict[str, Tensor]) -> dict[str, Tensor]:
         p_t, p_h, p_w = self.patch
         total, h0 = hidden.new_zeros(()), 0
-        for k, ((_, target, _, _, shape), n) in enumerate(zip(data.clips, data.tokens)):
+        for k, (shape, n) in enumerate(zip(data.shapes, data.tokens)):
             h = hidden[None, h0 : h0 + n]
             h0 += n
             shift, scale = (self.scale_shift_table + side["temb"][k : k + 1].unsqueeze(1)).chunk(2, dim=1)
@@ -295,7 +379,7 @@ class DitPost(nn.Module):
             h = h.reshape(1, f // p_t, hh // p_h, ww // p_w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
             pred = h.flatten(6, 7).flatten(4, 5).flatten(2, 3)[0]
             acc = torch.promote_types(pred.dtype, torch.float32)
-            total = total + (pred.to(acc) - target.to(acc)).pow(2).sum()
+            total = total + (pred.to(acc) - data.target(k).to(acc)).pow(2).sum()
         return {"loss_sum": total}
 
 
@@ -313,6 +397,8 @@ def _clip_range(mb: MicroBatchMeta, unit: UnitLike) -> tuple[int, int]:
 
 class WanModel(ByoModel):
     """A Wan text-to-video pipeline folder as a DIP model (see the module docstring)."""
+
+    requires_data = True  # captions and latents come from a dataset (open_data)
 
     def __init__(
         self,
@@ -347,6 +433,9 @@ class WanModel(ByoModel):
             make_post=lambda: load_part(TextPost(tc), tw, lambda k: "encoder." + k),
             hidden_shape=lambda mb, a, b: (mb.text_tokens, tc.d_model),
             last_outputs=lambda mb, a, b: {"text_hidden": (mb.text_tokens, tc.d_model)},
+            loads=lambda mb, a, b, layer_start, layer_end: (
+                [("text", i) for i in mb.sample_ids] if layer_start == 0 else []  # token ids: the embedding's
+            ),
         )
         dit = ByoModule(
             make_pre=lambda: load_part(DitPre(WanTransformer3DModel, cfg), dw, lambda k: k),
@@ -360,6 +449,11 @@ class WanModel(ByoModel):
             },
             instances=lambda mb: mb.clips,
             first_inputs=lambda mb, a, b: {"text_cond": (len(_caption_rows(mb, a, b)), tc.d_model)},
+            loads=lambda mb, a, b, layer_start, layer_end: (  # latents: the noisy input and the target
+                [("latents", mb.sample_ids[mb.clip_sample[c]]) for c in range(a, b)]
+                if layer_start == 0 or layer_end == cfg["num_layers"]
+                else []
+            ),
         )
         edge = ByoEdge(
             tensors=lambda out, p, c, mb: (

@@ -245,8 +245,15 @@ def vlm_spec(family: VlmFamily, config: Any, name: str) -> ModelSpec:
     )
 
 
+def _images(mb: MicroBatchMeta) -> list[tuple[int, int]]:
+    """``(dataset index, image k)`` of every image of ``mb``, in micro-batch order."""
+    return [(i, k) for i, n in zip(mb.sample_ids, mb.image_counts_or_zero()) for k in range(n)]
+
+
 class HfVlmModel(ByoModel):
     """A transformers VLM checkpoint as a DIP model (see the module docstring)."""
+
+    requires_data = True  # token ids, labels and pixels come from a dataset (open_data)
 
     def __init__(
         self,
@@ -288,6 +295,9 @@ class HfVlmModel(ByoModel):
             hidden_shape=lambda mb, a, b: (sum(mb.image_patches[a:b]), cfg.vision_config.embed_dim),
             instances=lambda mb: mb.images,
             last_outputs=lambda mb, a, b: {"image_embeds": (sum(mb.image_tokens[a:b]), text.hidden_size)},
+            loads=lambda mb, a, b, layer_start, layer_end: (
+                [("image", i, k) for i, k in _images(mb)[a:b]] if layer_start == 0 else []  # the patch embedding's
+            ),
         )
         llm = ByoModule(
             make_pre=lambda: load_part(TextPre(cfg), self.weights, lambda k: names.embed + k.split(".", 1)[1]),
@@ -297,6 +307,8 @@ class HfVlmModel(ByoModel):
             first_inputs=lambda mb, a, b: (
                 {"image_embeds": (sum(mb.image_tokens), text.hidden_size)} if mb.images else {}
             ),
+            # token ids in every chunk: the rotary positions follow the image tokens' places
+            loads=lambda mb, a, b, layer_start, layer_end: [("text", i) for i in mb.sample_ids],
         )
         ties = [(f"{LLM}.pre.embed_tokens.weight", f"{LLM}.post.lm_head.weight")] if self.tied else []
         super().__init__(

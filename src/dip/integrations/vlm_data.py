@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,10 +28,10 @@ import torch
 from dip.data.formats import PLACEHOLDER, open_image_bytes, read_rows
 from dip.data.metadata import scan, split_good
 from dip.data.packing import DocumentMeta
-from dip.data.records import BadSample, SampleMeta, T2vRow, VlmRow
+from dip.data.records import BadSample, SampleMeta, Skipped, T2vRow, VlmRow
 from dip.errors import BadInput
 
-__all__ = ["EncodedText", "ImageRule", "VlmData", "VlmProcessor"]
+__all__ = ["EncodedText", "ImageRule", "VlmData", "VlmProcessor", "no_usable_sample"]
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -179,6 +180,12 @@ class VlmProcessor:
         raise BadSample(row.source, row.line, "a text-to-video row given to a vision-language model")
 
 
+def no_usable_sample(path: str, skipped: Skipped) -> str:
+    """The error of a dataset without one sample the model can train on."""
+    first = f", e.g. {skipped.examples[0]}" if skipped.examples else ""
+    return f"data {path!r}: no usable sample for this model ({skipped.total} bad{first})"
+
+
 class VlmData:
     """A VLM dataset (LLaVA JSONL or WebDataset shards) measured and encoded by ``processor``."""
 
@@ -195,7 +202,7 @@ class VlmData:
         metas = scan(path, processor, fmt=fmt, use_cache=use_cache)
         self.metas, self.skipped = split_good(metas, strict)
         if not self.metas:
-            raise BadInput(f"data {path!r}: no usable sample ({self.skipped.total} bad: {self.skipped.examples[:1]})")
+            raise BadInput(no_usable_sample(path, self.skipped))
         wanted = {(m.source, m.line) for m in self.metas}
         rows = {
             (r.source, r.line): r
@@ -205,8 +212,22 @@ class VlmData:
         self.rows = [rows[(m.source, m.line)] for m in self.metas]
         self._text = lru_cache(maxsize=4096)(self._load_text)
         self._image = lru_cache(maxsize=1024)(self._load_image)
+        self._primed: dict[tuple, Any] = {}
+        self.direct_loads: Counter = Counter()  # reads not served by the step's data loader
         if self.skipped.total:
             log.warning("%s: %d bad samples skipped (%s)", path, self.skipped.total, dict(self.skipped.by_kind))
+
+    def __getstate__(self) -> dict:  # for data-loader workers started by spawn: caches stay behind
+        state = dict(self.__dict__)
+        for name in ("_text", "_image", "_primed"):
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._text = lru_cache(maxsize=4096)(self._load_text)
+        self._image = lru_cache(maxsize=1024)(self._load_image)
+        self._primed = {}
 
     def __len__(self) -> int:
         return len(self.metas)
@@ -226,11 +247,32 @@ class VlmData:
 
     def text(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input_ids, labels)`` of sample ``index`` (long tensors)."""
-        return self._text(index)
+        got = self._primed.get(("text", index))
+        if got is None:
+            self.direct_loads["text"] += 1
+            got = self._text(index)
+        return got
 
     def image(self, index: int, k: int) -> torch.Tensor:
         """Pixel rows of image ``k`` of sample ``index`` (float32)."""
-        return self._image(index, k)
+        got = self._primed.get(("image", index, k))
+        if got is None:
+            self.direct_loads["image"] += 1
+            got = self._image(index, k)
+        return got
+
+    def load(self, key: tuple) -> Any:
+        """One item for the trainer's data loader (runs in its worker processes): ``("text", i)`` ->
+        ``(input_ids, labels)``, ``("image", i, k)`` -> pixel rows."""
+        if key[0] == "text":
+            return self._load_text(key[1])
+        if key[0] == "image":
+            return self._load_image(key[1], key[2])
+        raise KeyError(f"unknown data key {key!r}")
+
+    def prime(self, loaded: dict[tuple, Any]) -> None:
+        """The step's loaded items (replacing the previous step's): :meth:`text` / :meth:`image` serve them."""
+        self._primed = dict(loaded)
 
     def _load_text(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.metas[index]

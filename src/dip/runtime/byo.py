@@ -33,7 +33,11 @@ Across modules:
   member's value, and :mod:`dip.runtime.ties` sums the copies' gradients between their holders each
   step (as Megatron does for word embeddings), so the copies stay equal;
 * **real samples** reach ``make_data``: :meth:`ByoModel.use_data` attaches a data source, and
-  :meth:`ByoUnit.samples` returns the loaded samples of the unit's micro-batch (``mb.sample_ids``).
+  :meth:`ByoUnit.samples` returns the loaded samples of the unit's micro-batch (``mb.sample_ids``);
+  ``ByoModule.loads(mb, start, stop, layer_start, layer_end)`` names the source's keys a chunk reads
+  (e.g. pixels only for the first chunk of a vision tower), so that the trainer loads exactly those
+  ahead of the step through a ``DataLoader`` (:mod:`dip.runtime.dataload`; the source offers
+  ``load(key)`` and ``prime(loaded)``).
 
 :class:`ByoModel` then serves the same :class:`~dip.runtime.models.provider.ModelProvider` interface as
 the built-in models: chunks are :class:`~dip.runtime.models.chunk.ChunkModule` s (memory strategies,
@@ -47,7 +51,7 @@ micro-batches (``instances`` = 1) unless you give ``instances``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -112,6 +116,9 @@ class ByoModule:
     last_outputs: SpecFn | None = None  # tensors the last chunk sends (none for the loss module)
     instances: Callable[[MicroBatchMeta], int] | None = None
     boundary: Callable[[MicroBatchMeta, int, int], Shapes] | None = None  # named tensors between chunks
+    # dataset keys the chunk [layer_start, layer_end) reads for instances [start, stop) of a micro-batch:
+    # loads(mb, start, stop, layer_start, layer_end) -> keys of the data source's load(key)
+    loads: Callable[[MicroBatchMeta, int, int, int, int], Iterable[Hashable]] | None = None
 
     def __post_init__(self):
         if (self.hidden_shape is None) == (self.boundary is None):
@@ -190,6 +197,8 @@ def merge_received(
 
 class ByoModel:
     """A :class:`~dip.runtime.models.provider.ModelProvider` over user-defined modules."""
+
+    requires_data = False  # trains on generated micro-batches unless a dataset is attached
 
     def __init__(
         self,
@@ -291,6 +300,17 @@ class ByoModel:
     def unit_data(self, mb, mb_index, module_name, start, stop, step_seed):
         a, b = self._range(module_name, mb, start, stop)
         return self.make_data(ByoUnit(module_name, mb, mb_index, a, b, step_seed, self.dtype, self.device, self.source))
+
+    def data_keys(
+        self, module_name: str, layer_start: int, layer_end: int, mb: MicroBatchMeta, start: int, stop: int
+    ) -> tuple[Hashable, ...]:
+        """The data source's keys that chunk ``[layer_start, layer_end)`` of ``module_name`` reads for
+        instances ``[start, stop)`` of ``mb`` (loaded ahead by :mod:`dip.runtime.dataload`)."""
+        loads = self.modules[module_name].loads
+        if loads is None:
+            return ()
+        a, b = self._range(module_name, mb, start, stop)
+        return tuple(loads(mb, a, b, layer_start, layer_end))
 
     def loss_module(self) -> str:
         return self._loss_module

@@ -5,10 +5,11 @@ single-process reference, the report and the trace."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dip.data.meta import BatchMeta, lm_sequence_lens
+from dip.data.packing import DocumentMeta
 from dip.errors import BadInput
 from dip.planner import check_schedule
 from dip.runtime import planning
@@ -40,16 +41,43 @@ def tokens_of(model: ModelSpec, batch: BatchMeta) -> int:
 
 
 class Coordinator:
-    """Rank 0's state across the steps of one training run (``cfg`` is a ``TrainConfig``)."""
+    """Rank 0's state across the steps of one training run (``cfg`` is a ``TrainConfig``).
 
-    def __init__(self, cfg, model: ModelSpec, dp: int, device=None):
+    Args:
+        cfg: the run's options.
+        model: the model's spec (the planner's view, with its parallel sizes).
+        dp: data-parallel replicas.
+        device: where the reference model lives.
+        documents: per-sample metadata of a real dataset (packed into the steps' batches); ``None``
+            draws batches from the model's generated workload.
+        reference: builds the reference checker's own full model provider (with ``check_reference``).
+    """
+
+    def __init__(
+        self,
+        cfg,
+        model: ModelSpec,
+        dp: int,
+        device=None,
+        *,
+        documents: Sequence[DocumentMeta] | None = None,
+        reference: Callable[[], Any] | None = None,
+    ):
         self.cfg, self.model = cfg, model
         self.cost_model, self.hardware = planning.cost_setup(model, cfg.dtype, cfg.hardware)
         self.calibration = OnlineCalibration(self.cost_model) if cfg.online_calibration else None
-        self.batches = planning.make_step_batches(model, cfg.steps, dp, cfg.microbatches, cfg.seed, cfg.workload)
+        self.epochs: int | None = None
+        if documents is not None:
+            self.batches, self.epochs = planning.dataset_step_batches(
+                model, documents, cfg.steps, dp, cfg.microbatches, cfg.seed
+            )
+        else:
+            self.batches = planning.make_step_batches(model, cfg.steps, dp, cfg.microbatches, cfg.seed, cfg.workload)
         self.partition = None
         self.sims: list[SimulatedPlan] = []
-        self.checker = ReferenceChecker(model, cfg.seed, cfg.dtype, device) if cfg.check_reference else None
+        self.checker = None
+        if cfg.check_reference:
+            self.checker = ReferenceChecker(reference() if reference else model, cfg.seed, cfg.dtype, device)
         self.reports: list[dict] = []
         self.timelines: list = []
         self.predicted: list = []
@@ -72,6 +100,8 @@ class Coordinator:
                 self.partition,
             )
             self.partition = self.sims[0].partition or self.partition
+            if step + 1 < len(self.batches):
+                work.next_batches = self.batches[step + 1]
             pp = self.model.parallel.pp
             if len({tuple(layout_of(p, r) for r in range(pp)) for p in work.plans}) > 1:
                 raise RuntimeError("data-parallel replicas got plans with different layer placements")
@@ -105,6 +135,8 @@ class Coordinator:
                 "predicted_pipeline_time_s": work.predicted_makespan_s,
                 "predicted_pipeline_time_shipped_calibration_s": work.predicted_static_makespan_s,
                 "tokens": tokens_of(self.model, gb),
+                "samples": sum(mb.samples for mb in gb.microbatches),
+                "images": sum(mb.images for mb in gb.microbatches),
                 "loss_tokens": loss_tokens,
                 "microbatches": len(gb.microbatches),
                 **extra,
@@ -125,6 +157,8 @@ class Coordinator:
             "dtype": cfg.dtype,
             "microbatches": cfg.microbatches,
         }
+        if self.epochs is not None:
+            out["data_epochs"] = self.epochs
         if self.checker is not None:
             e = self.checker.errors
             out.update(

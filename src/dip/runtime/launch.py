@@ -1,7 +1,9 @@
 """Start the ranks of ``dip train``: N local processes with an env:// rendezvous on 127.0.0.1.
 
 ``launch(cfg)`` writes the config to a temporary folder (``launch_many`` several configs, run one
-after the other in one process group), starts ``python -m dip.runtime.launch CONFIG`` once per rank (``RANK``,
+after the other in one process group), starts ``python -m dip.runtime.launch CONFIG`` (built-in models;
+``dip train`` starts ``python -m dip.integrations.launch CONFIG``, which also loads checkpoints,
+factories and datasets) once per rank (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` set), and
 watches them: when a rank dies the others are killed at once and :class:`RankFailed` names the rank
 and its last error line. Rank 0 writes the report to ``result.json``; a ``BadInput`` raised on a rank
@@ -28,6 +30,7 @@ from dataclasses import asdict
 from typing import Any
 
 from dip.errors import BadInput
+from dip.runtime.loading import DataOpener, ModelLoader, load_builtin, no_data
 from dip.runtime.spawn import LOCALHOST, free_port
 from dip.runtime.trainer import TrainConfig, finish, train
 
@@ -164,15 +167,16 @@ def _log_tail(workdir: str, rank: int) -> str:
     return f": {lines[-1][:300]}" if lines else ""
 
 
-def worker_main(config_path: str) -> int:
-    """Entry point of one rank started by :func:`launch`."""
+def worker_main(config_path: str, *, load: ModelLoader = load_builtin, open_data: DataOpener = no_data) -> int:
+    """Entry point of one rank started by :func:`launch` (``load`` / ``open_data``: see
+    :func:`~dip.runtime.trainer.train`; ``dip.integrations.launch`` passes the integrations' loaders)."""
     with open(config_path, encoding="utf-8") as f:
         payload = json.load(f)
     cfgs = [TrainConfig(**c) for c in payload["configs"]]
     workdir = payload["workdir"]
     rank = int(os.environ["RANK"])
     try:
-        outs = [train(cfg) for cfg in cfgs]
+        outs = [train(cfg, load=load, open_data=open_data) for cfg in cfgs]
         if rank == 0:
             tmp = os.path.join(workdir, RESULT_FILE + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:

@@ -7,10 +7,14 @@ Only global rank 0 calls these; the results are broadcast to the other ranks.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from dip.cost import CostModel
 from dip.data.meta import BatchMeta, MicroBatchMeta
+from dip.data.packing import DocumentMeta, pack_documents
 from dip.data.workload import generate_batches, generate_dynamic_batches
 from dip.errors import BadInput
 from dip.planner import SearchOptions, plan_schedule
@@ -35,6 +39,7 @@ class StepWork:
     predicted_s: float | None
     predicted_makespan_s: float | None = None
     predicted_static_makespan_s: float | None = None  # with the shipped calibration only
+    next_batches: list[BatchMeta] | None = None  # the next step's replica batches (data prefetching)
 
     @property
     def global_batch(self) -> BatchMeta:
@@ -71,6 +76,37 @@ def make_step_batches(
             mbs[-1] = text_only(mbs[-1])
         out.append([BatchMeta(tuple(mbs[d * microbatches : (d + 1) * microbatches]), index=s) for d in range(dp)])
     return out
+
+
+def dataset_step_batches(
+    model: ModelSpec, documents: Sequence[DocumentMeta], steps: int, dp: int, microbatches: int, seed: int
+) -> tuple[list[list[BatchMeta]], int]:
+    """``steps`` global batches of ``dp * microbatches`` micro-batches packed from a real dataset, cut
+    into ``dp`` replica batches, and the number of epochs they span.
+
+    Each epoch visits every sample once in an order drawn from ``(seed, epoch)``; its samples are packed
+    whole (:func:`~dip.data.packing.pack_documents`) up to the model's context length and image / clip
+    limits, and the steps take consecutive micro-batches of the epochs' stream (a step may span two
+    epochs, as Megatron's blended index does). Only metadata is used: nothing is loaded here."""
+    if not documents:
+        raise BadInput("the dataset has no usable sample")
+    need = steps * dp * microbatches
+    stream: list[MicroBatchMeta] = []
+    epochs = 0
+    while len(stream) < need:
+        order = np.random.default_rng([seed, epochs]).permutation(len(documents))
+        stream += pack_documents(
+            [documents[i] for i in order],
+            context_length=model.context_length,
+            max_images=model.max_images_per_microbatch,
+            max_clips=model.max_clips_per_microbatch,
+        )
+        epochs += 1
+    out = []
+    for s in range(steps):
+        mbs = stream[s * dp * microbatches : (s + 1) * dp * microbatches]
+        out.append([BatchMeta(tuple(mbs[d * microbatches : (d + 1) * microbatches]), index=s) for d in range(dp)])
+    return out, epochs
 
 
 def check_parallel(model: ModelSpec, nproc: int, pp: int | None, dp: int | None) -> tuple[int, int]:
@@ -183,6 +219,7 @@ __all__ = [
     "StepWork",
     "check_parallel",
     "cost_setup",
+    "dataset_step_batches",
     "make_step_batches",
     "plan_replica",
     "plan_step",

@@ -99,6 +99,10 @@ class StepRunner:
         """Every chunk's parameters by canonical (whole-model) name."""
         return {n: p for s in self.built.values() for n, p in s.canonical_named_parameters()}
 
+    def parts(self) -> list[tuple[str, int, int]]:
+        """``(module, layer_start, layer_end)`` of every chunk part this rank built."""
+        return [part for layout in self.built for part in layout]
+
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad = None

@@ -1,15 +1,24 @@
 """Pipeline x data-parallel training in one process group (one process per rank).
 
-Global rank ``g = dp_index * pp + pp_rank``. Every step:
+Global rank ``g = dp_index * pp + pp_rank``. The model comes from ``load`` (built-in presets here; the
+layer above passes its loader of checkpoints and factories) and, with ``cfg.data``, its dataset from
+``open_data``. Every step:
 
-1. global rank 0 builds the step's global batch (one slice per data-parallel replica) and one plan per
-   replica, and broadcasts them (``broadcast_object_list``); shapes may change every step;
-2. every rank lowers its replica's plan, validates the plan and the program, and runs its part with
+1. global rank 0 builds the step's global batch (one slice per data-parallel replica: packed from the
+   dataset's metadata, or drawn from the generated workload) and one plan per replica, and broadcasts
+   them (``broadcast_object_list``); shapes may change every step;
+2. every rank loads the dataset tensors its chunks consume for its replica's batch through a
+   ``DataLoader`` with workers (:mod:`dip.runtime.dataload`; the next step's are loaded while this one
+   runs);
+3. every rank lowers its replica's plan, validates the plan and the program, and runs its part with
    the :class:`~dip.runtime.executor.Executor` (loss weighted by the whole global batch's tokens);
-3. gradients are all-reduced over the data-parallel group of the rank's pipeline position (one group
-   per ``pp_rank``), then AdamW steps;
-4. with ``check_reference``, rank 0 compares loss, gradients and parameters with a single-process
-   reference (:mod:`dip.runtime.reference_check`).
+4. the copies of tied parameters sum their gradients between their holders
+   (:mod:`dip.runtime.ties`), gradients are all-reduced over the data-parallel group of the rank's
+   pipeline position (one group per ``pp_rank``), then AdamW steps;
+5. with ``check_reference``, rank 0 compares loss, gradients and parameters with a single-process
+   reference (:mod:`dip.runtime.reference_check`) built from the same model string and data.
+
+With ``save_hf`` the trained parameters are gathered on rank 0 and written by the provider's saver.
 
 Gloo on CPU, NCCL on CUDA, chosen by the device (:func:`choose_backend`). When more ranks than GPUs
 share a node (e.g. 2 ranks on one GPU, where NCCL refuses to run), gloo moves the messages through host
@@ -33,10 +42,12 @@ from dip.runtime import planning
 from dip.runtime.affinity import bind_local_rank
 from dip.runtime.comm import timed_collective
 from dip.runtime.coordinator import Coordinator
-from dip.runtime.models import SpecModel
+from dip.runtime.dataload import StepDataLoader, chunk_data_keys
+from dip.runtime.loading import DataOpener, ModelLoader, load_builtin, no_data, open_model
 from dip.runtime.reference_check import make_optimizer
-from dip.runtime.step import StepRunner, gather_actions
-from dip.spec.presets import load_model
+from dip.runtime.saving import save_trained
+from dip.runtime.step import StepRunner, gather_actions, layout_of
+from dip.runtime.ties import TiedGradients
 
 __all__ = ["BACKENDS", "TrainConfig", "choose_backend", "finish", "init_distributed", "train"]
 
@@ -65,6 +76,11 @@ class TrainConfig:
     timeline: bool = False  # return every rank's measured action times (benchmarks)
     threads: int | None = None
     bind_cores: str = "auto"  # auto, on or off (dip.runtime.affinity)
+    data: str | None = None  # a dataset file or folder (real samples); None: the generated workload
+    strict: bool = False  # a bad sample is an error naming file and line (default: skipped and counted)
+    context_length: int | None = None  # pack micro-batches up to this many tokens (default: the model's)
+    data_workers: int = 2  # DataLoader processes per rank
+    save_hf: str | None = None  # write the trained weights as a checkpoint folder here
 
 
 @dataclass
@@ -80,6 +96,8 @@ class Runtime:
     dp_group: Any = None
     runner: StepRunner | None = None
     optimizer: Any = None
+    ties: TiedGradients | None = None  # tied parameters' gradient sums (made at the first plan)
+    feed: StepDataLoader | None = None  # the rank's data loader (real datasets)
 
     @property
     def pp_rank(self) -> int:
@@ -172,9 +190,21 @@ def _gather(obj: Any, rt: Runtime) -> list[Any] | None:
     return out
 
 
-def train(cfg: TrainConfig) -> dict | None:
+def train(cfg: TrainConfig, *, load: ModelLoader = load_builtin, open_data: DataOpener = no_data) -> dict | None:
     """Run ``cfg.steps`` steps on this rank (``RANK``/``WORLD_SIZE`` from the environment); rank 0
-    returns the report, the other ranks ``None``."""
+    returns the report, the other ranks ``None``.
+
+    Args:
+        cfg: the run's options.
+        load: turns ``cfg.model`` into a model provider (``spec, *, seed, dtype, device``); the default
+            knows the built-in presets and spec files, ``dip train`` passes ``dip.integrations.load_model``
+            (checkpoint folders, factories).
+        open_data: opens ``cfg.data`` for the provider (``provider, path, *, strict``).
+
+    Returns:
+        Rank 0's report (``steps[]`` with ``loss``, ``samples``, ``images``, times; ``skipped_samples``;
+        the reference errors with ``check_reference``), ``None`` on the other ranks.
+    """
     cores = bind_local_rank(
         cfg.bind_cores,
         int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
@@ -185,14 +215,64 @@ def train(cfg: TrainConfig) -> dict | None:
     rank, world, device = init_distributed(cfg.timeout_s)
     if cfg.threads or cores:
         torch.set_num_threads(len(cores) if cores else cfg.threads)
-    pp, dp = planning.check_parallel(load_model(cfg.model), world, cfg.pp, cfg.dp)
-    model = planning.with_parallel(load_model(cfg.model), pp, dp)
+
+    def open_provider() -> tuple[Any, Any]:
+        return open_model(
+            cfg.model,
+            load=load,
+            open_data=open_data,
+            seed=cfg.seed,
+            dtype=cfg.dtype,
+            device=device,
+            data=cfg.data,
+            strict=cfg.strict,
+            context_length=cfg.context_length,
+        )
+
+    provider, dataset = open_provider()
+    rt = _runtime(cfg, provider, rank, world, device)
+    model = provider.spec
+    if dataset is not None and hasattr(dataset, "prime"):
+        rt.feed = StepDataLoader(dataset, workers=cfg.data_workers, timeout_s=cfg.timeout_s)
+    coord = None
+    if rank == 0:
+        documents = dataset.documents() if dataset is not None else None
+        coord = Coordinator(cfg, model, rt.dp, device, documents=documents, reference=lambda: open_provider()[0])
+    try:
+        for step in range(cfg.steps):
+            work = _broadcast(coord.plan(step) if coord else None, rt)
+            if isinstance(work, tuple):
+                kind, msg = work
+                raise BadInput(msg) if kind == "BadInput" else RuntimeError(f"planning on rank 0 failed: {msg}")
+            _train_step(cfg, rt, provider, coord, step, work)
+        if cfg.save_hf:
+            _save_checkpoint(cfg.save_hf, rt, provider)
+    finally:
+        if rt.feed is not None:
+            rt.feed.close()
+    mine = {}
+    if dataset is not None:  # what this rank read: through the data loader, and directly (not prefetched)
+        mine = {"loader": rt.feed.summary() if rt.feed else {}, "direct": dict(getattr(dataset, "direct_loads", {}))}
+    loads = _gather(mine, rt)
+    if not coord:
+        return None
+    out = coord.result(world, rt.pp, rt.dp)
+    out["bind_cores"] = cfg.bind_cores
+    out["rank0_cores"] = sorted(os.sched_getaffinity(0)) if cores else None  # read back: what the OS applies
+    out.update({"device": device.type, "backend": dist.get_backend()})
+    out.update(_data_report(cfg, dataset, loads))
+    return out
+
+
+def _runtime(cfg: TrainConfig, provider, rank: int, world: int, device: torch.device) -> Runtime:
+    """This rank's state: parallel sizes (the provider's spec gets them), data-parallel groups, step runner."""
+    pp, dp = planning.check_parallel(provider.spec, world, cfg.pp, cfg.dp)
+    provider.spec = planning.with_parallel(provider.spec, pp, dp)
     rt = Runtime(rank, world, pp, dp, device, comm_device_for(device, dist.get_backend()))
     for r in range(pp):  # every rank creates every group, in the same order
         g = dist.new_group([d * pp + r for d in range(dp)]) if dp > 1 else None
         if r == rt.pp_rank:
             rt.dp_group = g
-    provider = SpecModel(model, cfg.seed, cfg.dtype, device)
     rt.runner = StepRunner(
         rt.pp_rank,
         provider,
@@ -202,29 +282,40 @@ def train(cfg: TrainConfig) -> dict | None:
         device=device,
         comm_device=rt.comm_device,
     )
-    coord = Coordinator(cfg, model, dp, device) if rank == 0 else None
-    for step in range(cfg.steps):
-        work = _broadcast(coord.plan(step) if coord else None, rt)
-        if isinstance(work, tuple):
-            kind, msg = work
-            raise BadInput(msg) if kind == "BadInput" else RuntimeError(f"planning on rank 0 failed: {msg}")
-        _train_step(cfg, rt, provider, coord, step, work)
-    if not coord:
-        return None
-    out = coord.result(world, pp, dp)
-    out["bind_cores"] = cfg.bind_cores
-    out["rank0_cores"] = sorted(os.sched_getaffinity(0)) if cores else None  # read back: what the OS applies
-    out.update({"device": device.type, "backend": dist.get_backend()})
+    return rt
+
+
+def _data_report(cfg: TrainConfig, dataset, loads: list | None) -> dict[str, Any]:
+    """The report's data fields: skipped samples, and with a dataset what it held and every rank loaded."""
+    out: dict[str, Any] = {"skipped_samples": dataset.skipped.total if dataset is not None else 0}
+    if dataset is not None:
+        out["data"] = {
+            "path": cfg.data,
+            "samples": len(dataset),
+            "skipped_by_kind": dict(dataset.skipped.by_kind),
+            "skipped_examples": list(dataset.skipped.examples),
+            "loaded_per_rank": loads,
+        }
+    if cfg.save_hf:
+        out["saved_checkpoint"] = cfg.save_hf
     return out
 
 
 def _train_step(cfg: TrainConfig, rt: Runtime, provider, coord, step: int, work) -> None:
-    """One step on this rank: execute its plan, synchronise gradients, AdamW, compare, measure."""
+    """One step on this rank: load its data, execute its plan, sum tied gradients, synchronise
+    gradients, AdamW, compare, measure."""
     runner = rt.runner
     plan, batch = work.plans[rt.dp_index], work.batches[rt.dp_index]
     prepared = runner.prepare(plan, batch)
     if rt.optimizer is None:
         rt.optimizer = make_optimizer(runner.named_parameters().values())
+    if rt.ties is None:  # once, on every rank in the same order (collective)
+        layouts = {r: [p for _, parts in layout_of(plan, r) for p in parts] for r in range(rt.pp)}
+        rt.ties = TiedGradients.create(provider, layouts, pp_rank=rt.pp_rank, pp=rt.pp, dp=rt.dp, dp_index=rt.dp_index)
+    if rt.feed is not None:
+        rt.feed.ready(chunk_data_keys(provider, runner.parts(), batch))
+        if work.next_batches is not None:
+            rt.feed.prefetch(chunk_data_keys(provider, runner.parts(), work.next_batches[rt.dp_index]))
     global_batch = work.global_batch
     total = sum(provider.loss_tokens(mb) for mb in global_batch.microbatches)
     runner.zero_grad()
@@ -232,6 +323,8 @@ def _train_step(cfg: TrainConfig, rt: Runtime, provider, coord, step: int, work)
     timed_collective(dist.barrier, f"the barrier before step {step}", rt.rank, cfg.timeout_s)
     t0 = time.perf_counter()
     res = runner.run(prepared, step_seed=seed, loss_scale=1.0 / total, mb_offset=rt.dp_index * cfg.microbatches)
+    params = runner.named_parameters()
+    rt.ties.reduce(params, rt.pp_rank, rt.comm_device)
     sync_gradients(rt, cfg.timeout_s)
     t_grads = time.perf_counter() - t0
     loss_t = torch.tensor([res.loss_sum], dtype=torch.float64, device=rt.comm_device)
@@ -239,7 +332,6 @@ def _train_step(cfg: TrainConfig, rt: Runtime, provider, coord, step: int, work)
     loss = float(loss_t[0]) / total
     extra: dict[str, Any] = {}
     mine = rt.dp_index == 0  # replica 0 speaks for every replica (identical gradients after the all-reduce)
-    params = runner.named_parameters()
     if cfg.check_reference:
         got = _gather({n: p.grad.detach().cpu() for n, p in params.items()} if mine else {}, rt)
         if coord:
@@ -258,6 +350,14 @@ def _train_step(cfg: TrainConfig, rt: Runtime, provider, coord, step: int, work)
     if coord:
         coord.measured(work, rows[: rt.pp])
         coord.add_report(step, work, loss, total, (float(times[0]), float(times[1])), extra)
+
+
+def _save_checkpoint(out: str, rt: Runtime, provider) -> None:
+    """Gather replica 0's parameters (canonical names) on rank 0 and write them with the provider's saver."""
+    params = rt.runner.named_parameters()
+    got = _gather({n: p.detach().cpu() for n, p in params.items()} if rt.dp_index == 0 else {}, rt)
+    if rt.rank == 0:
+        save_trained(provider, out, {k: v for d in got for k, v in d.items()})
 
 
 def finish(timeout_s: float) -> None:
