@@ -158,7 +158,7 @@ def optimus_order(
 ) -> RankOrder:
     """Per rank, the LM's interleaved 1F1B with the encoder's work merged in (module docstring);
     at most ``inflight`` encoder micro-batches in flight per rank (default: no bound)."""
-    bound = len(enc_units) if inflight is None else int(inflight)
+    bound = max(len(enc_units), 1) if inflight is None else int(inflight)
     if bound < 1:
         raise BadInput(f"optimus: the encoder's in-flight bound must be >= 1, got {bound}")
     order = _list_schedule(encoder, lm, enc_units, bound, duration)
@@ -211,7 +211,7 @@ def optimus_plan(
     graph = separated_even_partition(model, pp, {vit: 1, llm: v})
     units, flows = build_units(model, graph, batch)
     enc_units = list(units[vit])
-    bound = len(enc_units) if inflight is None else min(int(inflight), len(enc_units))
+    bound = max(len(enc_units), 1) if inflight is None else max(min(int(inflight), len(enc_units)), 1)
     duration = unit_duration if cost_model is None else pass_times(model, graph, units, batch, cost_model)
     order = optimus_order(
         chain_of(graph, vit, units[vit]), chain_of(graph, llm, units[llm]), enc_units, bound, duration
