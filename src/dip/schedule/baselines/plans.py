@@ -8,7 +8,7 @@ and every mixed baseline before the time split existed).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from dip.data.meta import BatchMeta
 from dip.errors import choices_error
@@ -63,9 +63,18 @@ def layer_split(
 
 
 def mixed_plan(
-    model: ModelSpec, batch: BatchMeta, order_fn: OrderFn, schedule: str, graph: StageGraph, meta: dict | None = None
+    model: ModelSpec,
+    batch: BatchMeta,
+    order_fn: OrderFn,
+    schedule: str,
+    v: int = 1,
+    weights: str | Sequence[float] = "params",
+    graph: StageGraph | None = None,
+    meta: dict | None = None,
 ) -> Plan:
-    """``order_fn`` over the mixed stage graph ``graph``, whole micro-batches."""
+    """``order_fn`` over a mixed stage graph, whole micro-batches: ``graph`` when given, else the
+    partition of ``pp * v`` chunks balancing ``weights``."""
+    graph = graph or mixed_partition(model, model.parallel.pp, v, weights)
     units, flows = build_units(model, graph, batch)
     order = order_fn(chain_of(graph, MIXED_GROUP, units[MIXED_GROUP]))
     info = {"partition": "mixed", "chunks_per_rank": len(graph.chunks) // graph.num_ranks, "batch": batch.index}

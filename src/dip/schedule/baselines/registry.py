@@ -102,7 +102,7 @@ class Schedule:
         meta: dict = {"split": self.split}
         if v > 1 and self.order is interleaved_order:
             meta["interleave_group"] = default_group(graph.num_ranks, m)
-        return mixed_plan(model, batch, self.order, self.name, graph, meta)
+        return mixed_plan(model, batch, self.order, self.name, graph=graph, meta=meta)
 
 
 _BASELINES: tuple[Schedule, ...] = (
