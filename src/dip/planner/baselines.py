@@ -106,8 +106,7 @@ def _fit_split(sched: Schedule, model, cost_model, hardware, v: int, microbatche
         result = sim.result
         over = {r for r in range(candidate.num_ranks) if result.peak_memory_bytes[r] > limit}
         ranges = chunk_ranges(candidate)
-        chunks = [c for c in candidate.group_chunks("all") if c.rank in over]
-        heaviest = max(sum(static[a:b]) for c in chunks for a, b in [ranges[c.index]])
+        heaviest = max(sum(static[slice(*ranges[c.index])]) for c in candidate.chunks if c.rank in over)
         overflow = max(result.peak_memory_bytes[r] - limit for r in over)
         cap = min(heaviest - overflow, 0.95 * heaviest)
         try:
@@ -145,7 +144,7 @@ def _optimus(sched: Schedule, model, batch, cost_model, hardware, chunks, limit:
             f"optimus: no bound on in-flight encoder micro-batches fits in {limit / 2**30:.1f} GiB "
             f"(the smallest bound the LM pipeline allows, {lo}, is over the limit)"
         )
-        logger.warning("%s", smallest.plan.meta["notice"])
+        logger.info("%s", smallest.plan.meta["notice"])
         return smallest
     best, hi = smallest, len(enc_units) - 1
     while lo < hi:  # the largest bound that fits: lo fits, everything above hi does not

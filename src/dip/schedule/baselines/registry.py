@@ -83,7 +83,7 @@ class Schedule:
         Args:
             model: the model with its parallel layout.
             batch: the batch's micro-batch metadata.
-            cost_model: the cost model the time-balanced split is measured with.
+            cost_model: the cost model the time-balanced split (and Optimus's placement) is timed with.
             chunks: chunks per rank (default: the schedule's).
             graph: mixed schedules: the layer split to use (default: :func:`layer_split` of the
                 schedule's split, without a memory cap).
