@@ -41,7 +41,12 @@ def _bound_rank(rank: int, world: int, mode: str) -> dict:
     t = threading.Thread(target=lambda: seen.append(sorted(os.sched_getaffinity(0))))  # started after binding
     t.start()
     t.join()
-    every = {tuple(sorted(os.sched_getaffinity(int(tid)))) for tid in os.listdir("/proc/self/task")}
+    every = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            every.add(tuple(sorted(os.sched_getaffinity(int(tid)))))
+        except ProcessLookupError:  # a helper thread that ended after the listing
+            continue
     return {
         "before": before,
         "got": got,

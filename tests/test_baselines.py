@@ -15,6 +15,8 @@ from dip.errors import BadInput
 from dip.planner.schedules import plan_schedule
 from dip.schedule.baselines import SCHEDULES, build_uniform_plan, get_generator
 from dip.schedule.baselines.interleaved import default_group, schedule_table
+from dip.schedule.baselines.memory import rule_ladder
+from dip.schedule.baselines.weights import representative_layer_weights
 from dip.schedule.deps import DependencyIndex
 from dip.schedule.ir import Op
 from dip.schedule.partition import (
@@ -191,7 +193,8 @@ def test_model_plans_complete_and_deadlock_free(name: str, model_name: str, pp: 
         return
     assert sim.result.ok
     assert_complete(sim.plan)
-    assert sim.plan.meta["memory_strategy"] in ("none", "selective", "full")
+    rules = sim.plan.meta["memory_strategy_per_rank"]
+    assert len(rules) == pp and all(rule in rule_ladder(64) for rule in rules)
 
 
 # -- partitions -----------------------------------------------------------------------------------
@@ -262,19 +265,20 @@ def vlm_s():
 
 
 def test_optimus_order_structure(vlm_s):
+    """Without a bound: every encoder forward before the backbone, encoder backwards after the LM's."""
     model, hw, cm, batches = vlm_s
     plan = plan_schedule("optimus", model, batches[0], cm, hw).plan
     vit_units = plan.units["vit"]
     with_images = [k for k, mb in enumerate(batches[0].microbatches) if mb.images]
     assert [u.mb for u in vit_units] == with_images
+    n = len(vit_units)
     for _rank, acts in plan.order.items():
-        n = len(vit_units)
-        head, middle, tail = acts[:n], acts[n : len(acts) - n], acts[len(acts) - n :]
+        head = acts[:n]
         assert all(plan.graph.chunks[a.chunk].group == "vit" and a.op is Op.F for a in head)
         assert [a.unit for a in head] == [u.index for u in vit_units]
-        assert all(plan.graph.chunks[a.chunk].group == "llm" for a in middle)
-        assert all(plan.graph.chunks[a.chunk].group == "vit" and a.op is Op.B for a in tail)
-    assert plan.meta["chunks_per_rank"] == 2
+        vit_b = [a.unit for a in acts if plan.graph.chunks[a.chunk].group == "vit" and a.op is Op.B]
+        assert vit_b == [u.index for u in vit_units]
+    assert plan.meta["chunks_per_rank"] == 2 and plan.meta["encoder_inflight"] == n
 
 
 def test_optimus_rejects_models_without_vision_encoder():
@@ -291,12 +295,23 @@ def test_nnscaler_plan_is_static(vlm_s):
     assert a.graph != mixed_partition(model, model.parallel.pp, 1)  # time-, not parameter-balanced
 
 
-def test_megatron_is_interleaved_over_parameter_balanced_mixed_chunks(vlm_s):
+def test_megatron_is_interleaved_over_time_balanced_mixed_chunks(vlm_s):
     model, hw, cm, batches = vlm_s
     sim = plan_schedule("megatron", model, batches[0], cm, hw)
-    assert sim.plan.graph == mixed_partition(model, model.parallel.pp, 2)
-    assert sim.plan.meta["chunks_per_rank"] == 2 and sim.plan.meta["memory_strategy"] in ("none", "selective", "full")
-    assert 0 < sim.result.lower_bound <= sim.result.iteration_time * (1 + 1e-9)
+    weights = representative_layer_weights(model, cm, len(batches[0]))
+    assert sim.plan.graph == mixed_partition(model, model.parallel.pp, 2, weights)
+    assert sim.plan.meta["chunks_per_rank"] == 2 and sim.plan.meta["split"] == "time"
+    assert sim.fits and 0 < sim.result.lower_bound <= sim.result.iteration_time * (1 + 1e-9)
+    same = plan_schedule("interleaved", model, batches[0], cm, hw)  # SP and the distributed optimizer are
+    assert same.plan.text() == sim.plan.text()  # the cost model's, for every schedule: the same plan
+
+
+def test_megatron_params_keeps_the_parameter_balanced_split(vlm_s):
+    model, hw, cm, batches = vlm_s
+    sim = plan_schedule("megatron-params", model, batches[0], cm, hw)
+    assert sim.plan.graph == mixed_partition(model, model.parallel.pp, 2, "params")
+    assert sim.plan.meta["split"] == "params" and sim.plan.meta["chunks_per_rank"] == 2
+    assert not sim.plan.split_backward()
 
 
 def test_unknown_schedule_lists_valid_names():

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from dip.cli.main import main
+from dip.schedule.baselines.memory import rule_ladder, summarize_rules
 
 
 def run_json(capsys, *args) -> dict:
@@ -48,7 +49,10 @@ def test_model_mode_reports_means_and_per_batch_rows(capsys):
     assert 0 <= out["bubble_fraction"] < 1 and 0 < out["mfu"] < 1
     times = [r["iteration_time_s"] for r in out["per_batch"]]
     assert out["iteration_time_s"] == pytest.approx(sum(times) / 2)
-    assert all(r["strategy"] in ("none", "selective", "full") for r in out["per_batch"])
+    for r in out["per_batch"]:
+        assert len(r["strategy_per_rank"]) == 4 and all(rule in rule_ladder(64) for rule in r["strategy_per_rank"])
+        assert r["strategy"] == summarize_rules(r["strategy_per_rank"]) and r["fits"] and r["split"] == "time"
+    assert out["fits"] and out["strategy"] in (out["per_batch"][0]["strategy"], "per batch")
     assert out["peak_memory_bytes"] == [max(r["peak_memory_bytes"][k] for r in out["per_batch"]) for k in range(4)]
 
 
@@ -58,6 +62,8 @@ def test_memory_limit_picks_the_uniform_strategy(capsys):
     assert roomy["per_batch"][0]["strategy"] == "none" and roomy["per_batch"][0]["fits_memory"]
     tight = run_json(capsys, "--model", "T2V-S", "--schedule", "1f1b", "--microbatches", 8, "--memory-limit-gib", 1)
     assert tight["per_batch"][0]["strategy"] == "full" and not tight["per_batch"][0]["fits_memory"]
+    assert tight["fits"] is False and tight["per_batch"][0]["fits"] is False  # the result is kept, marked
+    assert tight["iteration_time_s"] > 0 and tight["memory_limit_bytes"] == 2**30
     assert tight["iteration_time_s"] > roomy["iteration_time_s"]  # recomputation costs time
 
 

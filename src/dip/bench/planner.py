@@ -38,6 +38,7 @@ def e2e(models, batches: int, budget: float, seed: int) -> list[dict[str, Any]]:
     for name in models:
         out, _ = plan_batches(PlanRequest(model=name, batches=batches, seed=seed, budget_s=budget))
         mean = out["mean"]
+        fitting = {k: v for k, v in mean["speedup_vs"].items() if v is not None}  # over-limit plans have none
         workload = "t2v" if name.upper().startswith("T2V") else "vlm"
         rows.append(
             {
@@ -46,13 +47,13 @@ def e2e(models, batches: int, budget: float, seed: int) -> list[dict[str, Any]]:
                 "dip_time_s": mean["dip_time_s"],
                 "baselines": mean["baselines"],
                 "speedup_vs": mean["speedup_vs"],
-                "speedup_range": [min(mean["speedup_vs"].values()), max(mean["speedup_vs"].values())],
+                "speedup_range": [min(fitting.values()), max(fitting.values())] if fitting else None,
                 "paper_range": list(PAPER_RANGE[workload]),
                 "gap_to_lower_bound": mean["dip_time_s"] / mean["lower_bound_s"] - 1,
                 "gap_to_fastest_bound": mean["dip_time_s"] / mean["lower_bound_fastest_s"] - 1,
                 "search_time_s": mean["search_time_s"],
                 "time_to_best_s": mean["time_to_best_s"],
-                "faster_than_all": all(mean["dip_time_s"] < t for t in mean["baselines"].values()),
+                "faster_than_all": all(mean["dip_time_s"] < t for t in mean["baselines"].values() if t is not None),
             }
         )
     return rows
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 def format_text(out: dict[str, Any]) -> str:
     lines = []
     for row in out.get("e2e", []):
-        lo, hi = row["speedup_range"]
+        lo, hi = row["speedup_range"] or (float("nan"), float("nan"))
         plo, phi = row["paper_range"]
         lines.append(
             f"{row['model']:<6} dip {row['dip_time_s']:8.3f} s  speedup {lo:.3f}-{hi:.3f}x "
@@ -144,11 +145,18 @@ def format_text(out: dict[str, Any]) -> str:
             f"(no-recompute bound {100 * row['gap_to_fastest_bound']:.1f}%)"
         )
         for name, t in row["baselines"].items():
-            lines.append(f"         {name:<12} {t:8.3f} s  {row['speedup_vs'][name]:.3f}x")
+            if t is None:
+                lines.append(f"         {name:<12}      OOM")
+            else:
+                lines.append(f"         {name:<12} {t:8.3f} s  {row['speedup_vs'][name]:.3f}x")
     if out.get("ablation"):
         lines.append("ablation (VLM-S):")
         lines += [
-            f"  {r['step']:<14} {r['time_s']:8.3f} s  {r['speedup']:.3f}x  ({r['strategy']})" for r in out["ablation"]
+            f"  {r['step']:<14} "
+            + (f"{r['time_s']:8.3f} s  " if r["fits"] else "     OOM    ")
+            + (f"{r['speedup']:.3f}x" if r["speedup"] is not None else "  -   ")
+            + f"  ({r['strategy']})"
+            for r in out["ablation"]
         ]
     if out.get("curve"):
         c = out["curve"]

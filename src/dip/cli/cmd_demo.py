@@ -77,8 +77,11 @@ def run(args) -> int:
     print(f"\n{args.model}: one global batch of {plan.get('microbatches', 64)} micro-batches")
     print(f"  {'schedule':<12} {'iteration (s)':>14} {'DIP speedup':>12}")
     print(f"  {'dip':<12} {dip_t:>14.3f} {'':>12}   (lower bound {mean['lower_bound_s']:.3f} s)")
-    for name, t in sorted(mean["baselines"].items(), key=lambda kv: kv[1]):
+    fitting = {name: t for name, t in mean["baselines"].items() if t is not None}
+    for name, t in sorted(fitting.items(), key=lambda kv: kv[1]):
         print(f"  {name:<12} {t:>14.3f} {t / dip_t:>11.2f}x")
+    for name in sorted(set(mean["baselines"]) - set(fitting)):  # over the usable memory: no time
+        print(f"  {name:<12} {'OOM':>14} {'':>12}")
     _dip(
         "simulate",
         "--model",

@@ -23,7 +23,6 @@ from dip.spec.presets import load_model
 from dip.spec.validate import with_overrides
 
 GIB = 2**30
-VLM_BASELINES = ("megatron", "nnscaler", "optimus", "1f1b", "interleaved", "zb-h1", "gpipe")
 STRATEGY_CHOICES = ("mcts", "dfs", "random")
 
 
@@ -214,7 +213,14 @@ def format_text(out: dict[str, Any]) -> str:
         f"search {mean['search_time_s']:.2f} s"
     ]
     for name, t in mean["baselines"].items():
-        lines.append(f"  {name:<12} {t:8.3f} s   dip speedup {mean['speedup_vs'][name]:.3f}x")
+        if t is None:  # over the memory limit in some batch: no time, no speedup
+            lines.append(f"  {name:<16}      OOM   (over the usable memory in some batch)")
+        else:
+            lines.append(f"  {name:<16} {t:8.3f} s   dip speedup {mean['speedup_vs'][name]:.3f}x")
+    fitting = {name: t for name, t in mean["baselines"].items() if t is not None}
+    if fitting:
+        fastest = min(fitting, key=fitting.get)
+        lines.append(f"  fastest fitting baseline: {fastest} ({fitting[fastest]:.3f} s)")
     for k, row in enumerate(out["per_batch"]):
         peak = " ".join(f"{b / GIB:.1f}" for b in row["peak_memory_bytes"])
         extra = f", exact {row['exact_time_s']:.3f} s ({row['exact_status']})" if "exact_time_s" in row else ""

@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--schedule",
         required=True,
-        help="schedule: gpipe, 1f1b, interleaved, zb-h1, megatron, nnscaler, optimus (and dip)",
+        help="schedule: gpipe, 1f1b, interleaved, zb-h1, megatron, megatron-params, nnscaler, optimus (and dip)",
     )
     p.add_argument("--batches", type=int, default=1, help="global batches to simulate (default 1)")
     p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
@@ -181,16 +181,23 @@ def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Plan, Any]:
 
 def batch_row(sim) -> dict[str, Any]:
     r = sim.result
-    return {
+    meta = sim.plan.meta
+    row = {
         "iteration_time_s": r.iteration_time,
         "bubble_fraction": r.bubble_fraction,
         "mfu": r.mfu,
         "peak_memory_bytes": [float(x) for x in r.peak_memory_bytes],
         "lower_bound_s": r.lower_bound,
-        "strategy": sim.plan.meta.get("memory_strategy", "per-layer"),
+        "strategy": meta.get("memory_strategy", "per-layer"),
+        "strategy_per_rank": meta.get("memory_strategy_per_rank"),
+        "fits": not r.oom,
         "fits_memory": not r.oom,
-        "chunks_per_rank": sim.plan.meta.get("chunks_per_rank"),
+        "chunks_per_rank": meta.get("chunks_per_rank"),
     }
+    for key in ("split", "encoder_bound", "notice"):
+        if key in meta:
+            row[key] = meta[key]
+    return row
 
 
 def summarize(schedule: str, model, m: int, limit: float, hardware, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -201,7 +208,7 @@ def summarize(schedule: str, model, m: int, limit: float, hardware, rows: list[d
 
     ranks = len(rows[0]["peak_memory_bytes"])
     opts = CostOptions.from_parallel(model.parallel)
-    return {
+    out = {
         "schedule": schedule,
         "model": model.name,
         "hardware": hardware.name,
@@ -219,8 +226,14 @@ def summarize(schedule: str, model, m: int, limit: float, hardware, rows: list[d
         "lower_bound_s": mean("lower_bound_s"),
         "memory_capacity_bytes": float(hardware.mem_bytes),
         "memory_limit_bytes": limit,
+        "fits": all(r["fits"] for r in rows),
+        "strategy": rows[0]["strategy"] if all(r["strategy"] == rows[0]["strategy"] for r in rows) else "per batch",
         "per_batch": rows,
     }
+    notices = [r["notice"] for r in rows if "notice" in r]
+    if notices:
+        out["notice"] = notices[0]
+    return out
 
 
 def format_text(out: dict[str, Any]) -> str:
@@ -234,8 +247,10 @@ def format_text(out: dict[str, Any]) -> str:
         lines.append(
             f"  batch {k}: {r['iteration_time_s']:.3f} s, bubble {r['bubble_fraction']:.3f}, "
             f"MFU {r['mfu']:.3f}, memory {r['strategy']}, peak GiB per rank [{mem}]"
-            + ("" if r["fits_memory"] else "  (over the memory limit)")
+            + ("" if r["fits"] else "  (OOM: over the usable memory)")
         )
+    if "notice" in out:
+        lines.append(f"  {out['notice']}")
     return "\n".join(lines)
 
 

@@ -1,4 +1,10 @@
-"""Plan several generated batches and compare DIP with the baselines on each (``dip plan``, benchmarks)."""
+"""Plan several generated batches and compare DIP with the baselines on each (``dip plan``, benchmarks).
+
+The fits rule: a baseline plan over the usable memory is no time. Per batch, ``baselines[name]`` is its
+iteration time when it fits and ``None`` when it does not (``baselines_fit[name]`` false, the simulated
+time kept in ``baselines_over_limit_s``); in ``mean``, ``baselines[name]`` and ``speedup_vs[name]`` are
+``None`` for a baseline that does not fit in some batch (``baselines_fit[name]`` false).
+"""
 
 from __future__ import annotations
 
@@ -76,9 +82,16 @@ def make_partition(model, cost_model, request: PlanRequest):
     )
 
 
-def baseline_times(model, batch, cost_model, hardware, limit: float | None, names) -> tuple[dict, dict]:
-    """Iteration time of every applicable baseline on ``batch`` and whether it fits memory."""
-    times, fits = {}, {}
+def baseline_times(model, batch, cost_model, hardware, limit: float | None, names) -> dict[str, dict]:
+    """Every applicable baseline on ``batch``: ``baselines`` (time, ``None`` when over the limit),
+    ``baselines_fit``, ``baselines_over_limit_s``, ``baselines_strategy`` and ``baselines_peak_memory_bytes``."""
+    out: dict[str, dict] = {
+        "baselines": {},
+        "baselines_fit": {},
+        "baselines_over_limit_s": {},
+        "baselines_strategy": {},
+        "baselines_peak_memory_bytes": {},
+    }
     for name in names:
         try:
             check_schedule(name, model)
@@ -86,9 +99,14 @@ def baseline_times(model, batch, cost_model, hardware, limit: float | None, name
             logger.debug("baseline %s skipped: %s", name, exc)
             continue
         sim = plan_schedule(name, model, batch, cost_model, hardware, memory_limit_bytes=limit)
-        times[name] = float(sim.result.iteration_time)
-        fits[name] = not sim.result.oom
-    return times, fits
+        t = float(sim.result.iteration_time)
+        out["baselines"][name] = t if sim.fits else None
+        out["baselines_fit"][name] = sim.fits
+        if not sim.fits:
+            out["baselines_over_limit_s"][name] = t
+        out["baselines_strategy"][name] = sim.plan.meta.get("memory_strategy")
+        out["baselines_peak_memory_bytes"][name] = [float(x) for x in sim.result.peak_memory_bytes]
+    return out
 
 
 def plan_batches(request: PlanRequest) -> tuple[dict, PlanResult]:
@@ -111,12 +129,13 @@ def plan_batches(request: PlanRequest) -> tuple[dict, PlanResult]:
         )
         first = first or res
         row = res.summary()
+        row["dip_fits"] = not res.sim.oom
         if request.exact:
             ex = solve_exact(res.problem, time_limit_s=request.exact_time_limit_s, hint=res)
             row.update(ex.summary())
         if request.baselines:
-            row["baselines"], row["baselines_fit"] = baseline_times(
-                model, batch, cost_model, hardware, res.memory_limit_bytes, request.baseline_names
+            row.update(
+                baseline_times(model, batch, cost_model, hardware, res.memory_limit_bytes, request.baseline_names)
             )
         rows.append(row)
     return summarize(model, request, partition, rows), first
@@ -142,9 +161,10 @@ def summarize(model, request: PlanRequest, partition, rows: list[dict]) -> dict:
     }
     if rows and "exact_time_s" in rows[0]:
         mean_row["exact_time_s"] = mean("exact_time_s")
-    names = [name for name in request.baseline_names if rows and name in rows[0].get("baselines", {})]
-    mean_row["baselines"] = {name: sum(r["baselines"][name] for r in rows) / n for name in names}
-    mean_row["speedup_vs"] = {name: t / mean_row["dip_time_s"] for name, t in mean_row["baselines"].items()}
+    mean_row["dip_fits"] = all(r["dip_fits"] for r in rows)
+    ranks = len(rows[0]["peak_memory_bytes"]) if rows else 0
+    mean_row["dip_peak_memory_bytes"] = [max(r["peak_memory_bytes"][k] for r in rows) for k in range(ranks)]
+    mean_row.update(mean_baselines(request.baseline_names, rows, mean_row["dip_time_s"]))
     return {
         "model": model.name,
         "hardware": request.hardware,
@@ -159,3 +179,13 @@ def summarize(model, request: PlanRequest, partition, rows: list[dict]) -> dict:
         "per_batch": rows,
         "partition": partition.summary(),
     }
+
+
+def mean_baselines(names, rows: list[dict], dip_time_s: float) -> dict[str, dict]:
+    """``baselines`` (mean time), ``baselines_fit`` and ``speedup_vs`` over ``rows``: ``None`` time and
+    speedup for a baseline that does not fit in some batch."""
+    present = [name for name in names if rows and name in rows[0].get("baselines_fit", {})]
+    fit = {name: all(r["baselines_fit"][name] for r in rows) for name in present}
+    times = {name: sum(r["baselines"][name] for r in rows) / len(rows) if fit[name] else None for name in present}
+    speedup = {name: t / dip_time_s if t is not None else None for name, t in times.items()}
+    return {"baselines": times, "baselines_fit": fit, "speedup_vs": speedup}

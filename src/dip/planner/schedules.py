@@ -3,8 +3,9 @@
 
 * ``dip``: DIP's per-batch search (:func:`dip.planner.search.plan_batch`) over the offline partition;
   its plans carry their own per-layer memory strategies;
-* a baseline (:mod:`dip.schedule.baselines`): its plan, with the cheapest uniform memory strategy that
-  fits (:func:`dip.sim.plans.fit_uniform_memory`).
+* a baseline (:mod:`dip.schedule.baselines`): configured as its users would (:mod:`dip.planner.baselines`:
+  the memory-feasible time-balanced layer split, Optimus's in-flight bound) with the per-rank memory
+  rule, the least recompute that fits (:func:`dip.sim.plans.fit_memory`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from collections.abc import Callable
 from dip.cost import CostModel
 from dip.data.meta import BatchMeta
 from dip.errors import choices_error
+from dip.planner.baselines import plan_baseline
 from dip.planner.options import SearchOptions
 from dip.planner.search import plan_batch
 from dip.schedule.baselines import SCHEDULES, get_generator
 from dip.schedule.ir import Plan
 from dip.schedule.partition import Partition
-from dip.sim.plans import SimulatedPlan, fit_uniform_memory
+from dip.sim.plans import SimulatedPlan
 from dip.spec.model import ModelSpec
 
 __all__ = ["DIP", "check_schedule", "plan_schedule", "schedule_names"]
@@ -74,7 +76,7 @@ def plan_schedule(
         memory_limit_bytes: usable memory per GPU (default: the hardware's).
         partition: ``dip`` only: the offline partition to reuse (default: profiled once per process).
         search: ``dip`` only: the search options.
-        check: called on the plan before any simulation of it (e.g. the plan validator).
+        check: called on every plan before it is simulated (e.g. the plan validator).
 
     Returns:
         The plan with its stage costs and simulation; for ``dip`` also its partition.
@@ -94,16 +96,22 @@ def plan_schedule(
         if check is not None:
             check(found.plan)
         return found.simulated
-    plan = get_generator(key).build(model, batch, cost_model, hardware, chunks)
-    if check is not None:
-        check(plan)
-    sim = fit_uniform_memory(plan, model, cost_model, batch, hardware, memory_limit_bytes)
+    sim = plan_baseline(
+        get_generator(key),
+        model,
+        batch,
+        cost_model,
+        hardware,
+        chunks=chunks,
+        memory_limit_bytes=memory_limit_bytes,
+        check=check,
+    )
     logger.debug(
         "%s on batch %s: %.6g s, memory %s%s",
         key,
         batch.index,
         sim.result.iteration_time,
-        plan.meta.get("memory_strategy"),
+        sim.plan.meta.get("memory_strategy"),
         "" if sim.fits else " (does not fit)",
     )
     return sim

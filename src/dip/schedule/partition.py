@@ -2,8 +2,11 @@
 
 * :func:`mixed_partition` (Megatron-LM, nnScaler*, the textbook schedules on real models): the layers of
   all modules, concatenated in topological order (``vit`` then ``llm``; ``llm`` then ``dit``), are cut
-  into ``pp * v`` contiguous chunks that balance a per-layer weight (parameters by default). One group
-  ``"all"``; chunk ``c`` on rank ``c mod pp``; a chunk may hold layers of several modules.
+  into ``pp * v`` contiguous chunks that balance a per-layer weight (parameters by default; the
+  baselines pass per-layer seconds, :mod:`dip.schedule.baselines.weights`). One group ``"all"``;
+  chunk ``c`` on rank ``c mod pp``; a chunk may hold layers of several modules. An optional cap on a
+  second per-layer quantity (static bytes) keeps every chunk's weights and optimizer state small
+  enough to fit.
 * :func:`separated_even_partition` (Optimus): one group per module, module ``i`` cut into
   ``pp * K_i`` chunks with near-equal layer counts.
 * :class:`Partition`: the static part of a DIP plan (stage graph, ``B_i``, ``K_i``), which DIP's
@@ -11,7 +14,7 @@
 
 The cut is an exact linear partition: first the smallest possible maximum chunk weight, then, among the
 cuts that reach it, the one with the smallest sum of squared chunk weights (so chunks that are not the
-bottleneck are balanced too).
+bottleneck are balanced too); ranges over the cap are never used.
 """
 
 from __future__ import annotations
@@ -88,30 +91,60 @@ def param_weights(model: ModelSpec) -> list[float]:
     return out
 
 
-def linear_partition(weights: Sequence[float], parts: int) -> list[tuple[int, int]]:
+@dataclass(frozen=True)
+class RangeCap:
+    """A bound on a second per-item quantity: no range may sum ``values`` above ``limit``."""
+
+    values: tuple[float, ...]
+    limit: float
+
+    def prefix(self) -> list[float]:
+        out = [0.0]
+        for v in self.values:
+            out.append(out[-1] + float(v))
+        return out
+
+
+def linear_partition(weights: Sequence[float], parts: int, cap: RangeCap | None = None) -> list[tuple[int, int]]:
     """Cut ``weights`` into ``parts`` non-empty contiguous ranges minimising the largest range sum
-    (ties: smallest sum of squared range sums). Returns ``[(start, stop), ...]``."""
+    (ties: smallest sum of squared range sums), using only ranges within ``cap``.
+    Returns ``[(start, stop), ...]``; :class:`BadInput` when no cut respects the cap."""
     n = len(weights)
     if parts < 1 or parts > n:
         raise BadInput(f"cannot cut {n} layers into {parts} non-empty chunks")
+    if cap is not None and len(cap.values) != n:
+        raise ValueError(f"cap has {len(cap.values)} values for {n} items")
     prefix = [0.0]
     for w in weights:
         prefix.append(prefix[-1] + float(w))
-    bound = _min_max_cut(prefix, parts)
-    return _min_square_cut(prefix, parts, bound * (1 + 1e-12) + 1e-12)
+    allowed = _allowed(cap)
+    bound = _min_max_cut(prefix, parts, allowed)
+    if bound == float("inf"):
+        raise BadInput(f"no cut of {n} layers into {parts} chunks keeps every chunk within {cap.limit:.4g}")
+    return _min_square_cut(prefix, parts, bound * (1 + 1e-12) + 1e-12, allowed)
 
 
-def _min_max_cut(prefix: list[float], parts: int) -> float:
+def _allowed(cap: RangeCap | None):
+    """``allowed(i, j)``: may ``[i, j)`` be one range."""
+    if cap is None:
+        return lambda i, j: True
+    pre, limit = cap.prefix(), cap.limit * (1 + 1e-12)
+    return lambda i, j: pre[j] - pre[i] <= limit
+
+
+def _min_max_cut(prefix: list[float], parts: int, allowed) -> float:
     n = len(prefix) - 1
     inf = float("inf")
     best = [inf] * (n + 1)  # best[j]: min over cuts of the first j items into k ranges of the max sum
     for j in range(1, n + 1):
-        best[j] = prefix[j]
+        best[j] = prefix[j] if allowed(0, j) else inf
     for k in range(2, parts + 1):
         new = [inf] * (n + 1)
         for j in range(k, n - (parts - k) + 1):
             cur = inf
             for i in range(k - 1, j):
+                if best[i] == inf or not allowed(i, j):
+                    continue
                 cand = max(best[i], prefix[j] - prefix[i])
                 if cand < cur:
                     cur = cand
@@ -120,7 +153,7 @@ def _min_max_cut(prefix: list[float], parts: int) -> float:
     return best[n]
 
 
-def _min_square_cut(prefix: list[float], parts: int, bound: float) -> list[tuple[int, int]]:
+def _min_square_cut(prefix: list[float], parts: int, bound: float, allowed) -> list[tuple[int, int]]:
     n = len(prefix) - 1
     inf = float("inf")
     cost = [[inf] * (n + 1) for _ in range(parts + 1)]
@@ -132,7 +165,7 @@ def _min_square_cut(prefix: list[float], parts: int, bound: float) -> list[tuple
                 if cost[k - 1][i] == inf:
                     continue
                 s = prefix[j] - prefix[i]
-                if s > bound:
+                if s > bound or not allowed(i, j):
                     continue
                 cand = cost[k - 1][i] + s * s
                 if cand < cost[k][j]:
@@ -159,10 +192,15 @@ def _parts_of(layers: Sequence[LayerSlot], start: int, stop: int) -> tuple[Chunk
 
 
 def mixed_partition(
-    model: ModelSpec, pp: int, chunks_per_rank: int = 1, weights: str | Sequence[float] = "params"
+    model: ModelSpec,
+    pp: int,
+    chunks_per_rank: int = 1,
+    weights: str | Sequence[float] = "params",
+    cap: RangeCap | None = None,
 ) -> StageGraph:
     """One group of ``pp * chunks_per_rank`` chunks over the concatenated layers of all modules,
-    balancing ``weights`` ("params" or one number per layer of :func:`model_layers`)."""
+    balancing ``weights`` ("params" or one number per layer of :func:`model_layers`); with ``cap``,
+    no chunk sums the cap's per-layer values above its limit."""
     layers = model_layers(model)
     n = pp * chunks_per_rank
     if pp < 1 or chunks_per_rank < 1:
@@ -180,10 +218,25 @@ def mixed_partition(
         w = [float(x) for x in weights]
         if len(w) != len(layers):
             raise BadInput(f"{len(w)} layer weights given for {len(layers)} layers of model {model.name}")
-    chunks = [
-        Chunk(c, MIXED_GROUP, c, c % pp, _parts_of(layers, a, b)) for c, (a, b) in enumerate(linear_partition(w, n))
-    ]
+    ranges = linear_partition(w, n, cap)
+    return graph_of_ranges(model, pp, ranges)
+
+
+def graph_of_ranges(model: ModelSpec, pp: int, ranges: Sequence[tuple[int, int]]) -> StageGraph:
+    """The mixed stage graph whose chunk ``c`` holds layers ``ranges[c]`` of :func:`model_layers`."""
+    layers = model_layers(model)
+    chunks = [Chunk(c, MIXED_GROUP, c, c % pp, _parts_of(layers, a, b)) for c, (a, b) in enumerate(ranges)]
     return StageGraph(tuple(chunks), tuple(chain_channels(chunks)), pp)
+
+
+def chunk_ranges(graph: StageGraph) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each chunk of a mixed graph in the concatenated layer list (chain order)."""
+    out, start = [], 0
+    for c in graph.group_chunks(MIXED_GROUP):
+        n = sum(p.layers for p in c.parts)
+        out.append((start, start + n))
+        start += n
+    return out
 
 
 def separated_even_partition(model: ModelSpec, pp: int, segments: Mapping[str, int]) -> StageGraph:

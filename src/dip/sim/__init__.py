@@ -14,7 +14,7 @@ Compile once per plan structure, then score orders fast::
 from dip.sim.costs import StageCosts, stage_costs, uniform_stage_costs
 from dip.sim.kernel import BAD_TASK, DEADLOCK, DUPLICATE, INCOMPLETE, OK, simulate_arrays
 from dip.sim.listsched import list_schedule
-from dip.sim.plans import SimulatedPlan, fit_uniform_memory, simulate_plan
+from dip.sim.plans import SimulatedPlan, fit_memory, simulate_plan
 from dip.sim.simulate import FastResult, SimResult, simulate, simulate_order_arrays
 from dip.sim.taskgraph import OrderArrays, TaskGraph
 from dip.sim.topology import Topology
@@ -32,7 +32,7 @@ __all__ = [
     "StageCosts",
     "TaskGraph",
     "Topology",
-    "fit_uniform_memory",
+    "fit_memory",
     "list_schedule",
     "simulate",
     "simulate_arrays",

@@ -1,12 +1,15 @@
 """The baseline schedules by name: the paper's baselines and the textbook schedules.
 
 * :func:`get_generator` -> :class:`Schedule` (BadInput listing the valid names for an unknown one);
-* :meth:`Schedule.build` -> the :class:`Plan` of one batch on a real model (memory strategy not chosen
-  yet: :func:`dip.sim.plans.fit_uniform_memory` does that by simulation);
+* :meth:`Schedule.build` -> the :class:`Plan` of one batch on a real model (memory rule not applied
+  yet: :func:`dip.sim.plans.fit_memory` does that by simulation; :mod:`dip.planner.baselines` picks the
+  memory-feasible layer split and Optimus's bound);
 * :func:`build_uniform_plan` -> a schedule-only plan: one chain of ``pp * chunks`` chunks, ``m`` units.
 
-DIP's own schedule is searched by :mod:`dip.planner`; :mod:`dip.planner.schedules` plans a batch
-under any name, DIP or a baseline.
+Every mixed baseline uses the same time-balanced layer split and the same memory rule, so the
+textbook schedules compare schedules, not partitions; ``megatron-params`` keeps the parameter-balanced
+split. docs/baselines.md maps each to the real system's flags. DIP's own schedule is searched by
+:mod:`dip.planner`; :mod:`dip.planner.schedules` plans a batch under any name, DIP or a baseline.
 """
 
 from __future__ import annotations
@@ -18,80 +21,128 @@ from dip.data.meta import BatchMeta
 from dip.errors import BadInput, choices_error
 from dip.schedule.baselines.common import Chain, chain_of
 from dip.schedule.baselines.gpipe import gpipe_order
-from dip.schedule.baselines.interleaved import interleaved_order
-from dip.schedule.baselines.megatron import megatron_plan
-from dip.schedule.baselines.nnscaler import nnscaler_plan
+from dip.schedule.baselines.interleaved import default_group, interleaved_order
 from dip.schedule.baselines.one_f_one_b import one_f_one_b_order
 from dip.schedule.baselines.optimus import encoder_and_lm, optimus_plan
-from dip.schedule.baselines.plans import chunks_per_rank, mixed_plan
+from dip.schedule.baselines.plans import chunks_per_rank, layer_split, mixed_plan
 from dip.schedule.baselines.zero_bubble import zb_h1_order
-from dip.schedule.ir import Plan, RankOrder
+from dip.schedule.ir import Plan, RankOrder, StageGraph
 from dip.schedule.units import linear_stage_graph, uniform_units
 from dip.spec.model import ModelSpec
 
 __all__ = ["SCHEDULES", "Schedule", "build_uniform_plan", "get_generator"]
 
 UNIFORM_GROUP = "model"
-BuildFn = Callable[[ModelSpec, BatchMeta, object, object, "int | None"], Plan]
+OrderFn = Callable[[Chain], RankOrder]
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """A named schedule: how it builds a real-model plan and (optionally) a uniform chain's order."""
+    """A named schedule: the order of its mixed chain (``None`` for Optimus's separated groups), its
+    layer split, its chunks per rank, and (optionally) a uniform chain's order."""
 
     name: str
     summary: str
-    build: BuildFn
-    uniform_order: Callable[[Chain], RankOrder] | None = None
+    order: OrderFn | None = None
+    split: str = "time"
+    default_chunks: int = 1
+    takes_chunks: bool = True  # whether ``chunks`` (``--chunks``) applies
+    uniform_order: OrderFn | None = None
     check_model: Callable[[ModelSpec], object] | None = None  # raises BadInput for unsupported models
+
+    @property
+    def mixed(self) -> bool:
+        """True for the schedules over one mixed chain of chunks (all but Optimus)."""
+        return self.order is not None
 
     def supports(self, model: ModelSpec) -> None:
         """Raise :class:`BadInput` when this schedule cannot run ``model`` (cheap; before any work)."""
         if self.check_model is not None:
             self.check_model(model)
 
+    def chunks_for(self, model: ModelSpec, chunks: int | None, microbatches: int) -> int:
+        """Chunks per rank: ``chunks`` when given and this schedule takes it, else the default."""
+        if not self.takes_chunks:
+            return 1
+        if self.default_chunks > 1:
+            return chunks_per_rank(model, chunks, self.default_chunks, microbatches)
+        return int(chunks) if chunks else 1
 
-def _textbook(order_fn: Callable[[Chain], RankOrder], name: str, default_chunks: int) -> BuildFn:
-    def build(model, batch, cost_model, hardware, chunks=None) -> Plan:
-        v = chunks_per_rank(model, chunks, default_chunks, len(batch)) if default_chunks > 1 else (chunks or 1)
-        return mixed_plan(model, batch, order_fn, name, v=v)
+    def build(
+        self,
+        model: ModelSpec,
+        batch: BatchMeta,
+        cost_model=None,
+        *,
+        chunks: int | None = None,
+        graph: StageGraph | None = None,
+        inflight: int | None = None,
+    ) -> Plan:
+        """The plan of ``batch``.
 
-    return build
+        Args:
+            model: the model with its parallel layout.
+            batch: the batch's micro-batch metadata.
+            cost_model: the cost model the time-balanced split (and Optimus's placement) is timed with.
+            chunks: chunks per rank (default: the schedule's).
+            graph: mixed schedules: the layer split to use (default: :func:`layer_split` of the
+                schedule's split, without a memory cap).
+            inflight: Optimus: the bound on in-flight encoder micro-batches (default: none).
+
+        Returns:
+            The plan, memory strategies not chosen yet.
+        """
+        self.supports(model)
+        if not self.mixed:
+            return optimus_plan(model, batch, chunks, inflight, cost_model, schedule=self.name)
+        m = len(batch)
+        if graph is None:
+            graph = layer_split(model, self.split, self.chunks_for(model, chunks, m), cost_model, m)
+        v = len(graph.chunks) // graph.num_ranks
+        meta: dict = {"split": self.split}
+        if v > 1 and self.order is interleaved_order:
+            meta["interleave_group"] = default_group(graph.num_ranks, m)
+        return mixed_plan(model, batch, self.order, self.name, graph=graph, meta=meta)
 
 
 _BASELINES: tuple[Schedule, ...] = (
-    Schedule("gpipe", "all forwards, then all backwards", _textbook(gpipe_order, "gpipe", 1), gpipe_order),
-    Schedule(
-        "1f1b", "one-forward-one-backward (PipeDream-Flush)", _textbook(one_f_one_b_order, "1f1b", 1), one_f_one_b_order
-    ),
+    Schedule("gpipe", "all forwards, then all backwards", gpipe_order, uniform_order=gpipe_order),
+    Schedule("1f1b", "one-forward-one-backward (PipeDream-Flush)", one_f_one_b_order, uniform_order=one_f_one_b_order),
     Schedule(
         "interleaved",
         "Megatron interleaved 1F1B, 2 chunks per rank by default",
-        _textbook(interleaved_order, "interleaved", 2),
         interleaved_order,
+        default_chunks=2,
+        uniform_order=interleaved_order,
     ),
     Schedule(
-        "zb-h1",
-        "Zero Bubble ZB-H1: split backward, deferred weight passes",
-        _textbook(zb_h1_order, "zb-h1", 1),
-        zb_h1_order,
+        "zb-h1", "Zero Bubble ZB-H1: split backward, deferred weight passes", zb_h1_order, uniform_order=zb_h1_order
     ),
     Schedule(
         "megatron",
-        "Megatron-LM: interleaved 1F1B over parameter-balanced mixed chunks",
-        lambda model, batch, cm, hw, chunks=None: megatron_plan(model, batch, chunks),
+        "Megatron-LM: interleaved 1F1B over time-balanced mixed chunks, per-rank recompute",
         interleaved_order,
+        default_chunks=2,
+        uniform_order=interleaved_order,
+    ),
+    Schedule(
+        "megatron-params",
+        "Megatron-LM with the layer split balanced by parameter counts",
+        interleaved_order,
+        split="params",
+        default_chunks=2,
+        uniform_order=interleaved_order,
     ),
     Schedule(
         "nnscaler",
         "nnScaler*: static time-balanced 1F1B plan from a representative workload",
-        lambda model, batch, cm, hw, chunks=None: nnscaler_plan(model, batch, cm),
         one_f_one_b_order,
+        takes_chunks=False,
+        uniform_order=one_f_one_b_order,
     ),
     Schedule(
         "optimus",
-        "Optimus: encoder forwards, LM interleaved 1F1B, encoder backwards",
-        lambda model, batch, cm, hw, chunks=None: optimus_plan(model, batch, chunks),
+        "Optimus: encoder work in the LM pipeline's bubbles, in-flight encoder micro-batches bounded",
         check_model=encoder_and_lm,
     ),
 )
