@@ -17,7 +17,7 @@ from dip.bench.paper.common import Context, Experiment, Row, mean_or_none, row
 from dip.bench.paper.plots import color, new_figure, save
 from dip.cost import CostModel
 from dip.data.workload import generate_batches
-from dip.planner import partition_model, plan_batch
+from dip.planner import SearchOptions, partition_model, plan_batch
 from dip.planner.evaluate import PAPER_CONFIG, Evaluator, active_items
 from dip.planner.mcts import MCTSSearch
 from dip.planner.problem import PlanProblem
@@ -36,9 +36,10 @@ def steps(settings) -> int:
     return len(settings.submb_sizes) * settings.submb_batches
 
 
-def worst_makespan(problem: PlanProblem, rollouts: int, seed: int) -> float:
-    """The longest makespan of a fitting schedule found by MCTS with the objective inverted."""
-    ev = Evaluator(problem)
+def worst_makespan(problem: PlanProblem, rollouts: int, seed: int, passes: int = SearchOptions().passes) -> float:
+    """The longest makespan of a fitting schedule found by MCTS with the objective inverted, every
+    candidate scored as DIP's search scores it (``passes`` interleaving passes, paper tracking)."""
+    ev = Evaluator(problem, passes=passes)
     first = ev.evaluate(problem.default_sequence, PAPER_CONFIG)
     worst = first.makespan if first.feasible else -math.inf
     search = MCTSSearch(
@@ -85,10 +86,10 @@ def run(ctx: Context) -> Experiment:
         segments[size] = dict(partition.segments)
         bests, worsts = [], []
         for batch in batches:
-            res = plan_batch(model, batch, cost_model, hardware, partition=partition, options=s.search(batch.index))
-            fits = not res.sim.oom
-            bests.append(res.time_s if fits else None)
-            bad = worst_makespan(res.problem, s.rollouts, s.seed * 1000 + batch.index)
+            options = s.search(batch.index)
+            res = plan_batch(model, batch, cost_model, hardware, partition=partition, options=options)
+            bests.append(None if res.sim.oom else res.time_s)
+            bad = worst_makespan(res.problem, s.rollouts, options.seed, options.passes)
             worsts.append(bad + res.sim.dp_allreduce_time if math.isfinite(bad) else None)
             ctx.tick(f"B={size}, batch {batch.index}")
         best[size], worst[size] = mean_or_none(bests), mean_or_none(worsts)

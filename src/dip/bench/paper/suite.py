@@ -62,9 +62,10 @@ def run_suite(
     progress: Callable[[int, str], Any] | None = None,
     command: str = "dip bench paper",
 ) -> dict[str, Any]:
-    """Run ``names`` (in the suite's order) with ``settings``, figures into ``out_dir``; write
-    results.json and REPORT.md there and return the results object. ``progress(steps, label)`` is
+    """Run ``names`` (in the suite's order; all when empty) with ``settings``, figures into ``out_dir``;
+    write results.json and REPORT.md there and return the results object. ``progress(steps, label)`` is
     called as the work advances."""
+    names = select_experiments(names)
     t0 = time.perf_counter()
     experiments: dict[str, dict[str, Any]] = {}
     for name in names:
