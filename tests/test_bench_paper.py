@@ -14,7 +14,16 @@ import pytest
 from dip.bench.paper import accuracy, memory, reference, suite
 from dip.bench.paper.common import Context, Row, Settings, mean_or_none, row
 from dip.bench.paper.explain import FALLBACK, differs, explain
-from dip.bench.paper.report import comments, format_value, render_report, row_table
+from dip.bench.paper.report import (
+    HEADLINE_END,
+    HEADLINE_START,
+    comments,
+    format_value,
+    headline,
+    render_report,
+    replace_headline,
+    row_table,
+)
 from dip.cli import cmd_bench
 from dip.cli.main import main
 
@@ -283,3 +292,58 @@ def test_cli_json_on_stdout_progress_on_stderr(tmp_path, capsys):
     assert obj["mode"] == "quick" and set(obj["experiments"]) == {"table1"}
     assert obj["command"] == "dip bench paper table1 --quick"
     assert (tmp_path / "REPORT.md").exists() and (tmp_path / "table1.png").exists()
+
+
+def _e2e_results() -> dict:
+    systems = {
+        "dip": {"time_s": 10.0, "fits": True},
+        "megatron": {"time_s": 15.0, "fits": True},
+        "optimus": {"time_s": None, "fits": False},
+    }
+    rows = [
+        Row("VLM-S/dip", 10.0, None, "s", True).to_dict(),
+        row("e2e", "VLM: DIP speedup over its baselines, lowest", 1.5, "x").to_dict(),
+        row("e2e", "VLM: DIP speedup over its baselines, highest", 1.5, "x").to_dict(),
+    ]
+    return {
+        "command": "dip bench paper e2e --quick",
+        "mode": "quick",
+        "seed": 0,
+        "wall_s": 60.0,
+        "cpu_count": 2,
+        "experiments": {
+            "e2e": {
+                "title": "Fig. 8a",
+                "rows": rows,
+                "figure": "e2e.png",
+                "settings": {"hardware": "H800", "batches": 4},
+                "data": {"VLM-S": systems},
+                "wall_s": 1.0,
+            }
+        },
+    }
+
+
+def test_headline_comes_from_the_results():
+    text = headline(_e2e_results())
+    assert "| VLM-S | 10 s | 1.50x | – | does not fit |" in text  # nnScaler* absent, Optimus does not fit
+    assert "VLM 1.50x-1.50x (paper 1.16x-1.76x)" in text and "mean over 4 batches" in text
+
+
+def test_headline_into_rewrites_only_the_marked_block(tmp_path):
+    doc = tmp_path / "docs" / "results.md"
+    doc.parent.mkdir()
+    doc.write_text(f"# Results\n\nbefore\n{HEADLINE_START}\nold numbers\n{HEADLINE_END}\nafter\n")
+    replace_headline(str(doc), _e2e_results(), str(tmp_path / "docs" / "results" / "REPORT.md"))
+    text = doc.read_text()
+    assert "old numbers" not in text and text.startswith("# Results\n\nbefore\n") and text.endswith("\nafter\n")
+    assert "[`results/REPORT.md`](results/REPORT.md)" in text and "| VLM-S | 10 s |" in text
+    replace_headline(str(doc), _e2e_results(), str(tmp_path / "docs" / "results" / "REPORT.md"))
+    assert doc.read_text() == text  # idempotent
+
+
+def test_headline_into_needs_the_markers_before_any_work(tmp_path, capsys):
+    plain = tmp_path / "README.md"
+    plain.write_text("# no markers\n")
+    assert main(["bench", "paper", "table1", "--out", str(tmp_path / "o"), "--headline-into", str(plain)]) == 2
+    assert "paper-headline" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -132,4 +132,11 @@ def _paper(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for results.json, REPORT.md and the figures")
     p.add_argument("--seed", type=int, default=0, help="workload and search seed (default 0)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument(
+        "--headline-into",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="also rewrite the headline block (between the paper-headline markers) of these Markdown files",
+    )
     p.set_defaults(func=_run_paper)

@@ -28,9 +28,10 @@ DATA_LOAD = (
 )
 BASELINES = (
     "DIP's gain depends on how strong each baseline is: ours are schedules rebuilt in this repository and "
-    "simulated with the same cost model (their layer split and uniform recomputation rule are described in "
-    "docs/results.md), while the paper ran Megatron-LM itself and its re-implementations of nnScaler and "
-    "Optimus inside Megatron-LM; a baseline that is weaker or stronger here than there moves the ratio."
+    "simulated with the same cost model (how each splits layers and recomputes activations: "
+    "dip.schedule.baselines and dip.sim.plans), while the paper ran Megatron-LM itself and its "
+    "re-implementations of nnScaler and Optimus inside Megatron-LM; a baseline that is weaker or stronger here "
+    "than there moves the ratio."
 )
 
 

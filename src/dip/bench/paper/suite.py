@@ -17,9 +17,12 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from dip.bench.paper import ablation, accuracy, dynamic, e2e, memory, scalability, search, submb, table1, xl
 from dip.bench.paper.common import Context, Settings
-from dip.bench.paper.report import write_outputs
+from dip.bench.paper.report import REPORT, check_headline_target, replace_headline, write_outputs
 from dip.errors import BadInput, choices_error
 from dip.io import emit, json_safe
 
@@ -107,32 +110,29 @@ def run_suite(
     return json_safe(results)
 
 
-def _progress_bar(total: int):
-    """A rich progress bar on stderr (never stdout, which may carry the JSON)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+def _progress_bar() -> Progress:
+    """A progress bar on stderr (never stdout, which may carry the JSON)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=Console(stderr=True),
-        transient=False,
-    ), total
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     names = select_experiments(args.experiments)
     if args.seed < 0:
         raise BadInput(f"seed must be an integer >= 0, got {args.seed}")
+    for path in args.headline_into:
+        check_headline_target(path)
     out_dir = prepare_out_dir(args.out)
     settings = Settings.quick(args.seed) if args.quick else Settings.full(args.seed)
     command = "dip bench paper" + "".join(f" {n}" for n in args.experiments) + (" --quick" if args.quick else "")
     command += f" --seed {args.seed}" if args.seed else ""
-    bar, total = _progress_bar(sum(EXPERIMENTS[n].steps(settings) for n in names))
-    with bar:
-        task = bar.add_task("dip bench paper", total=total)
+    with _progress_bar() as bar:
+        task = bar.add_task("dip bench paper", total=sum(EXPERIMENTS[n].steps(settings) for n in names))
         results = run_suite(
             names,
             settings,
@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
             progress=lambda n, label: bar.update(task, advance=n, description=label),
             command=command,
         )
+    for path in args.headline_into:
+        replace_headline(path, results, os.path.join(out_dir, REPORT))
     failed = [n for n, e in results["experiments"].items() if e.get("error")]
     text = (
         f"{len(names)} experiment(s) in {results['wall_s'] / 60:.1f} min; wrote "
