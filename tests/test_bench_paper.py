@@ -170,6 +170,13 @@ def test_memory_fluctuation_is_a_time_weighted_deviation():
     assert memory.fluctuation(fake([0.0, 1.0], [4.0, 0.0], 4.0)) == pytest.approx(math.sqrt(3.0))
 
 
+def test_quick_searches_by_rollouts_full_by_seconds():
+    quick, full = Settings.quick(seed=2).search(5), Settings.full().search(5)
+    assert quick.deterministic and quick.rollouts == Settings.quick().rollouts and quick.seed == 2005
+    assert not full.deterministic and full.budget == Settings.full().budget_s
+    assert Settings.quick().search_label() == "16 rollouts per batch on one worker, no polishing"
+
+
 def test_settings_names_match_the_cli_and_quick_is_smaller():
     assert tuple(suite.EXPERIMENTS) == cmd_bench.PAPER_EXPERIMENTS
     full, quick = Settings.full(), Settings.quick()

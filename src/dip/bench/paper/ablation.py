@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import textwrap
 
-from dip.bench.paper.common import Context, Experiment, mean_images, mean_or_none, row
+from dip.bench.paper.common import Context, Experiment, Settings, mean_images, mean_or_none, row
 from dip.bench.paper.plots import color, new_figure, save
 from dip.cost import CostModel
 from dip.data.workload import generate_batches
 from dip.planner.ablation import ablation
 from dip.spec import load_model
 from dip.spec.hardware import get_hardware
+
+__all__ = ["NAME", "TITLE", "draw", "run", "steps"]
 
 NAME = "ablation"
 TITLE = "Table 5: performance breakdown on VLM-S"
@@ -30,7 +32,7 @@ STEPS = (
 )
 
 
-def steps(settings) -> int:
+def steps(settings: Settings) -> int:
     return settings.ablation_batches
 
 
@@ -44,7 +46,11 @@ def run(ctx: Context) -> Experiment:
     strategies: dict[str, list[str]] = {key: [] for key, _ in STEPS}
     batches = generate_batches(model, s.ablation_batches, s.seed, microbatches=s.microbatches)
     for batch in batches:
-        got = {r["step"]: r for r in ablation(model, batch, cost_model, hardware, rollouts=s.rollouts, seed=s.seed)}
+        search = s.search(batch.index)
+        found = ablation(
+            model, batch, cost_model, hardware, budget_s=search.budget_s, rollouts=search.rollouts, seed=search.seed
+        )
+        got = {r["step"]: r for r in found}
         for key, _ in STEPS:
             per_step[key].append(got[key]["time_s"])
             fits[key].append(bool(got[key]["fits"]))
@@ -61,12 +67,12 @@ def run(ctx: Context) -> Experiment:
             "batches": s.ablation_batches,
             "microbatches": s.microbatches,
             "hardware": s.hardware,
-            "rollouts": s.rollouts,
+            "search": s.search_label(),
             "images_per_microbatch": round(mean_images(batches), 1),
         },
         notes=[
             f"Mean simulated iteration time over {s.ablation_batches} generated batches; the searches of steps "
-            f"4 and 5 run {s.rollouts} rollouts each. Memory strategy per step: "
+            f"4 and 5 run {s.search_label()} each. Memory strategy per step: "
             + "; ".join(f"{label}: {', '.join(sorted(set(strategies[key])))}" for key, label in STEPS)
             + "."
         ],

@@ -15,15 +15,17 @@ import os
 import statistics
 from typing import Any
 
-from dip.bench.paper.common import Context, Experiment, Row, row
+from dip.bench.paper.common import Context, Experiment, Row, Settings, row
 from dip.bench.paper.plots import color, new_figure, save
 
+__all__ = ["NAME", "TITLE", "accuracies", "cpu_runs", "draw", "run", "step_accuracy", "steps", "trainer_runs"]
+
 NAME = "accuracy"
-TITLE = "Fig. 13: simulator accuracy against real runs"
+TITLE = "Fig. 13: simulator accuracy against real runs (measured)"
 KINDS = (("shipped", "before calibration"), ("predicted", "after calibration"))
 
 
-def steps(settings) -> int:
+def steps(settings: Settings) -> int:
     return 2
 
 
@@ -43,7 +45,7 @@ def accuracies(runs: dict[str, dict[str, list]], kind: str) -> dict[str, list[fl
     return out
 
 
-def cpu_runs(settings) -> dict[str, dict[str, list]]:
+def cpu_runs(settings: Settings) -> dict[str, dict[str, list]]:
     """Measured, predicted and shipped pipeline seconds per schedule on 2 local CPU processes."""
     from dip.bench.compare import compare_schedules  # torch (seconds to load): only this experiment needs it
 
@@ -58,7 +60,7 @@ def cpu_runs(settings) -> dict[str, dict[str, list]]:
     return {s: {k: list(got[s][k]) for k in ("measured", "predicted", "shipped")} for s in settings.accuracy_schedules}
 
 
-def trainer_runs(settings, hardware: str) -> dict[str, dict[str, list]]:
+def trainer_runs(settings: Settings, hardware: str) -> dict[str, dict[str, list]]:
     """The same numbers from ``dip train`` runs (one per schedule, one process group) with calibration
     ``hardware``; on a CUDA machine the ranks use the GPU."""
     from dip.runtime.launch import launch_many  # torch (seconds to load): only this experiment needs it

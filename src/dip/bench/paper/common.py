@@ -98,13 +98,15 @@ class Experiment:
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Every knob of the suite; :meth:`full` reproduces the paper's settings, :meth:`quick` the same code
-    paths reduced to minutes. ``rollouts``: the planner's deterministic rollout budget per batch
-    (one search worker); ``polish``: the planner's polishing phase."""
+    paths reduced to minutes. DIP searches each batch on one worker for ``budget_s`` seconds (the paper's
+    per-iteration budget) or, when that is ``None``, for ``rollouts`` rollouts (deterministic; also the
+    budget of the worst-schedule search); ``polish``: the planner's polishing phase."""
 
     mode: str
     seed: int = 0
     hardware: str = "H800"
     microbatches: int = 64
+    budget_s: float | None = 10.0
     rollouts: int = 64
     polish: bool = True
     # table1 (Table 1): 1F1B on 8 GPUs, FLOPs per iteration held at the paper's
@@ -156,6 +158,7 @@ class Settings:
         return cls(
             mode="quick",
             seed=seed,
+            budget_s=None,
             rollouts=16,
             polish=False,
             table1_batches=2,
@@ -177,8 +180,15 @@ class Settings:
         return replace(self, **changes)
 
     def search(self, seed: int = 0) -> SearchOptions:
-        """The planner's options: a deterministic rollout budget, one worker."""
+        """DIP's search options for one batch (``seed`` offsets the suite's seed)."""
+        if self.budget_s is not None:
+            return SearchOptions(budget_s=self.budget_s, polish=self.polish, seed=self.seed * 1000 + seed)
         return SearchOptions(rollouts=self.rollouts, polish=self.polish, seed=self.seed * 1000 + seed)
+
+    def search_label(self) -> str:
+        """How DIP searches each batch, in words."""
+        how = f"{self.budget_s:g} s" if self.budget_s is not None else f"{self.rollouts} rollouts"
+        return f"{how} per batch on one worker" + ("" if self.polish else ", no polishing")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 
-from dip.bench.paper.common import Context, Experiment, Row, row
+from dip.bench.paper.common import Context, Experiment, Row, Settings, row
 from dip.bench.paper.plots import color, new_figure, save
 from dip.cost import CostModel
 from dip.data.workload import generate_dynamic_batches
@@ -19,6 +19,8 @@ from dip.errors import BadInput
 from dip.planner import SearchOptions, check_schedule, plan_schedule
 from dip.spec import load_model
 from dip.spec.hardware import get_hardware
+
+__all__ = ["NAME", "TITLE", "draw", "run", "steps"]
 
 NAME = "dynamic"
 TITLE = "Fig. 8b: iteration time on a rising and falling image workload (VLM-S)"
@@ -30,7 +32,7 @@ PEAK_ITERATION = 6
 LATE_PHASE = (15, 20)
 
 
-def steps(settings) -> int:
+def steps(settings: Settings) -> int:
     return len(settings.dynamic_iterations or range(ITERATIONS))
 
 
@@ -78,12 +80,11 @@ def run(ctx: Context) -> Experiment:
             "iterations": sorted(wanted),
             "microbatches": s.microbatches,
             "hardware": s.hardware,
-            "rollouts": s.rollouts,
-            "polish": s.polish,
+            "search": s.search_label(),
         },
         notes=[
-            f"Iterations planned: {', '.join(map(str, sorted(wanted)))} of {ITERATIONS}; mean times are over "
-            "these and count only systems whose plan fits on every one of them.",
+            f"Mean times are over the planned iterations (of {ITERATIONS}) and count only systems whose plan fits "
+            "on every one of them.",
             "Ratios to DIP use only iterations where both plans fit.",
         ],
         data={"timeline": timeline, "mean_images": images},

@@ -10,10 +10,12 @@ states per family.
 
 from __future__ import annotations
 
-from dip.bench.paper.common import Context, Experiment, Row, mean_or_none, row
+from dip.bench.paper.common import Context, Experiment, Row, Settings, mean_or_none, row
 from dip.bench.paper.plots import color, new_figure, save
 from dip.planner.report import PlanRequest, plan_batches
 from dip.spec import load_model
+
+__all__ = ["NAME", "TITLE", "draw", "model_times", "run", "steps"]
 
 NAME = "e2e"
 TITLE = "Fig. 8a: end-to-end iteration time, DIP vs the baselines"
@@ -22,7 +24,7 @@ REFERENCE_BASELINES = ("1f1b", "interleaved", "zb-h1")
 SYSTEMS = ("dip", *PAPER_BASELINES, *REFERENCE_BASELINES)
 
 
-def steps(settings) -> int:
+def steps(settings: Settings) -> int:
     return len(settings.e2e_models)
 
 
@@ -33,14 +35,16 @@ def family(model_name: str) -> str:
 def model_times(model: str, ctx: Context) -> dict[str, dict]:
     """Per system: ``{"time_s": mean or None, "fits": bool, "per_batch": [...]}`` on ``model``."""
     s = ctx.settings
+    search = s.search()
     request = PlanRequest(
         model=model,
         batches=s.e2e_batches,
         seed=s.seed,
         microbatches=s.microbatches,
         hardware=s.hardware,
-        rollouts=s.rollouts,
-        search_options={"polish": s.polish},
+        budget_s=search.budget_s,
+        rollouts=search.rollouts,
+        search_options={"polish": search.polish},
         baseline_names=PAPER_BASELINES + REFERENCE_BASELINES,
     )
     out, _ = plan_batches(request)
@@ -91,14 +95,12 @@ def run(ctx: Context) -> Experiment:
             "batches": s.e2e_batches,
             "microbatches": s.microbatches,
             "hardware": s.hardware,
-            "rollouts": s.rollouts,
-            "polish": s.polish,
+            "search": s.search_label(),
             "seed": s.seed,
         },
         notes=[
             f"Mean simulated iteration time over {s.e2e_batches} generated batches of {s.microbatches} "
-            f"micro-batches per model on {s.hardware}; DIP searches each batch with {s.rollouts} rollouts "
-            "on one worker.",
+            f"micro-batches per model on {s.hardware}; DIP searches {s.search_label()}.",
             "The speedup ranges use the paper's baselines only (Megatron-LM, nnScaler*, Optimus) and only "
             "plans that fit; 1F1B, interleaved 1F1B and ZB-H1 are listed for reference.",
         ],

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from dip.bench.paper.common import Row
 
-__all__ = ["EXPLANATIONS", "THRESHOLD", "Explanation", "differs", "explain"]
+__all__ = ["EXPLANATIONS", "FALLBACK", "THRESHOLD", "Explanation", "differs", "explain"]
 
 THRESHOLD = 0.20  # relative difference to the paper's value above which the report comments a row
 
@@ -75,8 +75,8 @@ EXPLANATIONS: tuple[Explanation, ...] = (
         "submb",
         r"worst",
         "either",
-        "Our worst schedule is searched by MCTS near the default segment order (a windowed tree, the same "
-        "rollout budget as DIP's search) among schedules that fit, and the interleaver's memory tracking keeps "
+        "Our worst schedule is searched by MCTS near the default segment order (a windowed tree, a fixed "
+        "rollout budget) among schedules that fit, and the interleaver's memory tracking keeps "
         "poor orders in check; how far from the best a bad order lands depends on that search.",
     ),
     Explanation(

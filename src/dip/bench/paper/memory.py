@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from dip.bench.paper.common import GIB, Context, Experiment, Row, row
+from dip.bench.paper.common import GIB, Context, Experiment, Row, Settings, row
 from dip.bench.paper.plots import color, new_figure, save
 from dip.cost import CostModel
 from dip.data.workload import generate_batches
@@ -27,6 +27,8 @@ from dip.sim import SimResult, SimulatedPlan
 from dip.spec import load_model
 from dip.spec.hardware import get_hardware, usable_memory_bytes
 
+__all__ = ["NAME", "TITLE", "draw", "fluctuation", "non_adaptive_plan", "run", "steps"]
+
 NAME = "memory"
 TITLE = "Fig. 10: rank-0 memory over one iteration (VLM-M)"
 RANK = 0
@@ -34,7 +36,7 @@ NON_ADAPTIVE = "dip (non-adaptive)"
 SYSTEMS = ("megatron", "optimus", NON_ADAPTIVE, "dip")
 
 
-def steps(settings) -> int:
+def steps(settings: Settings) -> int:
     return len(SYSTEMS) + 1
 
 
@@ -119,7 +121,7 @@ def run(ctx: Context) -> Experiment:
             "batch": 0,
             "microbatches": s.microbatches,
             "hardware": s.hardware,
-            "rollouts": s.rollouts,
+            "search": s.search_label(),
             "usable_memory_gib": usable_memory_bytes(hardware) / GIB,
         },
         notes=[

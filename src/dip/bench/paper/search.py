@@ -7,7 +7,7 @@ alone), on one worker. The curves depend on the machine's speed: the budget is s
 
 from __future__ import annotations
 
-from dip.bench.paper.common import Context, Experiment, Row, row
+from dip.bench.paper.common import Context, Experiment, Row, Settings, row
 from dip.bench.paper.plots import color, new_figure, save
 from dip.cost import CostModel
 from dip.data.workload import generate_batches
@@ -15,13 +15,15 @@ from dip.planner import SearchOptions, plan_batch
 from dip.spec import load_model
 from dip.spec.hardware import get_hardware
 
+__all__ = ["NAME", "TITLE", "draw", "run", "steps"]
+
 NAME = "search"
 TITLE = "Fig. 11: search efficiency, MCTS vs DFS vs random (VLM-L)"
 STRATEGIES = ("mcts", "dfs", "random")
 NEAR = 0.01  # "near-optimal": within 1% of the strategy's final plan
 
 
-def steps(settings) -> int:
+def steps(settings: Settings) -> int:
     return len(STRATEGIES)
 
 

@@ -4,7 +4,7 @@ For every size ``B`` the offline partitioner runs with ``B_vit = B`` (its segmen
 from the latencies at that size). The best schedule is DIP's plan of the batch; the worst comes from
 the same searcher with its objective inverted: MCTS segment reordering that maximises the iteration
 time of the dual-queue interleaving (the paper's tracking configuration, memory candidates chosen as
-usual), over the same number of rollouts, among schedules that fit.
+usual), over ``rollouts`` rollouts of the settings, among schedules that fit.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from dip.bench.paper.common import Context, Experiment, Row, mean_or_none, row
+from dip.bench.paper.common import Context, Experiment, Row, Settings, mean_or_none, row
 from dip.bench.paper.plots import color, new_figure, save
 from dip.cost import CostModel
 from dip.data.workload import generate_batches
@@ -26,13 +26,15 @@ from dip.schedule.units import SPLITTABLE_KINDS
 from dip.spec import load_model
 from dip.spec.hardware import get_hardware
 
+__all__ = ["NAME", "TITLE", "draw", "run", "steps", "worst_makespan"]
+
 NAME = "submb"
 TITLE = "Fig. 9: image sub-microbatch size, best vs worst schedule (VLM-S)"
 SMALL = (4, 12)  # the paper's "smaller sizes"
 MEDIUM = (8, 16)  # sizes the "< 8" penalty is measured against
 
 
-def steps(settings) -> int:
+def steps(settings: Settings) -> int:
     return len(settings.submb_sizes) * settings.submb_batches
 
 
@@ -109,7 +111,7 @@ def run(ctx: Context) -> Experiment:
             "sizes": list(s.submb_sizes),
             "batches": s.submb_batches,
             "microbatches": s.microbatches,
-            "rollouts": s.rollouts,
+            "search": s.search_label(),
             "hardware": s.hardware,
         },
         notes=[

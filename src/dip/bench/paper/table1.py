@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 
-from dip.bench.paper.common import Context, Experiment, row
+from dip.bench.paper.common import Context, Experiment, Settings, row
 from dip.bench.paper.plots import color, new_figure, save
 from dip.bench.paper.reference import paper_value
 from dip.cost import CostModel
@@ -20,6 +20,8 @@ from dip.planner import plan_schedule
 from dip.spec import load_model
 from dip.spec.hardware import get_hardware
 
+__all__ = ["NAME", "TITLE", "draw", "run", "steps"]
+
 NAME = "table1"
 TITLE = "Table 1: LM-7B vs VLM-7B on static and dynamic data (1F1B, TP 2, PP 4)"
 SCHEDULE = "1f1b"
@@ -27,7 +29,7 @@ PROBE_MICROBATCHES = 64
 SETUPS = ("LM-7B", "VLM-7B static data", "VLM-7B dynamic data")
 
 
-def steps(settings) -> int:
+def steps(settings: Settings) -> int:
     return 2 + 2 * settings.table1_batches
 
 

@@ -8,7 +8,7 @@ are simulated only.
 
 from __future__ import annotations
 
-from dip.bench.paper.common import Context, Experiment, Row, mean_or_none, row
+from dip.bench.paper.common import Context, Experiment, Row, Settings, mean_or_none, row
 from dip.bench.paper.plots import color, new_figure, save
 from dip.cost import CostModel
 from dip.data.workload import generate_batches
@@ -17,12 +17,14 @@ from dip.planner import check_schedule, plan_schedule
 from dip.spec import load_model
 from dip.spec.hardware import get_hardware
 
+__all__ = ["NAME", "TITLE", "draw", "run", "steps"]
+
 NAME = "xl"
 TITLE = "Fig. 14: simulated MFU of the XL setups on H100 clusters"
 SYSTEMS = ("dip", "megatron", "nnscaler", "optimus")
 
 
-def steps(settings) -> int:
+def steps(settings: Settings) -> int:
     return len(settings.xl_models) * settings.xl_batches
 
 
@@ -88,8 +90,7 @@ def run(ctx: Context) -> Experiment:
             "batches": s.xl_batches,
             "microbatches_per_replica": s.microbatches,
             "hardware": s.xl_hardware,
-            "rollouts": s.rollouts,
-            "polish": s.polish,
+            "search": s.search_label(),
         },
         notes=[
             f"Mean over {s.xl_batches} generated batch(es) of {s.microbatches} micro-batches per replica; "
