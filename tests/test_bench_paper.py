@@ -238,6 +238,7 @@ def test_accuracy_runs_two_processes_tiny(tmp_path):
     }
 
 
+@pytest.mark.multiproc
 def test_trainer_runs_give_the_accuracy_inputs(one_torch_thread):
     runs = accuracy.trainer_runs(TINY.replace(accuracy_schedules=("1f1b",)), "cpu")
     got = runs["1f1b"]

@@ -14,7 +14,8 @@ from dip.bench.paper.common import Context, Experiment, Settings, row
 from dip.bench.paper.plots import color, new_figure, save
 from dip.bench.paper.reference import paper_value
 from dip.cost import CostModel
-from dip.data.meta import BatchMeta
+from dip.cost.flops import microbatch_flops, module_flops
+from dip.data.meta import BatchMeta, work_for
 from dip.data.workload import generate_batches
 from dip.planner import plan_schedule
 from dip.spec import load_model
@@ -53,6 +54,12 @@ def _simulate(name, model, batches, cost_model, hardware, ctx) -> dict:
         "fits": all(fits),
         "microbatches": len(batches[0].microbatches),
     }
+
+
+def _vision_share(model, mb) -> float:
+    """The share of a micro-batch's model FLOPs that its vision encoder does."""
+    vision = sum(module_flops(m, work_for(model, m, mb)) for m in model.modules if m.kind == "vit")
+    return vision / microbatch_flops(model, mb)
 
 
 def run(ctx: Context) -> Experiment:
@@ -101,6 +108,7 @@ def run(ctx: Context) -> Experiment:
             "batches": s.table1_batches,
             "microbatches": {k: v["microbatches"] for k, v in results.items()},
             "static_microbatch_images": static_mb.images,
+            "vision_flops_share": round(_vision_share(vlm, static_mb), 2),
             "target_pflops": target / 1e15,
         },
         notes=[
