@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dip.bench.paper import accuracy, memory, reference, suite
+from dip.bench.paper import accuracy, e2e, memory, reference, suite
 from dip.bench.paper.common import Context, Row, Settings, mean_or_none, row
 from dip.bench.paper.explain import FALLBACK, differs, explain
 from dip.bench.paper.report import (
@@ -355,3 +355,30 @@ def test_headline_into_needs_the_markers_before_any_work(tmp_path, capsys):
     plain.write_text("# no markers\n")
     assert main(["bench", "paper", "table1", "--out", str(tmp_path / "o"), "--headline-into", str(plain)]) == 2
     assert "paper-headline" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_e2e_means_only_over_batches_where_a_plan_fits(monkeypatch, tmp_path):
+    """A baseline that does not fit on one batch has no mean (whether its time there is given or None)."""
+    per_batch = [
+        {
+            "dip_time_s": 10.0,
+            "peak_memory_bytes": [1.0],
+            "memory_limit_bytes": 2.0,
+            "baselines": {"megatron": 20.0, "nnscaler": 14.0, "optimus": 30.0},
+            "baselines_fit": {"megatron": True, "nnscaler": True, "optimus": False},
+        },
+        {
+            "dip_time_s": 12.0,
+            "peak_memory_bytes": [1.0],
+            "memory_limit_bytes": 2.0,
+            "baselines": {"megatron": 22.0, "nnscaler": None, "optimus": 31.0},
+            "baselines_fit": {"megatron": True, "nnscaler": False, "optimus": True},
+        },
+    ]
+    monkeypatch.setattr(e2e, "plan_batches", lambda request: ({"per_batch": per_batch}, None))
+    got = e2e.model_times("VLM-S", Context(TINY, str(tmp_path)))
+    assert got["dip"] == {"per_batch": [10.0, 12.0], "fits": True, "time_s": 11.0}
+    assert got["megatron"]["time_s"] == 21.0 and got["megatron"]["fits"]
+    assert got["nnscaler"]["time_s"] is None and not got["nnscaler"]["fits"]
+    assert got["optimus"]["time_s"] is None and not got["optimus"]["fits"]
+    assert "1f1b" not in got  # not planned: not reported
