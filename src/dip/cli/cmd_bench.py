@@ -10,18 +10,32 @@ from __future__ import annotations
 import argparse
 
 PAPER_MODELS = ("VLM-S", "VLM-M", "VLM-L", "T2V-S", "T2V-L")
+# the experiments of ``dip bench paper``, for the help text (the suite checks names against its own list)
+PAPER_EXPERIMENTS = (
+    "table1",
+    "e2e",
+    "dynamic",
+    "ablation",
+    "submb",
+    "memory",
+    "search",
+    "scalability",
+    "accuracy",
+    "xl",
+)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench",
-        help="run a benchmark (sim, planner, runtime)",
+        help="run a benchmark (sim, planner, runtime, paper)",
         description="Benchmarks; each prints ratios measured side by side in one run.",
     )
     sub = p.add_subparsers(dest="bench", metavar="BENCHMARK", parser_class=type(p))
     _sim(sub)
     _planner(sub)
     _runtime(sub)
+    _paper(sub)
     p.set_defaults(func=lambda args: p.print_help())
 
 
@@ -41,6 +55,12 @@ def _run_runtime(args: argparse.Namespace) -> int:
     from dip.bench import runtime  # torch (several seconds to load)
 
     return runtime.run(args)
+
+
+def _run_paper(args: argparse.Namespace) -> int:
+    from dip.bench.paper import suite  # numba planner, matplotlib and (accuracy) torch: seconds to load
+
+    return suite.run(args)
 
 
 def _sim(sub) -> None:
@@ -90,3 +110,34 @@ def _runtime(sub) -> None:
     p.add_argument("--model", default="tiny-vlm", help="model of part (b) (default tiny-vlm)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run_runtime)
+
+
+def _paper(sub) -> None:
+    p = sub.add_parser(
+        "paper",
+        help="every figure and table of the paper, side by side, with a report",
+        description="Run the paper's experiments (all by default, in this order: "
+        + ", ".join(PAPER_EXPERIMENTS)
+        + "); write one PNG per figure, results.json and REPORT.md (ours | paper | ratio, comments where they "
+        "differ by more than 20%) into --out. The full suite (100 batches per model, a 10 s search per batch, every "
+        "point) takes about three hours on 2 cores and states its running time in the report; --quick runs every "
+        "experiment reduced, in a few minutes.",
+    )
+    p.add_argument(
+        "experiments",
+        nargs="*",
+        metavar="EXPERIMENT",
+        help=f"experiments to run (default: all): {', '.join(PAPER_EXPERIMENTS)}",
+    )
+    p.add_argument("--quick", action="store_true", help="fewer batches and points, shorter searches (minutes)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for results.json, REPORT.md and the figures")
+    p.add_argument("--seed", type=int, default=0, help="workload and search seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument(
+        "--headline-into",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="also rewrite the headline block (between the paper-headline markers) of these Markdown files",
+    )
+    p.set_defaults(func=_run_paper)
