@@ -100,13 +100,15 @@ def test_runtime_factors_round_trip_and_validation(tmp_path):
     assert back.runtime_factor("decoder", "f") == 1.0
     assert "runtime_factors" not in PRESETS["H800"].to_dict()
     for bad, msg in (
-        ({"vit": 2.0}, r"'runtime_factors\.vit': input should be a valid dictionary"),
+        ({"vit": 2.0}, r"'runtime_factors\.vit': 2\.0 is not allowed \(input should be a valid dictionary"),
         ({"vit": {"x": 1.0}}, r"'runtime_factors\.vit\.x'"),
-        ({"vit": {"f": -1.0}}, r"'runtime_factors\.vit\.f': input should be greater than 0"),
+        ({"vit": {"f": -1.0}}, r"'runtime_factors\.vit\.f': -1\.0 is not allowed \(input should be greater than 0"),
     ):
         path.write_text(json.dumps({**PRESETS["H800"].to_dict(), "runtime_factors": bad}))
         with pytest.raises(BadInput, match=msg):
             get_hardware(str(path))
     path.write_text(json.dumps({**PRESETS["H800"].to_dict(), "action_overhead_s": {"f": -1.0}}))
-    with pytest.raises(BadInput, match=r"'action_overhead_s\.f': input should be greater than or equal to 0"):
+    with pytest.raises(
+        BadInput, match=r"'action_overhead_s\.f': -1\.0 is not allowed \(input should be greater than or equal to 0"
+    ):
         get_hardware(str(path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from dip.data.sample_data import write_t2v_sample, write_vlm_sample
 from dip.errors import BadInput, positive_int
 from dip.io import emit
 
@@ -41,8 +42,6 @@ def register(subparsers) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from dip.data.sample_data import write_t2v_sample, write_vlm_sample
-
     if args.kind not in KINDS:
         raise BadInput(f"unknown kind {args.kind!r}; valid kinds: {', '.join(KINDS)}")
     if args.format not in FORMATS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dip.errors import positive_int
+from dip.errors import BadInput, positive_int
 from dip.io import emit
 
 FAMILY_HELP = {
@@ -30,8 +30,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dip.errors import BadInput
-    from dip.integrations.init_model import FAMILIES, init_model
+    from dip.integrations.init_model import FAMILIES, init_model  # torch (seconds to load): only this command
 
     if args.family not in FAMILIES:
         raise BadInput(f"unknown family {args.family!r}; valid families: {', '.join(FAMILIES)}")

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dip.errors import BadInput
+from dip.errors import BadInput, validation_message
 from dip.io import write_atomic
 
 __all__ = [
@@ -195,18 +195,7 @@ def load_config(path: str) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise BadInput(f"config file {path!r}: {_describe(exc)}") from None
-
-
-def _describe(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    path = ".".join(str(x) for x in err["loc"] if x != "[key]") or "(top level)"
-    if err["type"] == "extra_forbidden":
-        section = ".".join(str(x) for x in err["loc"][:-1])
-        allowed = _fields_of(section)
-        return f"unknown field {path!r}; valid fields{' of ' + section if section else ''}: {', '.join(allowed)}"
-    value = err.get("input")
-    return f"field {path!r}: {value!r} is not allowed ({err['msg'].lower()})"
+        raise BadInput(f"config file {path!r}: {validation_message(exc, _fields_of)}") from None
 
 
 def _fields_of(section: str) -> list[str]:

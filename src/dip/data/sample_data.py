@@ -170,7 +170,7 @@ def write_t2v_sample(out: str, *, samples: int, seed: int, channels: int = 16) -
     if channels < 1:
         raise BadInput(f"channels must be an integer >= 1, got {channels}")
     import numpy as np  # latents are written with safetensors' numpy API
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save_file  # (see the line above)
 
     rng = random.Random(seed)
     root = os.path.abspath(out)

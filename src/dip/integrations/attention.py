@@ -30,7 +30,9 @@ def packed_sdpa(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """Per-document SDPA; returns ``[1, T, heads, head_dim]`` like transformers' attention functions."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import (
+        sdpa_attention_forward,
+    )  # transformers (seconds to load): only a checkpoint of this family needs it
 
     if attention_mask is not None:
         raise ValueError("packed attention takes document lengths, not an attention mask")
@@ -49,7 +51,9 @@ def packed_sdpa(
 
 def register_packed_attention() -> str:
     """Register :func:`packed_sdpa` with transformers (idempotent); returns its name."""
-    from transformers import AttentionInterface
+    from transformers import (
+        AttentionInterface,
+    )  # transformers (seconds to load): only a checkpoint of this family needs it
 
     AttentionInterface.register(PACKED, packed_sdpa)
     return PACKED

@@ -64,8 +64,15 @@ def _corpus(seed: int, lines: int = 400) -> list[str]:
 
 def qwen2_vl_tokenizer(seed: int):
     """A byte-level BPE tokenizer (Qwen2's pre-tokenizer) with Qwen2-VL's special tokens and chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+    from tokenizers import (
+        Tokenizer,
+        models,
+        pre_tokenizers,
+        trainers,
+    )  # tokenizers: only dip init-model builds tokenizers
+    from transformers.models.qwen2.tokenization_qwen2 import (
+        Qwen2Tokenizer,
+    )  # transformers (seconds to load): only a checkpoint of this family needs it
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -93,8 +100,13 @@ def qwen2_vl_tokenizer(seed: int):
 
 def init_qwen2_vl(out: str, seed: int) -> None:
     """A tiny random-init Qwen2-VL checkpoint folder (3 vision blocks, 4 decoder layers, tied embeddings)."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )  # transformers (seconds to load): only a checkpoint of this family needs it
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )  # transformers (seconds to load): only a checkpoint of this family needs it
 
     tok = qwen2_vl_tokenizer(seed)
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN2_VL_SPECIALS}
@@ -146,8 +158,17 @@ def init_qwen2_vl(out: str, seed: int) -> None:
 
 def umt5_tokenizer(seed: int):
     """A small unigram (sentencepiece-style) tokenizer for the UMT5 text encoder."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import T5TokenizerFast
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )  # tokenizers: only dip init-model builds tokenizers
+    from transformers import (
+        T5TokenizerFast,
+    )  # transformers (seconds to load): only a checkpoint of this family needs it
 
     uni = Tokenizer(models.Unigram())
     uni.normalizer = normalizers.NFKC()
@@ -164,8 +185,14 @@ def umt5_tokenizer(seed: int):
 
 def init_wan(out: str, seed: int) -> None:
     """A tiny random-init Wan text-to-video pipeline folder (UMT5 encoder + Wan video transformer)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        WanTransformer3DModel,
+    )  # diffusers (seconds to load): only a checkpoint of this family needs it
+    from transformers import (
+        UMT5Config,
+        UMT5EncoderModel,
+    )  # transformers (seconds to load): only a checkpoint of this family needs it
 
     tok = umt5_tokenizer(seed)
     torch.manual_seed(seed)
@@ -220,7 +247,7 @@ def init_wan(out: str, seed: int) -> None:
 
 
 def _diffusers_version() -> str:
-    import diffusers
+    import diffusers  # diffusers (seconds to load): only a checkpoint of this family needs it
 
     return diffusers.__version__
 

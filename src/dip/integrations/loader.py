@@ -26,16 +26,18 @@ from typing import Any
 import torch
 
 from dip.errors import BadInput
+from dip.integrations.qwen2_vl import QWEN2_VL
+from dip.integrations.t2v import build_wan
+from dip.integrations.vlm import build_vlm
 from dip.runtime.models import SpecModel
 from dip.runtime.models.seeding import torch_dtype
 from dip.spec.model import ModelSpec
+from dip.spec.presets import load_model as load_spec
 
 __all__ = ["DIFFUSERS_PIPELINES", "VLM_FAMILIES", "load_model", "model_source", "open_data"]
 
 
 def _qwen2_vl():
-    from dip.integrations.qwen2_vl import QWEN2_VL
-
     return QWEN2_VL
 
 
@@ -44,8 +46,6 @@ VLM_FAMILIES: dict[str, Callable[[], Any]] = {"qwen2_vl": _qwen2_vl}
 
 
 def _wan(folder: str, **kw):
-    from dip.integrations.t2v import build_wan
-
     return build_wan(folder, **kw)
 
 
@@ -144,8 +144,6 @@ def load_model(
                 f"transformers model_type {model_type!r} in {spec!r} is not integrated; "
                 f"valid model types: {', '.join(VLM_FAMILIES)}"
             )
-        from dip.integrations.vlm import build_vlm
-
         return build_vlm(spec, VLM_FAMILIES[model_type](), seed=seed, dtype=dtype, device=device)
     if source == "factory":
         got = _call_factory(_factory(spec), seed=seed, dtype=dtype, device=device)
@@ -158,8 +156,6 @@ def load_model(
                 f"(missing {', '.join(missing)})"
             )
         return got
-    from dip.spec.presets import load_model as load_spec
-
     return SpecModel(load_spec(spec), seed, dtype, device)
 
 

@@ -23,7 +23,9 @@ __all__ = ["QWEN2_VL", "mrope_position_ids"]
 
 def _classes():
     # transformers' Qwen2-VL modules (imported when the family is used)
-    from transformers.models.qwen2_vl import modeling_qwen2_vl as m
+    from transformers.models.qwen2_vl import (
+        modeling_qwen2_vl as m,
+    )  # transformers (seconds to load): only a checkpoint of this family needs it
 
     return m
 
@@ -95,7 +97,9 @@ def text_rope(tcfg: Any) -> nn.Module:
 
 
 def vision_positions(grids: list[tuple[int, int, int]], vcfg: Any) -> Tensor:
-    from transformers.vision_utils import get_vision_position_ids
+    from transformers.vision_utils import (
+        get_vision_position_ids,
+    )  # transformers (seconds to load): only a checkpoint of this family needs it
 
     grid = torch.tensor(grids, dtype=torch.long).reshape(-1, 3)
     return get_vision_position_ids(grid, vcfg.spatial_merge_size)
@@ -130,13 +134,17 @@ def mrope_position_ids(input_ids: Tensor, grids: list[tuple[int, int, int]], cfg
 
 def image_processor(folder: str) -> Any:
     # Pillow backend: no torchvision needed
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )  # transformers (seconds to load): only a checkpoint of this family needs it
 
     return Qwen2VLImageProcessorPil.from_pretrained(folder)
 
 
 def image_rule(cfg: Any, ip: Any) -> ImageRule:
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        smart_resize,
+    )  # transformers (seconds to load): only a checkpoint of this family needs it
 
     patch, merge = ip.patch_size, ip.merge_size
     lo, hi = ip.size["shortest_edge"], ip.size["longest_edge"]

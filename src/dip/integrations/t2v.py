@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import os
-from collections import Counter
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,14 +34,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dip.data.formats import read_t2v_jsonl
 from dip.data.meta import MicroBatchMeta
-from dip.data.metadata import scan, split_good
-from dip.data.packing import DocumentMeta
+from dip.data.metadata import scan
 from dip.data.records import BadSample, SampleMeta, T2vRow, VlmRow
 from dip.data.tensors import UnitLike
-from dip.errors import BadInput
 from dip.integrations.checkpoint import SafetensorsWeights, load_part, write_weights
-from dip.integrations.vlm_data import no_usable_sample
+from dip.integrations.dataset import SampleDataset
 from dip.runtime.byo import ByoEdge, ByoModel, ByoModule, ByoUnit
 from dip.runtime.models.seeding import generator
 from dip.spec.model import Edge, ModelSpec, ModuleSpec, ParallelSpec
@@ -103,67 +102,32 @@ class T2vProcessor:
         raise BadSample(row.source, row.line, "a conversation row given to a text-to-video model")
 
 
-class T2vData:
+class T2vData(SampleDataset):
     """A captions + latents dataset measured by ``processor`` (bad rows skipped and counted, or an
     error under ``strict``); loads token ids and latents lazily per sample, or serves what the
     trainer's data loader loaded for the step (:meth:`load` in its workers, :meth:`prime` here)."""
 
-    def __init__(self, path: str, processor: T2vProcessor, *, strict: bool = False, use_cache: bool = True):
-        from dip.data.formats import read_t2v_jsonl
+    _CACHES = ("_latents",)
 
-        self.path, self.processor = path, processor
-        self.metas, self.skipped = split_good(scan(path, processor, fmt="t2v", use_cache=use_cache), strict)
-        if not self.metas:
-            raise BadInput(no_usable_sample(path, self.skipped))
+    def __init__(self, path: str, processor: T2vProcessor, *, strict: bool = False, use_cache: bool = True):
+        self.processor = processor
+        self._measured(path, scan(path, processor, fmt="t2v", use_cache=use_cache), strict)
         rows = {(r.source, r.line): r for r in read_t2v_jsonl(path) if isinstance(r, T2vRow)}
         self.rows = [rows[(m.source, m.line)] for m in self.metas]
+
+    def _make_caches(self) -> None:
         self._latents = lru_cache(maxsize=1024)(self._load_latents)
-        self._primed: dict[tuple, Any] = {}
-        self.direct_loads: Counter = Counter()  # reads not served by the step's data loader
-        if self.skipped.total:
-            log.warning("%s: %d bad samples skipped (%s)", path, self.skipped.total, dict(self.skipped.by_kind))
-
-    def __getstate__(self) -> dict:  # for data-loader workers started by spawn: caches stay behind
-        state = dict(self.__dict__)
-        state.pop("_latents")
-        state.pop("_primed")
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._latents = lru_cache(maxsize=1024)(self._load_latents)
-        self._primed = {}
-
-    def __len__(self) -> int:
-        return len(self.metas)
-
-    def documents(self) -> list[DocumentMeta]:
-        return [m.document(i) for i, m in enumerate(self.metas)]
-
-    def meta(self, index: int) -> SampleMeta:
-        return self.metas[index]
-
-    def loss_tokens(self, index: int) -> int:
-        return self.metas[index].loss_tokens
 
     def sample(self, index: int) -> T2vSample:
         return T2vSample(self, index)
 
     def text(self, index: int) -> Tensor:
         """The caption's token ids."""
-        got = self._primed.get(("text", index))
-        if got is None:
-            self.direct_loads["text"] += 1
-            got = self._load_text(index)
-        return got
+        return self._item(("text", index), lambda: self._load_text(index))
 
     def latents(self, index: int) -> Tensor:
         """The clip's VAE latents ``[C, F, H, W]`` (float32)."""
-        got = self._primed.get(("latents", index))
-        if got is None:
-            self.direct_loads["latents"] += 1
-            got = self._latents(index)
-        return got
+        return self._item(("latents", index), lambda: self._latents(index))
 
     def load(self, key: tuple) -> Tensor:
         """One item for the trainer's data loader: ``("text", i)`` or ``("latents", i)``."""
@@ -172,10 +136,6 @@ class T2vData:
         if key[0] == "latents":
             return self._load_latents(key[1])
         raise KeyError(f"unknown data key {key!r}")
-
-    def prime(self, loaded: dict[tuple, Any]) -> None:
-        """The step's loaded items (replacing the previous step's)."""
-        self._primed = dict(loaded)
 
     def _load_text(self, index: int) -> Tensor:
         return torch.tensor(self.processor.encode(self.rows[index].caption), dtype=torch.long)
@@ -286,7 +246,9 @@ class TextPre(nn.Module):
 
 
 def text_block(config: Any, index: int) -> nn.Module:
-    from transformers.models.umt5.modeling_umt5 import UMT5Block
+    from transformers.models.umt5.modeling_umt5 import (
+        UMT5Block,
+    )  # transformers (seconds to load): only a checkpoint of this family needs it
 
     class TextBlock(UMT5Block):
         def forward(self, hidden: Tensor, data: TextUnitData) -> Tensor:  # type: ignore[override]
@@ -302,7 +264,9 @@ def text_block(config: Any, index: int) -> nn.Module:
 class TextPost(nn.Module):
     def __init__(self, config: Any):
         super().__init__()
-        from transformers.models.umt5.modeling_umt5 import UMT5LayerNorm
+        from transformers.models.umt5.modeling_umt5 import (
+            UMT5LayerNorm,
+        )  # transformers (seconds to load): only a checkpoint of this family needs it
 
         self.final_layer_norm = UMT5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
 
@@ -334,7 +298,9 @@ class DitPre(nn.Module):
 
 
 def dit_block(config: Mapping[str, Any], index: int) -> nn.Module:
-    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+    from diffusers.models.transformers.transformer_wan import (
+        WanTransformerBlock,
+    )  # diffusers (seconds to load): only a checkpoint of this family needs it
 
     class DitBlock(WanTransformerBlock):
         def forward(self, hidden: Tensor, data: DitUnitData, side: dict[str, Tensor]) -> Tensor:  # type: ignore[override]
@@ -408,8 +374,10 @@ class WanModel(ByoModel):
         dtype: torch.dtype | str = torch.float32,
         device: torch.device | str | None = None,
     ):
-        from diffusers import WanTransformer3DModel
-        from transformers import AutoConfig
+        from diffusers import (
+            WanTransformer3DModel,
+        )  # diffusers (seconds to load): only a checkpoint of this family needs it
+        from transformers import AutoConfig  # transformers (seconds to load): only a checkpoint of this family needs it
 
         self.folder = os.path.abspath(folder)
         self.text_config = AutoConfig.from_pretrained(os.path.join(folder, "text_encoder"))
@@ -474,7 +442,9 @@ class WanModel(ByoModel):
             device=device,
             edges={(TEXT, DIT): edge},
         )
-        from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+        from diffusers.models.transformers.transformer_wan import (
+            WanRotaryPosEmbed,
+        )  # diffusers (seconds to load): only a checkpoint of this family needs it
 
         self.rope = WanRotaryPosEmbed(cfg["attention_head_dim"], self.patch, cfg.get("rope_max_seq_len", 1024))
 
@@ -538,8 +508,6 @@ class WanModel(ByoModel):
 
 
 def _copy(src: str, dst: str) -> None:
-    import shutil
-
     if os.path.isdir(src):
         shutil.copytree(src, dst, dirs_exist_ok=True)
     else:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,12 +25,12 @@ from typing import Any
 import torch
 
 from dip.data.formats import PLACEHOLDER, open_image_bytes, read_rows
-from dip.data.metadata import scan, split_good
-from dip.data.packing import DocumentMeta
-from dip.data.records import BadSample, SampleMeta, Skipped, T2vRow, VlmRow
+from dip.data.metadata import scan
+from dip.data.records import BadSample, SampleMeta, T2vRow, VlmRow
 from dip.errors import BadInput
+from dip.integrations.dataset import SampleDataset
 
-__all__ = ["EncodedText", "ImageRule", "VlmData", "VlmProcessor", "no_usable_sample"]
+__all__ = ["EncodedText", "ImageRule", "VlmData", "VlmProcessor"]
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -180,14 +179,10 @@ class VlmProcessor:
         raise BadSample(row.source, row.line, "a text-to-video row given to a vision-language model")
 
 
-def no_usable_sample(path: str, skipped: Skipped) -> str:
-    """The error of a dataset without one sample the model can train on."""
-    first = f", e.g. {skipped.examples[0]}" if skipped.examples else ""
-    return f"data {path!r}: no usable sample for this model ({skipped.total} bad{first})"
-
-
-class VlmData:
+class VlmData(SampleDataset):
     """A VLM dataset (LLaVA JSONL or WebDataset shards) measured and encoded by ``processor``."""
+
+    _CACHES = ("_text", "_image")
 
     def __init__(
         self,
@@ -198,11 +193,8 @@ class VlmData:
         fmt: str | None = None,
         use_cache: bool = True,
     ):
-        self.path, self.processor = path, processor
-        metas = scan(path, processor, fmt=fmt, use_cache=use_cache)
-        self.metas, self.skipped = split_good(metas, strict)
-        if not self.metas:
-            raise BadInput(no_usable_sample(path, self.skipped))
+        self.processor = processor
+        self._measured(path, scan(path, processor, fmt=fmt, use_cache=use_cache), strict)
         wanted = {(m.source, m.line) for m in self.metas}
         rows = {
             (r.source, r.line): r
@@ -210,56 +202,21 @@ class VlmData:
             if isinstance(r, VlmRow) and (r.source, r.line) in wanted
         }
         self.rows = [rows[(m.source, m.line)] for m in self.metas]
+
+    def _make_caches(self) -> None:
         self._text = lru_cache(maxsize=4096)(self._load_text)
         self._image = lru_cache(maxsize=1024)(self._load_image)
-        self._primed: dict[tuple, Any] = {}
-        self.direct_loads: Counter = Counter()  # reads not served by the step's data loader
-        if self.skipped.total:
-            log.warning("%s: %d bad samples skipped (%s)", path, self.skipped.total, dict(self.skipped.by_kind))
-
-    def __getstate__(self) -> dict:  # for data-loader workers started by spawn: caches stay behind
-        state = dict(self.__dict__)
-        for name in ("_text", "_image", "_primed"):
-            state.pop(name)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._text = lru_cache(maxsize=4096)(self._load_text)
-        self._image = lru_cache(maxsize=1024)(self._load_image)
-        self._primed = {}
-
-    def __len__(self) -> int:
-        return len(self.metas)
-
-    def documents(self) -> list[DocumentMeta]:
-        """Per-sample metadata for the packer (:func:`dip.data.packing.pack_documents`)."""
-        return [m.document(i) for i, m in enumerate(self.metas)]
-
-    def meta(self, index: int) -> SampleMeta:
-        return self.metas[index]
-
-    def loss_tokens(self, index: int) -> int:
-        return self.metas[index].loss_tokens
 
     def sample(self, index: int) -> VlmSample:
         return VlmSample(self, index)
 
     def text(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input_ids, labels)`` of sample ``index`` (long tensors)."""
-        got = self._primed.get(("text", index))
-        if got is None:
-            self.direct_loads["text"] += 1
-            got = self._text(index)
-        return got
+        return self._item(("text", index), lambda: self._text(index))
 
     def image(self, index: int, k: int) -> torch.Tensor:
         """Pixel rows of image ``k`` of sample ``index`` (float32)."""
-        got = self._primed.get(("image", index, k))
-        if got is None:
-            self.direct_loads["image"] += 1
-            got = self._image(index, k)
-        return got
+        return self._item(("image", index, k), lambda: self._image(index, k))
 
     def load(self, key: tuple) -> Any:
         """One item for the trainer's data loader (runs in its worker processes): ``("text", i)`` ->
@@ -269,10 +226,6 @@ class VlmData:
         if key[0] == "image":
             return self._load_image(key[1], key[2])
         raise KeyError(f"unknown data key {key!r}")
-
-    def prime(self, loaded: dict[tuple, Any]) -> None:
-        """The step's loaded items (replacing the previous step's): :meth:`text` / :meth:`image` serve them."""
-        self._primed = dict(loaded)
 
     def _load_text(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.metas[index]

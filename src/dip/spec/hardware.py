@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from dip.errors import BadInput, choices_error
+from dip.errors import BadInput, choices_error, validation_message
 from dip.io import write_atomic
 
 __all__ = [
@@ -151,7 +151,7 @@ class HardwareSpec:
         try:
             doc = _CalibrationDoc.model_validate(data)
         except ValidationError as exc:
-            raise BadInput(f"{source}: {_first_error(exc)}") from None
+            raise BadInput(f"{source}: {_calibration_error(exc)}") from None
         fields = doc.model_dump(exclude={"format", "measurements", "fit", "runtime_calibration"}, exclude_none=True)
         fields["gemm_curve"] = (
             GemmCurve(**fields["gemm_curve"]) if "gemm_curve" in fields else GemmCurve(m0=2048.0, n0=128.0, k0=128.0)
@@ -176,6 +176,13 @@ class HardwareSpec:
         if not isinstance(data, dict):
             raise BadInput(f"hardware file {path!r} must hold a JSON object")
         return cls.from_dict(data, f"hardware file {path!r}")
+
+
+def _calibration_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    if err["loc"] == ("format",):
+        return f"field 'format' must be {CALIBRATION_FORMAT!r} (this version of dip), got {err.get('input')!r}"
+    return validation_message(exc)
 
 
 def usable_memory_bytes(hardware: HardwareSpec, reserve_gib: float | None = None) -> float:
@@ -240,26 +247,6 @@ class _CalibrationDoc(BaseModel):
     measurements: Any = None  # the profile's raw data, kept beside the fit
     fit: Any = None
     runtime_calibration: Any = None
-
-
-def _first_error(exc: ValidationError) -> str:
-    """One line: the missing or unknown fields, or the first bad field with its value."""
-    errors = exc.errors()
-
-    def path(err) -> str:
-        return ".".join(str(x) for x in err["loc"] if x != "[key]") or "(top level)"
-
-    missing = [path(e) for e in errors if e["type"] == "missing"]
-    if missing:
-        return f"missing fields: {', '.join(missing)}"
-    unknown = [path(e) for e in errors if e["type"] == "extra_forbidden"]
-    if unknown:
-        return f"unknown fields: {', '.join(unknown)}"
-    err = errors[0]
-    where = path(err)
-    if where == "format":
-        return f"field 'format' must be {CALIBRATION_FORMAT!r} (this version of dip), got {err.get('input')!r}"
-    return f"field {where!r}: {err['msg'].lower()}, got {err.get('input')!r}"
 
 
 def _hopper(

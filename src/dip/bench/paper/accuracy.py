@@ -64,7 +64,7 @@ def trainer_runs(settings: Settings, hardware: str) -> dict[str, dict[str, list]
     """The same numbers from ``dip train`` runs (one per schedule, one process group) with calibration
     ``hardware``; on a CUDA machine the ranks use the GPU."""
     from dip.runtime.launch import launch_many  # torch (seconds to load): only this experiment needs it
-    from dip.runtime.trainer import TrainConfig
+    from dip.runtime.trainer import TrainConfig  # (see above)
 
     configs = [
         TrainConfig(

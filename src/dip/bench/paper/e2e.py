@@ -11,7 +11,7 @@ states per family.
 from __future__ import annotations
 
 from dip.bench.paper.common import Context, Experiment, Row, Settings, mean_or_none, row
-from dip.bench.paper.plots import color, new_figure, save
+from dip.bench.paper.plots import grouped_bars, new_figure, save
 from dip.planner.report import PlanRequest, plan_batches
 from dip.spec import load_model
 
@@ -114,26 +114,16 @@ def draw(exp: Experiment, path: str) -> None:
     results = exp.data
     models = list(results)
     fig, ax = new_figure(max(8.0, 1.9 * len(models)), 4.6)
-    width = 0.8 / len(SYSTEMS)
-    for k, name in enumerate(SYSTEMS):
-        xs, ys, missing = [], [], []
-        for i, model in enumerate(models):
-            systems = results[model]
-            if name not in systems:
-                continue
-            x = i + (k - (len(SYSTEMS) - 1) / 2) * width
-            dip = systems["dip"]["time_s"]
-            t = systems[name]["time_s"]
-            if t is None or not dip:
-                missing.append(x)
-            else:
-                xs.append(x)
-                ys.append(t / dip)
-        ax.bar(xs, ys, width, color=color(name), label=name)
-        if missing:
-            ax.scatter(missing, [0.05] * len(missing), marker="x", color=color(name), s=30)
+
+    def relative(model: str, name: str) -> float | bool | None:
+        systems = results[model]
+        if name not in systems:
+            return None
+        dip, t = systems["dip"]["time_s"], systems[name]["time_s"]
+        return False if t is None or not dip else t / dip
+
+    grouped_bars(ax, models, SYSTEMS, relative, marker_y=0.05)
     ax.axhline(1.0, color="black", lw=0.8, ls=":")
-    ax.set_xticks(range(len(models)), models)
     ax.set_ylabel("iteration time / DIP's (x, lower is better)")
     ax.set_title("Fig. 8a: mean simulated iteration time relative to DIP (x at the bottom: plan does not fit)")
     ax.legend(ncol=4, fontsize=8)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dip.io import write_atomic
 
-__all__ = ["SYSTEM_COLORS", "color", "new_figure", "save"]
+__all__ = ["SYSTEM_COLORS", "color", "grouped_bars", "new_figure", "save"]
 
 SYSTEM_COLORS = {
     "dip": "#d62728",
@@ -36,7 +37,7 @@ def new_figure(width: float = 8.0, height: float = 4.5, **subplots: Any):
     import matplotlib  # heavy (about a second to load): only drawing needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (see above)
 
     return plt.subplots(figsize=(width, height), **subplots)
 
@@ -50,3 +51,27 @@ def save(fig, path: str, dpi: int = 120) -> None:
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     write_atomic(path, buf.getvalue())
+
+
+def grouped_bars(
+    ax, groups: list[str], series: Sequence[str], value: Callable[[str, str], float | bool | None], marker_y: float
+) -> None:
+    """One bar per (group, series): ``value(group, series)`` is the height, ``None`` for a bar that does
+    not exist (nothing drawn) and ``False`` for a plan that does not fit (an x at ``marker_y``)."""
+    width = 0.8 / len(series)
+    for k, name in enumerate(series):
+        xs, ys, missing = [], [], []
+        for i, group in enumerate(groups):
+            v = value(group, name)
+            if v is None:
+                continue
+            x = i + (k - (len(series) - 1) / 2) * width
+            if v is False:
+                missing.append(x)
+            else:
+                xs.append(x)
+                ys.append(v)
+        ax.bar(xs, ys, width, color=color(name), label=name)
+        if missing:
+            ax.scatter(missing, [marker_y] * len(missing), marker="x", color=color(name), s=30)
+    ax.set_xticks(range(len(groups)), groups)

@@ -9,7 +9,7 @@ are simulated only.
 from __future__ import annotations
 
 from dip.bench.paper.common import Context, Experiment, Row, Settings, mean_or_none, row
-from dip.bench.paper.plots import color, new_figure, save
+from dip.bench.paper.plots import grouped_bars, new_figure, save
 from dip.cost import CostModel
 from dip.data.workload import generate_batches
 from dip.errors import BadInput
@@ -106,23 +106,14 @@ def draw(exp: Experiment, path: str) -> None:
     results = exp.data
     models = list(results)
     fig, ax = new_figure(max(8.0, 2.0 * len(models)), 4.4)
-    width = 0.8 / len(SYSTEMS)
-    for k, sys_ in enumerate(SYSTEMS):
-        xs, ys, missing = [], [], []
-        for i, model in enumerate(models):
-            v = results[model].get(sys_)
-            if v is None:
-                continue
-            x = i + (k - (len(SYSTEMS) - 1) / 2) * width
-            if v["mfu"] is None:
-                missing.append(x)
-            else:
-                xs.append(x)
-                ys.append(v["mfu"])
-        ax.bar(xs, ys, width, color=color(sys_), label=sys_)
-        if missing:
-            ax.scatter(missing, [0.005] * len(missing), marker="x", color=color(sys_), s=30)
-    ax.set_xticks(range(len(models)), models)
+
+    def mfu(model: str, name: str) -> float | bool | None:
+        v = results[model].get(name)
+        if v is None:
+            return None
+        return False if v["mfu"] is None else v["mfu"]
+
+    grouped_bars(ax, models, SYSTEMS, mfu, marker_y=0.005)
     ax.set_ylabel("simulated MFU (model FLOPs / peak FLOPs)")
     ax.set_title("Fig. 14: simulated MFU on H100 clusters (x at the bottom: plan does not fit)")
     ax.legend(fontsize=8)
