@@ -61,3 +61,77 @@ def test_cost_refuses_inputs_the_model_cannot_run(capsys):
 def test_absurd_batch_sizes_get_a_clear_limit(capsys):
     code, _, err = run(capsys, "plan", "--model", "VLM-S", "--microbatches", 100000, "--budget", 1)
     assert code == 2 and "microbatches" in err and "1024" in err
+
+
+def test_plan_takes_the_parallel_layout_or_refuses_what_does_not_apply(capsys):
+    code, out, _ = run(
+        capsys,
+        "plan",
+        "--model",
+        "tiny-vlm",
+        "--pp",
+        1,
+        "--rollouts",
+        2,
+        "--workers",
+        1,
+        "--microbatches",
+        2,
+        "--no-baselines",
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["partition"]["pp"] == 1
+    code, _, err = run(capsys, "plan", "--model", "VLM-S", "--exact", "--exact-time-limit", -1, "--json")
+    assert code == 2 and "--exact-time-limit" in err
+    code, _, err = run(capsys, "plan", "--model", "VLM-S", "--uniform-costs", "1:1:1")
+    assert code == 2 and "--uniform-costs" in err
+    code, _, err = run(capsys, "plan", "--model", "VLM-S", "--chunks", 2)
+    assert code == 2 and "--chunks" in err
+    code, _, err = run(capsys, "simulate", "--model", "VLM-S", "--schedule", "1f1b", "--uniform-costs", "1:1:1")
+    assert code == 2 and "--uniform-costs" in err
+
+
+def test_simulate_over_the_limit_keeps_the_result_and_fails_only_under_strict(capsys):
+    args = ["simulate", "--model", "tiny-vlm", "--schedule", "1f1b", "--microbatches", 4, "--memory-limit-gib", 1e-4]
+    code, out, _ = run(capsys, *args, "--json")
+    assert code == 0 and json.loads(out)["fits"] is False
+    code, out, err = run(capsys, *args, "--strict", "--json")
+    assert code == 1 and json.loads(out)["fits"] is False and "does not fit" in err
+
+
+def test_plan_and_simulate_take_a_manifest(capsys, tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        '{"text_tokens": 90, "images": 2}\n{"text_tokens": 120, "images": [{"width": 56, "height": 56}]}\n'
+    )
+    code, out, _ = run(
+        capsys,
+        "simulate",
+        "--model",
+        "tiny-vlm",
+        "--schedule",
+        "1f1b",
+        "--manifest",
+        manifest,
+        "--microbatches",
+        2,
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["batches"] == 1
+    code, out, _ = run(
+        capsys,
+        "plan",
+        "--model",
+        "tiny-vlm",
+        "--manifest",
+        manifest,
+        "--microbatches",
+        2,
+        "--rollouts",
+        2,
+        "--workers",
+        1,
+        "--no-baselines",
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["batches"] == 1

@@ -10,6 +10,7 @@ searches an order for one chain with equal pass costs.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from dip.cli.cmd_simulate import parse_costs
@@ -17,6 +18,7 @@ from dip.cli.memory_args import add_memory_arguments, memory_limit_bytes, memory
 from dip.cost.options import CostOptions
 from dip.errors import BadInput, positive_int
 from dip.io import check_writable, emit
+from dip.progress import tracked
 from dip.schedule.baselines import build_uniform_plan
 from dip.spec.hardware import get_hardware
 from dip.spec.presets import load_model
@@ -35,6 +37,7 @@ def register(subparsers) -> None:
         "baseline and report times, lower bounds and search statistics.",
     )
     p.add_argument("--model", help="model preset name or model file, e.g. VLM-S, T2V-S")
+    p.add_argument("--manifest", metavar="FILE", help="plan the batches of this sample manifest (JSONL or Parquet)")
     p.add_argument("--batches", type=int, default=1, help="global batches to plan (default 1)")
     p.add_argument("--seed", type=int, default=0, help="workload and search seed (default 0)")
     p.add_argument("--microbatches", type=int, default=64, help="micro-batches per global batch (default 64)")
@@ -71,8 +74,9 @@ def register(subparsers) -> None:
         "--segments", nargs="+", metavar="MODULE=K", default=[], help="override segment counts K_i, e.g. vit=2"
     )
     p.add_argument("--no-baselines", action="store_true", help="skip the baseline schedules")
-    p.add_argument("--pp", type=int, help="uniform mode: pipeline ranks (default 4)")
-    p.add_argument("--chunks", type=int, default=1, help="uniform mode: chunks per rank (default 1)")
+    p.add_argument("--tp", type=int, help="tensor-parallel degree (default: the model's)")
+    p.add_argument("--pp", type=int, help="pipeline ranks (default: the model's; uniform mode 4)")
+    p.add_argument("--chunks", type=int, help="uniform mode: chunks per rank (default 1)")
     p.add_argument("--uniform-costs", metavar="F:I:W", help="schedule-only mode with equal per-chunk pass costs")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace of the first batch's plan")
     p.add_argument("--gantt", metavar="FILE.png", help="write a Gantt chart (PNG) of the first batch's plan")
@@ -101,8 +105,14 @@ def run(args: argparse.Namespace) -> int:
             check_writable(path, field)
     if args.rollouts is not None and args.rollouts < 0:
         raise BadInput(f"--rollouts must be >= 0, got {args.rollouts}")
-    if args.budget is not None and args.budget <= 0:
-        raise BadInput(f"--budget must be > 0 seconds, got {args.budget}")
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
+        raise BadInput(f"--budget must be a finite number of seconds > 0, got {args.budget}")
+    if not (math.isfinite(args.exact_time_limit) and args.exact_time_limit > 0):
+        raise BadInput(f"--exact-time-limit must be a finite number of seconds > 0, got {args.exact_time_limit}")
+    if args.uniform_costs and (args.model or args.manifest):
+        raise BadInput("--uniform-costs plans a schedule-only chain; it does not take --model or --manifest")
+    if not args.uniform_costs and args.chunks is not None:
+        raise BadInput("--chunks is for --uniform-costs; on a model DIP's chunks follow its segments (--segments)")
     if args.workers is None:
         from dip.planner.parallel import default_workers  # numba planner (about a second to load)
 
@@ -139,7 +149,7 @@ def run_uniform(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
     f, i, w = parse_costs(args.uniform_costs)
     pp = positive_int("pp", args.pp if args.pp is not None else 4)
     m = positive_int("microbatches", args.microbatches)
-    v = positive_int("chunks", args.chunks)
+    v = positive_int("chunks", args.chunks if args.chunks is not None else 1)
     warm_up()
     options = SearchOptions(budget_s=args.budget, rollouts=args.rollouts, seed=args.seed, strategy=args.strategy)
     plan, result, lb, stats = plan_uniform(pp, m, v, f, i, w, options=options)
@@ -172,7 +182,9 @@ def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
 
     if not args.model:
         raise BadInput("give --model (e.g. VLM-S) or --uniform-costs F:I:W")
-    model = with_overrides(load_model(args.model), **memory_overrides(args))
+    tp = positive_int("--tp", args.tp) if args.tp is not None else None
+    pp = positive_int("--pp", args.pp) if args.pp is not None else None
+    model = with_overrides(load_model(args.model), tp=tp, pp=pp, **memory_overrides(args))
     hardware = get_hardware(args.hardware)
     limit = memory_limit_bytes(hardware, args.memory_limit_gib, args.memory_reserve_gib)
     request = PlanRequest(
@@ -191,8 +203,10 @@ def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
         sub_microbatch=parse_overrides(args.sub_microbatch, "--sub-microbatch"),
         segments=parse_overrides(args.segments, "--segments"),
         baselines=not args.no_baselines,
+        manifest=args.manifest,
     )
-    out, first = plan_batches(request)
+    with tracked("planning", request.batches) as advance:
+        out, first = plan_batches(request, on_batch=advance)
     opts = CostOptions.from_parallel(model.parallel)
     out.update(
         tp=opts.tp,

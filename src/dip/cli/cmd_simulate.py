@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -17,9 +18,11 @@ from typing import Any
 from dip.cli.memory_args import add_memory_arguments, memory_limit_bytes, memory_overrides
 from dip.cost import CostModel
 from dip.cost.options import CostOptions
+from dip.data.manifest import manifest_batches
 from dip.data.workload import generate_batches
 from dip.errors import BadInput, positive_int
 from dip.io import check_writable, emit
+from dip.progress import tracked
 from dip.schedule.baselines import build_uniform_plan
 from dip.schedule.export import to_torch_csv
 from dip.schedule.ir import Plan
@@ -46,6 +49,7 @@ def register(subparsers) -> None:
         required=True,
         help="schedule: gpipe, 1f1b, interleaved, zb-h1, megatron, megatron-params, nnscaler, optimus (and dip)",
     )
+    p.add_argument("--manifest", metavar="FILE", help="simulate the batches of this sample manifest (JSONL or Parquet)")
     p.add_argument("--batches", type=int, default=1, help="global batches to simulate (default 1)")
     p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
     p.add_argument("--microbatches", type=int, default=64, help="micro-batches per global batch (default 64)")
@@ -75,6 +79,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--export-torch", metavar="FILE.csv", help="write the first plan as a torch pipelining CSV (linear chains only)"
     )
+    p.add_argument("--strict", action="store_true", help="exit with code 1 when a plan does not fit the usable memory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -87,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from dip.planner.schedules import check_schedule
 
     args.schedule = check_schedule(args.schedule)  # unknown names fail before any work
+    if args.uniform_costs and (args.model or args.manifest):
+        raise BadInput("--uniform-costs simulates a schedule-only chain; it does not take --model or --manifest")
     if args.uniform_costs:
         out, plan, result = run_uniform(args)
         text = (
@@ -99,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         text = format_text(out)
     write_outputs(args, plan, result)
     emit(out, args.json, text)
+    if args.strict and not out.get("fits", True):
+        sys.stderr.write(f"dip simulate: the {out['schedule']} plan does not fit the usable memory\n")
+        return 1
     return 0
 
 
@@ -166,15 +176,20 @@ def run_model(args: argparse.Namespace) -> tuple[dict[str, Any], Plan, Any]:
     hardware = get_hardware(args.hardware)
     limit = memory_limit_bytes(hardware, args.memory_limit_gib, args.memory_reserve_gib)
     cost_model = CostModel(model, hardware, model.parallel.tp)
-    batches = generate_batches(model, batches_n, args.seed, microbatches=m)
+    if args.manifest:
+        batches = manifest_batches(model, args.manifest, m)[:batches_n]
+    else:
+        batches = generate_batches(model, batches_n, args.seed, microbatches=m)
     per_batch, first = [], None
-    for batch in batches:
-        sim = plan_schedule(
-            name, model, batch, cost_model, hardware, chunks=chunks, memory_limit_bytes=limit, check=validate_plan
-        )
-        check_completed(sim.result, sim.plan)
-        per_batch.append(batch_row(sim))
-        first = first or sim
+    with tracked(f"simulating {name}", len(batches)) as advance:
+        for batch in batches:
+            sim = plan_schedule(
+                name, model, batch, cost_model, hardware, chunks=chunks, memory_limit_bytes=limit, check=validate_plan
+            )
+            check_completed(sim.result, sim.plan)
+            per_batch.append(batch_row(sim))
+            first = first or sim
+            advance()
     out = summarize(name, model, m, limit, hardware, per_batch)
     return out, first.plan, first.result
 

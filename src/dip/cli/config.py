@@ -91,6 +91,7 @@ class Simulate(_Section):
 
     schedule: str = Field("megatron", description="dip or a baseline (gpipe, 1f1b, interleaved, zb-h1, megatron, ...)")
     chunks: PositiveInt | None = Field(None, description="chunks per rank of the interleaved schedules")
+    strict: bool = Field(False, description="exit with code 1 when the plan does not fit the usable memory")
 
 
 class Train(_Section):
@@ -159,6 +160,7 @@ OPTION_OF: dict[str, tuple[str, Any]] = {
     "planner.baselines": ("no_baselines", lambda v: not v),
     "simulate.schedule": ("schedule", None),
     "simulate.chunks": ("chunks", None),
+    "simulate.strict": ("strict", None),
     "train.schedule": ("schedule", None),
     "train.nproc": ("nproc", None),
     "train.steps": ("steps", None),

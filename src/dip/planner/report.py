@@ -9,9 +9,11 @@ time kept in ``baselines_over_limit_s``); in ``mean``, ``baselines[name]`` and `
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dip.cost import CostModel
+from dip.data.manifest import manifest_batches
 from dip.data.workload import generate_batches
 from dip.errors import BadInput
 from dip.planner.exact import solve_exact
@@ -51,6 +53,7 @@ class PlanRequest:
     baselines: bool = True
     baseline_names: tuple[str, ...] = BASELINES
     search_options: dict = field(default_factory=dict)  # further SearchOptions fields
+    manifest: str | None = None  # plan the first ``batches`` batches of this manifest instead of generated ones
 
     def search(self, batch_index: int) -> SearchOptions:
         """The search options of batch ``batch_index`` (each batch its own seed)."""
@@ -109,13 +112,16 @@ def baseline_times(model, batch, cost_model, hardware, limit: float | None, name
     return out
 
 
-def plan_batches(request: PlanRequest) -> tuple[dict, PlanResult]:
+def plan_batches(request: PlanRequest, on_batch: Callable[[str], None] | None = None) -> tuple[dict, PlanResult]:
     """Plan every batch; returns the ``dip plan --json`` object and the first batch's result."""
     model = resolve_model(request.model)
     hardware = get_hardware(request.hardware)
     cost_model = CostModel(model, hardware)
     partition = make_partition(model, cost_model, request)
-    batches = generate_batches(model, request.batches, request.seed, microbatches=request.microbatches)
+    if request.manifest:
+        batches = manifest_batches(model, request.manifest, request.microbatches)[: request.batches]
+    else:
+        batches = generate_batches(model, request.batches, request.seed, microbatches=request.microbatches)
     rows, first = [], None
     for k, batch in enumerate(batches):
         res = plan_batch(
@@ -138,6 +144,8 @@ def plan_batches(request: PlanRequest) -> tuple[dict, PlanResult]:
                 baseline_times(model, batch, cost_model, hardware, res.memory_limit_bytes, request.baseline_names)
             )
         rows.append(row)
+        if on_batch is not None:
+            on_batch(f"planned batch {k + 1} of {len(batches)}")
     return summarize(model, request, partition, rows), first
 
 

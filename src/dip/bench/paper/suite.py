@@ -17,14 +17,12 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from dip.bench.paper import ablation, accuracy, dynamic, e2e, memory, scalability, search, submb, table1, xl
 from dip.bench.paper.common import Context, Settings
 from dip.bench.paper.report import REPORT, check_headline_target, replace_headline, write_outputs
 from dip.errors import BadInput, choices_error
 from dip.io import emit, json_safe
+from dip.progress import progress_bar
 
 __all__ = ["EXPERIMENTS", "run", "run_suite", "select_experiments"]
 
@@ -110,17 +108,6 @@ def run_suite(
     return json_safe(results)
 
 
-def _progress_bar() -> Progress:
-    """A progress bar on stderr (never stdout, which may carry the JSON)."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     names = select_experiments(args.experiments)
     if args.seed < 0:
@@ -131,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.quick(args.seed) if args.quick else Settings.full(args.seed)
     command = "dip bench paper" + "".join(f" {n}" for n in args.experiments) + (" --quick" if args.quick else "")
     command += f" --seed {args.seed}" if args.seed else ""
-    with _progress_bar() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("dip bench paper", total=sum(EXPERIMENTS[n].steps(settings) for n in names))
         results = run_suite(
             names,
