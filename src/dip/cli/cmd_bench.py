@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 
+from dip.errors import positive_int
+from dip.spec.presets import load_model
+
 PAPER_MODELS = ("VLM-S", "VLM-M", "VLM-L", "T2V-S", "T2V-L")
 # the experiments of ``dip bench paper``, for the help text (the suite checks names against its own list)
 PAPER_EXPERIMENTS = (
@@ -52,6 +55,11 @@ def _run_planner(args: argparse.Namespace) -> int:
 
 
 def _run_runtime(args: argparse.Namespace) -> int:
+    # every option is checked before minutes of benchmarking start
+    load_model(args.model)
+    positive_int("--repeats", args.repeats)
+    positive_int("--steps", args.steps, minimum=2)
+    positive_int("--seed", args.seed, minimum=0)
     from dip.bench import runtime  # torch (several seconds to load)
 
     return runtime.run(args)
