@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from dip.cli.memory_args import add_memory_arguments, memory_overrides
 from dip.cost import STRATEGIES, CostModel, layer_flops
@@ -80,8 +81,8 @@ def cost_report(
     clip_seconds = model.max_video_seconds if clip_seconds is None else clip_seconds
     for field, value in (("--images", images), ("--text-tokens", text_tokens), ("--clips", clips)):
         positive_int(field, value, minimum=0)
-    if clip_seconds <= 0:
-        raise BadInput(f"--clip-seconds must be > 0, got {clip_seconds}")
+    if not (math.isfinite(clip_seconds) and clip_seconds > 0):
+        raise BadInput(f"--clip-seconds must be a finite number > 0, got {clip_seconds}")
     hardware = get_hardware(hardware)
     limit = usable_memory_bytes(hardware, memory_reserve_gib)
     cm = CostModel(model, hardware, tp=tp)

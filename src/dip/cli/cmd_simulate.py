@@ -9,6 +9,7 @@ schedule with equal per-chunk pass costs ``F:I:W`` and free communication.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -119,8 +120,8 @@ def parse_costs(text: str) -> tuple[float, float, float]:
         values = tuple(float(x) for x in parts)
     except ValueError:
         values = ()
-    if len(values) != 3 or any(v < 0 for v in values):
-        raise BadInput(f"--uniform-costs must be F:I:W with three non-negative numbers, got {text!r}")
+    if len(values) != 3 or any(not math.isfinite(v) or v < 0 for v in values):
+        raise BadInput(f"--uniform-costs must be F:I:W with three finite non-negative numbers, got {text!r}")
     return values  # type: ignore[return-value]
 
 
