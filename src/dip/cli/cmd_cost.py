@@ -27,12 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model preset (see dip models)")
     p.add_argument("--hardware", default="H800", help="hardware preset or calibration JSON (default H800)")
     p.add_argument("--tp", type=int, help="tensor parallel degree (default: the model's)")
-    add_memory_arguments(p)
-    p.add_argument(
-        "--memory-reserve-gib",
-        type=float,
-        help="GiB of each GPU kept free of modelled tensors (default 8%% of its memory)",
-    )
+    add_memory_arguments(p, limit=False)
     p.add_argument("--images", type=int, help="images run by the ViT (default 8 for VLMs)")
     p.add_argument(
         "--text-tokens",

@@ -51,17 +51,6 @@ def register(subparsers) -> None:
     p.add_argument("--strategy", default="mcts", choices=STRATEGY_CHOICES, help="search strategy (default mcts)")
     p.add_argument("--exact", action="store_true", help="also solve the exact optimum with CP-SAT (small instances)")
     p.add_argument("--exact-time-limit", type=float, default=120.0, help="CP-SAT seconds per batch (default 120)")
-    limit = p.add_mutually_exclusive_group()
-    limit.add_argument(
-        "--memory-limit-gib",
-        type=float,
-        help="usable GPU memory in GiB (default: the hardware's capacity minus the reserve)",
-    )
-    limit.add_argument(
-        "--memory-reserve-gib",
-        type=float,
-        help="GiB of each GPU kept free of modelled tensors (default 8%% of its memory)",
-    )
     add_memory_arguments(p)
     p.add_argument(
         "--sub-microbatch",

@@ -59,17 +59,6 @@ def register(subparsers) -> None:
     p.add_argument("--pp", type=int, help="pipeline parallel degree (default: the model's; uniform mode: 4)")
     add_memory_arguments(p)
     p.add_argument("--chunks", type=int, help="chunks per rank (interleaved schedules; default 2 where allowed)")
-    limit = p.add_mutually_exclusive_group()
-    limit.add_argument(
-        "--memory-limit-gib",
-        type=float,
-        help="usable GPU memory in GiB (default: the hardware's capacity minus the reserve)",
-    )
-    limit.add_argument(
-        "--memory-reserve-gib",
-        type=float,
-        help="GiB of each GPU kept free of modelled tensors (default 8%% of its memory)",
-    )
     p.add_argument(
         "--uniform-costs",
         metavar="F:I:W",

@@ -12,8 +12,21 @@ from dip.spec.hardware import GIB, HardwareSpec, usable_memory_bytes
 __all__ = ["add_memory_arguments", "memory_limit_bytes", "memory_overrides"]
 
 
-def add_memory_arguments(parser: argparse.ArgumentParser, dp: bool = True) -> None:
-    """The Megatron memory flags shared by ``dip cost``, ``dip simulate`` and ``dip plan``."""
+def add_memory_arguments(parser: argparse.ArgumentParser, dp: bool = True, limit: bool = True) -> None:
+    """The memory flags shared by ``dip cost``, ``dip simulate`` and ``dip plan``: the usable memory
+    (``--memory-limit-gib`` or ``--memory-reserve-gib``; with ``limit=False`` the reserve only) and
+    Megatron's memory features (``--dp``, ``--no-sequence-parallel``, ``--no-distributed-optimizer``)."""
+    reserve_help = "GiB of each GPU kept free of modelled tensors (default 8%% of its memory)"
+    if limit:
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument(
+            "--memory-limit-gib",
+            type=float,
+            help="usable GPU memory in GiB (default: the hardware's capacity minus the reserve)",
+        )
+        group.add_argument("--memory-reserve-gib", type=float, help=reserve_help)
+    else:
+        parser.add_argument("--memory-reserve-gib", type=float, help=reserve_help)
     if dp:
         parser.add_argument("--dp", type=int, help="data parallel degree (default: the model's)")
     parser.add_argument(
