@@ -11,7 +11,7 @@ from dip.data.meta import ModuleWork
 from dip.errors import BadInput, positive_int
 from dip.io import emit
 from dip.spec.hardware import get_hardware, usable_memory_bytes
-from dip.spec.presets import get_model
+from dip.spec.presets import load_model
 from dip.spec.validate import with_overrides
 
 DEFAULT_T2V_TEXT_TOKENS = 512
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Per-GPU forward / backward-input / backward-weight time and activation "
         "memory (per memory strategy) of one layer of every module, for one sample.",
     )
-    p.add_argument("--model", required=True, help="model preset (see dip models)")
+    p.add_argument("--model", required=True, help="model preset (see dip models) or model file")
     p.add_argument("--hardware", default="H800", help="hardware preset or calibration JSON (default H800)")
     p.add_argument("--tp", type=int, help="tensor parallel degree (default: the model's)")
     add_memory_arguments(p, limit=False)
@@ -159,7 +159,7 @@ def _text(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = get_model(args.model)
+    model = load_model(args.model)
     if args.clips is not None and not model.is_t2v:
         raise BadInput(f"--clips: model {model.name} runs no video clips (clips are for text-to-video models)")
     if args.clip_seconds is not None and not model.is_t2v:

@@ -169,15 +169,20 @@ def read_manifest(path: str, model: ModelSpec | None = None) -> list[Sample]:
         raise BadInput(f"manifest {path} not found")
     if not os.path.isfile(path):
         raise BadInput(f"manifest {path} is not a file")
-    rows = _parquet_rows(path) if path.endswith(".parquet") else _jsonl_rows(path)
-    if not rows:
-        raise BadInput(f"manifest {path} is empty")
-    samples = []
-    for where, row in rows:
-        sample = parse_sample(row, where)
-        if model is not None:
-            check_compatible(sample, model, where)
-        samples.append(sample)
+    try:
+        rows = _parquet_rows(path) if path.endswith(".parquet") else _jsonl_rows(path)
+        if not rows:
+            raise BadInput(f"manifest {path} is empty")
+        samples = []
+        for where, row in rows:
+            sample = parse_sample(row, where)
+            if model is not None:
+                check_compatible(sample, model, where)
+            samples.append(sample)
+    except BadInput as exc:
+        if str(exc).startswith(("line ", "row ")):  # name the file as well as the line
+            raise BadInput(f"manifest {path}, {exc}") from None
+        raise
     return samples
 
 
