@@ -17,7 +17,7 @@ from dip.io import write_atomic
 from dip.schedule.ir import Plan
 from dip.sim.simulate import SimResult
 
-__all__ = ["LABEL_MAX_TASKS", "PASS_NAMES", "PASS_SHADE", "write_gantt_png"]
+__all__ = ["LABEL_MAX_TASKS", "PASS_NAMES", "PASS_SHADE", "write_gantt_comparison_png", "write_gantt_png"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,22 +43,21 @@ def _module_colors(plan: Plan) -> dict[str, tuple]:
     return {name: cmap(k % 10) for k, name in enumerate(names)}
 
 
-def write_gantt_png(path: str, plan: Plan, result: SimResult, label: str = "", dpi: int = 120) -> None:
-    """Draw ``result`` (simulated from ``plan``) to ``path``."""
+def _plt():
     import matplotlib  # heavy (about a second to load): only drawing needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    import matplotlib.pyplot as plt  # (see above)
 
+    return plt
+
+
+def _draw_timeline(ax, plan: Plan, result: SimResult, colors: dict[str, tuple]) -> list[int]:
+    """Every simulated task of ``result`` as a bar on its rank's lane; the pass kinds drawn."""
     tg = result.taskgraph
     n_ranks = plan.num_ranks
-    colors = _module_colors(plan)
     chunk_module = ["+".join(c.modules) for c in plan.graph.chunks]
     task_chunk = np.fromiter((a.chunk for a in tg.actions), np.int64, tg.num_tasks)
-    fig, (ax, mem_ax) = plt.subplots(
-        2, 1, figsize=(14, 1.2 + 0.45 * n_ranks + 2.5), sharex=True, gridspec_kw={"height_ratios": [max(n_ranks, 2), 3]}
-    )
     done = ~np.isnan(result.start)
     groups: dict[tuple[int, str, int], list[tuple[float, float]]] = {}
     for t in np.nonzero(done)[0]:
@@ -84,11 +83,42 @@ def write_gantt_png(path: str, plan: Plan, result: SimResult, label: str = "", d
             )
     ax.set_yticks(range(n_ranks), [f"rank {r}" for r in range(n_ranks)])
     ax.set_ylim(n_ranks - 0.5, -0.5)
-    ops_used = sorted({op for (_, _, op) in groups})
+    return sorted({op for (_, _, op) in groups})
+
+
+def _legend_handles(colors: dict[str, tuple], ops_used: list[int]) -> list:
+    from matplotlib.patches import Patch  # matplotlib (see _plt)
+
     handles = [Patch(color=c, label=m) for m, c in colors.items()]
     grey = (0.45, 0.45, 0.45, 1.0)
-    handles += [Patch(color=_shade(grey, PASS_SHADE[op]), label=PASS_NAMES[op]) for op in ops_used]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    return handles + [Patch(color=_shade(grey, PASS_SHADE[op]), label=PASS_NAMES[op]) for op in ops_used]
+
+
+def _title(label: str, result: SimResult) -> str:
+    title = (
+        f"{label + ': ' if label else ''}iteration {result.iteration_time:.4g} s, bubble {result.bubble_fraction:.1%}"
+    )
+    return title + (f" ({result.status})" if result.status != "ok" else "")
+
+
+def _save(fig, path: str, dpi: int) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    _plt().close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def write_gantt_png(path: str, plan: Plan, result: SimResult, label: str = "", dpi: int = 120) -> None:
+    """Draw ``result`` (simulated from ``plan``) to ``path``: the per-rank timeline and, under it, every
+    rank's memory (static + activations) with the limit."""
+    plt = _plt()
+    n_ranks = plan.num_ranks
+    colors = _module_colors(plan)
+    fig, (ax, mem_ax) = plt.subplots(
+        2, 1, figsize=(14, 1.2 + 0.45 * n_ranks + 2.5), sharex=True, gridspec_kw={"height_ratios": [max(n_ranks, 2), 3]}
+    )
+    ops_used = _draw_timeline(ax, plan, result, colors)
+    ax.legend(handles=_legend_handles(colors, ops_used), loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     scale, unit = _mem_unit(float(np.max(result.peak_memory_bytes, initial=0.0)))
     for r in range(n_ranks):
         times, values = result.memory_timeline(r)
@@ -101,18 +131,41 @@ def write_gantt_png(path: str, plan: Plan, result: SimResult, label: str = "", d
     mem_ax.set_ylabel(f"memory ({unit})")
     mem_ax.set_xlabel("time (s)")
     mem_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, ncol=1 + n_ranks // 9)
-    title = (
-        f"{label + ': ' if label else ''}iteration {result.iteration_time:.4g} s, bubble {result.bubble_fraction:.1%}"
-    )
-    if result.status != "ok":
-        title += f" ({result.status})"
-    ax.set_title(title)
+    ax.set_title(_title(label, result))
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=dpi, format="png")
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    _save(fig, path, dpi)
     logger.debug("Gantt chart of %s written to %s", plan.schedule, path)
+
+
+def write_gantt_comparison_png(
+    path: str, runs: list[tuple[str, Plan, SimResult]], title: str = "", dpi: int = 120
+) -> None:
+    """Several plans of the same batch one above the other on one time axis (e.g. a baseline and DIP):
+    ``runs`` holds ``(label, plan, simulated result)``."""
+    plt = _plt()
+    heights = [max(p.num_ranks, 2) for _, p, _ in runs]
+    fig, axes = plt.subplots(
+        len(runs), 1, figsize=(14, 1.0 + 0.42 * sum(heights)), sharex=True, gridspec_kw={"height_ratios": heights}
+    )
+    axes = np.atleast_1d(axes)
+    colors: dict[str, tuple] = {}
+    for _, plan, _ in runs:  # one colour per module across every plan
+        for name in _module_colors(plan):
+            colors.setdefault(name, None)
+    cmap = _plt().get_cmap("tab10")
+    colors = {name: cmap(k % 10) for k, name in enumerate(colors)}
+    ops_used: set[int] = set()
+    for ax, (label, plan, result) in zip(axes, runs):
+        ops_used |= set(_draw_timeline(ax, plan, result, colors))
+        ax.set_title(_title(label, result), fontsize=10, loc="left")
+    axes[0].legend(
+        handles=_legend_handles(colors, sorted(ops_used)), loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8
+    )
+    axes[-1].set_xlabel("time (s)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path, dpi)
 
 
 def _mem_unit(peak: float) -> tuple[float, str]:
