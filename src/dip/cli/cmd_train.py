@@ -134,9 +134,9 @@ def _planning_args(p) -> None:
     g.add_argument(
         "--plan-deadline-s",
         type=float,
-        default=0.05,
+        default=0.02,
         help="the longest a step waits for its searched plan; past it, it runs the best plan found so far, or a "
-        "fallback without search (default 0.05; no deadline with --deterministic)",
+        "fallback without search (default 0.02; no deadline with --deterministic)",
     )
     g.add_argument("--plan-ahead", type=int, default=None, help="steps planned ahead (default: workers + 1, >= 2)")
     g.add_argument(

@@ -239,7 +239,5 @@ def generate_dynamic_batch(model: ModelSpec, seed: int, index: int, microbatches
     counts = lo + np.rint((hi - lo) * rng.beta(*DYNAMIC_SHAPE, size=microbatches)).astype(int)
     mbs = tuple(_microbatch_with_images(model, int(k), rng, streams, mixture) for k in counts)
     return BatchMeta(
-        microbatches=mbs,
-        index=index,
-        extra={"source": "dynamic", "iteration": b.iteration, "image_bounds": (lo, hi)},
+        microbatches=mbs, index=index, extra={"source": "dynamic", "iteration": b.iteration, "image_bounds": (lo, hi)}
     )

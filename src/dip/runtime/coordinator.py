@@ -104,7 +104,7 @@ class InlinePlanner:
     def set_calibration(self, factors: dict) -> None:
         pass
 
-    def note_step_time(self, seconds: float) -> None:
+    def note_pass_time(self, seconds: float) -> None:
         pass
 
     def summary(self) -> dict[str, Any]:
@@ -224,12 +224,11 @@ class Coordinator:
         check_replica_layouts(work, self.model.parallel.pp)
         return replace(work, fingerprint=self.stream.fingerprint(index))
 
-    def measured(self, work: planning.StepWork, rows: Sequence[Sequence[ActionTime]], step_time_s: float) -> None:
+    def measured(self, work: planning.StepWork, rows: Sequence[Sequence[ActionTime]]) -> None:
         """Every rank's measured actions of replica 0 in one pass: calibration, trace, timeline."""
         if self.calibration is not None:
             self.calibration.update(work.plans[0], work.batches[0], rows)
             self.planner.set_calibration(self.calibration.factors)
-        self.planner.note_step_time(step_time_s)
         if self.cfg.timeline:
             self.timelines.append([[(str(t.action), t.start, t.end, t.wait) for t in acts] for acts in rows])
             self.predicted.append(predicted_rows(work.plans[0], self._simulation(work)))
@@ -244,7 +243,9 @@ class Coordinator:
         return simulate_plan(work.plans[0], self.model, cm, work.batches[0], self.hardware)
 
     def add_report(self, row: dict[str, Any]) -> None:
+        """Record a finished step (``iteration_time_s``: its wall time, which paces the planner)."""
         self.reports.append(row)
+        self.planner.note_pass_time(row["iteration_time_s"] / self.cfg.grad_accum)
 
     def step_row(
         self, step: int, works: Sequence[planning.StepWork], infos: Sequence[PlanInfo], loss_tokens: int

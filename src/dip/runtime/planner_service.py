@@ -44,8 +44,9 @@ __all__ = ["PlanInfo", "PlannerService", "default_workers"]
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.05  # how often the dispatcher looks at dead or hung workers
-STEP_TIME_WEIGHT = 0.3  # share of the newest step in the step-time average that sizes the search budget
-BUDGET_SHARE = 0.5  # a worker searches at most half of (workers x step time): the service stays ahead
+STEP_TIME_WEIGHT = 0.3  # share of the newest pass in the averages that size the search budget
+BUDGET_SHARE = 0.5  # a worker searches at most half of (workers x pass time): the service stays ahead
+JIT_MARGIN = 0.8  # a search ends by this share of the time left until its pass is expected to be needed
 MAX_FAILURES = 3  # workers lost on one pass before that pass is a planning error
 
 
@@ -110,7 +111,7 @@ class PlannerService:
         workers: worker processes.
         lookahead: passes planned ahead of the one needed now.
         deadline_s: the longest a pass waits for its searched plan (ignored when ``setup.deterministic``).
-        budget_s: search seconds per pass (``None``: half of ``workers`` x the measured step time).
+        budget_s: search seconds per pass (``None``: adapted, see :meth:`_budget`).
         hang_timeout_s: a worker busy this long on one pass is replaced.
     """
 
@@ -124,7 +125,7 @@ class PlannerService:
         *,
         workers: int = 1,
         lookahead: int = 2,
-        deadline_s: float = 0.05,
+        deadline_s: float = 0.02,
         budget_s: float | None = None,
         hang_timeout_s: float = 120.0,
     ):
@@ -141,7 +142,10 @@ class PlannerService:
         self.inflight: set[int] = set()
         self.failures: dict[int, int] = {}  # workers lost per pass
         self.factors: dict = {}
-        self.step_time_s: float | None = None
+        self.pass_time_s: float | None = None  # average wall time of a pass (iteration time / passes)
+        self.overhead_s: float | None = None  # average planning time beyond the search budget
+        self.claimed_at = time.perf_counter()  # when the ranks asked for pass `claimed`
+        self.budgets: dict[int, float | None] = {}  # search budget sent with each pass in flight
         self.restarts = 0
         self.events: list[dict[str, Any]] = []
         self.warmup_s: float | None = None
@@ -185,7 +189,8 @@ class PlannerService:
         deadline = math.inf if self.setup.deterministic else t0 + self.deadline_s
         need_fallback = False
         with self.cond:
-            self.claimed = max(self.claimed, index)
+            if index > self.claimed:
+                self.claimed, self.claimed_at = index, t0
             self.cond.notify_all()
             while True:
                 done = self.published.get(index)
@@ -224,11 +229,10 @@ class PlannerService:
         with self.cond:
             self.factors = dict(factors)
 
-    def note_step_time(self, seconds: float) -> None:
-        """A step's measured time (sizes the adaptive search budget)."""
+    def note_pass_time(self, seconds: float) -> None:
+        """The measured wall time of one pass (iteration time / passes per step): sizes the search budget."""
         with self.cond:
-            old = self.step_time_s
-            self.step_time_s = seconds if old is None else (1 - STEP_TIME_WEIGHT) * old + STEP_TIME_WEIGHT * seconds
+            self.pass_time_s = _average(self.pass_time_s, seconds)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -301,6 +305,9 @@ class PlannerService:
                 if final:
                     w.task = None
                     self.inflight.discard(index)
+                    budget = self.budgets.pop(index, None)
+                    if budget is not None:
+                        self.overhead_s = _average(self.overhead_s, max(latency - budget, 0.0))
                     if index > self.claimed and index not in self.published:  # ahead: publish now
                         self._publish(index, self.candidates[index], late=False)
             elif kind == "error":
@@ -326,26 +333,33 @@ class PlannerService:
                 and i not in self.errors
                 and not (i in self.candidates and self.candidates[i].final)
             ]
-            jobs = list(zip(idle, todo))
-            for w, i in jobs:
+            jobs = [(w, i, self._budget(i)) for w, i in zip(idle, todo)]
+            for w, i, budget in jobs:
                 w.task, w.task_started = i, time.monotonic()
                 self.inflight.add(i)
-            budget = self._budget()
+                self.budgets[i] = budget
             factors = dict(self.factors)
-        for w, i in jobs:
+        for w, i, budget in jobs:
             req = PlanRequest(i, self.stream.replicas(i), self.stream.fingerprint(i), budget, factors)
             try:
                 w.to_child.send(req)
             except (OSError, ValueError):
                 self._replace(w, "stopped reading its input")
 
-    def _budget(self) -> float | None:
+    def _budget(self, index: int) -> float | None:
+        """Search seconds for pass ``index`` (caller holds the lock): ``budget_s`` when given; else half of
+        ``workers`` x the average pass time (the service plans twice as fast as the ranks train), and at
+        most what still ends, with the usual planning overhead, before the pass is expected to be needed;
+        between ``MIN_BUDGET_S`` and ``DEFAULT_BUDGET_S``. ``None`` before the first pass was timed (the
+        worker then searches for half of its predicted pass time)."""
         if self.budget_s is not None:
             return self.budget_s
-        if self.step_time_s is None:
-            return None  # the worker uses half of its predicted step time
-        share = BUDGET_SHARE * self.n_workers * self.step_time_s
-        return min(max(share, MIN_BUDGET_S), DEFAULT_BUDGET_S)
+        if self.pass_time_s is None:
+            return None
+        share = BUDGET_SHARE * self.n_workers * self.pass_time_s
+        due = self.claimed_at + (index - self.claimed) * self.pass_time_s - time.perf_counter()
+        left = JIT_MARGIN * due - (self.overhead_s or 0.0)
+        return min(max(min(share, left), MIN_BUDGET_S), DEFAULT_BUDGET_S)
 
     def _replace(self, w: _Worker, why: str) -> None:
         """Replace a dead or hung worker by a new process; its pass goes back to the pool."""
@@ -407,3 +421,7 @@ class PlannerService:
                 w.proc.wait()
         for conn in (w.to_child, w.from_child):
             conn.close()
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else (1 - STEP_TIME_WEIGHT) * old + STEP_TIME_WEIGHT * new

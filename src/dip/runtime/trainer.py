@@ -110,7 +110,7 @@ class TrainConfig:
     # planning
     async_planner: bool = False  # plan ahead in the planner service's processes
     planner_workers: int | None = None  # None: half of the cores left after the node's ranks (at least 1)
-    plan_deadline_s: float = 0.05  # the longest a pass waits for its searched plan (not with deterministic)
+    plan_deadline_s: float = 0.02  # the longest a pass waits for its searched plan (not with deterministic)
     plan_ahead: int | None = None  # passes planned ahead (None: max(2, workers + 1))
     plan_budget_s: float | None = None  # search seconds per pass (None: half of workers x step time)
     deterministic: bool = False  # fixed rollout budget, no deadline: a resumed run replans exactly
@@ -526,7 +526,7 @@ class _Loop:
         rows = gather_actions(results[-1] if mine else None, rt.rank, rt.world)
         if self.coord is None:
             return {}
-        self.coord.measured(works[-1], rows[: rt.pp], float(times[1]))
+        self.coord.measured(works[-1], rows[: rt.pp])
         row = self.coord.step_row(step, works, infos, total)
         row.update(
             {
