@@ -336,6 +336,8 @@ def _check_loop_args(args, dtype: str, pp: int, model_name: str, nproc: int) -> 
     if (args.checkpoint_every is not None or args.resume or args.keep_last) and not args.checkpoint_dir:
         given = "--resume" if args.resume else ("--checkpoint-every" if args.checkpoint_every else "--keep-last")
         raise BadInput(f"{given} needs --checkpoint-dir DIR")
+    if args.resume and args.check_reference:
+        raise BadInput("--check-reference trains its reference from the initial weights; it cannot follow --resume")
     if args.checkpoint_dir:
         _check_checkpoint_dir(args.checkpoint_dir)
         found = latest_checkpoint(args.checkpoint_dir) if args.resume else None

@@ -135,7 +135,7 @@ class PlannerService:
         self.budget_s, self.hang_timeout_s = budget_s, hang_timeout_s
         self.cond = threading.Condition()
         self.workers: list[_Worker] = []
-        self.claimed = passes.start  # the pass the ranks need now (or next)
+        self.claimed = passes.start - 1  # the pass the ranks asked for last (none yet)
         self.candidates: dict[int, _Candidate] = {}
         self.published: dict[int, _Published] = {}
         self.errors: dict[int, tuple[str, str]] = {}

@@ -375,6 +375,8 @@ def _resume_point(cfg: TrainConfig, model_name: str, pp: int) -> tuple[int, str,
     step, path = found
     meta = read_meta(path)
     check_resume(meta, path, model=model_name, pp=pp)
+    if cfg.check_reference:
+        raise BadInput("check_reference trains its reference from the initial weights; it cannot resume a checkpoint")
     return step, path, meta
 
 
