@@ -143,6 +143,7 @@ class PlannerService:
         self.failures: dict[int, int] = {}  # workers lost per pass
         self.factors: dict = {}
         self.pass_time_s: float | None = None  # average wall time of a pass (iteration time / passes)
+        self.timed_steps = 0
         self.overhead_s: float | None = None  # average planning time beyond the search budget
         self.claimed_at = time.perf_counter()  # when the ranks asked for pass `claimed`
         self.budgets: dict[int, float | None] = {}  # search budget sent with each pass in flight
@@ -230,9 +231,12 @@ class PlannerService:
             self.factors = dict(factors)
 
     def note_pass_time(self, seconds: float) -> None:
-        """The measured wall time of one pass (iteration time / passes per step): sizes the search budget."""
+        """The measured wall time of one pass (iteration time / passes per step): sizes the search budget.
+        The run's first step is left out (it includes the start-up: first allocations, the first plan)."""
         with self.cond:
-            self.pass_time_s = _average(self.pass_time_s, seconds)
+            self.timed_steps += 1
+            if self.timed_steps > 1:
+                self.pass_time_s = _average(self.pass_time_s, seconds)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -2,8 +2,9 @@
 
 Started by :class:`dip.runtime.planner_service.PlannerService` as ``python -m dip.runtime.planner_worker
 FD_IN FD_OUT PARENT_PID`` (two pipe ends carrying pickled messages). It imports the planner, not torch.
-It lowers its priority (``os.nice``), dies with its parent (``PR_SET_PDEATHSIG`` on Linux, and at the
-end of its input), warms the compiled kernels, says ``ready`` and then answers ``plan`` requests:
+It lowers its priority (``os.nice`` and the idle scheduling class), dies with its parent
+(``PR_SET_PDEATHSIG`` on Linux, and at the end of its input), warms the compiled kernels, says
+``ready`` and then answers ``plan`` requests:
 
 * outside ``--deterministic`` (DIP): the dual-queue interleaving without search first (``best-so-far``),
   then tuning and tree search without polishing (sent when better), then the full search with the
@@ -123,6 +124,17 @@ class Planner:
                 best = span if best is None else min(best, span)
 
 
+def lower_priority() -> None:
+    """The lowest CPU priority: ``os.nice(19)``, and the idle scheduling class where there is one (Linux),
+    so that a rank waking up for a message preempts the planner at once instead of after its time slice."""
+    os.nice(NICE)
+    if hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as exc:
+            logger.debug("no idle scheduling class: %s", exc)
+
+
 def _serve(conn_in: Connection, conn_out: Connection) -> None:
     setup: PlannerSetup = conn_in.recv()
     if setup.cores and hasattr(os, "sched_setaffinity"):
@@ -159,7 +171,7 @@ def main(argv: list[str]) -> int:
     fd_in, fd_out, parent = (int(x) for x in argv[:3])
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the run through its ranks
-    os.nice(NICE)
+    lower_priority()
     logging.basicConfig(level=logging.WARNING, format="planner: %(levelname)s %(name)s: %(message)s")
     conn_in, conn_out = Connection(fd_in, writable=False), Connection(fd_out, readable=False)
     try:
