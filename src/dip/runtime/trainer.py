@@ -205,14 +205,22 @@ def init_distributed(timeout_s: float) -> tuple[int, int, torch.device]:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(
-            backend,
-            init_method="env://",
-            rank=rank,
-            world_size=world,
-            timeout=datetime.timedelta(seconds=max(timeout_s, 60.0)),
-        )
+        timeout = datetime.timedelta(seconds=max(timeout_s, 60.0))
+        store = attempt_store(timeout)
+        rendezvous = {"store": store} if store is not None else {"init_method": "env://"}
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout, **rendezvous)
     return rank, world, device
+
+
+def attempt_store(timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun's agent store, the store of this attempt of the worker group: the agent keeps one
+    store across restarts, so a restarted group could read the previous attempt's connection keys
+    (pytorch/pytorch#135712); a prefix per restart keeps the attempts apart. ``None`` elsewhere (env://)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = dist.TCPStore(host, port, int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"dip/attempt_{elastic_restart_count()}/", agent)
 
 
 def comm_device_for(device: torch.device, backend: str) -> torch.device:
