@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
-from dip.errors import BadInput, positive_int
+from dip.errors import BadInput, choices_error, positive_int
 from dip.io import check_writable, emit
 from dip.runtime.affinity import BIND_MODES
 
 DTYPES = ("float32", "float64")
+MIXED_PRECISION = ("none", "bf16")
+WORKLOADS = ("default", "dynamic")
 
 
 def register(subparsers) -> None:
@@ -90,8 +93,116 @@ def register(subparsers) -> None:
         help="bind each local rank to its own CPU cores: auto (when dip train starts the ranks, every "
         "rank gets a core and no GPU is used), on, off (default auto)",
     )
+    p.add_argument(
+        "--workload",
+        choices=WORKLOADS,
+        default="default",
+        help="generated data: the model's workload mixture, or dynamic (VLM: image counts that rise and fall over "
+        "the steps, the paper's Fig. 8b)",
+    )
+    _planning_args(p)
+    _checkpoint_args(p)
+    _optimizer_args(p)
+    p.add_argument("--metrics", default=None, metavar="FILE", help="append one JSON object per step to FILE (JSONL)")
+    p.add_argument(
+        "--inject-fault",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="fault injection for tests and chaos runs: planner-crash:STEP (the planner process kills itself before "
+        "planning STEP), planner-hang:STEP, rank-exit:RANK:STEP (that rank exits abruptly at STEP; under torchrun "
+        "only in the first attempt); repeatable",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
+
+
+def _planning_args(p) -> None:
+    g = p.add_argument_group("planning ahead")
+    g.add_argument(
+        "--async-planner",
+        action="store_true",
+        help="plan the coming steps in separate low-priority CPU processes while the current step trains "
+        "(default: rank 0 plans each step when it starts)",
+    )
+    g.add_argument(
+        "--planner-workers",
+        type=int,
+        default=None,
+        help="planner processes (default: half of the cores left after the ranks, at least 1)",
+    )
+    g.add_argument(
+        "--plan-deadline-s",
+        type=float,
+        default=0.02,
+        help="the longest a step waits for its searched plan; past it, it runs the best plan found so far, or a "
+        "fallback without search (default 0.02; no deadline with --deterministic)",
+    )
+    g.add_argument("--plan-ahead", type=int, default=None, help="steps planned ahead (default: workers + 1, >= 2)")
+    g.add_argument(
+        "--plan-budget-s",
+        type=float,
+        default=None,
+        help="search seconds per step (default: half of workers x the measured step time, at most 2)",
+    )
+    g.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="fixed rollout budget and seeds, no deadline: the same plans every run, so a resumed run's "
+        "losses are bit-identical to an uninterrupted run's",
+    )
+
+
+def _checkpoint_args(p) -> None:
+    g = p.add_argument_group("checkpoints")
+    g.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        metavar="DIR",
+        help="write checkpoints (torch.distributed.checkpoint, every rank its own shards) as DIR/step-N, each "
+        "visible once complete; also written at the end and on SIGTERM / SIGINT",
+    )
+    g.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="write a checkpoint every N steps")
+    g.add_argument("--keep-last", type=int, default=0, metavar="K", help="keep the newest K checkpoints (0: all)")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --checkpoint-dir (under torchrun a restarted worker group "
+        "resumes by itself)",
+    )
+
+
+def _optimizer_args(p) -> None:
+    g = p.add_argument_group("optimizer")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW (default 1e-3)")
+    g.add_argument(
+        "--min-lr",
+        type=float,
+        default=None,
+        help="learning rate at the last step, reached by cosine decay (default: --lr)",
+    )
+    g.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default 0)")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
+    g.add_argument(
+        "--grad-clip",
+        type=float,
+        default=None,
+        help="clip gradients to this global L2 norm, over every pipeline and data-parallel rank (default: no clipping)",
+    )
+    g.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="pipeline passes per optimizer step, each with its own batch of --microbatches per replica and its "
+        "own plan (default 1)",
+    )
+    g.add_argument(
+        "--mixed-precision",
+        choices=MIXED_PRECISION,
+        default="none",
+        help="bf16: bfloat16 compute under autocast with float32 weights, gradients and optimizer state "
+        "(accelerators; default none)",
+    )
 
 
 def _under_torchrun() -> bool:
@@ -148,6 +259,7 @@ def build_config(args):
         raise BadInput(f"timeout-s must be > 0, got {args.timeout_s}")
     if args.trace:
         check_writable(args.trace, "trace file")
+    _check_loop_args(args, dtype, pp, model.name, nproc)
     return TrainConfig(
         model=args.model,
         schedule=args.schedule.strip().lower(),
@@ -168,7 +280,96 @@ def build_config(args):
         context_length=args.context_length,
         data_workers=args.data_workers,
         save_hf=args.save_hf,
+        workload=args.workload,
+        async_planner=args.async_planner,
+        planner_workers=args.planner_workers,
+        plan_deadline_s=args.plan_deadline_s,
+        plan_ahead=args.plan_ahead,
+        plan_budget_s=args.plan_budget_s,
+        deterministic=args.deterministic,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        keep_last=args.keep_last,
+        resume=args.resume,
+        inject_fault=list(args.inject_fault),
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        grad_accum=args.grad_accum,
+        mixed_precision=args.mixed_precision,
+        metrics=args.metrics,
     )
+
+
+def _number(field: str, value: float | None, *, above: float | None = None, at_least: float | None = None) -> None:
+    if value is None:
+        return
+    if (
+        not math.isfinite(value)
+        or (above is not None and value <= above)
+        or (at_least is not None and value < at_least)
+    ):
+        bound = f"> {above:g}" if above is not None else f">= {at_least:g}"
+        raise BadInput(f"{field} must be a finite number {bound}, got {value}")
+
+
+def _check_loop_args(args, dtype: str, pp: int, model_name: str, nproc: int) -> None:
+    """The planning, checkpoint, optimizer and fault options (BadInput before any rank starts)."""
+    # torch (the checkpoint reader) and the trainer's modules: imported only when training
+    from dip.runtime.checkpoint import check_resume, latest_checkpoint, read_meta
+    from dip.runtime.faults import parse_faults
+
+    if args.workload == "dynamic" and args.data:
+        raise BadInput("workload dynamic is a generated workload; it cannot be combined with --data")
+    if args.planner_workers is not None:
+        positive_int("planner-workers", args.planner_workers)
+    if args.plan_ahead is not None:
+        positive_int("plan-ahead", args.plan_ahead)
+    _number("plan-deadline-s", args.plan_deadline_s, at_least=0)
+    _number("plan-budget-s", args.plan_budget_s, above=0)
+    if args.checkpoint_every is not None:
+        positive_int("checkpoint-every", args.checkpoint_every)
+    if args.keep_last < 0:
+        raise BadInput(f"keep-last must be an integer >= 0, got {args.keep_last}")
+    if (args.checkpoint_every is not None or args.resume or args.keep_last) and not args.checkpoint_dir:
+        given = "--resume" if args.resume else ("--checkpoint-every" if args.checkpoint_every else "--keep-last")
+        raise BadInput(f"{given} needs --checkpoint-dir DIR")
+    if args.resume and args.check_reference:
+        raise BadInput("--check-reference trains its reference from the initial weights; it cannot follow --resume")
+    if args.checkpoint_dir:
+        _check_checkpoint_dir(args.checkpoint_dir)
+        found = latest_checkpoint(args.checkpoint_dir) if args.resume else None
+        if found is not None:
+            check_resume(read_meta(found[1]), found[1], model=model_name, pp=pp)
+    parse_faults(args.inject_fault, nproc)
+    _number("lr", args.lr, above=0)
+    _number("min-lr", args.min_lr, at_least=0)
+    if args.min_lr is not None and args.min_lr > args.lr:
+        raise BadInput(f"min-lr must be <= lr ({args.lr:g}), got {args.min_lr:g}")
+    if args.warmup_steps < 0:
+        raise BadInput(f"warmup-steps must be an integer >= 0, got {args.warmup_steps}")
+    _number("weight-decay", args.weight_decay, at_least=0)
+    _number("grad-clip", args.grad_clip, above=0)
+    positive_int("grad-accum", args.grad_accum)
+    if args.mixed_precision not in MIXED_PRECISION:
+        raise choices_error("mixed-precision", args.mixed_precision, MIXED_PRECISION)
+    if args.mixed_precision == "bf16" and dtype != "float32":
+        raise BadInput(f"mixed-precision bf16 keeps float32 weights: it needs --dtype float32, not {dtype}")
+    if args.metrics:
+        check_writable(args.metrics, "metrics file")
+
+
+def _check_checkpoint_dir(path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise BadInput(f"checkpoint-dir {path!r} is a file; give a folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(path) and not os.path.isdir(parent):
+        raise BadInput(f"checkpoint-dir {path!r}: its parent folder {parent!r} does not exist")
+    target = path if os.path.isdir(path) else parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise BadInput(f"checkpoint-dir {path!r}: folder {target!r} is not writable")
 
 
 def run(args) -> int:
@@ -199,13 +400,28 @@ def summary(out: dict) -> str:
     lines = [
         f"{out['model']} {out['schedule']}: {out['nproc']} processes (pp {out['pp']} x dp {out['dp']}), {out['dtype']}"
     ]
-    lines.append(f"{'step':>4} {'loss':>10} {'time s':>8} {'pred s':>8} {'tokens':>8} {'samples':>8} {'images':>7}")
+    if out.get("resumed_from_step") is not None:
+        lines.append(f"resumed from the checkpoint of step {out['resumed_from_step']}")
+    lines.append(
+        f"{'step':>4} {'loss':>10} {'time s':>8} {'pred s':>8} {'wait s':>7} {'plan':>11} {'tokens':>8} "
+        f"{'samples':>8} {'images':>7}"
+    )
     for s in out["steps"]:
         pred = s.get("predicted_step_time_s")
         lines.append(
             f"{s['step']:>4} {s['loss']:>10.5f} {s['step_time_s']:>8.3f} "
-            f"{(f'{pred:.3f}' if pred is not None else '-'):>8} {s['tokens']:>8} {s['samples']:>8} {s['images']:>7}"
+            f"{(f'{pred:.3f}' if pred is not None else '-'):>8} {s['plan_wait_s']:>7.3f} {s['plan_source']:>11} "
+            f"{s['tokens']:>8} {s['samples']:>8} {s['images']:>7}"
         )
+    planner = out.get("planner") or {}
+    lines.append(
+        f"plans: {out['fallback_steps']} fallback, {out['late_steps']} late of {len(out['steps'])} steps "
+        f"({planner.get('mode', 'inline')} planner, {planner.get('restarts', 0)} restarts)"
+    )
+    if out.get("checkpoints"):
+        lines.append(f"checkpoints: {', '.join(out['checkpoints'])}")
+    if out.get("stopped_by"):
+        lines.append(f"stopped by {out['stopped_by']} before step {out['stopped_at_step']}")
     if out.get("data"):
         d = out["data"]
         lines.append(

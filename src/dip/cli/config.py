@@ -110,6 +110,26 @@ class Train(_Section):
     data_workers: NonNegativeInt = Field(2, description="data-loading processes per rank")
     save_hf: str | None = Field(None, description="write the trained checkpoint here (checkpoint models)")
     static_costs: bool = Field(False, description="plan with the shipped calibration only (no online correction)")
+    workload: Literal["default", "dynamic"] = Field("default", description="generated data: mixture or dynamic")
+    async_planner: bool = Field(False, description="plan the coming steps in separate CPU processes")
+    planner_workers: PositiveInt | None = Field(None, description="planner processes (null: half the free cores)")
+    plan_deadline_s: NonNegativeFloat = Field(0.02, description="longest wait for a searched plan, seconds")
+    plan_ahead: PositiveInt | None = Field(None, description="steps planned ahead (null: workers + 1, >= 2)")
+    plan_budget_s: PositiveFloat | None = Field(None, description="search seconds per step (null: paced)")
+    deterministic: bool = Field(False, description="fixed rollout budget, no deadline: reproducible plans")
+    checkpoint_dir: str | None = Field(None, description="write checkpoints (DCP) as DIR/step-N")
+    checkpoint_every: PositiveInt | None = Field(None, description="checkpoint every N steps (null: at the end)")
+    keep_last: NonNegativeInt = Field(0, description="keep the newest K checkpoints (0: all)")
+    resume: bool = Field(False, description="continue from the latest checkpoint in checkpoint_dir")
+    inject_fault: list[str] = Field([], description="faults to inject: planner-crash:STEP, rank-exit:RANK:STEP")
+    lr: PositiveFloat = Field(1e-3, description="peak learning rate (AdamW)")
+    min_lr: NonNegativeFloat | None = Field(None, description="learning rate at the last step (null: lr)")
+    warmup_steps: NonNegativeInt = Field(0, description="linear warm-up steps")
+    weight_decay: NonNegativeFloat = Field(0.01, description="AdamW weight decay")
+    grad_clip: PositiveFloat | None = Field(None, description="clip gradients to this global norm (null: off)")
+    grad_accum: PositiveInt = Field(1, description="pipeline passes per optimizer step")
+    mixed_precision: Literal["none", "bf16"] = Field("none", description="bf16: bfloat16 compute, fp32 weights")
+    metrics: str | None = Field(None, description="append per-step metrics to this JSONL file")
 
 
 class ExperimentConfig(_Section):
@@ -174,6 +194,26 @@ OPTION_OF: dict[str, tuple[str, Any]] = {
     "train.data_workers": ("data_workers", None),
     "train.save_hf": ("save_hf", None),
     "train.static_costs": ("static_costs", None),
+    "train.workload": ("workload", None),
+    "train.async_planner": ("async_planner", None),
+    "train.planner_workers": ("planner_workers", None),
+    "train.plan_deadline_s": ("plan_deadline_s", None),
+    "train.plan_ahead": ("plan_ahead", None),
+    "train.plan_budget_s": ("plan_budget_s", None),
+    "train.deterministic": ("deterministic", None),
+    "train.checkpoint_dir": ("checkpoint_dir", None),
+    "train.checkpoint_every": ("checkpoint_every", None),
+    "train.keep_last": ("keep_last", None),
+    "train.resume": ("resume", None),
+    "train.inject_fault": ("inject_fault", None),
+    "train.lr": ("lr", None),
+    "train.min_lr": ("min_lr", None),
+    "train.warmup_steps": ("warmup_steps", None),
+    "train.weight_decay": ("weight_decay", None),
+    "train.grad_clip": ("grad_clip", None),
+    "train.grad_accum": ("grad_accum", None),
+    "train.mixed_precision": ("mixed_precision", None),
+    "train.metrics": ("metrics", None),
 }
 # sections that belong to one command only (their options share names with other sections')
 COMMAND_SECTIONS = {"simulate": "simulate", "train": "train"}

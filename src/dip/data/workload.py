@@ -29,8 +29,10 @@ __all__ = [
     "MAX_MICROBATCHES",
     "PAPER_MAX_IMAGES",
     "ImageBounds",
+    "bounds_at",
     "generate_batch",
     "generate_batches",
+    "generate_dynamic_batch",
     "generate_dynamic_batches",
     "rise_and_fall_bounds",
     "source_microbatches",
@@ -145,16 +147,18 @@ def rise_and_fall_bounds(
     """
     if iterations < 1:
         raise BadInput(f"iterations must be an integer >= 1, got {iterations}")
-    out = []
-    for i in range(iterations):
-        t = i % period
-        if t < rise:
-            lo, hi = peak_lower * t / max(1, rise - 1), float(upper)
-        else:
-            frac = (period - 1 - t) / (period - rise)
-            lo, hi = peak_lower * frac, upper * frac
-        out.append(ImageBounds(i + 1, round(lo), round(hi)))
-    return out
+    return [bounds_at(i, period, rise, peak_lower, upper) for i in range(iterations)]
+
+
+def bounds_at(index: int, period: int = 20, rise: int = 5, peak_lower: int = 16, upper: int = 32) -> ImageBounds:
+    """The :func:`rise_and_fall_bounds` of 0-based iteration ``index`` alone."""
+    t = index % period
+    if t < rise:
+        lo, hi = peak_lower * t / max(1, rise - 1), float(upper)
+    else:
+        frac = (period - 1 - t) / (period - rise)
+        lo, hi = peak_lower * frac, upper * frac
+    return ImageBounds(index + 1, round(lo), round(hi))
 
 
 class _Stream:
@@ -207,8 +211,16 @@ def generate_dynamic_batches(
 
     Bounds are scaled by ``max_images_per_microbatch / 48`` (and to what fits the context); each
     micro-batch's image count is ``lower + (upper - lower) * Beta(3, 5)`` rounded, so the peak bounds
-    (16, 32) average ~22 images. ``extra`` holds the iteration and the bounds used.
+    (16, 32) average ~22 images. ``extra`` holds the iteration and the bounds used. Batch ``i`` is
+    :func:`generate_dynamic_batch` ``(model, seed, i, microbatches)``.
     """
+    if iterations < 1:
+        raise BadInput(f"iterations must be an integer >= 1, got {iterations}")
+    return [generate_dynamic_batch(model, seed, i, microbatches) for i in range(iterations)]
+
+
+def generate_dynamic_batch(model: ModelSpec, seed: int, index: int, microbatches: int = 64) -> BatchMeta:
+    """Iteration ``index`` (0-based) of the dynamic workload; depends only on ``(seed, index)``."""
     _check_counts(1, seed, microbatches)
     _check_model(model)
     if model.workload != "vlm":
@@ -219,20 +231,13 @@ def generate_dynamic_batches(
     cap = min(model.max_images_per_microbatch, model.context_length // tpi)
     scale = model.max_images_per_microbatch / PAPER_MAX_IMAGES
     mixture = MIXTURES["vlm-default"]
-    out = []
-    for b in rise_and_fall_bounds(iterations):
-        index = b.iteration - 1
-        lo, hi = min(cap, round(b.lower * scale)), min(cap, round(b.upper * scale))
-        rng = stream_rng(seed, index, "dynamic")
-        streams = {n: _Stream(SOURCES[n], stream_rng(seed, index, n)) for n, _ in mixture.components}
-        streams["web-text"] = _Stream(SOURCES["web-text"], stream_rng(seed, index, "web-text"))
-        counts = lo + np.rint((hi - lo) * rng.beta(*DYNAMIC_SHAPE, size=microbatches)).astype(int)
-        mbs = tuple(_microbatch_with_images(model, int(k), rng, streams, mixture) for k in counts)
-        out.append(
-            BatchMeta(
-                microbatches=mbs,
-                index=index,
-                extra={"source": "dynamic", "iteration": b.iteration, "image_bounds": (lo, hi)},
-            )
-        )
-    return out
+    b = bounds_at(index)
+    lo, hi = min(cap, round(b.lower * scale)), min(cap, round(b.upper * scale))
+    rng = stream_rng(seed, index, "dynamic")
+    streams = {n: _Stream(SOURCES[n], stream_rng(seed, index, n)) for n, _ in mixture.components}
+    streams["web-text"] = _Stream(SOURCES["web-text"], stream_rng(seed, index, "web-text"))
+    counts = lo + np.rint((hi - lo) * rng.beta(*DYNAMIC_SHAPE, size=microbatches)).astype(int)
+    mbs = tuple(_microbatch_with_images(model, int(k), rng, streams, mixture) for k in counts)
+    return BatchMeta(
+        microbatches=mbs, index=index, extra={"source": "dynamic", "iteration": b.iteration, "image_bounds": (lo, hi)}
+    )

@@ -6,7 +6,7 @@ messages excluded) with the simulator's time for the same action and keeps one f
 ``(module, pass)`` (``f`` for forwards, ``b`` for backward passes: ``B``, ``I``, ``W``). The next step's
 plan is simulated with :class:`ScaledCostModel` (the cost model with its times multiplied by those
 factors) to predict its time; plans themselves are made with the shipped cost model. Step ``k``'s prediction thus
-only uses measurements of steps ``< k``. A compute
+only uses measurements of steps ``< k`` (with the planner service, of the steps done when it planned ``k``). A compute
 action's measured time runs until the next compute action starts, so the executor's per-action
 overhead (posting its sends and receives) is part of what the factors absorb.
 """
@@ -17,13 +17,16 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dip.cost import ChunkCost, CostModel, PassTimes
 from dip.data.meta import BatchMeta, work_for
-from dip.runtime.executor import ActionTime
 from dip.schedule.ir import Action, Op, Plan
+
+if TYPE_CHECKING:  # the executor imports torch; the planner's processes import this module without it
+    from dip.runtime.executor import ActionTime
 
 __all__ = ["PASS_OF", "OnlineCalibration", "ScaledCostModel", "busy_times"]
 

@@ -6,8 +6,14 @@ after the other in one process group), starts ``python -m dip.runtime.launch CON
 factories and datasets) once per rank (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` set), and
 watches them: when a rank dies the others are killed at once and :class:`RankFailed` names the rank
-and its last error line. Rank 0 writes the report to ``result.json``; a ``BadInput`` raised on a rank
-comes back as ``BadInput``.
+that failed first (a rank that died without an error, or whose error is not a consequence of another
+rank's death) and its last error line. Rank 0 writes the report to ``result.json``; a ``BadInput`` raised
+on a rank comes back as ``BadInput``.
+
+The ranks die with the launcher (``PR_SET_PDEATHSIG``, set by each rank at start-up), so a launcher
+killed outright leaves no rank training on. SIGTERM or SIGINT to the launcher is passed on to the ranks
+as SIGTERM (they finish the current step, write a checkpoint and exit 0); a second one kills them. Rank
+0's progress lines (``DIP_PROGRESS_FILE``) are relayed to the launcher's standard error.
 
 (:func:`dip.runtime.spawn.spawn` runs a Python function on N local processes instead: tests, benchmarks.)
 
@@ -24,13 +30,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import asdict
 from typing import Any
 
 from dip.errors import BadInput
+from dip.runtime.faults import die_with_parent
 from dip.runtime.loading import DataOpener, ModelLoader, load_builtin, no_data
+from dip.runtime.metrics import PROGRESS_ENV
 from dip.runtime.spawn import LOCALHOST, free_port
 from dip.runtime.trainer import TrainConfig, finish, train
 
@@ -38,13 +47,15 @@ __all__ = ["RankFailed", "launch", "launch_many", "worker_main"]
 
 ERROR_FILE = "error-{rank}.json"
 RESULT_FILE = "result.json"
+PROGRESS_FILE = "progress.log"
+LAUNCHER_ENV = "DIP_LAUNCHER_PID"
 
 
 class RankFailed(RuntimeError):
     """A rank exited with an error; the message names the rank and its last error line."""
 
 
-def worker_env(rank: int, world: int, port: int, threads: int) -> dict[str, str]:
+def worker_env(rank: int, world: int, port: int, threads: int, progress: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
@@ -56,8 +67,14 @@ def worker_env(rank: int, world: int, port: int, threads: int) -> dict[str, str]
             "MASTER_PORT": str(port),
             "OMP_NUM_THREADS": str(threads),
             "DIP_WORKER": "1",
+            LAUNCHER_ENV: str(os.getpid()),
         }
     )
+    env.pop("TORCHELASTIC_RESTART_COUNT", None)
+    if progress and rank == 0:
+        env[PROGRESS_ENV] = progress
+    else:
+        env.pop(PROGRESS_ENV, None)
     return env
 
 
@@ -88,19 +105,19 @@ def launch_many(cfgs: list[TrainConfig], poll_s: float = 0.05, worker: list[str]
             json.dump({"configs": [asdict(c) for c in cfgs], "workdir": workdir}, f)
         port = free_port()
         cmd = list(worker or [sys.executable, "-m", "dip.runtime.launch"])
+        progress = os.path.join(workdir, PROGRESS_FILE)
         procs: list[subprocess.Popen] = []
         logs = []
+        signals = _Forwarder(procs).install()
         try:
             for rank in range(nproc):
                 log = open(os.path.join(workdir, f"rank{rank}.log"), "wb")
                 logs.append(log)
-                procs.append(
-                    subprocess.Popen(
-                        [*cmd, config], env=worker_env(rank, nproc, port, threads), stdout=log, stderr=subprocess.STDOUT
-                    )
-                )
-            _watch(procs, workdir, poll_s)
+                env = worker_env(rank, nproc, port, threads, progress)
+                procs.append(subprocess.Popen([*cmd, config], env=env, stdout=log, stderr=subprocess.STDOUT))
+            _watch(procs, workdir, poll_s, _Relay(progress))
         finally:
+            signals.restore()
             for p in procs:
                 if p.poll() is None:
                     p.kill()
@@ -114,25 +131,76 @@ def launch_many(cfgs: list[TrainConfig], poll_s: float = 0.05, worker: list[str]
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _watch(procs: list[subprocess.Popen], workdir: str, poll_s: float) -> None:
+class _Forwarder:
+    """The launcher's SIGTERM / SIGINT handler: the first signal asks every rank to stop after its
+    current step (SIGTERM), a second one kills them."""
+
+    def __init__(self, procs: list[subprocess.Popen]):
+        self.procs, self.count, self.previous = procs, 0, {}
+
+    def install(self) -> _Forwarder:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, old in self.previous.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM if self.count == 1 else signal.SIGKILL)
+
+
+class _Relay:
+    """Copies the lines rank 0 appends to its progress file to the launcher's standard error."""
+
+    def __init__(self, path: str):
+        self.path, self.offset = path, 0
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                f.seek(self.offset)
+                text = f.read()
+        except OSError:
+            return
+        end = text.rfind("\n") + 1  # whole lines only
+        if end:
+            sys.stderr.write(text[:end])
+            sys.stderr.flush()
+            self.offset += len(text[:end].encode("utf-8"))
+
+
+def _watch(procs: list[subprocess.Popen], workdir: str, poll_s: float, relay: _Relay | None = None) -> None:
     """Wait for every rank; the first one that fails stops the others and is reported."""
     while True:
+        if relay is not None:
+            relay.poll()
         codes = [p.poll() for p in procs]
         failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
         if failed:
+            first = list(failed)
             time.sleep(0.2)  # let a rank that raised first finish writing its error
             codes = [p.poll() for p in procs]
             failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
             for p in procs:
                 if p.poll() is None:
                     p.send_signal(signal.SIGKILL)
-            _raise_failure(failed, codes, workdir)
+            if relay is not None:
+                relay.poll()
+            _raise_failure(failed, codes, workdir, first)
         if all(c == 0 for c in codes):
+            if relay is not None:
+                relay.poll()
             return
         time.sleep(poll_s)
 
 
-def _raise_failure(failed: list[int], codes: list, workdir: str) -> None:
+def _raise_failure(failed: list[int], codes: list, workdir: str, first: list[int] | None = None) -> None:
     errors = {}
     for r in range(len(codes)):
         path = os.path.join(workdir, ERROR_FILE.format(rank=r))
@@ -142,19 +210,45 @@ def _raise_failure(failed: list[int], codes: list, workdir: str) -> None:
     bad = [e for e in errors.values() if e.get("type") == "BadInput"]
     if bad:
         raise BadInput(bad[0]["message"])
-    # the root cause: a rank with an error that is not a consequence of another rank's death
-    ranked = sorted(errors.items(), key=lambda kv: (_is_consequence(kv[1]["message"]), kv[0]))
-    if ranked:
-        rank, err = ranked[0]
+    # the root cause: among the ranks that failed first, a rank whose error is not a consequence of
+    # another rank's death, else one that died without an error (killed, os._exit, a crash), else any
+    first = first or failed
+
+    def blame(r: int) -> tuple:
+        err = errors.get(r)
+        kind = 0 if err is not None and not _is_consequence(err["message"]) else (1 if err is None else 2)
+        return (r not in first, kind, r)
+
+    rank = min(failed, key=blame)
+    err = errors.get(rank)
+    if err is not None:
         raise RankFailed(f"rank {rank} failed: {err['message']}")
-    rank = failed[0]
-    raise RankFailed(f"rank {rank} died with exit code {codes[rank]}{_log_tail(workdir, rank)}")
+    raise RankFailed(f"rank {rank} died with {_exit_text(codes[rank])}{_log_tail(workdir, rank)}")
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+CONSEQUENCES = (
+    "timed out",
+    "connection closed",
+    "connection reset",
+    "connection was likely closed",
+    "broken pipe",
+    "lost contact",
+)
 
 
 def _is_consequence(message: str) -> bool:
     """Errors a rank gets because a peer died or stopped answering."""
     text = message.lower()
-    return any(k in text for k in ("timed out", "connection closed", "connection reset", "broken pipe"))
+    return any(k in text for k in CONSEQUENCES)
 
 
 def _log_tail(workdir: str, rank: int) -> str:
@@ -170,6 +264,8 @@ def _log_tail(workdir: str, rank: int) -> str:
 def worker_main(config_path: str, *, load: ModelLoader = load_builtin, open_data: DataOpener = no_data) -> int:
     """Entry point of one rank started by :func:`launch` (``load`` / ``open_data``: see
     :func:`~dip.runtime.trainer.train`; ``dip.integrations.launch`` passes the integrations' loaders)."""
+    if os.environ.get(LAUNCHER_ENV):
+        die_with_parent(int(os.environ[LAUNCHER_ENV]))  # no rank trains on after its launcher was killed
     with open(config_path, encoding="utf-8") as f:
         payload = json.load(f)
     cfgs = [TrainConfig(**c) for c in payload["configs"]]

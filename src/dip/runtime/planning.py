@@ -1,7 +1,9 @@
-"""What each training step runs: the global batches (one slice per data-parallel replica) and the
-plan of every replica under the chosen schedule, with the simulator's predicted step time.
+"""What each training pass runs: the plan of every data-parallel replica's batch under the chosen
+schedule, with the simulator's predicted step time, and the search options of each planning mode.
 
-Only global rank 0 calls these; the results are broadcast to the other ranks.
+Global rank 0 (inline planning) or the planner service's processes (:mod:`dip.runtime.planner_service`)
+call these; the plans reach every rank through :mod:`dip.runtime.plan_delivery`. Nothing here imports
+torch: the planner's processes import this module.
 """
 
 from __future__ import annotations
@@ -10,14 +12,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from dip.cost import CostModel
-from dip.data.meta import BatchMeta, MicroBatchMeta
-from dip.data.packing import DocumentMeta, pack_documents
-from dip.data.workload import generate_batches, generate_dynamic_batches
+from dip.data.meta import BatchMeta
+from dip.data.packing import DocumentMeta
 from dip.errors import BadInput
-from dip.planner import SearchOptions, plan_schedule
+from dip.planner import DEFAULT_BUDGET_S, SearchOptions, plan_schedule
+from dip.runtime.batches import WORKLOADS, BatchStream, text_only
 from dip.schedule.ir import Plan
 from dip.schedule.partition import Partition
 from dip.sim import SimulatedPlan, simulate_plan
@@ -26,6 +26,11 @@ from dip.spec.model import ModelSpec
 
 CPU_HARDWARE = "cpu"
 DIP_ROLLOUTS = 24  # planner rollouts per batch: deterministic plans, a second or so per step
+# the dual-queue interleaving of the default segment order, without any search: the fallback plan
+FAST_SEARCH = SearchOptions(rollouts=0, tune=False, polish=False)
+# tuning and tree search without polishing: milliseconds on small batches, most of the search's gain
+QUICK_SEARCH = SearchOptions(rollouts=DIP_ROLLOUTS, polish=False)
+MIN_BUDGET_S = 0.05  # the shortest search the planner service runs (a budget adapted to short steps)
 
 
 @dataclass
@@ -39,7 +44,10 @@ class StepWork:
     predicted_s: float | None
     predicted_makespan_s: float | None = None
     predicted_static_makespan_s: float | None = None  # with the shipped calibration only
-    next_batches: list[BatchMeta] | None = None  # the next step's replica batches (data prefetching)
+    fingerprint: str = ""  # of ``batches`` (dip.runtime.batches.fingerprint): checked by every rank
+    source: str = "searched"  # searched, best-so-far (an earlier search phase's plan) or fallback
+    late: bool = False  # the searched plan was not ready when the step needed it
+    plan_latency_s: float | None = None  # from the start of planning this batch to the plan used
 
     @property
     def global_batch(self) -> BatchMeta:
@@ -47,66 +55,30 @@ class StepWork:
         return BatchMeta(mbs, index=self.step)
 
 
-def text_only(mb: MicroBatchMeta) -> MicroBatchMeta:
-    """The same micro-batch without images (every image's tokens become text)."""
-    return MicroBatchMeta(text_lens=mb.text_lens, image_counts=(0,) * len(mb.text_lens))
-
-
-WORKLOADS = ("default", "dynamic")
-
-
 def make_step_batches(
     model: ModelSpec, steps: int, dp: int, microbatches: int, seed: int, workload: str = "default"
 ) -> list[list[BatchMeta]]:
-    """``steps`` global batches of ``dp * microbatches`` micro-batches, cut into ``dp`` replica batches.
+    """``steps`` global batches of ``dp * microbatches`` micro-batches, cut into ``dp`` replica batches:
+    the first passes of :class:`~dip.runtime.batches.BatchStream` over the generated workload.
 
     ``default``: the model's workload mixture; ``dynamic`` (VLM): image counts per micro-batch that rise
     and fall over the steps (the paper's Fig. 8b). Batches differ from step to step (image counts, text
-    lengths, clip counts); a VLM run always contains at least one text-only micro-batch."""
-    if workload == "dynamic":
-        raw = generate_dynamic_batches(model, seed, microbatches * dp, iterations=max(steps, 1))[:steps]
-    elif workload == "default":
-        raw = generate_batches(model, steps, seed, microbatches * dp)
-    else:
-        raise BadInput(f"unknown workload {workload!r}; valid workloads: {', '.join(WORKLOADS)}")
-    out: list[list[BatchMeta]] = []
-    for s, b in enumerate(raw):
-        mbs = list(b.microbatches)
-        if model.is_vlm and s == 0 and not any(mb.images == 0 for bb in raw for mb in bb.microbatches):
-            mbs[-1] = text_only(mbs[-1])
-        out.append([BatchMeta(tuple(mbs[d * microbatches : (d + 1) * microbatches]), index=s) for d in range(dp)])
-    return out
+    lengths, clip counts); a VLM run's first batch always contains a text-only micro-batch."""
+    stream = BatchStream(model, dp=dp, microbatches=microbatches, seed=seed, workload=workload)
+    return [stream.replicas(s) for s in range(steps)]
 
 
 def dataset_step_batches(
     model: ModelSpec, documents: Sequence[DocumentMeta], steps: int, dp: int, microbatches: int, seed: int
 ) -> tuple[list[list[BatchMeta]], int]:
     """``steps`` global batches of ``dp * microbatches`` micro-batches packed from a real dataset, cut
-    into ``dp`` replica batches, and the number of epochs they span.
-
-    Each epoch visits every sample once in an order drawn from ``(seed, epoch)``; its samples are packed
-    whole (:func:`~dip.data.packing.pack_documents`) up to the model's context length and image / clip
-    limits, and the steps take consecutive micro-batches of the epochs' stream (a step may span two
-    epochs, as Megatron's blended index does). Only metadata is used: nothing is loaded here."""
-    if not documents:
-        raise BadInput("the dataset has no usable sample")
-    need = steps * dp * microbatches
-    stream: list[MicroBatchMeta] = []
-    epochs = 0
-    while len(stream) < need:
-        order = np.random.default_rng([seed, epochs]).permutation(len(documents))
-        stream += pack_documents(
-            [documents[i] for i in order],
-            context_length=model.context_length,
-            max_images=model.max_images_per_microbatch,
-            max_clips=model.max_clips_per_microbatch,
-        )
-        epochs += 1
-    out = []
-    for s in range(steps):
-        mbs = stream[s * dp * microbatches : (s + 1) * dp * microbatches]
-        out.append([BatchMeta(tuple(mbs[d * microbatches : (d + 1) * microbatches]), index=s) for d in range(dp)])
-    return out, epochs
+    into ``dp`` replica batches, and the number of epochs they span (see
+    :class:`~dip.runtime.batches.BatchStream`: every epoch visits every sample once in an order drawn
+    from ``(seed, epoch)``, packed whole up to the model's context length and image / clip limits; a step
+    may span two epochs, as Megatron's blended index does). Only metadata is used: nothing is loaded."""
+    stream = BatchStream(model, dp=dp, microbatches=microbatches, seed=seed, documents=documents)
+    out = [stream.replicas(s) for s in range(steps)]
+    return out, stream.epochs
 
 
 def check_parallel(model: ModelSpec, nproc: int, pp: int | None, dp: int | None) -> tuple[int, int]:
@@ -143,6 +115,14 @@ def cost_setup(model: ModelSpec, dtype: str, hardware: str = CPU_HARDWARE) -> tu
     return CostModel(model, hw, tp=1, dtype_bytes=dtype_bytes), hw
 
 
+def search_options(*, deterministic: bool = True, budget_s: float | None = None, seed: int = 0) -> SearchOptions:
+    """DIP's search for a training pass: a fixed rollout budget (deterministic plans, as every inline
+    planned run), or ``budget_s`` seconds (the planner service outside ``--deterministic``)."""
+    if deterministic:
+        return SearchOptions(rollouts=DIP_ROLLOUTS, seed=seed)
+    return SearchOptions(budget_s=max(float(budget_s or DEFAULT_BUDGET_S), MIN_BUDGET_S), seed=seed)
+
+
 def plan_replica(
     schedule: str,
     model: ModelSpec,
@@ -152,22 +132,17 @@ def plan_replica(
     seed: int = 0,
     predict_cost_model: CostModel | None = None,
     partition: Partition | None = None,
+    search: SearchOptions | None = None,
 ) -> SimulatedPlan:
     """The simulated plan of one replica's batch.
 
-    Every schedule plans with ``cost_model`` (``dip``: the planner with a fixed number of rollouts, so
-    every run plans the same way, and the layer ``partition`` when given, so later steps keep the
-    first step's placement). The simulation that predicts the step time uses ``predict_cost_model``
-    (e.g. online-calibrated) when given; the result keeps the planner's partition.
+    Every schedule plans with ``cost_model`` (``dip``: the planner with ``search``, by default a fixed
+    number of rollouts, so every run plans the same way, and the layer ``partition`` when given, so later
+    steps keep the first step's placement). The simulation that predicts the step time uses
+    ``predict_cost_model`` (e.g. online-calibrated) when given; the result keeps the planner's partition.
     """
     sim = plan_schedule(
-        schedule,
-        model,
-        batch,
-        cost_model,
-        hardware,
-        partition=partition,
-        search=SearchOptions(rollouts=DIP_ROLLOUTS, seed=seed),
+        schedule, model, batch, cost_model, hardware, partition=partition, search=search or search_options(seed=seed)
     )
     if predict_cost_model is not None:
         predicted = simulate_plan(sim.plan, model, predict_cost_model, batch, hardware)
@@ -190,11 +165,14 @@ def plan_step(
     seed: int = 0,
     predict_cost_model=None,
     partition=None,
+    search: SearchOptions | None = None,
 ) -> tuple[StepWork, list]:
-    """Plans (one per replica) and the predicted step time of one step, plus the simulations (a DIP
-    simulation carries the planner's ``partition``)."""
+    """Plans (one per replica) and the predicted step time of one step (or pass), plus the simulations
+    (a DIP simulation carries the planner's ``partition``); ``search``: DIP's search options (default: the
+    fixed rollout budget)."""
     sims = [
-        plan_replica(schedule, model, b, cost_model, hardware, seed, predict_cost_model, partition) for b in batches
+        plan_replica(schedule, model, b, cost_model, hardware, seed, predict_cost_model, partition, search)
+        for b in batches
     ]
     its = [_finite(s.result.iteration_time) for s in sims]
     mss = [_finite(s.result.makespan) for s in sims]
@@ -216,6 +194,10 @@ def with_parallel(model: ModelSpec, pp: int, dp: int) -> ModelSpec:
 
 
 __all__ = [
+    "DIP_ROLLOUTS",
+    "FAST_SEARCH",
+    "QUICK_SEARCH",
+    "WORKLOADS",
     "StepWork",
     "check_parallel",
     "cost_setup",
@@ -223,6 +205,7 @@ __all__ = [
     "make_step_batches",
     "plan_replica",
     "plan_step",
+    "search_options",
     "text_only",
     "with_parallel",
 ]

@@ -17,22 +17,45 @@ Error measures (max over parameters and steps):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from dip.data.meta import BatchMeta
+from dip.runtime import optim
 from dip.runtime.models import ReferenceModel, reference_step
+from dip.runtime.ties import sum_tied_grads
 
 EPS = 1e-6
-ADAMW = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
 
 
-def make_optimizer(params) -> torch.optim.Optimizer:
-    """The optimizer of both the pipeline and the reference (AdamW, :data:`ADAMW`)."""
-    return torch.optim.AdamW(list(params), **ADAMW, foreach=False)
+def make_optimizer(params, opt: optim.OptimizerConfig = optim.DEFAULT_OPTIMIZER) -> torch.optim.Optimizer:
+    """The optimizer of both the pipeline and the reference (:func:`dip.runtime.optim.make_optimizer`)."""
+    return optim.make_optimizer(params, opt)
+
+
+def tied_copies(provider) -> list[str]:
+    """Canonical names of the second and later copies of every tied parameter (counted once in norms)."""
+    return [n for group in getattr(provider, "tied_groups", tuple)() for n in list(group)[1:]]
+
+
+def reference_passes(ref: ReferenceModel, passes: Sequence[tuple[BatchMeta, int]]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Loss and gradients of one optimizer step made of several passes (gradient accumulation): each
+    pass's micro-batches with its own step seed, the loss weighted by the tokens of all of them."""
+    if len(passes) == 1:
+        return reference_step(ref, *passes[0])
+    params = dict(ref.canonical_named_parameters())
+    for prm in params.values():
+        prm.grad = None
+    total = sum(ref.provider.loss_tokens(mb) for b, _ in passes for mb in b.microbatches)
+    sums = [ref.microbatch_loss_sum(mb, k, seed) for b, seed in passes for k, mb in enumerate(b.microbatches)]
+    loss = torch.stack([s for s in sums if s is not None]).sum() / total
+    loss.backward()
+    sum_tied_grads(params, getattr(ref.provider, "tied_groups", tuple)())
+    grads = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)) for n, p in params.items()}
+    return loss.detach(), grads
 
 
 def rel_err(x: Tensor, ref: Tensor) -> float:
@@ -77,6 +100,7 @@ class ReferenceChecker:
     seed: int
     dtype: str
     device: object = None
+    optimizer: optim.OptimizerConfig = field(default_factory=optim.OptimizerConfig)
     # NaN until a step was compared: a report never shows "no error" for a comparison that did not happen
     errors: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("grad", "loss", "param", "allclose"), math.nan)
@@ -86,17 +110,24 @@ class ReferenceChecker:
     def __post_init__(self):
         self.ref = ReferenceModel(self.model, self.seed, self.dtype, self.device)
         self.params = dict(self.ref.canonical_named_parameters())
-        self.opt = make_optimizer(self.params.values())
+        self.opt = make_optimizer(self.params.values(), self.optimizer)
+        self.sched = optim.make_scheduler(self.opt, self.optimizer)
+        self.skip = tied_copies(self.ref.provider)
 
-    def step(self, batch: BatchMeta, step_seed: int, loss: float, grads: Mapping[str, Tensor]) -> dict[str, float]:
-        """Reference step on ``batch``; compares the loss and gradients, then steps the reference optimizer."""
-        ref_loss, ref_grads = reference_step(self.ref, batch, step_seed)
+    def step(
+        self, passes: Sequence[tuple[BatchMeta, int]], loss: float, grads: Mapping[str, Tensor]
+    ) -> dict[str, float]:
+        """Reference step on ``passes`` (each pass's global batch and step seed); compares the loss and
+        gradients, then clips and steps the reference optimizer."""
+        ref_loss, ref_grads = reference_passes(self.ref, passes)
         g_err, g_at = max_rel_err(grads, ref_grads, "gradients")
         self._note("allclose", allclose_ratio(grads, ref_grads), g_at)
         l_err = abs(loss - float(ref_loss))
         for name, p in self.params.items():
             p.grad = ref_grads[name].to(p.dtype)
+        optim.clip_gradients(self.params, self.optimizer.grad_clip, skip=self.skip)
         self.opt.step()
+        self.sched.step()
         self._note("grad", g_err, g_at)
         self._note("loss", l_err, "loss")
         return {"grad_rel_err": g_err, "loss_abs_err": l_err, "reference_loss": float(ref_loss)}
