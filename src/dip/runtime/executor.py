@@ -17,6 +17,7 @@ Every action's start and end (seconds since the step started) are recorded.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -94,7 +95,8 @@ def _routes(
 
 @dataclass
 class StepResult:
-    """What one rank measured in one step: its summed loss and the timeline of its actions."""
+    """What one rank measured in one step: its summed loss (0 on tensor-parallel ranks other than the
+    first, which hold copies) and the timeline of its actions."""
 
     rank: int
     loss_sum: float
@@ -148,6 +150,7 @@ class StepContext:
     wait_s: float = 0.0  # time the current action spent waiting for messages
     reduced: set[int] = field(default_factory=set)
     loss_parts: list[Tensor] = field(default_factory=list)
+    grad_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     data_cache: dict[tuple, Any] = field(default_factory=dict)
     edges: dict[tuple[int, int], Edge] = field(default_factory=dict)
 
@@ -274,6 +277,7 @@ class Executor:
         post_in_background: bool = False,
         comm_device: torch.device | str | None = None,
         pause_gc: bool = True,
+        counts_loss: bool = True,
     ):
         self.rank = rank
         self.provider = provider
@@ -284,6 +288,9 @@ class Executor:
         self.device = torch.device(device)
         self.comm_device = torch.device(comm_device) if comm_device is not None else self.device
         self.pause_gc = pause_gc
+        # tensor-parallel ranks other than the first hold copies of their stage's loss: they report 0
+        self.counts_loss = counts_loss
+        self.grad_context = getattr(provider, "grad_context", contextlib.nullcontext)
         self.max_outstanding_sends = max_outstanding_sends
         self.handlers: dict[str, Handler] = dict(DEFAULT_HANDLERS)
         self.handlers.update(handlers or {})
@@ -337,6 +344,7 @@ class Executor:
             comm_device=self.comm_device,
             sends=SendQueue(self.rank, self.timeout_s, self.max_outstanding_sends),
             poster=self.poster,
+            grad_context=self.grad_context,
         )
 
     def run_step(self, prepared: PreparedPlan, *, step_seed: int, loss_scale: float, mb_offset: int = 0) -> StepResult:
@@ -387,7 +395,7 @@ class Executor:
             i += 1
         ctx.sends.drain()
         self._check_finished(ctx)
-        loss = float(torch.stack(ctx.loss_parts).sum()) if ctx.loss_parts else 0.0
+        loss = float(torch.stack(ctx.loss_parts).sum()) if ctx.loss_parts and self.counts_loss else 0.0
         return StepResult(self.rank, loss, clock() - t0, times)
 
     def _check_finished(self, ctx: StepContext) -> None:

@@ -77,6 +77,9 @@ class ChunkModule(nn.Module):
         parts = self.protocol
         if self.pre is not None:
             hidden, side = parts.call_pre(self.pre, inputs, data)
+            shard = getattr(data, "shard", None)
+            if shard is not None:  # the pre part runs replicated; the blocks hold the rank's rows only
+                hidden = shard.scatter(hidden)
         else:
             hidden = inputs["hidden"]
             side = {k: v for k, v in inputs.items() if k != "hidden"}

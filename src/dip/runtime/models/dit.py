@@ -65,6 +65,17 @@ def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
+def per_token(table: Tensor, data: UnitData) -> Tensor:
+    """Row ``clip_of_token[i]`` of a per-clip ``table`` for every token this rank holds (under sequence
+    parallelism the table's gradient, partial on every rank, is summed over the tensor-parallel group)."""
+    if data.shard is None:
+        return table[data.clip_of_token]
+    rows = data.cache.get("clip_of_token_rows")
+    if rows is None:
+        rows = data.cache["clip_of_token_rows"] = data.token_rows(data.clip_of_token)
+    return data.shard.copy_in(table)[rows]
+
+
 class DitBlock(nn.Module):
     """adaLN-single modulated self-attention, cross-attention and MLP."""
 
@@ -80,11 +91,11 @@ class DitBlock(nn.Module):
         self.mod_table = nn.Parameter(torch.zeros(T_MOD_PARTS, h))
 
     def forward(self, x: Tensor, side: dict[str, Tensor], data: UnitData, recompute_attention: bool = False) -> Tensor:
-        mod = (side["t_mod"] + self.mod_table.reshape(1, -1))[data.clip_of_token]
+        mod = per_token(side["t_mod"] + self.mod_table.reshape(1, -1), data)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.chunk(T_MOD_PARTS, dim=-1)
         rope = data.rope(self.attn.head_dim, x.dtype)
         h = _modulate(self.norm1(x), shift_a, scale_a)
-        x = x + gate_a * self.attn(h, data.self_mask(causal=False), rope, recompute_core=recompute_attention)
+        x = x + gate_a * self.attn(h, data.self_mask(causal=False), rope=rope, recompute_core=recompute_attention)
         x = x + self.cross(self.cross_norm(x), data.cross_mask(), kv=side["cond"], recompute_core=recompute_attention)
         return x + gate_m * self.mlp(_modulate(self.norm2(x), shift_m, scale_m))
 
@@ -102,11 +113,15 @@ class DitPost(nn.Module):
 
     def forward(self, x: Tensor, side: dict[str, Tensor], data: UnitData) -> dict[str, Tensor]:
         h = self.spec.hidden
-        mod = (side["t_mod"][:, : 2 * h] + self.final_table.reshape(1, -1))[data.clip_of_token]
+        mod = per_token(side["t_mod"][:, : 2 * h] + self.final_table.reshape(1, -1), data)
         shift, scale = mod.chunk(2, dim=-1)
         pred = self.out(_modulate(self.norm(x), shift, scale))
         s = self.spec
         targets = [patchify_latent(n - x0, s.patch_t, s.patch_hw) for x0, n in zip(data.latents, data.noise)]
-        target = torch.cat(targets) if targets else pred.new_zeros(pred.shape)
+        target = torch.cat(targets) if targets else pred.new_zeros((data.tokens, pred.shape[-1]))
+        if data.shard is not None:  # this rank's rows, the padding left out
+            real = data.shard.real_rows(data.tokens)
+            pred, target = pred[:real], data.shard.local(target)[:real]
         acc = torch.promote_types(pred.dtype, torch.float32)  # sum low-precision errors in float32
-        return {"loss_sum": (pred.to(acc) - target.to(acc)).pow(2).sum()}
+        loss = (pred.to(acc) - target.to(acc)).pow(2).sum()
+        return {"loss_sum": loss if data.shard is None else data.shard.reduce(loss)}

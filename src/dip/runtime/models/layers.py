@@ -133,7 +133,8 @@ def attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | Segments) -> 
 
 def segmented_attention(q: Tensor, k: Tensor, v: Tensor, seg: Segments) -> Tensor:
     """Attention of each document on its own keys; documents of equal (query, key) lengths run as one
-    batched SDPA call. ``q [H, Tq, D]``, ``k, v [H, Tk, D]`` -> ``[H, Tq, D]``."""
+    batched SDPA call. ``q [H, Tq, D]``, ``k, v [H, Tk, D]`` -> ``[H, Tq, D]``. A document without keys
+    (the sequence-parallel padding in cross-attention) gets zeros."""
     if sum(seg.q_lens) != q.shape[1] or sum(seg.kv_lens) != k.shape[1]:
         raise ValueError(
             f"segments cover {sum(seg.q_lens)} queries / {sum(seg.kv_lens)} keys, "
@@ -142,9 +143,11 @@ def segmented_attention(q: Tensor, k: Tensor, v: Tensor, seg: Segments) -> Tenso
     qs, ks, vs = q.split(seg.q_lens, dim=1), k.split(seg.kv_lens, dim=1), v.split(seg.kv_lens, dim=1)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, shape in enumerate(zip(seg.q_lens, seg.kv_lens)):
-        if shape[0]:
+        if shape[0] and shape[1]:
             groups.setdefault(shape, []).append(i)
-    out: list[Tensor | None] = [q.new_zeros(q.shape[0], 0, v.shape[-1]) if n == 0 else None for n in seg.q_lens]
+    out: list[Tensor | None] = [
+        q.new_zeros(q.shape[0], n, v.shape[-1]) if n == 0 or m == 0 else None for n, m in zip(seg.q_lens, seg.kv_lens)
+    ]
     for idx in groups.values():
         got = F.scaled_dot_product_attention(
             torch.stack([qs[i] for i in idx]),
@@ -182,16 +185,19 @@ class Attention(nn.Module):
         recompute_core: bool = False,
     ) -> Tensor:
         src = x if kv is None else kv
-        q = self.q(x).view(x.shape[0], self.heads, self.head_dim).transpose(0, 1)
-        k = self.k(src).view(src.shape[0], self.kv_heads, self.head_dim).transpose(0, 1)
-        v = self.v(src).view(src.shape[0], self.kv_heads, self.head_dim).transpose(0, 1)
+        # heads from the projections' widths: under tensor parallelism a rank holds heads / tp of them
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(src)), self._heads(self.v(src))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if recompute_core:
             out = checkpoint(attention_core, q, k, v, mask, use_reentrant=False)
         else:
             out = attention_core(q, k, v, mask)
-        return self.o(out.transpose(0, 1).reshape(x.shape[0], self.heads * self.head_dim))
+        return self.o(out.transpose(0, 1).reshape(q.shape[1], -1))
+
+    def _heads(self, t: Tensor) -> Tensor:
+        """``[T, n * head_dim]`` -> ``[n, T, head_dim]``."""
+        return t.view(t.shape[0], -1, self.head_dim).transpose(0, 1)
 
 
 class GeluMLP(nn.Module):
