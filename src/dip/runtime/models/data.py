@@ -20,8 +20,8 @@ from torch import Tensor
 from dip.data.meta import MicroBatchMeta, lm_sequence_lens
 from dip.data.tensors import caption_lens, dit_latent_grid, image_tokens, resolve_range
 from dip.runtime.models import layers
-from dip.runtime.models.sequence import SequenceShard
 from dip.runtime.models.seeding import generator, torch_dtype
+from dip.runtime.models.sequence import SequenceShard
 from dip.spec.model import ModelSpec, ModuleSpec
 
 
