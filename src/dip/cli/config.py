@@ -109,6 +109,10 @@ class Train(_Section):
     data_workers: NonNegativeInt = Field(2, description="data-loading processes per rank")
     save_hf: str | None = Field(None, description="write the trained checkpoint here (checkpoint models)")
     static_costs: bool = Field(False, description="plan with the shipped calibration only (no online correction)")
+    fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state over dp (FSDP2)")
+    fsdp_reshard_after_forward: bool = Field(
+        False, description="FSDP: free gathered parameters after every forward (replicas' plans must agree)"
+    )
 
 
 class ExperimentConfig(_Section):
@@ -171,6 +175,8 @@ OPTION_OF: dict[str, tuple[str, Any]] = {
     "train.context_length": ("context_length", None),
     "train.data_workers": ("data_workers", None),
     "train.save_hf": ("save_hf", None),
+    "train.fsdp": ("fsdp", None),
+    "train.fsdp_reshard_after_forward": ("fsdp_reshard_after_forward", None),
     "train.static_costs": ("static_costs", None),
 }
 # sections that belong to one command only (their options share names with other sections')

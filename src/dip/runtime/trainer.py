@@ -44,6 +44,8 @@ from dip.runtime.comm import timed_collective
 from dip.runtime.coordinator import Coordinator
 from dip.runtime.dataload import StepDataLoader, chunk_data_keys
 from dip.runtime.loading import DataOpener, ModelLoader, load_builtin, no_data, open_model
+from dip.runtime.parallel import Layout
+from dip.runtime.parallel_state import ParallelOptions, ParallelState
 from dip.runtime.reference_check import make_optimizer
 from dip.runtime.saving import save_trained
 from dip.runtime.step import StepRunner, gather_actions, layout_of
@@ -81,6 +83,9 @@ class TrainConfig:
     context_length: int | None = None  # pack micro-batches up to this many tokens (default: the model's)
     data_workers: int = 2  # DataLoader processes per rank
     save_hf: str | None = None  # write the trained weights as a checkpoint folder here
+    tp: int = 1  # tensor-parallel ranks per stage (with sequence parallelism), dip.runtime.parallel
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over dp (FSDP2); default ZeRO-1
+    fsdp_reshard_after_forward: bool = False  # FSDP: free gathered parameters after every forward
 
 
 @dataclass
@@ -98,17 +103,23 @@ class Runtime:
     optimizer: Any = None
     ties: TiedGradients | None = None  # tied parameters' gradient sums (made at the first plan)
     feed: StepDataLoader | None = None  # the rank's data loader (real datasets)
+    tp: int = 1
+    par: ParallelState | None = None  # the (dp, pp, tp) device mesh and what runs on it
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.rank, self.tp, self.pp, self.dp)
 
     @property
     def pp_rank(self) -> int:
-        return self.rank % self.pp
+        return self.layout.pp_rank
 
     @property
     def dp_index(self) -> int:
-        return self.rank // self.pp
+        return self.layout.dp_index
 
     def global_rank(self, pp_rank: int) -> int:
-        return self.dp_index * self.pp + pp_rank
+        return self.layout.global_rank(pp_rank)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -167,21 +178,9 @@ def _broadcast(obj: Any, rt: Runtime) -> Any:
 
 
 def sync_gradients(rt: Runtime, timeout_s: float) -> None:
-    """Fill missing gradients with zeros and all-reduce them over the data-parallel group."""
-    params = [p for _, p in sorted(rt.runner.named_parameters().items())]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    if rt.dp > 1 and params:
-        flat = torch.cat([p.grad.reshape(-1) for p in params]).to(rt.comm_device)
-        timed_collective(
-            dist.all_reduce, "the data-parallel gradient all-reduce", rt.rank, timeout_s, flat, group=rt.dp_group
-        )
-        off = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[off : off + n].view_as(p))
-            off += n
+    """Fill missing gradients with zeros, sum tensor-parallel partial ones and reduce them over the
+    data-parallel group (all-reduce, or FSDP's reduce-scatter)."""
+    rt.par.sync_gradients(rt.runner, timeout_s)
 
 
 def _gather(obj: Any, rt: Runtime) -> list[Any] | None:
@@ -257,6 +256,7 @@ def train(cfg: TrainConfig, *, load: ModelLoader = load_builtin, open_data: Data
     if not coord:
         return None
     out = coord.result(world, rt.pp, rt.dp)
+    out.update(rt.par.report())
     out["bind_cores"] = cfg.bind_cores
     out["rank0_cores"] = sorted(os.sched_getaffinity(0)) if cores else None  # read back: what the OS applies
     out.update({"device": device.type, "backend": dist.get_backend()})
@@ -266,21 +266,21 @@ def train(cfg: TrainConfig, *, load: ModelLoader = load_builtin, open_data: Data
 
 def _runtime(cfg: TrainConfig, provider, rank: int, world: int, device: torch.device) -> Runtime:
     """This rank's state: parallel sizes (the provider's spec gets them), data-parallel groups, step runner."""
-    pp, dp = planning.check_parallel(provider.spec, world, cfg.pp, cfg.dp)
-    provider.spec = planning.with_parallel(provider.spec, pp, dp)
-    rt = Runtime(rank, world, pp, dp, device, comm_device_for(device, dist.get_backend()))
-    for r in range(pp):  # every rank creates every group, in the same order
-        g = dist.new_group([d * pp + r for d in range(dp)]) if dp > 1 else None
-        if r == rt.pp_rank:
-            rt.dp_group = g
+    pp, dp = planning.check_parallel(provider.spec, world, cfg.pp, cfg.dp, cfg.tp)
+    provider.spec = planning.with_parallel(provider.spec, pp, dp, cfg.tp, cfg.fsdp)
+    rt = Runtime(rank, world, pp, dp, device, comm_device_for(device, dist.get_backend()), tp=cfg.tp)
+    options = ParallelOptions(cfg.tp, cfg.fsdp, cfg.fsdp_reshard_after_forward)
+    rt.par = ParallelState(rt.layout, device, options, rt.comm_device)  # the device mesh (collective)
+    rt.dp_group = rt.par.dp_group
     rt.runner = StepRunner(
         rt.pp_rank,
-        provider,
+        rt.par.wrap(provider),
         backend=dist.get_backend(),
         rank_map=rt.global_rank,
         timeout_s=cfg.timeout_s,
         device=device,
         comm_device=rt.comm_device,
+        counts_loss=rt.layout.tp_rank == 0,
     )
     return rt
 
@@ -306,12 +306,23 @@ def _train_step(cfg: TrainConfig, rt: Runtime, provider, coord, step: int, work)
     gradients, AdamW, compare, measure."""
     runner = rt.runner
     plan, batch = work.plans[rt.dp_index], work.batches[rt.dp_index]
+    rt.par.check_plans(work.plans, work.batches, provider.instances)
     prepared = runner.prepare(plan, batch)
     if rt.optimizer is None:
-        rt.optimizer = make_optimizer(runner.named_parameters().values())
+        rt.optimizer = rt.par.make_optimizer(runner, make_optimizer)
     if rt.ties is None:  # once, on every rank in the same order (collective)
         layouts = {r: [p for _, parts in layout_of(plan, r) for p in parts] for r in range(rt.pp)}
-        rt.ties = TiedGradients.create(provider, layouts, pp_rank=rt.pp_rank, pp=rt.pp, dp=rt.dp, dp_index=rt.dp_index)
+        lay = rt.layout
+        rt.ties = TiedGradients.create(
+            provider,
+            layouts,
+            pp_rank=lay.pp_rank,
+            pp=rt.pp,
+            dp=rt.dp,
+            dp_index=lay.dp_index,
+            tp=rt.tp,
+            tp_rank=lay.tp_rank,
+        )
     if rt.feed is not None:
         rt.feed.ready(chunk_data_keys(provider, runner.parts(), batch))
         if work.next_batches is not None:
@@ -322,18 +333,19 @@ def _train_step(cfg: TrainConfig, rt: Runtime, provider, coord, step: int, work)
     seed = step_seed(cfg.seed, step)
     timed_collective(dist.barrier, f"the barrier before step {step}", rt.rank, cfg.timeout_s)
     t0 = time.perf_counter()
+    rt.par.begin_step(runner)
     res = runner.run(prepared, step_seed=seed, loss_scale=1.0 / total, mb_offset=rt.dp_index * cfg.microbatches)
-    params = runner.named_parameters()
-    rt.ties.reduce(params, rt.pp_rank, rt.comm_device)
+    rt.ties.reduce(runner.named_parameters(), rt.pp_rank, rt.comm_device)
     sync_gradients(rt, cfg.timeout_s)
     t_grads = time.perf_counter() - t0
     loss_t = torch.tensor([res.loss_sum], dtype=torch.float64, device=rt.comm_device)
     timed_collective(dist.all_reduce, "the loss all-reduce", rt.rank, cfg.timeout_s, loss_t)
     loss = float(loss_t[0]) / total
     extra: dict[str, Any] = {}
-    mine = rt.dp_index == 0  # replica 0 speaks for every replica (identical gradients after the all-reduce)
+    # replica 0's first TP rank speaks for its stage (identical gradients after the all-reduce)
+    mine = rt.layout.speaks
     if cfg.check_reference:
-        got = _gather({n: p.grad.detach().cpu() for n, p in params.items()} if mine else {}, rt)
+        got = _gather(rt.par.full_grads(runner), rt)
         if coord:
             extra.update(coord.checker.step(global_batch, seed, loss, {k: v for d in got for k, v in d.items()}))
     t1 = time.perf_counter()
@@ -343,19 +355,18 @@ def _train_step(cfg: TrainConfig, rt: Runtime, provider, coord, step: int, work)
     )
     timed_collective(dist.all_reduce, "the step-time all-reduce", rt.rank, cfg.timeout_s, times, op=dist.ReduceOp.MAX)
     if cfg.check_reference:
-        got = _gather({n: p.detach().cpu() for n, p in params.items()} if mine else {}, rt)
+        got = _gather(rt.par.full_params(runner), rt)
         if coord:
             extra["param_rel_err"] = coord.checker.compare_params({k: v for d in got for k, v in d.items()})
     rows = gather_actions(res if mine else None, rt.rank, rt.world)
     if coord:
-        coord.measured(work, rows[: rt.pp])
+        coord.measured(work, [rows[rt.layout.global_rank(r, 0, 0)] for r in range(rt.pp)])
         coord.add_report(step, work, loss, total, (float(times[0]), float(times[1])), extra)
 
 
 def _save_checkpoint(out: str, rt: Runtime, provider) -> None:
     """Gather replica 0's parameters (canonical names) on rank 0 and write them with the provider's saver."""
-    params = rt.runner.named_parameters()
-    got = _gather({n: p.detach().cpu() for n, p in params.items()} if rt.dp_index == 0 else {}, rt)
+    got = _gather(rt.par.full_params(rt.runner), rt)
     if rt.rank == 0:
         save_trained(provider, out, {k: v for d in got for k, v in d.items()})
 
