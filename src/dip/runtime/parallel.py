@@ -46,6 +46,7 @@ from dip.data.meta import MicroBatchMeta
 from dip.data.tensors import TensorSpec
 from dip.errors import BadInput
 from dip.runtime.models import ChunkModule, SpecModel
+from dip.runtime.models.saved import in_recomputed_block, note_saved
 from dip.runtime.models.sequence import SequenceShard
 from dip.spec.model import ModelSpec
 from dip.spec.validate import validate_parallel
@@ -190,11 +191,70 @@ def builtin_tp_plan(kind: str, part: str, lm_head: bool = True) -> TpPlan:
     raise ValueError(f"no tensor-parallel plan for part {part!r} of a {kind!r} module")
 
 
+# the submodules whose inputs are gathered replicas of the rank's rows (column-parallel layers)
+GATHERED_INPUTS: dict[str, tuple[str, ...]] = {"block": ("attn", "cross", "mlp"), "post": ("fc1", "head")}
+
+
+class ShardSavedInputs:
+    """Keep only this rank's rows of the replicated inputs that a module's column-parallel layers save
+    for the backward, and all-gather them again there (Megatron's sequence parallelism keeps ``1/tp``
+    of the QKV, FC1 and LM-head inputs).
+
+    Within the module's forward a ``torch.autograd.graph.saved_tensors_hooks`` pair packs every saved
+    DTensor whose placements are all ``Replicate`` as its ``Shard(0)`` rows (one copy per tensor,
+    however many layers save it) and unpacks it with ``redistribute`` to ``Replicate``; other saved
+    tensors pass unchanged. A block under ``torch.utils.checkpoint`` keeps the checkpoint's hooks
+    innermost (it saves nothing to reshard)."""
+
+    def __init__(self, mesh: DeviceMesh):
+        self.mesh = mesh
+        self._active: list[Any] = []
+
+    def register(self, module: nn.Module) -> None:
+        module.register_forward_pre_hook(self._enter)
+        module.register_forward_hook(self._exit)
+
+    def _enter(self, module: nn.Module, args: Any) -> None:
+        if in_recomputed_block():
+            self._active.append(None)
+            return
+        cache: dict[int, Any] = {}
+        hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: self._pack(t, cache), self._unpack)
+        hooks.__enter__()
+        self._active.append(hooks)
+
+    def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
+        hooks = self._active.pop()
+        if hooks is not None:
+            hooks.__exit__(None, None, None)
+
+    def _pack(self, t: Tensor, cache: dict[int, Any]) -> Any:
+        if not (isinstance(t, DTensor) and t.dim() >= 1 and all(p.is_replicate() for p in t.placements)):
+            note_saved(t)
+            return t
+        got = cache.get(id(t))
+        if got is None:
+            with torch.no_grad():
+                rows = t.detach().redistribute(self.mesh, [Shard(0)]).to_local().clone()
+            note_saved(rows)
+            got = cache[id(t)] = (
+                DTensor.from_local(rows, self.mesh, [Shard(0)], run_check=False, shape=t.shape, stride=t.stride()),
+            )
+        return got
+
+    def _unpack(self, packed: Any) -> Tensor:
+        if isinstance(packed, tuple):
+            return packed[0].redistribute(self.mesh, [Replicate()])
+        return packed
+
+
 def shard_chunk(chunk: ChunkModule, plan: Callable[[str], TpPlan], mesh: DeviceMesh) -> ChunkModule:
-    """Apply ``plan(part)`` to the chunk's pre part, every block and its post part, in place.
+    """Apply ``plan(part)`` to the chunk's pre part, every block and its post part, in place, and keep
+    only the rank's rows of the column-parallel layers' saved inputs (:class:`ShardSavedInputs`).
 
     Every rank built the same full values (seeded), so each keeps its own shard without communication
     (``src_data_rank=None``)."""
+    reshard = ShardSavedInputs(mesh)
     parts = [("pre", chunk.pre), *(("block", b) for b in chunk.layers.values()), ("post", chunk.post)]
     for part, module in parts:
         if module is None:
@@ -202,6 +262,10 @@ def shard_chunk(chunk: ChunkModule, plan: Callable[[str], TpPlan], mesh: DeviceM
         styles = plan(part)
         if styles:
             parallelize_module(module, mesh, styles, src_data_rank=None)
+        for name in GATHERED_INPUTS.get(part, ()):
+            sub = getattr(module, name, None)
+            if isinstance(sub, nn.Module) and name in styles:
+                reshard.register(sub)
     return chunk
 
 

@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 from dip.errors import BadInput
 from dip.runtime import planning
+from dip.runtime.activations import activation_report
 from dip.runtime.affinity import bind_local_rank
 from dip.runtime.comm import timed_collective
 from dip.runtime.coordinator import Coordinator
@@ -281,6 +282,7 @@ def _runtime(cfg: TrainConfig, provider, rank: int, world: int, device: torch.de
         device=device,
         comm_device=rt.comm_device,
         counts_loss=rt.layout.tp_rank == 0,
+        measure_activations=True,
     )
     return rt
 
@@ -360,7 +362,11 @@ def _train_step(cfg: TrainConfig, rt: Runtime, provider, coord, step: int, work)
             extra["param_rel_err"] = coord.checker.compare_params({k: v for d in got for k, v in d.items()})
     rows = gather_actions(res if mine else None, rt.rank, rt.world)
     if coord:
-        coord.measured(work, [rows[rt.layout.global_rank(r, 0, 0)] for r in range(rt.pp)])
+        replica0 = [rows[rt.layout.global_rank(r, 0, 0)] for r in range(rt.pp)]
+        coord.measured(work, replica0)
+        extra["activation_memory"] = activation_report(
+            work.plans[0], work.batches[0], coord.model, coord.cost_model, replica0, rt.device.type
+        )
         coord.add_report(step, work, loss, total, (float(times[0]), float(times[1])), extra)
 
 

@@ -92,6 +92,24 @@ class UnitData:
             self.cache[key] = layers.rope_tables(positions, head_dim, dtype)
         return self.cache[key]
 
+    def clip_pieces(self) -> tuple[tuple[int, int], ...]:
+        """``(rows, block)`` runs of the rows this rank holds, in order: which document (clip) each run of
+        the packed sequence belongs to (the sequence-parallel padding joins the last document)."""
+        got = self.cache.get("clip_pieces")
+        if got is None:
+            lens = list(self.seq_lens)
+            if lens and self.padding:
+                lens[-1] += self.padding
+            lo, hi = self.shard.bounds(self.tokens) if self.shard is not None else (0, sum(lens))
+            pieces, start = [], 0
+            for i, n in enumerate(lens):
+                a, b = max(start, lo), min(start + n, hi)
+                if b > a:
+                    pieces.append((b - a, i))
+                start += n
+            got = self.cache["clip_pieces"] = tuple(pieces)
+        return got
+
     def token_rows(self, t: Tensor) -> Tensor:
         """The rows of a per-token tensor this rank holds (all of them without sequence parallelism)."""
         return t if self.shard is None else self.shard.local(t)
