@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
 from dip.runtime.models.saved import tracking_saved
@@ -66,6 +66,8 @@ class SavedBytes:
         total = [0]
 
         def note(t: Tensor) -> None:
+            if isinstance(t, nn.Parameter) or isinstance(t._base, nn.Parameter):
+                return  # a weight (FSDP gathers its parameters into new storage every time)
             key = storage_key(t)
             if key is not None and key[0] not in seen and key[0] not in self.excluded:
                 seen.add(key[0])

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
@@ -364,15 +364,16 @@ def local_tensor(t: Tensor) -> Tensor:
 
 
 def finish_tp_grads(params: Mapping[str, nn.Parameter]) -> None:
-    """Give every parameter a gradient in its own placement: zeros where none arrived, and the sum over
-    the tensor-parallel group where the gradient is partial (replicated weights applied to the rank's
-    rows: sequence-parallel norms). Collective over TP; every TP rank holds the same names."""
+    """Give every parameter a gradient in its own placement: zeros where none arrived, the sum over the
+    tensor-parallel group where the gradient is partial (replicated weights applied to the rank's rows:
+    sequence-parallel norms), the rank's shard where it came back whole (the vocabulary-parallel
+    embedding). Collective over TP; every TP rank holds the same names."""
     with torch.no_grad():
         for _, p in sorted(params.items()):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             g = p.grad
-            if isinstance(g, DTensor) and any(isinstance(x, Partial) for x in g.placements):
+            if isinstance(g, DTensor) and tuple(g.placements) != tuple(p.placements):
                 p.grad = g.redistribute(placements=p.placements)
 
 

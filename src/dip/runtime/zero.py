@@ -104,24 +104,34 @@ class ShardedOptimizer:
         for e in self.entries:
             e.main.to_local().copy_(self._as_split(_local(e.param.detach()), e.param, e.whole, e.split).to_local())
 
-    def state_dict(self) -> dict[str, dict[str, Any]]:
-        """Per canonical parameter name its optimizer state (sharded DTensors and the step count), ready
-        for ``torch.distributed.checkpoint``; empty states are created first, so a fresh optimizer is a
-        loading template."""
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer state in ``torch.distributed.checkpoint.state_dict``'s layout: ``{"state":
+        {canonical name: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [{..., "params": [names]}]}``
+        with the moments as DTensors sharded over the data-parallel ranks (so a checkpoint reshards to
+        another DP size, or loads into a plain AdamW); empty states are created first, so a fresh
+        optimizer is a loading template."""
         self._init_state()
-        return {e.name: dict(self.inner.state[e.main]) for e in self.entries}
+        names = {id(e.main): e.name for e in self.entries}
+        groups = [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
+            for g in self.inner.param_groups
+        ]
+        return {"state": {e.name: dict(self.inner.state[e.main]) for e in self.entries}, "param_groups": groups}
 
-    def load_state_dict(self, state: Mapping[str, Mapping[str, Any]]) -> None:
-        """Load what :meth:`state_dict` returned (tensors copied in place) and refresh the main shards."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load what :meth:`state_dict` returned (tensors copied in place), then take the main shards from
+        the parameters (load those first)."""
         self._init_state()
         with torch.no_grad():
             for e in self.entries:
                 mine = self.inner.state[e.main]
-                for key, value in state[e.name].items():
+                for key, value in state["state"][e.name].items():
                     if isinstance(mine.get(key), Tensor) and mine[key] is not value:
                         _local(mine[key]).copy_(_local(value))
                     else:
                         mine[key] = value
+        for group, saved in zip(self.inner.param_groups, state.get("param_groups", ())):
+            group.update({k: v for k, v in saved.items() if k != "params"})
         self.refresh()
 
     def _init_state(self) -> None:
