@@ -5,6 +5,7 @@ activations against the cost model, and checkpoints resharded to another data-pa
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -99,7 +100,7 @@ def test_sequence_shards_tile_the_padded_sequence(tokens, size):
     shards = [SequenceShard(_Mesh(size, r)) for r in range(size)]
     bounds = [s.bounds(tokens) for s in shards]
     assert bounds[0][0] == 0 and bounds[-1][1] == tokens + shards[0].padding(tokens)
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     assert len({hi - lo for lo, hi in bounds}) == 1  # every rank holds as many rows
     assert sum(s.real_rows(tokens) for s in shards) == tokens
     assert 0 <= shards[0].padding(tokens) < size
