@@ -99,16 +99,20 @@ def activation_report(
     executor ran) and measured (the ``saved_bytes`` of every forward in ``rows``, one list of
     ``ActionTime`` per pipeline rank) activation bytes per chunk of ``plan``.
 
-    Returns ``{"chunks": [{chunk, rank, modules, predicted_bytes, measured_bytes, rel_err}],
-    "predicted_bytes", "measured_bytes", "max_rel_err"}`` (``rel_err`` relative to the measurement)."""
+    Returns ``{"chunks": [{chunk, rank, modules, predicted_bytes, measured_bytes, allocated_bytes,
+    rel_err}], "predicted_bytes", "measured_bytes", "max_rel_err"}`` (``rel_err`` relative to the
+    measurement; ``allocated_bytes``: the growth of CUDA's allocated memory over the forwards, 0 on a
+    CPU)."""
     costs = stage_costs(
         plan.graph, plan.units, plan.flows, model, cost_model, batch, executed_strategies(plan, device_type)
     )
     measured: dict[int, int] = {}
+    allocated: dict[int, int] = {}
     for acts in rows:
         for t in acts:
             if t.action.op.value == "F":
                 measured[t.action.chunk] = measured.get(t.action.chunk, 0) + int(t.saved_bytes)
+                allocated[t.action.chunk] = allocated.get(t.action.chunk, 0) + int(t.allocated_bytes)
     chunks = []
     for c in plan.graph.chunks:
         predicted = sum(float(costs.act_bytes[costs.stage(c.id, u.index)]) for u in plan.units[c.group])
@@ -121,6 +125,7 @@ def activation_report(
                 "modules": "+".join(c.modules),
                 "predicted_bytes": predicted,
                 "measured_bytes": got,
+                "allocated_bytes": allocated.get(c.id, 0),
                 "rel_err": err,
             }
         )
