@@ -1,6 +1,6 @@
 """The tiny models on a CUDA device: the same numbers as on the CPU, and pipelined training on CUDA
-(also tensor-parallel and FSDP-sharded) equal to plain training. Skipped where no GPU is present (CI); run on a GPU machine with
-``pytest -m cuda tests/test_cuda.py``.
+(also tensor-parallel and FSDP-sharded) equal to plain training. Skipped where no GPU is present
+(CI); run on a GPU machine with ``pytest -m cuda tests/test_cuda.py``.
 
 With one GPU, 2 ranks share it: NCCL refuses two ranks on one device, so the runtime picks gloo and
 stages messages through host memory (:func:`dip.runtime.trainer.choose_backend`); with one GPU per
