@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
@@ -41,6 +41,7 @@ from torch.distributed.tensor.parallel import (
     loss_parallel,
     parallelize_module,
 )
+from torch.distributed.tensor.placement_types import _StridedShard  # fused QKV: torch's doubly split dim
 
 from dip.data.meta import MicroBatchMeta
 from dip.data.tensors import TensorSpec
@@ -52,9 +53,12 @@ from dip.spec.model import ModelSpec
 from dip.spec.validate import validate_parallel
 
 __all__ = [
+    "GATHERED_INPUTS",
     "MESH_DIMS",
+    "FusedColwiseParallel",
     "Layout",
     "ParallelModel",
+    "ShardSavedInputs",
     "TpPlan",
     "builtin_tp_plan",
     "check_tensor_parallel",
@@ -153,6 +157,24 @@ def _norms(*names: str) -> TpPlan:
     return {n: SequenceParallel(sequence_dim=0, use_local_output=True) for n in names}
 
 
+class FusedColwiseParallel(ColwiseParallel):
+    """``ColwiseParallel`` for a linear layer whose output fuses ``parts`` projections (``qkv``):
+    each projection is split by heads (``_StridedShard(0, split_factor=parts)``, the placement torch
+    uses for a dimension split twice), so a rank's output holds its heads of every part, in order
+    (``[q_r, k_r, v_r]``), and the whole weight keeps the checkpoint's layout."""
+
+    def __init__(self, parts: int, *, dim: int = 1, use_local_output: bool = True):
+        # the output stays strided (no redistribution); ``dim``: its feature dimension
+        super().__init__(output_layouts=_StridedShard(dim, split_factor=parts), use_local_output=use_local_output)
+        self.parts = parts
+
+    def _partition_linear_fn(self, name, module, device_mesh):
+        for pname, param in module.named_parameters():
+            placement = _StridedShard(0, split_factor=self.parts)
+            dist = distribute_tensor(param, device_mesh, [placement], src_data_rank=self.src_data_rank)
+            module.register_parameter(pname, nn.Parameter(dist, requires_grad=param.requires_grad))
+
+
 def builtin_tp_plan(kind: str, part: str, lm_head: bool = True) -> TpPlan:
     """``parallelize_module`` plan of a built-in part (``part``: ``pre``, ``block`` or ``post``)."""
     if part == "block":
@@ -191,8 +213,9 @@ def builtin_tp_plan(kind: str, part: str, lm_head: bool = True) -> TpPlan:
     raise ValueError(f"no tensor-parallel plan for part {part!r} of a {kind!r} module")
 
 
-# the submodules whose inputs are gathered replicas of the rank's rows (column-parallel layers)
-GATHERED_INPUTS: dict[str, tuple[str, ...]] = {"block": ("attn", "cross", "mlp"), "post": ("fc1", "head")}
+# the submodules whose inputs are gathered replicas of the rank's rows (column-parallel layers), with
+# the sequence dimension of those inputs
+GATHERED_INPUTS: dict[str, dict[str, int]] = {"block": {"attn": 0, "cross": 0, "mlp": 0}, "post": {"fc1": 0, "head": 0}}
 
 
 class ShardSavedInputs:
@@ -206,8 +229,8 @@ class ShardSavedInputs:
     tensors pass unchanged. A block under ``torch.utils.checkpoint`` keeps the checkpoint's hooks
     innermost (it saves nothing to reshard)."""
 
-    def __init__(self, mesh: DeviceMesh):
-        self.mesh = mesh
+    def __init__(self, mesh: DeviceMesh, dim: int = 0):
+        self.mesh, self.dim = mesh, dim
         self._active: list[Any] = []
 
     def register(self, module: nn.Module) -> None:
@@ -229,16 +252,17 @@ class ShardSavedInputs:
             hooks.__exit__(None, None, None)
 
     def _pack(self, t: Tensor, cache: dict[int, Any]) -> Any:
-        if not (isinstance(t, DTensor) and t.dim() >= 1 and all(p.is_replicate() for p in t.placements)):
+        if not (isinstance(t, DTensor) and t.dim() > self.dim and all(p.is_replicate() for p in t.placements)):
             note_saved(t)
             return t
         got = cache.get(id(t))
         if got is None:
+            rows_of = [Shard(self.dim)]
             with torch.no_grad():
-                rows = t.detach().redistribute(self.mesh, [Shard(0)]).to_local().clone()
+                rows = t.detach().redistribute(self.mesh, rows_of).to_local().clone()
             note_saved(rows)
             got = cache[id(t)] = (
-                DTensor.from_local(rows, self.mesh, [Shard(0)], run_check=False, shape=t.shape, stride=t.stride()),
+                DTensor.from_local(rows, self.mesh, rows_of, run_check=False, shape=t.shape, stride=t.stride()),
             )
         return got
 
@@ -248,13 +272,19 @@ class ShardSavedInputs:
         return packed
 
 
-def shard_chunk(chunk: ChunkModule, plan: Callable[[str], TpPlan], mesh: DeviceMesh) -> ChunkModule:
+def shard_chunk(
+    chunk: ChunkModule,
+    plan: Callable[[str], TpPlan],
+    mesh: DeviceMesh,
+    gathered: Callable[[str], Mapping[str, int]] = lambda part: GATHERED_INPUTS.get(part, {}),
+) -> ChunkModule:
     """Apply ``plan(part)`` to the chunk's pre part, every block and its post part, in place, and keep
-    only the rank's rows of the column-parallel layers' saved inputs (:class:`ShardSavedInputs`).
+    only the rank's rows of the saved inputs of the submodules ``gathered(part)`` names (``{path:
+    sequence dimension}``: the column-parallel layers' gathered inputs, :class:`ShardSavedInputs`).
 
     Every rank built the same full values (seeded), so each keeps its own shard without communication
     (``src_data_rank=None``)."""
-    reshard = ShardSavedInputs(mesh)
+    reshard: dict[int, ShardSavedInputs] = {}
     parts = [("pre", chunk.pre), *(("block", b) for b in chunk.layers.values()), ("post", chunk.post)]
     for part, module in parts:
         if module is None:
@@ -262,10 +292,10 @@ def shard_chunk(chunk: ChunkModule, plan: Callable[[str], TpPlan], mesh: DeviceM
         styles = plan(part)
         if styles:
             parallelize_module(module, mesh, styles, src_data_rank=None)
-        for name in GATHERED_INPUTS.get(part, ()):
-            sub = getattr(module, name, None)
-            if isinstance(sub, nn.Module) and name in styles:
-                reshard.register(sub)
+        for name, dim in gathered(part).items():
+            sub = module.get_submodule(name) if name in styles else None
+            if sub is not None:
+                reshard.setdefault(dim, ShardSavedInputs(mesh, dim)).register(sub)
     return chunk
 
 
@@ -274,10 +304,13 @@ def check_tensor_parallel(provider: Any, tp: int) -> None:
     supports tensor parallelism at all."""
     if tp == 1:
         return
-    if not isinstance(provider, SpecModel) and not hasattr(provider, "tp_plan"):
+    own_plan = getattr(provider, "tp_plan", None)
+    if own_plan is not None:
+        own_plan(provider.spec.modules[0].name, "block")  # a provider without a plan says so now
+    elif not isinstance(provider, SpecModel):
         raise BadInput(
-            f"model {provider.spec.name} has no tensor-parallel plan (bring-your-own models run with --tp 1; "
-            f"give the provider a tp_plan(module, part) method)"
+            f"model {provider.spec.name} has no tensor-parallel plan: run it with --tp 1 (a provider supports "
+            f"--tp with a tp_plan(module, part) method and parts that handle sequence shards, docs/models.md)"
         )
     validate_parallel(provider.spec, replace(provider.spec.parallel, tp=tp, pp=1, segments=()))
 
@@ -320,10 +353,19 @@ class ParallelModel:
         m = self.spec.module(module_name)
         return builtin_tp_plan(m.kind, part, m.lm_head)
 
+    def tp_gathered_inputs(self, module_name: str, part: str) -> Mapping[str, int]:
+        own = getattr(self.inner, "tp_gathered_inputs", None)
+        return own(module_name, part) if own is not None else GATHERED_INPUTS.get(part, {})
+
     def build_chunk(self, module_name: str, layer_start: int, layer_end: int) -> ChunkModule:
         chunk = self.inner.build_chunk(module_name, layer_start, layer_end)
         if self.tp_mesh is not None:
-            shard_chunk(chunk, lambda part: self.tp_plan(module_name, part), self.tp_mesh)
+            shard_chunk(
+                chunk,
+                lambda part: self.tp_plan(module_name, part),
+                self.tp_mesh,
+                lambda part: self.tp_gathered_inputs(module_name, part),
+            )
         if self.wrap_chunk is not None:
             chunk = self.wrap_chunk(chunk)
         return chunk

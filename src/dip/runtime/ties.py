@@ -85,8 +85,12 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 def _local_sum(copies: Sequence[nn.Parameter]) -> torch.Tensor:
     total = torch.zeros_like(_local(copies[0].detach()))
     for p in copies:
-        if p.grad is not None:
-            total += _local(p.grad)
+        g = p.grad
+        if g is None:
+            continue
+        if isinstance(g, DTensor) and tuple(g.placements) != tuple(p.placements):
+            g = p.grad = g.redistribute(placements=p.placements)  # e.g. a whole vocabulary-parallel grad
+        total += _local(g)
     return total
 
 
