@@ -1,8 +1,9 @@
-"""Pipeline x data-parallel training in one process group (one process per rank).
+"""Tensor x pipeline x data-parallel training in one process group (one process per rank).
 
-Global rank ``g = dp_index * pp + pp_rank``. The model comes from ``load`` (built-in presets here; the
-layer above passes its loader of checkpoints and factories) and, with ``cfg.data``, its dataset from
-``open_data``. Every step:
+Global rank ``g = (dp_index * pp + pp_rank) * tp + tp_rank`` on the run's device mesh
+(:mod:`dip.runtime.parallel`, :mod:`dip.runtime.parallel_state`). The model comes from ``load``
+(built-in presets here; the layer above passes its loader of checkpoints and factories) and, with
+``cfg.data``, its dataset from ``open_data``. Every step:
 
 1. global rank 0 builds the step's global batch (one slice per data-parallel replica: packed from the
    dataset's metadata, or drawn from the generated workload) and one plan per replica, and broadcasts
@@ -13,8 +14,9 @@ layer above passes its loader of checkpoints and factories) and, with ``cfg.data
 3. every rank lowers its replica's plan, validates the plan and the program, and runs its part with
    the :class:`~dip.runtime.executor.Executor` (loss weighted by the whole global batch's tokens);
 4. the copies of tied parameters sum their gradients between their holders
-   (:mod:`dip.runtime.ties`), gradients are all-reduced over the data-parallel group of the rank's
-   pipeline position (one group per ``pp_rank``), then AdamW steps;
+   (:mod:`dip.runtime.ties`), gradients are summed over the data-parallel group of the rank's
+   pipeline position and TP rank (all-reduce, or FSDP's reduce-scatter), then AdamW steps (on ZeRO-1
+   shards when ``dp > 1``);
 5. with ``check_reference``, rank 0 compares loss, gradients and parameters with a single-process
    reference (:mod:`dip.runtime.reference_check`) built from the same model string and data.
 
