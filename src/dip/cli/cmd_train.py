@@ -166,7 +166,7 @@ def build_config(args):
     pp, dp = planning.check_parallel(model, nproc, args.pp, args.dp, tp)
     if args.fsdp_reshard_after_forward and not args.fsdp:
         raise BadInput("--fsdp-reshard-after-forward needs --fsdp")
-    check_schedule(args.schedule, planning.with_parallel(model, pp, dp, tp, args.fsdp))
+    check_schedule(args.schedule, planning.with_parallel(model, pp, dp, tp))
     positive_int("steps", args.steps)
     positive_int("microbatches", args.microbatches)
     if dataset is not None:

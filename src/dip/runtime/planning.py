@@ -221,7 +221,7 @@ def plan_step(
     return StepWork(step, batches, [s.plan for s in sims], pred, make, static), sims
 
 
-def with_parallel(model: ModelSpec, pp: int, dp: int, tp: int = 1, fsdp: bool = False) -> ModelSpec:
+def with_parallel(model: ModelSpec, pp: int, dp: int, tp: int = 1) -> ModelSpec:
     """``model`` with the run's sizes and what the trainer does: sequence parallelism whenever
     ``tp > 1``; the optimizer state sharded over ``dp`` (ZeRO-1, or FSDP, which between a step's first
     forward and its gradient reduce-scatter holds what ZeRO-1 holds)."""

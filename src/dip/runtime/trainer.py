@@ -270,7 +270,7 @@ def train(cfg: TrainConfig, *, load: ModelLoader = load_builtin, open_data: Data
 def _runtime(cfg: TrainConfig, provider, rank: int, world: int, device: torch.device) -> Runtime:
     """This rank's state: parallel sizes (the provider's spec gets them), data-parallel groups, step runner."""
     pp, dp = planning.check_parallel(provider.spec, world, cfg.pp, cfg.dp, cfg.tp)
-    provider.spec = planning.with_parallel(provider.spec, pp, dp, cfg.tp, cfg.fsdp)
+    provider.spec = planning.with_parallel(provider.spec, pp, dp, cfg.tp)
     rt = Runtime(rank, world, pp, dp, device, comm_device_for(device, dist.get_backend()), tp=cfg.tp)
     options = ParallelOptions(cfg.tp, cfg.fsdp, cfg.fsdp_reshard_after_forward)
     rt.par = ParallelState(rt.layout, device, options, rt.comm_device)  # the device mesh (collective)
