@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from dip.errors import BadInput
 from dip.runtime.comm import timed_collective
 from dip.runtime.fsdp import FsdpSteps, same_action_sequences, shard_chunk_fsdp
 from dip.runtime.parallel import Layout, ParallelModel, finish_tp_grads, full_tensors, group_of, local_tensor, make_mesh
@@ -67,6 +68,12 @@ class ParallelState:
     def wrap(self, provider: Any) -> ParallelModel:
         """``provider`` whose chunks are built tensor-parallel (and FSDP units with ``--fsdp``)."""
         wrap_chunk: Callable | None = None
+        ties = getattr(provider, "tied_groups", tuple)()
+        if self.options.fsdp and self.options.reshard_after_forward and ties:
+            raise BadInput(
+                f"--fsdp-reshard-after-forward cannot keep the tied parameters of {provider.spec.name} "
+                f"({', '.join(ties[0])}) equal: drop the flag (parameters are then gathered once per step)"
+            )
         if self.options.fsdp:
             mesh, reshard = self.dp_mesh, self.options.reshard_after_forward
 
