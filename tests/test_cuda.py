@@ -1,6 +1,6 @@
 """The tiny models on a CUDA device: the same numbers as on the CPU, and pipelined training on CUDA
-equal to plain training. Skipped where no GPU is present (CI); run on a GPU machine with
-``pytest -m cuda tests/test_cuda.py``.
+(also tensor-parallel and FSDP-sharded) equal to plain training. Skipped where no GPU is present
+(CI); run on a GPU machine with ``pytest -m cuda tests/test_cuda.py``.
 
 With one GPU, 2 ranks share it: NCCL refuses two ranks on one device, so the runtime picks gloo and
 stages messages through host memory (:func:`dip.runtime.trainer.choose_backend`); with one GPU per
@@ -72,3 +72,32 @@ def test_cuda_float32_gradients_are_allclose_to_the_reference():
         # GPU-versus-CPU agreement is the float64 model test above
         assert out["max_grad_allclose_ratio"] <= 1.0, (out["model"], out["max_grad_allclose_ratio"], out["worst"])
         assert out["max_loss_abs_err"] <= 1e-5, (out["model"], out["max_loss_abs_err"])
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(900)
+def test_cuda_tensor_parallel_and_fsdp_match_single_process_training():
+    """TP 2 x PP 2 (both models) and PP 2 x DP 2 with FSDP on the GPUs there are (4 ranks: NCCL with a GPU
+    each, else gloo with every message and TP collective staged through host memory)."""
+    outs = launch_many(
+        [
+            _cfg("tiny-vlm", "dip", 4, tp=2, pp=2, steps=2),
+            _cfg("tiny-t2v", "1f1b", 4, tp=2, pp=2, steps=2),
+            _cfg("tiny-vlm", "dip", 4, pp=2, dp=2, fsdp=True, steps=2),
+        ]
+    )
+    for out in outs:
+        _check(out, steps=2)
+        for step in out["steps"]:
+            mem = step["activation_memory"]
+            assert mem["max_rel_err"] <= 0.15, (out["model"], mem)
+            assert all(c["allocated_bytes"] > 0 for c in mem["chunks"] if c["measured_bytes"]), mem
+    assert [o["tp"] for o in outs] == [2, 2, 1] and outs[2]["optimizer_sharding"] == "fsdp"
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(600)
+def test_cuda_tensor_parallel_float32_is_allclose_to_the_reference():
+    out = launch_many([_cfg("tiny-vlm", "dip", 4, tp=2, pp=2, dtype="float32", steps=2)])[0]
+    assert out["device"] == "cuda" and out["tp"] == 2
+    assert out["max_grad_allclose_ratio"] <= 1.0, (out["max_grad_allclose_ratio"], out["worst"])

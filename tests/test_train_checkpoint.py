@@ -20,10 +20,16 @@ from dip.runtime.checkpoint import (
     check_resume,
     find_checkpoints,
     latest_checkpoint,
+    optimizer_states,
     train_state,
 )
 from dip.runtime.optim import OptimizerConfig, make_optimizer, make_scheduler
 from dip.runtime.spawn import spawn
+
+
+def _state(params, opt, sched, rank):
+    return train_state(params, optimizer_states(opt, params), sched, rank)
+
 
 CFG = OptimizerConfig(lr=0.1, warmup_steps=1, min_lr=0.01, total_steps=10)
 
@@ -51,7 +57,7 @@ def _save_and_crash(rank: int, world: int, directory: str) -> list:
     writer = Checkpointer(directory, rank=rank, keep_last=2, timeout_s=60)
     writer.prepare()
     for step in (2, 4, 6):
-        writer.save(step, train_state(params, opt, sched, rank), {"model": "m", "pp": 1, "layout": [[["a", 0, 1]]]})
+        writer.save(step, _state(params, opt, sched, rank), {"model": "m", "pp": 1, "layout": [[["a", 0, 1]]]})
     seen = [s for s, _ in find_checkpoints(directory)]
 
     def partial_save(state, storage_writer):  # the writer dies after part of its shards
@@ -62,7 +68,7 @@ def _save_and_crash(rank: int, world: int, directory: str) -> list:
 
     ckpt.dcp.save = partial_save
     try:
-        writer.save(8, train_state(params, opt, sched, rank), {"model": "m", "pp": 1})
+        writer.save(8, _state(params, opt, sched, rank), {"model": "m", "pp": 1})
     except RuntimeError:
         pass
     return [seen, [s for s, _ in find_checkpoints(directory)], sorted(os.listdir(directory))]
@@ -91,14 +97,14 @@ def _restore(rank: int, world: int, directory: str, saved_world: int) -> dict:
         params, opt, sched = model(0)
         train_steps(params, opt, sched, 3, seed=1)
         torch.manual_seed(100 + rank)
-        Checkpointer(directory, rank=rank, timeout_s=60).save(3, train_state(params, opt, sched, rank), {"pp": 1})
+        Checkpointer(directory, rank=rank, timeout_s=60).save(3, _state(params, opt, sched, rank), {"pp": 1})
         out["rng"] = torch.rand(2).tolist()
         train_steps(params, opt, sched, 2, seed=2)
         out["params"] = {n: p.detach().clone() for n, p in params.items()}
         out["lr"] = sched.get_last_lr()
         return out
     params, opt, sched = model(7)  # other initial values: everything must come from the checkpoint
-    apply_train_state(os.path.join(directory, "step-3"), params, opt, sched, rank)
+    apply_train_state(os.path.join(directory, "step-3"), params, optimizer_states(opt, params), sched, rank)
     out["rng"] = torch.rand(2).tolist()
     out["step"] = int(opt.state[params["a.post.b"]]["step"])
     train_steps(params, opt, sched, 2, seed=2)

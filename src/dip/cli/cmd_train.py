@@ -58,10 +58,32 @@ def register(subparsers) -> None:
         help="write the trained weights as a checkpoint folder that transformers / diffusers from_pretrained loads",
     )
     p.add_argument(
-        "--nproc", type=int, default=None, help="processes (default: WORLD_SIZE under torchrun, else pp x dp, else 2)"
+        "--nproc",
+        type=int,
+        default=None,
+        help="processes (default: WORLD_SIZE under torchrun, else tp x pp x dp, else 2)",
     )
-    p.add_argument("--pp", type=int, default=None, help="pipeline ranks (default: nproc / dp)")
-    p.add_argument("--dp", type=int, default=None, help="data-parallel replicas (default: nproc / pp)")
+    p.add_argument(
+        "--tp",
+        type=int,
+        default=None,
+        help="tensor-parallel ranks per pipeline stage, with sequence parallelism (default 1; must divide every "
+        "module's attention and key/value heads)",
+    )
+    p.add_argument("--pp", type=int, default=None, help="pipeline ranks (default: nproc / (tp x dp))")
+    p.add_argument("--dp", type=int, default=None, help="data-parallel replicas (default: nproc / (tp x pp))")
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard parameters, gradients and optimizer state over the dp replicas with FSDP2 (default: gradient "
+        "all-reduce with the optimizer state sharded over dp, ZeRO-1)",
+    )
+    p.add_argument(
+        "--fsdp-reshard-after-forward",
+        action="store_true",
+        help="with --fsdp, free the gathered parameters after every forward and gather them again for the "
+        "backward (needs every replica to run the same action sequence; default: gathered once per step)",
+    )
     p.add_argument(
         "--schedule", default="dip", help="dip, gpipe, 1f1b, interleaved, zb-h1, megatron, nnscaler, optimus"
     )
@@ -218,6 +240,7 @@ def build_config(args):
     from dip.planner import check_schedule
     from dip.runtime import planning
     from dip.runtime.loading import open_model
+    from dip.runtime.parallel import check_tensor_parallel
     from dip.runtime.saving import check_save_target
     from dip.runtime.trainer import TrainConfig
 
@@ -244,13 +267,17 @@ def build_config(args):
     torchrun = _under_torchrun()
     world = int(os.environ["WORLD_SIZE"]) if torchrun else None
     nproc = args.nproc
+    tp = positive_int("tp", args.tp) if args.tp is not None else 1
     if nproc is None:
-        nproc = world or ((args.pp or 1) * (args.dp or 1) if (args.pp or args.dp) else 2)
+        nproc = world or (tp * (args.pp or 1) * (args.dp or 1) if (args.pp or args.dp or tp > 1) else 2)
     positive_int("nproc", nproc)
     if world is not None and nproc != world:
         raise BadInput(f"nproc {nproc} differs from torchrun's WORLD_SIZE {world}")
-    pp, dp = planning.check_parallel(model, nproc, args.pp, args.dp)
-    check_schedule(args.schedule, planning.with_parallel(model, pp, dp))
+    check_tensor_parallel(provider, tp)
+    pp, dp = planning.check_parallel(model, nproc, args.pp, args.dp, tp)
+    if args.fsdp_reshard_after_forward and not args.fsdp:
+        raise BadInput("--fsdp-reshard-after-forward needs --fsdp")
+    check_schedule(args.schedule, planning.with_parallel(model, pp, dp, tp))
     positive_int("steps", args.steps)
     positive_int("microbatches", args.microbatches)
     if dataset is not None:
@@ -300,6 +327,9 @@ def build_config(args):
         grad_accum=args.grad_accum,
         mixed_precision=args.mixed_precision,
         metrics=args.metrics,
+        tp=tp,
+        fsdp=args.fsdp,
+        fsdp_reshard_after_forward=args.fsdp_reshard_after_forward,
     )
 
 
@@ -398,7 +428,8 @@ def run(args) -> int:
 
 def summary(out: dict) -> str:
     lines = [
-        f"{out['model']} {out['schedule']}: {out['nproc']} processes (pp {out['pp']} x dp {out['dp']}), {out['dtype']}"
+        f"{out['model']} {out['schedule']}: {out['nproc']} processes (tp {out.get('tp', 1)} x pp {out['pp']} x dp "
+        f"{out['dp']}{', fsdp' if out.get('fsdp') else ''}), {out['dtype']}"
     ]
     if out.get("resumed_from_step") is not None:
         lines.append(f"resumed from the checkpoint of step {out['resumed_from_step']}")

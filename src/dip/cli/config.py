@@ -130,6 +130,10 @@ class Train(_Section):
     grad_accum: PositiveInt = Field(1, description="pipeline passes per optimizer step")
     mixed_precision: Literal["none", "bf16"] = Field("none", description="bf16: bfloat16 compute, fp32 weights")
     metrics: str | None = Field(None, description="append per-step metrics to this JSONL file")
+    fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state over dp (FSDP2)")
+    fsdp_reshard_after_forward: bool = Field(
+        False, description="FSDP: free gathered parameters after every forward (replicas' plans must agree)"
+    )
 
 
 class ExperimentConfig(_Section):
@@ -193,6 +197,8 @@ OPTION_OF: dict[str, tuple[str, Any]] = {
     "train.context_length": ("context_length", None),
     "train.data_workers": ("data_workers", None),
     "train.save_hf": ("save_hf", None),
+    "train.fsdp": ("fsdp", None),
+    "train.fsdp_reshard_after_forward": ("fsdp_reshard_after_forward", None),
     "train.static_costs": ("static_costs", None),
     "train.workload": ("workload", None),
     "train.async_planner": ("async_planner", None),

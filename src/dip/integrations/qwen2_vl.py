@@ -14,11 +14,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor.parallel import ColwiseParallel, PrepareModuleInput, RowwiseParallel, SequenceParallel
 
-from dip.integrations.vlm import TextUnit, VisionUnit, VlmFamily, VlmNames
+from dip.integrations.vlm import VISION, TextUnit, VisionUnit, VlmFamily, VlmNames
 from dip.integrations.vlm_data import ImageRule
+from dip.runtime.parallel import FusedColwiseParallel
 
-__all__ = ["QWEN2_VL", "mrope_position_ids"]
+__all__ = ["QWEN2_VL", "mrope_position_ids", "tp_gathered", "tp_plan"]
 
 
 def _classes():
@@ -51,6 +54,7 @@ def vision_block(cfg: Any, index: int) -> nn.Module:
 
     class VisionBlock(m.Qwen2VLVisionBlock):
         def forward(self, hidden: Tensor, data: VisionUnit) -> Tensor:  # type: ignore[override]
+            self.attn.num_heads = _local_heads(self.attn)  # heads / tp under tensor parallelism
             return super().forward(hidden, cu_seqlens=data.cu_seqlens, position_embeddings=data.rope())
 
     return VisionBlock(cfg.vision_config)
@@ -61,10 +65,21 @@ def merger(cfg: Any) -> nn.Module:
 
     class Merger(m.PatchMerger):
         def forward(self, hidden: Tensor, data: VisionUnit) -> dict[str, Tensor]:  # type: ignore[override]
-            return {"image_embeds": super().forward(hidden)}
+            x = self.ln_q(hidden)
+            if data.shard is not None:  # the merge joins neighbouring patches: every rank needs all of them
+                x = data.shard.gather(x, data.tokens)
+            return {"image_embeds": self.mlp(x.view(-1, self.hidden_size))}
 
     v = cfg.vision_config
     return Merger(dim=v.hidden_size, context_dim=v.embed_dim, spatial_merge_size=v.spatial_merge_size)
+
+
+def _local_heads(attn: nn.Module) -> int:
+    """Query heads a rank holds: the fused ``qkv`` projection's local rows over ``3 x head_dim``."""
+    w = attn.qkv.weight
+    with torch.no_grad():
+        rows = w.to_local().shape[0] if isinstance(w, DTensor) else w.shape[0]
+    return rows // (3 * attn.head_dim)
 
 
 def text_layer(cfg: Any, index: int) -> nn.Module:
@@ -156,6 +171,63 @@ def image_rule(cfg: Any, ip: Any) -> ImageRule:
     return ImageRule(grid, merge)
 
 
+def _gather(dim: int, *kw: str) -> PrepareModuleInput:
+    """All-gather a submodule's sequence-sharded input (positional, or the keyword ``kw``) once."""
+    if kw:
+        return PrepareModuleInput(
+            input_kwarg_layouts={kw[0]: Shard(dim)}, desired_input_kwarg_layouts={kw[0]: Replicate()}
+        )
+    return PrepareModuleInput(input_layouts=(Shard(dim),), desired_input_layouts=(Replicate(),))
+
+
+def tp_plan(module: str, part: str) -> dict:
+    """Megatron's split of Qwen2-VL (see ``docs/runtime.md``): the vision blocks' fused ``qkv`` split by
+    heads within each projection, ``proj`` and ``fc2`` row-parallel; the decoder layers' ``q``/``k``/``v``
+    and ``gate``/``up`` column-, ``o``/``down`` row-parallel; the vocabulary-parallel embedding and LM
+    head (tied: split alike); norms sequence-parallel; the merger column- then row-parallel. The
+    vision tower's rows are ``[patches, dim]`` (sequence dim 0), the decoder's ``[1, T, H]`` (dim 1)."""
+    seq = lambda dim: SequenceParallel(sequence_dim=dim, use_local_output=True)  # noqa: E731
+    if module == VISION:
+        if part == "block":
+            return {
+                "norm1": seq(0),
+                "norm2": seq(0),
+                "attn": _gather(0),
+                "attn.qkv": FusedColwiseParallel(3),
+                "attn.proj": RowwiseParallel(output_layouts=Shard(0)),
+                "mlp": _gather(0),
+                "mlp.fc1": ColwiseParallel(),
+                "mlp.fc2": RowwiseParallel(output_layouts=Shard(0)),
+            }
+        if part == "post":
+            return {"ln_q": seq(0), "mlp.0": ColwiseParallel(), "mlp.2": RowwiseParallel(output_layouts=Replicate())}
+        return {}
+    if part == "block":
+        return {
+            "input_layernorm": seq(1),
+            "post_attention_layernorm": seq(1),
+            "self_attn": _gather(1, "hidden_states"),
+            "self_attn.q_proj": ColwiseParallel(),
+            "self_attn.k_proj": ColwiseParallel(),
+            "self_attn.v_proj": ColwiseParallel(),
+            "self_attn.o_proj": RowwiseParallel(output_layouts=Shard(1)),
+            "mlp": _gather(1),
+            "mlp.gate_proj": ColwiseParallel(),
+            "mlp.up_proj": ColwiseParallel(),
+            "mlp.down_proj": RowwiseParallel(output_layouts=Shard(1)),
+        }
+    if part == "pre":
+        return {"embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())}
+    return {"norm": seq(0), "lm_head": ColwiseParallel(use_local_output=False)}
+
+
+def tp_gathered(module: str, part: str) -> dict[str, int]:
+    """The submodules whose gathered input keeps only the rank's rows for the backward (sequence dim)."""
+    if module == VISION:
+        return {"attn": 0, "mlp": 0} if part == "block" else ({"mlp": 0} if part == "post" else {})
+    return {"self_attn": 1, "mlp": 1} if part == "block" else ({"lm_head": 0} if part == "post" else {})
+
+
 QWEN2_VL = VlmFamily(
     name="qwen2-vl",
     model_types=("qwen2_vl",),
@@ -180,4 +252,6 @@ QWEN2_VL = VlmFamily(
     vision_positions=vision_positions,
     image_processor=image_processor,
     image_rule=image_rule,
+    tp_plan=tp_plan,
+    tp_gathered=tp_gathered,
 )

@@ -33,10 +33,12 @@ import torch
 from torch import Tensor, nn
 
 from dip.data.meta import MicroBatchMeta
+from dip.errors import BadInput
 from dip.integrations.attention import register_packed_attention
 from dip.integrations.checkpoint import SafetensorsWeights, load_part, write_weights
 from dip.integrations.vlm_data import ImageRule, VlmData, VlmProcessor
 from dip.runtime.byo import ByoModel, ByoModule, ByoUnit
+from dip.runtime.models.sequence import cross_entropy_sum
 from dip.spec.model import Edge, ModelSpec, ModuleSpec, ParallelSpec
 
 __all__ = ["HfVlmModel", "TextUnit", "VisionUnit", "VlmFamily", "VlmNames", "build_vlm"]
@@ -104,11 +106,33 @@ class VlmFamily:
     image_processor: Callable[[str], Any]
     image_rule: Callable[[Any, Any], ImageRule]
     image_token: str = "<|image_pad|>"
+    # tensor parallelism: tp_plan(module, part) -> parallelize_module plan of a part ("pre", "block",
+    # "post" of "vision" or "llm"); tp_gathered(module, part) -> {submodule: sequence dim} whose saved
+    # inputs keep only the rank's rows (dip.runtime.parallel); None: the family runs with --tp 1 only
+    tp_plan: Callable[[str, str], Any] | None = None
+    tp_gathered: Callable[[str, str], Mapping[str, int]] | None = None
+
+
+def _padding(data: Any, tokens: int) -> int:
+    """Sequence-parallel padding rows of a unit (``data.shard``, set under tensor parallelism)."""
+    shard = getattr(data, "shard", None)
+    return shard.padding(tokens) if shard is not None else 0
+
+
+def _pad_rows(t: Tensor, pad: int, dim: int = 0) -> Tensor:
+    if not pad:
+        return t
+    shape = list(t.shape)
+    shape[dim] = pad
+    return torch.cat([t, t.new_zeros(shape)], dim=dim)
 
 
 class VisionUnit:
     """Local inputs of a vision unit: its images' grids, per-image sequence bounds, rotary tables and
-    (loaded on first use, so only the vision tower's first chunk reads them) pixels."""
+    (loaded on first use, so only the vision tower's first chunk reads them) pixels. Under sequence
+    parallelism (``shard``) the padding rows are one more document with zero rotary tables."""
+
+    shard: Any = None
 
     def __init__(self, model: HfVlmModel, unit: ByoUnit):
         self.model, self.unit = model, unit
@@ -119,8 +143,14 @@ class VisionUnit:
         self.images = self.images[unit.start : unit.stop]
         self.grids = [tuple(data.meta(i).image_grids[k]) for i, k in self.images]
         lens = torch.tensor([t * h * w for t, h, w in self.grids], dtype=torch.long)
-        self.cu_seqlens = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
+        self._cu_seqlens = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
+        self.tokens = int(self._cu_seqlens[-1])
         self._rope = None
+
+    @property
+    def cu_seqlens(self) -> Tensor:
+        pad = _padding(self, self.tokens)
+        return torch.cat([self._cu_seqlens, self._cu_seqlens[-1:] + pad]) if pad else self._cu_seqlens
 
     def pixels(self) -> Tensor:
         rows = [self.model.source.image(i, k) for i, k in self.images]
@@ -130,13 +160,17 @@ class VisionUnit:
         if self._rope is None:
             pos = self.model.family.vision_positions(self.grids, self.model.config.vision_config)
             dummy = torch.zeros(1, dtype=self.unit.dtype)
-            self._rope = self.model.vision_rope(dummy, pos)
+            pad = _padding(self, self.tokens)
+            self._rope = tuple(_pad_rows(t, pad) for t in self.model.vision_rope(dummy, pos))
         return self._rope
 
 
 class TextUnit:
     """Local inputs of an LM unit: the packed token ids, the image-token rows, per-sample lengths, the
-    family's rotary positions, and the labelled rows with their next-token targets."""
+    family's rotary positions, and the labelled rows with their next-token targets. Under sequence
+    parallelism (``shard``) the padding rows are one more document at position 0."""
+
+    shard: Any = None
 
     def __init__(self, model: HfVlmModel, unit: ByoUnit):
         self.model, self.unit = model, unit
@@ -154,15 +188,22 @@ class TextUnit:
             off += len(input_ids)
             grids_all += grids
         self.input_ids = torch.cat(ids)
+        self.tokens = len(self.input_ids)
         self.image_rows = (self.input_ids == model.image_token_id).nonzero().flatten()
         self.loss_rows, self.targets = torch.cat(loss_rows), torch.cat(targets)
-        self.doc_lens = tuple(lens)
+        self._doc_lens = tuple(lens)
         self.position_ids = torch.cat(positions, dim=1)[:, None, :]  # [3, 1, T]
         self._rope: dict = {}
 
+    @property
+    def doc_lens(self) -> tuple[int, ...]:
+        pad = _padding(self, self.tokens)
+        return self._doc_lens + ((pad,) if pad else ())
+
     def rope(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         if dtype not in self._rope:
-            self._rope[dtype] = self.model.text_rope(torch.zeros(1, dtype=dtype), self.position_ids)
+            positions = _pad_rows(self.position_ids, _padding(self, self.tokens), dim=2)
+            self._rope[dtype] = self.model.text_rope(torch.zeros(1, dtype=dtype), positions)
         return self._rope[dtype]
 
 
@@ -194,9 +235,12 @@ class TextPost(nn.Module):
         self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
 
     def forward(self, hidden: Tensor, data: TextUnit) -> dict[str, Tensor]:
-        logits = self.lm_head(self.norm(hidden)[data.loss_rows])
+        hidden = self.norm(hidden)
+        if data.shard is not None:  # leave the sequence-parallel region for the labelled rows
+            hidden = data.shard.gather(hidden, data.tokens)
+        logits = self.lm_head(hidden[data.loss_rows])  # vocabulary-parallel under tensor parallelism
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        return {"loss_sum": torch.nn.functional.cross_entropy(logits, data.targets, reduction="sum")}
+        return {"loss_sum": cross_entropy_sum(logits, data.targets)}
 
 
 def _load_config(folder: str) -> Any:
@@ -351,6 +395,16 @@ class HfVlmModel(ByoModel):
         if self.source is None:
             raise RuntimeError("no dataset attached (open_data) to count the loss tokens")
         return sum(self.source.loss_tokens(i) for i in mb.sample_ids)
+
+    # ------------------------------------------------------------------ tensor parallelism
+    def tp_plan(self, module_name: str, part: str) -> Any:
+        """The family's ``parallelize_module`` plan of a part (``dip.runtime.parallel.ParallelModel``)."""
+        if self.family.tp_plan is None:
+            raise BadInput(f"the {self.family.name} family has no tensor-parallel plan: run it with --tp 1")
+        return self.family.tp_plan(module_name, part)
+
+    def tp_gathered_inputs(self, module_name: str, part: str) -> Mapping[str, int]:
+        return self.family.tp_gathered(module_name, part) if self.family.tp_gathered else {}
 
     # ------------------------------------------------------------------ weights
     def checkpoint_name(self, canonical: str) -> str:

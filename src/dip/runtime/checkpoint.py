@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.tensor import DTensor
 
 from dip.errors import BadInput
 from dip.io import write_atomic
@@ -42,6 +43,7 @@ __all__ = [
     "check_resume",
     "find_checkpoints",
     "latest_checkpoint",
+    "optimizer_states",
     "read_meta",
     "train_state",
 ]
@@ -101,14 +103,27 @@ def _plain(x: Any) -> Any:
     return [_plain(v) for v in x] if isinstance(x, (list, tuple)) else x
 
 
+def optimizer_states(optimizer: Any, params: Mapping[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """The optimizer's live per-parameter state dicts by canonical name (empty before the first step).
+
+    A ZeRO-1 optimizer (:class:`~dip.runtime.zero.ShardedOptimizer`) keeps its state on data-parallel
+    main shards (DTensors: DCP writes each slice once and reshards it on load); its states are created
+    first, so a fresh optimizer is a loading template."""
+    entries = getattr(optimizer, "entries", None)
+    if entries is not None:
+        optimizer._init_state()
+        return {e.name: optimizer.inner.state[e.main] for e in entries}
+    return {n: optimizer.state[p] for n, p in params.items()}
+
+
 def train_state(
-    params: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any, rank: int
+    params: Mapping[str, torch.Tensor], optim_states: Mapping[str, Mapping[str, Any]], scheduler: Any, rank: int
 ) -> dict[str, Any]:
-    """The DCP state of one rank: its parameters and their optimizer state by canonical name, the LR
-    scheduler and the rank's RNG states."""
+    """The DCP state of one rank: its parameters and their optimizer state (:func:`optimizer_states`) by
+    canonical name, the LR scheduler and the rank's RNG states."""
     state: dict[str, Any] = {f"model.{n}": p.detach() for n, p in params.items()}
-    for n, p in params.items():
-        for field, value in optimizer.state.get(p, {}).items():
+    for n, fields in optim_states.items():
+        for field, value in fields.items():
             state[f"optim.{n}.{field}"] = value
     if scheduler is not None:
         state["lr_scheduler"] = scheduler.state_dict()
@@ -124,18 +139,20 @@ class _Target:
     """Where a loaded tensor goes."""
 
     tensor: torch.Tensor
-    param: torch.Tensor | None = None  # optimizer state: its parameter
+    fields: dict[str, Any]  # the parameter's optimizer state
     field: str = ""
 
 
 def apply_train_state(
-    path: str, params: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any, rank: int
+    path: str, params: Mapping[str, torch.Tensor], optim_states: Mapping[str, dict[str, Any]], scheduler: Any, rank: int
 ) -> None:
-    """Load a checkpoint into this rank's parameters, optimizer state, LR scheduler and RNG (collective).
+    """Load a checkpoint into this rank's parameters, optimizer state (the live dicts of
+    :func:`optimizer_states`), LR scheduler and RNG (collective).
 
     Every parameter must be in the checkpoint; optimizer state is loaded where the checkpoint has it
-    (a checkpoint written before the first step has none); a rank the checkpoint has no RNG state for
-    (more ranks than the run that wrote it) keeps its own."""
+    (a checkpoint written before the first step has none): in place into the state tensors the
+    optimizer already holds (sharded DTensors stay sharded), else into new tensors of the saved shape;
+    a rank the checkpoint has no RNG state for (more ranks than the run that wrote it) keeps its own."""
     reader = dcp.FileSystemReader(path)
     saved = reader.read_metadata().state_dict_metadata
     missing = [n for n in params if f"model.{n}" not in saved]
@@ -147,13 +164,18 @@ def apply_train_state(
         for n, p in params.items():
             state[f"model.{n}"] = p.detach()
             prefix = f"optim.{n}."
+            fields = optim_states[n]
             for key, meta in saved.items():
                 if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata):
-                    props = meta.properties
-                    device = p.device if len(meta.size) else torch.device("cpu")  # AdamW keeps `step` on the CPU
-                    t = torch.empty(meta.size, dtype=props.dtype, device=device)
+                    field = key[len(prefix) :]
+                    t = fields.get(field)
+                    if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(meta.size):
+                        device = p.device if len(meta.size) else torch.device("cpu")  # AdamW: `step` on the CPU
+                        t = torch.empty(meta.size, dtype=meta.properties.dtype, device=device)
+                        if isinstance(p, DTensor) and tuple(meta.size) == tuple(p.shape):
+                            t = torch.empty_like(p, dtype=meta.properties.dtype)  # in the parameter's placement
                     state[key] = t
-                    targets[key] = _Target(t, p, key[len(prefix) :])
+                    targets[key] = _Target(t, fields, field)
     if scheduler is not None and "lr_scheduler" in {k.split(".")[0] for k in saved}:
         state["lr_scheduler"] = scheduler.state_dict()
     own = [k for k in saved if k.startswith(f"rng.{rank}.")]
@@ -166,10 +188,10 @@ def apply_train_state(
         state[f"rng.{rank}.python"] = {"python": random.getstate(), "numpy": np.random.get_state()}
     dcp.load(state, storage_reader=reader)
     for t in targets.values():
-        optimizer.state[t.param][t.field] = t.tensor
+        t.fields[t.field] = t.tensor
     if "lr_scheduler" in state:
         scheduler.load_state_dict(state["lr_scheduler"])
-        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+        for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
             group["lr"] = lr
     if "torch" in rng:
         torch.set_rng_state(rng["torch"])

@@ -17,6 +17,7 @@ Every action's start and end (seconds since the step started) are recorded.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from dip.data.meta import BatchMeta
 from dip.data.tensors import TensorSpec
+from dip.runtime.activations import SavedBytes
 from dip.runtime.comm import P2P, TORCH_DTYPES, Poster, SendQueue, direct_posting, numel, unpack, wait
 from dip.runtime.handlers import DEFAULT_HANDLERS, Handler
 from dip.runtime.stage import PartUnit, StageChunk, UnitState, module_edge
@@ -46,13 +48,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ActionTime:
-    """Measured start and end (seconds since the step began) of one action on one rank, and the part
-    of it spent waiting for messages."""
+    """Measured start and end (seconds since the step began) of one action on one rank, the part of it
+    spent waiting for messages, and for a forward (when measured) the bytes it saved for its backward
+    and, on a GPU, the growth of the allocated memory (:mod:`dip.runtime.activations`)."""
 
     action: Action
     start: float
     end: float
     wait: float = 0.0
+    saved_bytes: int = 0
+    allocated_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +99,8 @@ def _routes(
 
 @dataclass
 class StepResult:
-    """What one rank measured in one step: its summed loss and the timeline of its actions."""
+    """What one rank measured in one step: its summed loss (0 on tensor-parallel ranks other than the
+    first, which hold copies) and the timeline of its actions."""
 
     rank: int
     loss_sum: float
@@ -148,6 +154,7 @@ class StepContext:
     wait_s: float = 0.0  # time the current action spent waiting for messages
     reduced: set[int] = field(default_factory=set)
     loss_parts: list[Tensor] = field(default_factory=list)
+    grad_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     data_cache: dict[tuple, Any] = field(default_factory=dict)
     edges: dict[tuple[int, int], Edge] = field(default_factory=dict)
 
@@ -274,6 +281,8 @@ class Executor:
         post_in_background: bool = False,
         comm_device: torch.device | str | None = None,
         pause_gc: bool = True,
+        counts_loss: bool = True,
+        measure_activations: bool = False,
     ):
         self.rank = rank
         self.provider = provider
@@ -284,6 +293,10 @@ class Executor:
         self.device = torch.device(device)
         self.comm_device = torch.device(comm_device) if comm_device is not None else self.device
         self.pause_gc = pause_gc
+        # tensor-parallel ranks other than the first hold copies of their stage's loss: they report 0
+        self.counts_loss = counts_loss
+        self.measure_activations = measure_activations
+        self.grad_context = getattr(provider, "grad_context", contextlib.nullcontext)
         self.max_outstanding_sends = max_outstanding_sends
         self.handlers: dict[str, Handler] = dict(DEFAULT_HANDLERS)
         self.handlers.update(handlers or {})
@@ -337,6 +350,7 @@ class Executor:
             comm_device=self.comm_device,
             sends=SendQueue(self.rank, self.timeout_s, self.max_outstanding_sends),
             poster=self.poster,
+            grad_context=self.grad_context,
         )
 
     def run_step(self, prepared: PreparedPlan, *, step_seed: int, loss_scale: float, mb_offset: int = 0) -> StepResult:
@@ -363,6 +377,9 @@ class Executor:
         runs = prepared.runs
         handlers = self.handlers
         times: list[ActionTime] = []
+        saved = None
+        if self.measure_activations:
+            saved = SavedBytes.excluding(p for s in self.stages.values() for p in s.params)
         clock = time.perf_counter
         t0 = clock()
         i = 0
@@ -381,14 +398,29 @@ class Executor:
                 continue
             a = acts[i]
             ctx.wait_s = 0.0
+            if saved is not None and a.op is Op.F:
+                times.append(self._measured_forward(a, ctx, saved, t0))
+                i += 1
+                continue
             start = clock()
             handlers[a.op.value](a, ctx)
             times.append(ActionTime(a, start - t0, clock() - t0, ctx.wait_s))
             i += 1
         ctx.sends.drain()
         self._check_finished(ctx)
-        loss = float(torch.stack(ctx.loss_parts).sum()) if ctx.loss_parts else 0.0
+        loss = float(torch.stack(ctx.loss_parts).sum()) if ctx.loss_parts and self.counts_loss else 0.0
         return StepResult(self.rank, loss, clock() - t0, times)
+
+    def _measured_forward(self, a: Action, ctx: StepContext, saved: SavedBytes, t0: float) -> ActionTime:
+        """A forward with its saved-activation bytes (and on a GPU the allocated-memory growth)."""
+        cuda = self.device.type == "cuda"
+        before = torch.cuda.memory_allocated(self.device) if cuda else 0
+        with saved.measure() as total:
+            start = time.perf_counter()
+            self.handlers[a.op.value](a, ctx)
+            end = time.perf_counter()
+        grown = torch.cuda.memory_allocated(self.device) - before if cuda else 0
+        return ActionTime(a, start - t0, end - t0, ctx.wait_s, total[0], max(0, grown))
 
     def _check_finished(self, ctx: StepContext) -> None:
         left = []

@@ -117,7 +117,8 @@ def backward(action: Action, ctx: StepContext) -> None:
     state = ctx.pop_state(action)
     roots, grads = _roots(action, ctx, state)
     if roots:
-        torch.autograd.backward(roots, grads)
+        with ctx.grad_context():
+            torch.autograd.backward(roots, grads)
     _send_input_grads(ctx, state)
 
 
@@ -131,7 +132,8 @@ def backward_input(action: Action, ctx: StepContext) -> None:
     leaves = state.input_leaves()
     found: dict[int, Tensor] = {}
     if roots:
-        got, state.weight_job = splitgrad.backward_input(roots, grads, leaves, ctx.stages[action.chunk].params)
+        with ctx.grad_context():
+            got, state.weight_job = splitgrad.backward_input(roots, grads, leaves, ctx.stages[action.chunk].params)
         found = {id(leaf): g for leaf, g in zip(leaves, got) if g is not None}
     _send_input_grads(ctx, state, found)
     state.inputs = {}
@@ -140,7 +142,8 @@ def backward_input(action: Action, ctx: StepContext) -> None:
 def backward_weight(action: Action, ctx: StepContext) -> None:
     state = ctx.pop_state(action)
     if state.weight_job is not None:
-        splitgrad.backward_weight(state.weight_job)
+        with ctx.grad_context():
+            splitgrad.backward_weight(state.weight_job)
         state.weight_job = None
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 __all__ = ["DEFAULT_OPTIMIZER", "OptimizerConfig", "WarmupCosine", "clip_gradients", "make_optimizer", "make_scheduler"]
 
@@ -75,20 +76,36 @@ def clip_gradients(
     max_norm: float | None,
     *,
     skip: Iterable[str] = (),
+    counts: Callable[[Tensor], bool] | None = None,
     reduce: Callable[[Tensor], None] | None = None,
 ) -> float:
     """The global L2 norm of the gradients of ``params`` (names in ``skip`` not counted: the other copies
-    of tied parameters; ``reduce`` sums the squared norm in place over the ranks that hold the rest of
-    the model), and, with ``max_norm``, every gradient scaled down so that the norm is at most ``max_norm``.
-    Returns the norm before clipping."""
+    of tied parameters; ``counts(grad)`` false: a copy another rank counts, such as a data-parallel
+    replica's; ``reduce`` sums the squared norm in place over the ranks that hold the rest of the model),
+    and, with ``max_norm``, every gradient scaled by ``min(1, max_norm / (norm + 1e-6))`` as
+    ``torch.nn.utils.clip_grads_with_norm_`` does. DTensor gradients (tensor-parallel, FSDP) count and
+    scale the rank's local part. Returns the norm before clipping."""
     skip = set(skip)
-    grads = [p.grad for n, p in sorted(params.items()) if n not in skip and p.grad is not None]
+    grads = [
+        _local(p.grad)
+        for n, p in sorted(params.items())
+        if n not in skip and p.grad is not None and (counts is None or counts(p.grad))
+    ]
     local = torch.nn.utils.get_total_norm(grads, 2.0) if grads else torch.zeros(())
     square = (local.double() ** 2).reshape(1).cpu()
     if reduce is not None:
         reduce(square)
     norm = float(square[0]) ** 0.5
     if max_norm:
-        every = [p for p in params.values() if p.grad is not None]
-        torch.nn.utils.clip_grads_with_norm_(every, max_norm, torch.tensor(norm, dtype=torch.float64))
+        coef = torch.clamp(torch.tensor(max_norm / (norm + 1e-6), dtype=torch.float64), max=1.0)
+        with torch.no_grad():
+            for p in params.values():
+                if p.grad is not None:
+                    g = _local(p.grad)
+                    g.mul_(coef.to(g.device))
     return norm
+
+
+def _local(t: Tensor) -> Tensor:
+    """The rank's part of a DTensor (the tensor itself otherwise)."""
+    return t.to_local() if isinstance(t, DTensor) else t

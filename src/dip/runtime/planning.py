@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dip.cost import CostModel
 from dip.data.meta import BatchMeta
@@ -23,6 +23,7 @@ from dip.schedule.partition import Partition
 from dip.sim import SimulatedPlan, simulate_plan
 from dip.spec.hardware import HardwareSpec, get_hardware
 from dip.spec.model import ModelSpec
+from dip.spec.validate import validate_parallel
 
 CPU_HARDWARE = "cpu"
 DIP_ROLLOUTS = 24  # planner rollouts per batch: deterministic plans, a second or so per step
@@ -81,24 +82,34 @@ def dataset_step_batches(
     return out, stream.epochs
 
 
-def check_parallel(model: ModelSpec, nproc: int, pp: int | None, dp: int | None) -> tuple[int, int]:
-    """``(pp, dp)`` for ``nproc`` processes; BadInput when they do not fit the model."""
+def check_parallel(model: ModelSpec, nproc: int, pp: int | None, dp: int | None, tp: int = 1) -> tuple[int, int]:
+    """``(pp, dp)`` for ``nproc`` processes, ``tp`` of them per pipeline stage; BadInput when they do
+    not fit the model (``tp`` must divide every module's heads, key/value heads and widths)."""
     layers = sum(m.layers for m in model.modules)
     if nproc < 1:
         raise BadInput(f"nproc must be an integer >= 1, got {nproc}")
+    if tp < 1:
+        raise BadInput(f"tp must be an integer >= 1, got {tp}")
+    if nproc % tp:
+        raise BadInput(f"nproc {nproc} is not a multiple of tp {tp} (nproc = tp x pp x dp)")
+    validate_parallel(model, replace(model.parallel, tp=tp, pp=1, dp=1, segments=()))
+    total, nproc = nproc, nproc // tp
+    what = f"nproc {total} / tp {tp} = {nproc}" if tp > 1 else f"nproc {nproc}"
     if pp is None and dp is None:
         pp, dp = nproc, 1
     elif pp is None:
         if dp < 1 or nproc % dp:
-            raise BadInput(f"nproc {nproc} is not a multiple of dp {dp}")
+            raise BadInput(f"{what} is not a multiple of dp {dp}")
         pp = nproc // dp
     elif dp is None:
         if pp < 1 or nproc % pp:
-            raise BadInput(f"nproc {nproc} is not a multiple of pp {pp}")
+            raise BadInput(f"{what} is not a multiple of pp {pp}")
         dp = nproc // pp
     if pp < 1 or dp < 1:
         raise BadInput(f"pp and dp must be >= 1, got pp {pp}, dp {dp}")
     if pp * dp != nproc:
+        if tp > 1:
+            raise BadInput(f"nproc {total} must equal tp x pp x dp = {tp} x {pp} x {dp} = {tp * pp * dp}")
         raise BadInput(f"nproc {nproc} must equal pp x dp = {pp} x {dp} = {pp * dp}")
     if pp > layers:
         raise BadInput(
@@ -112,7 +123,7 @@ def cost_setup(model: ModelSpec, dtype: str, hardware: str = CPU_HARDWARE) -> tu
     """(cost model, hardware) for planning and prediction (the CPU calibration by default)."""
     hw = get_hardware(hardware)
     dtype_bytes = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 4)
-    return CostModel(model, hw, tp=1, dtype_bytes=dtype_bytes), hw
+    return CostModel(model, hw, dtype_bytes=dtype_bytes), hw  # the model's tp, SP and optimizer sharding
 
 
 def search_options(*, deterministic: bool = True, budget_s: float | None = None, seed: int = 0) -> SearchOptions:
@@ -188,9 +199,11 @@ def plan_step(
     return StepWork(step, batches, [s.plan for s in sims], pred, make, static), sims
 
 
-def with_parallel(model: ModelSpec, pp: int, dp: int) -> ModelSpec:
-    # the trainer all-reduces whole gradients and keeps the whole optimizer state on every replica
-    return model.with_parallel(pp=pp, dp=dp, tp=1, distributed_optimizer=False)
+def with_parallel(model: ModelSpec, pp: int, dp: int, tp: int = 1) -> ModelSpec:
+    """``model`` with the run's sizes and what the trainer does: sequence parallelism whenever
+    ``tp > 1``; the optimizer state sharded over ``dp`` (ZeRO-1, or FSDP, which between a step's first
+    forward and its gradient reduce-scatter holds what ZeRO-1 holds)."""
+    return model.with_parallel(pp=pp, dp=dp, tp=tp, sequence_parallel=tp > 1, distributed_optimizer=dp > 1)
 
 
 __all__ = [

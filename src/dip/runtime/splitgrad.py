@@ -27,6 +27,7 @@ class WeightGroup:
     params: list[Tensor]
     intermediates: list[Node]
     saved: list[tuple | None] = field(default_factory=list)
+    roots: set[Node] = field(default_factory=set)  # intermediates that are roots off the input path
 
 
 @dataclass
@@ -60,8 +61,11 @@ def _reverse_edges(roots: Sequence[Node]) -> dict[Node, list[Node]]:
     return rev
 
 
-def _closure(starts: Sequence[Node], rev: dict[Node, list[Node]], stop: set[Node]) -> tuple[set[Node], set[Node]]:
-    """Nodes reachable from ``starts`` along forward edges, not entering ``stop`` (returned separately)."""
+def _closure(
+    starts: Sequence[Node], rev: dict[Node, list[Node]], stop: set[Node], ends: set[Node] = frozenset()
+) -> tuple[set[Node], set[Node]]:
+    """Nodes reachable from ``starts`` along forward edges, not entering ``stop`` (returned separately,
+    together with the ``ends`` the walk passes: roots reached off the stop set)."""
     seen, hit = set(starts), set()
     q = deque(starts)
     while q:
@@ -71,6 +75,8 @@ def _closure(starts: Sequence[Node], rev: dict[Node, list[Node]], stop: set[Node
             if parent in stop:
                 hit.add(parent)
                 continue
+            if parent in ends:
+                hit.add(parent)
             seen.add(parent)
             q.append(parent)
     return seen, hit
@@ -84,13 +90,22 @@ def backward_input(
     rev = _reverse_edges(root_nodes)
     input_nodes = [n for n in (_node(t) for t in inputs) if n is not None]
     on_path, _ = _closure(input_nodes, rev, set())
+    # a branch that also reaches a root off the input path (a side output such as the DiT's t_mod)
+    # takes that root's incoming gradient there: the root is one of its intermediates, seeded with
+    # the gradient the caller gave (the input pass never runs such a node)
+    seeds: dict[Node, dict[int, Tensor]] = defaultdict(dict)
+    for r, gr in zip(roots, grads):
+        if r.requires_grad:
+            edge = get_gradient_edge(r)
+            seeds[edge.node][edge.output_nr] = gr
+    off_path_roots = (set(seeds) - on_path) if input_nodes else set()
     by_inter: dict[Node, WeightGroup] = {}
     uncovered: list[Tensor] = []
     for p in params:
         pn = _node(p)
         if pn is None or pn not in rev:
             continue  # not used by this unit
-        _, inters = _closure([pn], rev, on_path)
+        _, inters = _closure([pn], rev, on_path, off_path_roots)
         if not inters:
             uncovered.append(p)
             continue
@@ -113,6 +128,11 @@ def backward_input(
     for g in groups:
         g.saved = [None] * len(g.intermediates)
         for k, node in enumerate(g.intermediates):
+            if node in off_path_roots:
+                given = seeds[node]
+                g.saved[k] = tuple(given.get(i) for i in range(max(given) + 1))
+                g.roots.add(node)
+                continue
 
             def save(grad_outputs, g=g, k=k):
                 g.saved[k] = tuple(grad_outputs)
@@ -142,7 +162,8 @@ def backward_weight(job: WeightJob) -> None:
         handles = []
         if len(g.intermediates) > 1:  # an intermediate below another must not count twice
             for node, saved in zip(g.intermediates, g.saved):
-                handles.append(node.register_prehook(lambda grad_outputs, s=saved: s))
+                if node not in g.roots:  # a seeded root also collects what flows into it from below
+                    handles.append(node.register_prehook(lambda grad_outputs, s=saved: s))
         try:
             dws = torch.autograd.grad(edges, g.params, outs, retain_graph=True, allow_unused=True)
         finally:

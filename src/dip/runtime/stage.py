@@ -58,12 +58,16 @@ class StageChunk:
         self.device = device or torch.device("cpu")
         self.parts: list[ChunkPart] = list(chunk.parts)
         self.modules: list[nn.Module] = [provider.build_chunk(p.module, p.layer_start, p.layer_end) for p in self.parts]
-        self.params: list[nn.Parameter] = [p for m in self.modules for p in m.parameters() if p.requires_grad]
         self._offsets = []
         off = 0
         for p in self.parts:
             self._offsets.append((off, off + p.layers))
             off += p.layers
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """The trainable parameters registered now (FSDP swaps sharded and unsharded ones)."""
+        return [p for m in self.modules for p in m.parameters() if p.requires_grad]
 
     @property
     def layout(self) -> tuple[tuple[str, int, int], ...]:

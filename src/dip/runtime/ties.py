@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 __all__ = ["TieGroup", "TiedGradients", "holder_layer", "sum_tied_grads", "tie_holders"]
 
@@ -76,12 +77,29 @@ def _copies(params: Mapping[str, nn.Parameter], names: Iterable[str]) -> list[nn
     return list(seen.values())
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The rank's part of a tensor-parallel DTensor (copies of a tie are split alike), else ``t``."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def _local_sum(copies: Sequence[nn.Parameter]) -> torch.Tensor:
-    total = torch.zeros_like(copies[0])
+    total = torch.zeros_like(_local(copies[0].detach()))
     for p in copies:
-        if p.grad is not None:
-            total += p.grad
+        g = p.grad
+        if g is None:
+            continue
+        if isinstance(g, DTensor) and tuple(g.placements) != tuple(p.placements):
+            g = p.grad = g.redistribute(placements=p.placements)  # e.g. a whole vocabulary-parallel grad
+        total += _local(g)
     return total
+
+
+def _set_grads(copies: Sequence[nn.Parameter], total: torch.Tensor) -> None:
+    with torch.no_grad():
+        for p in copies:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            _local(p.grad).copy_(total)
 
 
 def sum_tied_grads(params: Mapping[str, nn.Parameter], groups: Sequence[Sequence[str]]) -> None:
@@ -89,9 +107,7 @@ def sum_tied_grads(params: Mapping[str, nn.Parameter], groups: Sequence[Sequence
     for group in groups:
         copies = _copies(params, group)
         if len(copies) > 1:
-            total = _local_sum(copies)
-            for p in copies:
-                p.grad = total.clone()
+            _set_grads(copies, _local_sum(copies))
 
 
 @dataclass
@@ -104,12 +120,22 @@ class TiedGradients:
 
     @classmethod
     def create(
-        cls, provider: Any, layouts: Mapping[int, Layout], *, pp_rank: int, pp: int, dp: int = 1, dp_index: int = 0
+        cls,
+        provider: Any,
+        layouts: Mapping[int, Layout],
+        *,
+        pp_rank: int,
+        pp: int,
+        dp: int = 1,
+        dp_index: int = 0,
+        tp: int = 1,
+        tp_rank: int = 0,
     ) -> TiedGradients:
         """Call on every rank of the job, in the same order (``dist.new_group`` is collective).
 
         ``layouts`` describes one pipeline (pp ranks ``0..pp-1``); global rank of pipeline rank ``r`` in
-        replica ``d`` is ``d * pp + r`` (the trainer's convention)."""
+        replica ``d`` at tensor-parallel rank ``t`` is ``(d * pp + r) * tp + t`` (the trainer's mesh,
+        :mod:`dip.runtime.parallel`): each TP rank sums its own shard of the copies."""
         groups_of = getattr(provider, "tied_groups", None)
         names = groups_of() if groups_of else ()
         layers = {m.name: m.layers for m in provider.spec.modules}
@@ -119,9 +145,10 @@ class TiedGradients:
             if len(tie.ranks) < 2:
                 continue
             for d in range(dp):
-                pg = dist.new_group([d * pp + r for r in tie.ranks])
-                if d == dp_index and pp_rank in tie.ranks:
-                    mine[k] = pg
+                for t in range(tp):
+                    pg = dist.new_group([(d * pp + r) * tp + t for r in tie.ranks])
+                    if d == dp_index and t == tp_rank and pp_rank in tie.ranks:
+                        mine[k] = pg
         return cls(list(ties), mine)
 
     def reduce(self, params: Mapping[str, nn.Parameter], pp_rank: int, comm_device: torch.device | None = None) -> None:
@@ -139,5 +166,4 @@ class TiedGradients:
                 staged = total if comm_device is None else total.to(comm_device)
                 dist.all_reduce(staged, group=pg)
                 total = staged.to(total.device)
-            for p in copies:
-                p.grad = total.clone()
+            _set_grads(copies, total)

@@ -1,9 +1,11 @@
-"""Pipeline x data-parallel training in one process group (one process per rank).
+"""Tensor x pipeline x data-parallel training in one process group (one process per rank).
 
-Global rank ``g = dp_index * pp + pp_rank``. The model comes from ``load`` (built-in presets here; the
-layer above passes its loader of checkpoints and factories) and, with ``cfg.data``, its dataset from
-``open_data``. Every rank builds the run's :class:`~dip.runtime.batches.BatchStream` (the deterministic,
-sharded data order). Every optimizer step runs ``grad_accum`` passes; for each pass:
+Global rank ``g = (dp_index * pp + pp_rank) * tp + tp_rank`` on the run's device mesh
+(:mod:`dip.runtime.parallel`, :mod:`dip.runtime.parallel_state`). The model comes from ``load``
+(built-in presets here; the layer above passes its loader of checkpoints and factories) and, with
+``cfg.data``, its dataset from ``open_data``. Every rank builds the run's
+:class:`~dip.runtime.batches.BatchStream` (the deterministic, sharded data order). Every optimizer
+step runs ``grad_accum`` passes; for each pass:
 
 1. global rank 0 obtains the pass's plan (one per replica) from its planner (inline, or the planner
    service that planned it ahead, :mod:`dip.runtime.planner_service`) and publishes it; every other rank
@@ -16,9 +18,10 @@ sharded data order). Every optimizer step runs ``grad_accum`` passes; for each p
    the :class:`~dip.runtime.executor.Executor` (loss weighted by the tokens of the step's whole global
    batch, every pass together);
 
-then the copies of tied parameters sum their gradients (:mod:`dip.runtime.ties`), gradients are
-all-reduced over the data-parallel group of the rank's pipeline position, clipped to the global norm
-(:mod:`dip.runtime.optim`), AdamW steps and the LR schedule advances; with ``check_reference`` rank 0
+then the copies of tied parameters sum their gradients (:mod:`dip.runtime.ties`), gradients are summed
+over the data-parallel group of the rank's pipeline position and TP rank (all-reduce, or FSDP's
+reduce-scatter), clipped to the global norm (:mod:`dip.runtime.optim`), AdamW steps (on ZeRO-1 shards
+when ``dp > 1``) and the LR schedule advances; with ``check_reference`` rank 0
 compares loss, gradients and parameters with a single-process reference
 (:mod:`dip.runtime.reference_check`).
 
@@ -50,6 +53,7 @@ import torch.distributed as dist
 
 from dip.errors import BadInput
 from dip.runtime import planning
+from dip.runtime.activations import activation_report
 from dip.runtime.affinity import bind_local_rank
 from dip.runtime.batches import BatchStream, StreamStart
 from dip.runtime.checkpoint import (
@@ -57,6 +61,7 @@ from dip.runtime.checkpoint import (
     apply_train_state,
     check_resume,
     latest_checkpoint,
+    optimizer_states,
     read_meta,
     train_state,
 )
@@ -67,6 +72,8 @@ from dip.runtime.faults import Faults, StopRequest, elastic_restart_count, parse
 from dip.runtime.loading import DataOpener, ModelLoader, load_builtin, no_data, open_model
 from dip.runtime.metrics import MetricsLog, peak_memory_bytes
 from dip.runtime.optim import OptimizerConfig, clip_gradients, make_optimizer, make_scheduler
+from dip.runtime.parallel import Layout
+from dip.runtime.parallel_state import ParallelOptions, ParallelState
 from dip.runtime.plan_delivery import PlanChannel, check_work
 from dip.runtime.reference_check import tied_copies
 from dip.runtime.saving import save_trained
@@ -129,6 +136,10 @@ class TrainConfig:
     grad_accum: int = 1  # passes (plans) per optimizer step
     mixed_precision: str = "none"  # bf16: bfloat16 compute under autocast, float32 weights and optimizer
     metrics: str | None = None  # append one JSON object per step to this file
+    # tensor and sharded data parallelism
+    tp: int = 1  # tensor-parallel ranks per stage (with sequence parallelism), dip.runtime.parallel
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over dp (FSDP2); default ZeRO-1
+    fsdp_reshard_after_forward: bool = False  # FSDP: free gathered parameters after every forward
 
     def optimizer_config(self) -> OptimizerConfig:
         return OptimizerConfig(
@@ -157,18 +168,24 @@ class Runtime:
     scheduler: Any = None  # the LR schedule (made with the optimizer)
     ties: TiedGradients | None = None  # tied parameters' gradient sums (made at the first plan)
     feed: StepDataLoader | None = None  # the rank's data loader (real datasets)
-    layout: list | None = None  # every pipeline rank's chunk parts (the first plan's placement)
+    chunk_layout: list | None = None  # every pipeline rank's chunk parts (the first plan's placement)
+    tp: int = 1
+    par: ParallelState | None = None  # the (dp, pp, tp) device mesh and what runs on it
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.rank, self.tp, self.pp, self.dp)
 
     @property
     def pp_rank(self) -> int:
-        return self.rank % self.pp
+        return self.layout.pp_rank
 
     @property
     def dp_index(self) -> int:
-        return self.rank // self.pp
+        return self.layout.dp_index
 
     def global_rank(self, pp_rank: int) -> int:
-        return self.dp_index * self.pp + pp_rank
+        return self.layout.global_rank(pp_rank)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -229,21 +246,9 @@ def comm_device_for(device: torch.device, backend: str) -> torch.device:
 
 
 def sync_gradients(rt: Runtime, timeout_s: float) -> None:
-    """Fill missing gradients with zeros and all-reduce them over the data-parallel group."""
-    params = [p for _, p in sorted(rt.runner.named_parameters().items())]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    if rt.dp > 1 and params:
-        flat = torch.cat([p.grad.reshape(-1) for p in params]).to(rt.comm_device)
-        timed_collective(
-            dist.all_reduce, "the data-parallel gradient all-reduce", rt.rank, timeout_s, flat, group=rt.dp_group
-        )
-        off = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[off : off + n].view_as(p))
-            off += n
+    """Fill missing gradients with zeros, sum tensor-parallel partial ones and reduce them over the
+    data-parallel group (all-reduce, or FSDP's reduce-scatter)."""
+    rt.par.sync_gradients(rt.runner, timeout_s)
 
 
 def _gather(obj: Any, rt: Runtime) -> list[Any] | None:
@@ -364,6 +369,7 @@ def _train(cfg: TrainConfig, load: ModelLoader, open_data: DataOpener, stop: Sto
         return None
     out = coord.result(world, rt.pp, rt.dp)
     out.update(loop.summary())
+    out.update(rt.par.report())
     out["bind_cores"] = cfg.bind_cores
     out["rank0_cores"] = sorted(os.sched_getaffinity(0)) if cores else None  # read back: what the OS applies
     out.update({"device": device.type, "backend": dist.get_backend()})
@@ -488,8 +494,11 @@ class _Loop:
                     rt.feed.prefetch(
                         chunk_data_keys(provider, runner.parts(), self.stream.replicas(following)[rt.dp_index])
                     )
-            if a == 0 and self._stop_requested(step):
-                return None
+            if a == 0:
+                rt.par.check_plans(work.plans, batches[a], provider.instances)
+                if self._stop_requested(step):
+                    return None
+                rt.par.begin_step(runner)  # (FSDP: gather the stage's parameters once per step)
             t0 = time.perf_counter()
             with self.autocast:
                 res = runner.run(
@@ -503,22 +512,30 @@ class _Loop:
         t0 = time.perf_counter()
         params = runner.named_parameters()
         rt.ties.reduce(params, rt.pp_rank, rt.comm_device)
-        sync_gradients(rt, cfg.timeout_s)
+        sync_gradients(rt, cfg.timeout_s)  # (FSDP: the gradients are now sharded DTensors)
+        params = runner.named_parameters()
         t_grads = time.perf_counter() - t0
         loss_t = torch.tensor([sum(r.loss_sum for r in results)], dtype=torch.float64, device=rt.comm_device)
         timed_collective(dist.all_reduce, "the loss all-reduce", rt.rank, cfg.timeout_s, loss_t)
         loss = float(loss_t[0]) / total
         extra: dict[str, Any] = {}
-        mine = rt.dp_index == 0  # replica 0 speaks for every replica (identical gradients after the all-reduce)
+        # replica 0's first TP rank speaks for its stage (identical gradients after the all-reduce)
+        mine = rt.layout.speaks
         if cfg.check_reference:
-            got = _gather({n: p.grad.detach().cpu() for n, p in params.items()} if mine else {}, rt)
+            got = _gather(rt.par.full_grads(runner), rt)
             if self.coord:
                 checker = self.coord.checker
                 seeds = [(w.global_batch, step_seed(cfg.seed, i)) for w, i in zip(works, passes)]
                 extra.update(checker.step(seeds, loss, {k: v for d in got for k, v in d.items()}))
         t1 = time.perf_counter()
-        lr = rt.optimizer.param_groups[0]["lr"]
-        grad_norm = clip_gradients(params, cfg.grad_clip, skip=tied_copies(provider), reduce=self._sum_over_pipeline)
+        lr = rt.scheduler.get_last_lr()[0]
+        grad_norm = clip_gradients(
+            params,
+            cfg.grad_clip,
+            skip=tied_copies(provider),
+            counts=rt.par.counts_gradient,
+            reduce=self._sum_over_world,
+        )
         rt.optimizer.step()
         rt.scheduler.step()
         times = torch.tensor(
@@ -530,13 +547,17 @@ class _Loop:
             dist.all_reduce, "the step-time all-reduce", rt.rank, cfg.timeout_s, times, op=dist.ReduceOp.MAX
         )
         if cfg.check_reference:
-            got = _gather({n: p.detach().cpu() for n, p in params.items()} if mine else {}, rt)
+            got = _gather(rt.par.full_params(runner), rt)
             if self.coord:
                 extra["param_rel_err"] = self.coord.checker.compare_params({k: v for d in got for k, v in d.items()})
         rows = gather_actions(results[-1] if mine else None, rt.rank, rt.world)
         if self.coord is None:
             return {}
-        self.coord.measured(works[-1], rows[: rt.pp])
+        replica0 = [rows[rt.layout.global_rank(r, 0, 0)] for r in range(rt.pp)]
+        self.coord.measured(works[-1], replica0)
+        extra["activation_memory"] = activation_report(
+            works[-1].plans[0], batches[-1][0], self.coord.model, self.coord.cost_model, replica0, rt.device.type
+        )
         row = self.coord.step_row(step, works, infos, total)
         row.update(
             {
@@ -557,19 +578,30 @@ class _Loop:
         rt = self.rt
         if rt.optimizer is None:
             opt = self.cfg.optimizer_config()
-            rt.optimizer = make_optimizer(rt.runner.named_parameters().values(), opt)
-            rt.scheduler = make_scheduler(rt.optimizer, opt)
+            rt.optimizer = rt.par.make_optimizer(rt.runner, lambda params: make_optimizer(params, opt))
+            rt.scheduler = make_scheduler(getattr(rt.optimizer, "inner", rt.optimizer), opt)  # (ZeRO-1: its AdamW)
         if rt.ties is None:  # once, on every rank in the same order (collective)
             layouts = {r: [p for _, parts in layout_of(plan, r) for p in parts] for r in range(rt.pp)}
+            lay = rt.layout
             rt.ties = TiedGradients.create(
-                self.provider, layouts, pp_rank=rt.pp_rank, pp=rt.pp, dp=rt.dp, dp_index=rt.dp_index
+                self.provider,
+                layouts,
+                pp_rank=lay.pp_rank,
+                pp=rt.pp,
+                dp=rt.dp,
+                dp_index=lay.dp_index,
+                tp=rt.tp,
+                tp_rank=lay.tp_rank,
             )
-            rt.layout = [[list(p) for _, parts in layout_of(plan, r) for p in parts] for r in range(rt.pp)]
+            rt.chunk_layout = [[list(p) for _, parts in layout_of(plan, r) for p in parts] for r in range(rt.pp)]
         if self.pending_resume is not None:
             step, path, meta = self.pending_resume
             self.pending_resume = None
-            check_resume(meta, path, model=self.provider.spec.name, pp=rt.pp, layout=rt.layout)
-            apply_train_state(path, rt.runner.named_parameters(), rt.optimizer, rt.scheduler, rt.rank)
+            check_resume(meta, path, model=self.provider.spec.name, pp=rt.pp, layout=rt.chunk_layout)
+            params = rt.runner.named_parameters()
+            apply_train_state(path, params, optimizer_states(rt.optimizer, params), rt.scheduler, rt.rank)
+            if hasattr(rt.optimizer, "refresh"):  # ZeRO-1: its main shards from the loaded parameters
+                rt.optimizer.refresh()
             if self.coord is not None and self.coord.calibration is not None:
                 saved = (meta.get("planner") or {}).get("calibration") or []
                 self.coord.calibration.factors.update({(m, k): v for m, k, v in saved})
@@ -583,12 +615,11 @@ class _Loop:
         timed_collective(dist.all_reduce, what, self.rt.rank, self.cfg.timeout_s, flag, op=dist.ReduceOp.MAX)
         return bool(flag[0] > 0)
 
-    def _sum_over_pipeline(self, square: torch.Tensor) -> None:
-        """Sum a squared gradient norm over one pipeline (replica 0's ranks; the others add zeros)."""
+    def _sum_over_world(self, square: torch.Tensor) -> None:
+        """Sum the ranks' squared gradient norms (each rank counts the gradients it alone holds,
+        :meth:`~dip.runtime.parallel_state.ParallelState.counts_gradient`)."""
         if self.rt.world == 1:
             return
-        if self.rt.dp_index:
-            square.zero_()
         t = square.to(self.rt.comm_device)
         timed_collective(dist.all_reduce, "the gradient-norm all-reduce", self.rt.rank, self.cfg.timeout_s, t)
         square.copy_(t.cpu())
@@ -602,8 +633,10 @@ class _Loop:
             "schedule": cfg.schedule,
             "pp": rt.pp,
             "dp": rt.dp,
+            "tp": rt.tp,
+            "fsdp": cfg.fsdp,
             "world": rt.world,
-            "layout": rt.layout,
+            "layout": rt.chunk_layout,
             "seed": cfg.seed,
             "microbatches": cfg.microbatches,
             "grad_accum": cfg.grad_accum,
@@ -622,7 +655,8 @@ class _Loop:
 
 
 def train_state_of(rt: Runtime) -> dict[str, Any]:
-    return train_state(rt.runner.named_parameters(), rt.optimizer, rt.scheduler, rt.rank)
+    params = rt.runner.named_parameters()
+    return train_state(params, optimizer_states(rt.optimizer, params), rt.scheduler, rt.rank)
 
 
 def _autocast(mode: str, device: torch.device):
@@ -640,21 +674,22 @@ def _signal_name(signum: int) -> str:
 
 def _runtime(cfg: TrainConfig, provider, rank: int, world: int, device: torch.device) -> Runtime:
     """This rank's state: parallel sizes (the provider's spec gets them), data-parallel groups, step runner."""
-    pp, dp = planning.check_parallel(provider.spec, world, cfg.pp, cfg.dp)
-    provider.spec = planning.with_parallel(provider.spec, pp, dp)
-    rt = Runtime(rank, world, pp, dp, device, comm_device_for(device, dist.get_backend()))
-    for r in range(pp):  # every rank creates every group, in the same order
-        g = dist.new_group([d * pp + r for d in range(dp)]) if dp > 1 else None
-        if r == rt.pp_rank:
-            rt.dp_group = g
+    pp, dp = planning.check_parallel(provider.spec, world, cfg.pp, cfg.dp, cfg.tp)
+    provider.spec = planning.with_parallel(provider.spec, pp, dp, cfg.tp)
+    rt = Runtime(rank, world, pp, dp, device, comm_device_for(device, dist.get_backend()), tp=cfg.tp)
+    options = ParallelOptions(cfg.tp, cfg.fsdp, cfg.fsdp_reshard_after_forward)
+    rt.par = ParallelState(rt.layout, device, options, rt.comm_device)  # the device mesh (collective)
+    rt.dp_group = rt.par.dp_group
     rt.runner = StepRunner(
         rt.pp_rank,
-        provider,
+        rt.par.wrap(provider),
         backend=dist.get_backend(),
         rank_map=rt.global_rank,
         timeout_s=cfg.timeout_s,
         device=device,
         comm_device=rt.comm_device,
+        counts_loss=rt.layout.tp_rank == 0,
+        measure_activations=True,
     )
     return rt
 
@@ -677,8 +712,7 @@ def _data_report(cfg: TrainConfig, dataset, loads: list | None) -> dict[str, Any
 
 def _save_checkpoint(out: str, rt: Runtime, provider) -> None:
     """Gather replica 0's parameters (canonical names) on rank 0 and write them with the provider's saver."""
-    params = rt.runner.named_parameters()
-    got = _gather({n: p.detach().cpu() for n, p in params.items()} if rt.dp_index == 0 else {}, rt)
+    got = _gather(rt.par.full_params(rt.runner), rt)
     if rt.rank == 0:
         save_trained(provider, out, {k: v for d in got for k, v in d.items()})
 

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from dip.runtime.models.decoder import DecoderBlock, DecoderPost, DecoderPre
 from dip.runtime.models.dit import DitBlock, DitPost, DitPre
+from dip.runtime.models.saved import note_saved, recomputed_block
 from dip.runtime.models.seeding import generator, init_part, torch_dtype
 from dip.runtime.models.vit import VitBlock, VitPost, VitPre
 from dip.spec.model import ModelSpec
@@ -77,6 +78,9 @@ class ChunkModule(nn.Module):
         parts = self.protocol
         if self.pre is not None:
             hidden, side = parts.call_pre(self.pre, inputs, data)
+            shard = getattr(data, "shard", None)
+            if shard is not None:  # the pre part runs replicated; the blocks hold the rank's rows only
+                hidden = shard.scatter(hidden)
         else:
             hidden = inputs["hidden"]
             side = {k: v for k, v in inputs.items() if k != "hidden"}
@@ -148,8 +152,11 @@ def run_block(
         keys = list(side)
 
         def fn(h: Tensor, *values: Tensor) -> Tensor:
-            return parts.call_block(block, h, dict(zip(keys, values)), data)
+            with recomputed_block():
+                return parts.call_block(block, h, dict(zip(keys, values)), data)
 
+        for t in (hidden, *side.values()):  # what the checkpoint keeps to recompute the block
+            note_saved(t)
         return checkpoint(fn, hidden, *(side[k] for k in keys), use_reentrant=False)
     if strategy == "offload":
         with torch.autograd.graph.save_on_cpu(pin_memory=hidden.is_cuda):

@@ -21,6 +21,7 @@ from dip.data.meta import MicroBatchMeta, lm_sequence_lens
 from dip.data.tensors import caption_lens, dit_latent_grid, image_tokens, resolve_range
 from dip.runtime.models import layers
 from dip.runtime.models.seeding import generator, torch_dtype
+from dip.runtime.models.sequence import SequenceShard
 from dip.spec.model import ModelSpec, ModuleSpec
 
 
@@ -51,6 +52,7 @@ class UnitData:
     timesteps: Tensor | None = None  # dit: [n_clips] in (0, 1)
     clip_of_token: Tensor | None = None  # dit: clip index (within the unit) of each token
     payload: Any = None
+    shard: SequenceShard | None = None  # sequence parallelism: this rank's rows of the packed sequence
     cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -60,19 +62,57 @@ class UnitData:
                 return t.device
         return torch.device("cpu")
 
+    @property
+    def tokens(self) -> int:
+        """Rows of the unit's packed sequence (before any sequence-parallel padding)."""
+        return sum(self.seq_lens)
+
+    @property
+    def padding(self) -> int:
+        """Zero rows appended under sequence parallelism (a document of their own in attention)."""
+        return self.shard.padding(self.tokens) if self.shard is not None else 0
+
     def self_mask(self, causal: bool) -> layers.Segments:
         """Who attends to whom in self-attention: each block (sample / image / clip) on its own."""
-        return layers.Segments.self_attention(self.seq_lens, causal)
+        pad = self.padding
+        return layers.Segments.self_attention(self.seq_lens + ((pad,) if pad else ()), causal)
 
     def cross_mask(self) -> layers.Segments:
-        """Cross-attention: clip ``i`` attends to its caption only."""
-        return layers.Segments.cross_attention(self.seq_lens, self.cond_lens)
+        """Cross-attention: clip ``i`` attends to its caption only (padding rows to nothing)."""
+        seg = layers.Segments.cross_attention(self.seq_lens, self.cond_lens)
+        pad = self.padding
+        return layers.Segments(seg.q_lens + (pad,), seg.kv_lens + (0,)) if pad else seg
 
     def rope(self, head_dim: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         key = ("rope", head_dim, dtype)
         if key not in self.cache:
-            self.cache[key] = layers.rope_tables(self.positions, head_dim, dtype)
+            positions = self.positions
+            if self.padding:
+                positions = torch.cat([positions, positions.new_zeros(self.padding)])
+            self.cache[key] = layers.rope_tables(positions, head_dim, dtype)
         return self.cache[key]
+
+    def clip_pieces(self) -> tuple[tuple[int, int], ...]:
+        """``(rows, block)`` runs of the rows this rank holds, in order: which document (clip) each run of
+        the packed sequence belongs to (the sequence-parallel padding joins the last document)."""
+        got = self.cache.get("clip_pieces")
+        if got is None:
+            lens = list(self.seq_lens)
+            if lens and self.padding:
+                lens[-1] += self.padding
+            lo, hi = self.shard.bounds(self.tokens) if self.shard is not None else (0, sum(lens))
+            pieces, start = [], 0
+            for i, n in enumerate(lens):
+                a, b = max(start, lo), min(start + n, hi)
+                if b > a:
+                    pieces.append((b - a, i))
+                start += n
+            got = self.cache["clip_pieces"] = tuple(pieces)
+        return got
+
+    def token_rows(self, t: Tensor) -> Tensor:
+        """The rows of a per-token tensor this rank holds (all of them without sequence parallelism)."""
+        return t if self.shard is None else self.shard.local(t)
 
 
 def make_unit_data(

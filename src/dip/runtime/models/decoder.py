@@ -5,12 +5,12 @@ with a summed token cross-entropy or the text hidden states (text encoder of a T
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dip.data.tensors import image_tokens
 from dip.runtime.models.data import UnitData
 from dip.runtime.models.layers import Attention, RMSNorm, SwiGLU
+from dip.runtime.models.sequence import cross_entropy_sum
 from dip.spec.model import ModelSpec, ModuleSpec
 
 
@@ -50,7 +50,9 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: Tensor, side: dict[str, Tensor], data: UnitData, recompute_attention: bool = False) -> Tensor:
         rope = data.rope(self.attn.head_dim, x.dtype)
-        x = x + self.attn(self.input_norm(x), data.self_mask(causal=True), rope, recompute_core=recompute_attention)
+        x = x + self.attn(
+            self.input_norm(x), data.self_mask(causal=True), rope=rope, recompute_core=recompute_attention
+        )
         return x + self.mlp(self.post_attn_norm(x))
 
 
@@ -64,8 +66,10 @@ class DecoderPost(nn.Module):
 
     def forward(self, x: Tensor, side: dict[str, Tensor], data: UnitData) -> dict[str, Tensor]:
         x = self.norm(x)
+        if data.shard is not None:  # leave the sequence-parallel region: every rank gets the whole sequence
+            x = data.shard.gather(x, data.tokens)
         if self.head is None:
             return {"text_hidden": x[data.text_positions]}
-        logits = self.head(x[data.loss_positions])
+        logits = self.head(x[data.loss_positions])  # vocabulary-parallel under tensor parallelism
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        return {"loss_sum": F.cross_entropy(logits, data.labels, reduction="sum")}
+        return {"loss_sum": cross_entropy_sum(logits, data.labels)}

@@ -65,6 +65,28 @@ def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
+def _gate(x: Tensor, gate: Tensor) -> Tensor:
+    return gate * x
+
+
+def clip_table(table: Tensor, data: UnitData) -> Tensor:
+    """A per-clip table used on this rank's rows (under sequence parallelism its gradient, partial on
+    every rank, is summed over the tensor-parallel group)."""
+    return table if data.shard is None else data.shard.copy_in(table)
+
+
+def by_clip(fn, x: Tensor, data: UnitData, *tables: Tensor) -> Tensor:
+    """``fn(rows, *table_rows)`` for every run of this rank's rows that belongs to one clip, each table
+    (``[clips, H]``) broadcast as its clip's row: nothing per token is materialised (adaLN-single's
+    modulation per sample)."""
+    pieces = data.clip_pieces()
+    if len(pieces) <= 1:
+        c = pieces[0][1] if pieces else 0
+        return fn(x, *(t[c : c + 1] for t in tables))
+    rows = x.split([n for n, _ in pieces])
+    return torch.cat([fn(r, *(t[c : c + 1] for t in tables)) for r, (_, c) in zip(rows, pieces)])
+
+
 class DitBlock(nn.Module):
     """adaLN-single modulated self-attention, cross-attention and MLP."""
 
@@ -80,13 +102,15 @@ class DitBlock(nn.Module):
         self.mod_table = nn.Parameter(torch.zeros(T_MOD_PARTS, h))
 
     def forward(self, x: Tensor, side: dict[str, Tensor], data: UnitData, recompute_attention: bool = False) -> Tensor:
-        mod = (side["t_mod"] + self.mod_table.reshape(1, -1))[data.clip_of_token]
+        mod = clip_table(side["t_mod"] + self.mod_table.reshape(1, -1), data)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.chunk(T_MOD_PARTS, dim=-1)
         rope = data.rope(self.attn.head_dim, x.dtype)
-        h = _modulate(self.norm1(x), shift_a, scale_a)
-        x = x + gate_a * self.attn(h, data.self_mask(causal=False), rope, recompute_core=recompute_attention)
+        h = by_clip(_modulate, self.norm1(x), data, shift_a, scale_a)
+        attn = self.attn(h, data.self_mask(causal=False), rope=rope, recompute_core=recompute_attention)
+        x = x + by_clip(_gate, attn, data, gate_a)
         x = x + self.cross(self.cross_norm(x), data.cross_mask(), kv=side["cond"], recompute_core=recompute_attention)
-        return x + gate_m * self.mlp(_modulate(self.norm2(x), shift_m, scale_m))
+        mlp = self.mlp(by_clip(_modulate, self.norm2(x), data, shift_m, scale_m))
+        return x + by_clip(_gate, mlp, data, gate_m)
 
 
 class DitPost(nn.Module):
@@ -102,11 +126,15 @@ class DitPost(nn.Module):
 
     def forward(self, x: Tensor, side: dict[str, Tensor], data: UnitData) -> dict[str, Tensor]:
         h = self.spec.hidden
-        mod = (side["t_mod"][:, : 2 * h] + self.final_table.reshape(1, -1))[data.clip_of_token]
+        mod = clip_table(side["t_mod"][:, : 2 * h] + self.final_table.reshape(1, -1), data)
         shift, scale = mod.chunk(2, dim=-1)
-        pred = self.out(_modulate(self.norm(x), shift, scale))
+        pred = self.out(by_clip(_modulate, self.norm(x), data, shift, scale))
         s = self.spec
         targets = [patchify_latent(n - x0, s.patch_t, s.patch_hw) for x0, n in zip(data.latents, data.noise)]
-        target = torch.cat(targets) if targets else pred.new_zeros(pred.shape)
+        target = torch.cat(targets) if targets else pred.new_zeros((data.tokens, pred.shape[-1]))
+        if data.shard is not None:  # this rank's rows, the padding left out
+            real = data.shard.real_rows(data.tokens)
+            pred, target = pred[:real], data.shard.local(target)[:real]
         acc = torch.promote_types(pred.dtype, torch.float32)  # sum low-precision errors in float32
-        return {"loss_sum": (pred.to(acc) - target.to(acc)).pow(2).sum()}
+        loss = (pred.to(acc) - target.to(acc)).pow(2).sum()
+        return {"loss_sum": loss if data.shard is None else data.shard.reduce(loss)}

@@ -18,6 +18,26 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 
+class _RMSNormFunction(torch.autograd.Function):
+    """``x * rsqrt(mean(x^2) + eps) * weight`` keeping only ``x`` and the per-row ``rstd`` for the
+    backward (as fused RMSNorm kernels do), not the intermediate products autograd would keep."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, rstd, weight)
+        return x * rstd * weight
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, rstd, weight = ctx.saved_tensors
+        xhat = x * rstd
+        grad_weight = (grad * xhat).sum(dim=tuple(range(grad.dim() - 1))) if ctx.needs_input_grad[1] else None
+        gx_hat = grad * weight
+        grad_x = rstd * (gx_hat - xhat * (gx_hat * xhat).mean(-1, keepdim=True))
+        return grad_x, grad_weight, None
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned scale."""
 
@@ -29,7 +49,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return _RMSNormFunction.apply(x, self.weight, self.eps)
 
 
 def segment_ids(seq_lens: Sequence[int], device: torch.device | None = None) -> Tensor:
@@ -119,13 +139,14 @@ def aligned_attention_inputs(
 
 
 def attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | Segments) -> Tensor:
-    """SDPA of ``q [H, Tq, D]`` over ``k, v [KV, Tk, D]`` (GQA: kv heads repeated), per document of a
-    :class:`Segments` (no ``[Tq, Tk]`` mask), or under a boolean ``mask``."""
+    """SDPA of ``q [H, Tq, D]`` over ``k, v [KV, Tk, D]`` per document of a :class:`Segments` (no
+    ``[Tq, Tk]`` mask; grouped-query heads by SDPA itself, so only the KV heads are kept for the
+    backward), or under a boolean ``mask`` (kv heads repeated)."""
+    if isinstance(mask, Segments):
+        return segmented_attention(q, k, v, mask)
     if k.shape[0] != q.shape[0]:
         rep = q.shape[0] // k.shape[0]
         k, v = k.repeat_interleave(rep, dim=0), v.repeat_interleave(rep, dim=0)
-    if isinstance(mask, Segments):
-        return segmented_attention(q, k, v, mask)
     if mask.is_cuda and mask.dtype == torch.bool:
         k, v, mask = aligned_attention_inputs(k, v, mask, q.dtype)
     return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask)[0]
@@ -133,7 +154,8 @@ def attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | Segments) -> 
 
 def segmented_attention(q: Tensor, k: Tensor, v: Tensor, seg: Segments) -> Tensor:
     """Attention of each document on its own keys; documents of equal (query, key) lengths run as one
-    batched SDPA call. ``q [H, Tq, D]``, ``k, v [H, Tk, D]`` -> ``[H, Tq, D]``."""
+    batched SDPA call. ``q [H, Tq, D]``, ``k, v [KV, Tk, D]`` (``KV`` divides ``H``) -> ``[H, Tq, D]``.
+    A document without keys (the sequence-parallel padding in cross-attention) gets zeros."""
     if sum(seg.q_lens) != q.shape[1] or sum(seg.kv_lens) != k.shape[1]:
         raise ValueError(
             f"segments cover {sum(seg.q_lens)} queries / {sum(seg.kv_lens)} keys, "
@@ -142,15 +164,18 @@ def segmented_attention(q: Tensor, k: Tensor, v: Tensor, seg: Segments) -> Tenso
     qs, ks, vs = q.split(seg.q_lens, dim=1), k.split(seg.kv_lens, dim=1), v.split(seg.kv_lens, dim=1)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, shape in enumerate(zip(seg.q_lens, seg.kv_lens)):
-        if shape[0]:
+        if shape[0] and shape[1]:
             groups.setdefault(shape, []).append(i)
-    out: list[Tensor | None] = [q.new_zeros(q.shape[0], 0, v.shape[-1]) if n == 0 else None for n in seg.q_lens]
+    out: list[Tensor | None] = [
+        q.new_zeros(q.shape[0], n, v.shape[-1]) if n == 0 or m == 0 else None for n, m in zip(seg.q_lens, seg.kv_lens)
+    ]
     for idx in groups.values():
         got = F.scaled_dot_product_attention(
             torch.stack([qs[i] for i in idx]),
             torch.stack([ks[i] for i in idx]),
             torch.stack([vs[i] for i in idx]),
             is_causal=seg.causal,
+            enable_gqa=k.shape[0] != q.shape[0],
         )
         for i, o in zip(idx, got.unbind(0)):
             out[i] = o
@@ -182,16 +207,19 @@ class Attention(nn.Module):
         recompute_core: bool = False,
     ) -> Tensor:
         src = x if kv is None else kv
-        q = self.q(x).view(x.shape[0], self.heads, self.head_dim).transpose(0, 1)
-        k = self.k(src).view(src.shape[0], self.kv_heads, self.head_dim).transpose(0, 1)
-        v = self.v(src).view(src.shape[0], self.kv_heads, self.head_dim).transpose(0, 1)
+        # heads from the projections' widths: under tensor parallelism a rank holds heads / tp of them
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(src)), self._heads(self.v(src))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if recompute_core:
             out = checkpoint(attention_core, q, k, v, mask, use_reentrant=False)
         else:
             out = attention_core(q, k, v, mask)
-        return self.o(out.transpose(0, 1).reshape(x.shape[0], self.heads * self.head_dim))
+        return self.o(out.transpose(0, 1).reshape(q.shape[1], -1))
+
+    def _heads(self, t: Tensor) -> Tensor:
+        """``[T, n * head_dim]`` -> ``[n, T, head_dim]``."""
+        return t.view(t.shape[0], -1, self.head_dim).transpose(0, 1)
 
 
 class GeluMLP(nn.Module):
@@ -206,6 +234,22 @@ class GeluMLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
+class _SwiGLUFunction(torch.autograd.Function):
+    """``silu(g) * u`` keeping only ``g`` and ``u`` for the backward (as Megatron's fused SwiGLU does)."""
+
+    @staticmethod
+    def forward(ctx, g: Tensor, u: Tensor) -> Tensor:
+        ctx.save_for_backward(g, u)
+        return F.silu(g) * u
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        g, u = ctx.saved_tensors
+        sig = torch.sigmoid(g)
+        silu = g * sig
+        return grad * u * sig * (1 + g * (1 - sig)), grad * silu
+
+
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x))."""
 
@@ -216,7 +260,7 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(_SwiGLUFunction.apply(self.gate(x), self.up(x)))
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:

@@ -73,5 +73,8 @@ class VitPost(nn.Module):
 
     def forward(self, x: Tensor, side: dict[str, Tensor], data: UnitData) -> dict[str, Tensor]:
         side_len = self.spec.image_size // self.spec.patch_size
-        merged = merge_patches(self.norm(x), side_len, self.spec.spatial_merge)
+        x = self.norm(x)
+        if data.shard is not None:  # the merge joins neighbouring patches: every rank needs all of them
+            x = data.shard.gather(x, data.tokens)
+        merged = merge_patches(x, side_len, self.spec.spatial_merge)
         return {"image_embeds": self.fc2(F.gelu(self.fc1(merged), approximate="tanh"))}
