@@ -282,8 +282,7 @@ def build_config(args):
     positive_int("microbatches", args.microbatches)
     if dataset is not None:
         planning.dataset_step_batches(model, dataset.documents(), 1, 1, 1, args.seed)  # packs: samples fit
-    if not args.timeout_s > 0:
-        raise BadInput(f"timeout-s must be > 0, got {args.timeout_s}")
+    _number("timeout-s", args.timeout_s, above=0)
     if args.trace:
         check_writable(args.trace, "trace file")
     _check_loop_args(args, dtype, pp, model.name, nproc)
