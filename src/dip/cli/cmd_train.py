@@ -104,6 +104,13 @@ def register(subparsers) -> None:
     p.add_argument("--trace", default=None, metavar="FILE", help="write a Perfetto trace of the last step")
     p.add_argument("--timeout-s", type=float, default=120.0, help="timeout of every wait (seconds)")
     p.add_argument(
+        "--hardware",
+        dest="train_hardware",
+        default="auto",
+        help="the hardware the planner's cost model assumes: a preset, a shipped calibration or a calibration JSON "
+        "from dip profile (default auto: the shipped cpu calibration, or h100 on a CUDA device)",
+    )
+    p.add_argument(
         "--static-costs",
         action="store_true",
         help="plan and predict with the shipped calibration only (no online correction)",
@@ -283,6 +290,7 @@ def build_config(args):
     if dataset is not None:
         planning.dataset_step_batches(model, dataset.documents(), 1, 1, 1, args.seed)  # packs: samples fit
     _number("timeout-s", args.timeout_s, above=0)
+    hardware = train_hardware(args.train_hardware)
     if args.trace:
         check_writable(args.trace, "trace file")
     _check_loop_args(args, dtype, pp, model.name, nproc)
@@ -300,6 +308,7 @@ def build_config(args):
         trace=args.trace,
         timeout_s=args.timeout_s,
         online_calibration=not args.static_costs,
+        hardware=hardware,
         bind_cores=args.bind_cores,
         data=args.data,
         strict=args.strict,
@@ -330,6 +339,20 @@ def build_config(args):
         fsdp=args.fsdp,
         fsdp_reshard_after_forward=args.fsdp_reshard_after_forward,
     )
+
+
+def train_hardware(name: str) -> str:
+    """The planner's hardware for ``--hardware``: ``auto`` is the shipped ``cpu`` calibration, or ``h100``
+    (profiled on an H100) when a CUDA device trains; anything else must name known hardware."""
+    import torch  # the CUDA query: only when training
+
+    from dip.spec.hardware import get_hardware
+
+    key = (name or "auto").strip()
+    if key.lower() == "auto":
+        return "h100" if torch.cuda.is_available() else "cpu"
+    get_hardware(key)  # BadInput listing the known names
+    return key
 
 
 def _number(field: str, value: float | None, *, above: float | None = None, at_least: float | None = None) -> None:

@@ -110,6 +110,7 @@ class Train(_Section):
     data_workers: NonNegativeInt = Field(2, description="data-loading processes per rank")
     save_hf: str | None = Field(None, description="write the trained checkpoint here (checkpoint models)")
     static_costs: bool = Field(False, description="plan with the shipped calibration only (no online correction)")
+    hardware: str = Field("auto", description="the planner's hardware (auto: cpu, or h100 on CUDA)")
     workload: Literal["default", "dynamic"] = Field("default", description="generated data: mixture or dynamic")
     async_planner: bool = Field(False, description="plan the coming steps in separate CPU processes")
     planner_workers: PositiveInt | None = Field(None, description="planner processes (null: half the free cores)")
@@ -200,6 +201,7 @@ OPTION_OF: dict[str, tuple[str, Any]] = {
     "train.fsdp": ("fsdp", None),
     "train.fsdp_reshard_after_forward": ("fsdp_reshard_after_forward", None),
     "train.static_costs": ("static_costs", None),
+    "train.hardware": ("train_hardware", None),
     "train.workload": ("workload", None),
     "train.async_planner": ("async_planner", None),
     "train.planner_workers": ("planner_workers", None),

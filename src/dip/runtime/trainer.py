@@ -372,7 +372,7 @@ def _train(cfg: TrainConfig, load: ModelLoader, open_data: DataOpener, stop: Sto
     out.update(rt.par.report())
     out["bind_cores"] = cfg.bind_cores
     out["rank0_cores"] = sorted(os.sched_getaffinity(0)) if cores else None  # read back: what the OS applies
-    out.update({"device": device.type, "backend": dist.get_backend()})
+    out.update({"device": device.type, "backend": dist.get_backend(), "hardware": cfg.hardware})
     out.update(_data_report(cfg, dataset, loads))
     return out
 
