@@ -1,1 +1,13 @@
-"""dip.bench"""
+"""Benchmarks that print ratios measured side by side (``dip bench sim|planner|runtime|paper``).
+
+* :mod:`.sim`: simulator throughput (numba kernel vs the Python reference);
+* :mod:`.planner`: DIP's plans against its lower bound, the exact optimum and the baselines;
+* :mod:`.runtime`: measured steps of DIP and of ``torch.distributed.pipelining`` on the same model
+  and batches, with the noise floor (the same engine run twice);
+* :mod:`.paper`: every figure and table of the paper's evaluation, with a report next to its numbers;
+* :mod:`.compare`, :mod:`.static_stack`, :mod:`.calibration`: shared pieces (baselines on one batch,
+  the static stack of the paper's Fig. 1, simulator accuracy after calibration).
+
+The top layer beside ``dip.cli``: imports every package below it. Benchmarks never assert on time;
+tests check their structure, not their numbers.
+"""
