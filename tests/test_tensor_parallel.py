@@ -397,15 +397,17 @@ def test_checkpoint_resumes_on_another_data_parallel_size(tmp_path, fsdp):
 @pytest.mark.multiproc
 @pytest.mark.timeout(600)
 def test_tensor_and_sharded_data_parallel_training_on_four_processes():
-    """dip train's trainer: TP 2 x DP 2 with ZeRO-1, TP 2 x DP 2 with FSDP, and PP 2 x DP 2 with FSDP
-    resharded after every forward, each equal to single-process training in float64; TP 2 x PP 2 in
+    """dip train's trainer: TP 2 x DP 2 with ZeRO-1, TP 2 x DP 2 with FSDP (two passes per step), both
+    clipping to the global gradient norm, and PP 2 x DP 2 with FSDP resharded after every forward, each
+    equal to single-process training in float64; TP 2 x PP 2 in
     float32 allclose to it."""
     from dip.runtime.launch import launch_many
     from train_fixtures import check_matches_reference, train_cfg
 
+    clip = dict(grad_clip=1e-3, lr=2e-3, warmup_steps=1, min_lr=5e-4)  # the global norm over DTensor parts
     cfgs = [
-        train_cfg("tiny-vlm", "1f1b", 4, tp=2, pp=1, dp=2, steps=2),
-        train_cfg("tiny-vlm", "dip", 4, tp=2, pp=1, dp=2, fsdp=True, steps=2),
+        train_cfg("tiny-vlm", "1f1b", 4, tp=2, pp=1, dp=2, steps=2, **clip),
+        train_cfg("tiny-vlm", "dip", 4, tp=2, pp=1, dp=2, fsdp=True, steps=2, grad_accum=2, **clip),
         train_cfg("tiny-t2v", "1f1b", 4, pp=2, dp=2, fsdp=True, fsdp_reshard_after_forward=True, steps=2),
         train_cfg("tiny-vlm", "dip", 4, tp=2, pp=2, dtype="float32", steps=2),
     ]
@@ -414,6 +416,7 @@ def test_tensor_and_sharded_data_parallel_training_on_four_processes():
     assert fp32["max_grad_allclose_ratio"] <= 1.0 and fp32["max_loss_abs_err"] <= 1e-5, fp32["worst"]
     for out in outs:
         check_matches_reference(out, steps=2)
+    assert all(s["grad_norm"] > 1e-3 for o in outs[:2] for s in o["steps"])  # the clipping took effect
         assert out["nproc"] == 4
         assert all(s["activation_memory"]["max_rel_err"] <= 0.15 for s in out["steps"])
     assert [o["optimizer_sharding"] for o in outs] == ["zero1", "fsdp", "fsdp"]
