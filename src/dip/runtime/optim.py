@@ -83,8 +83,8 @@ def clip_gradients(
     of tied parameters; ``counts(grad)`` false: a copy another rank counts, such as a data-parallel
     replica's; ``reduce`` sums the squared norm in place over the ranks that hold the rest of the model),
     and, with ``max_norm``, every gradient scaled by ``min(1, max_norm / (norm + 1e-6))`` as
-    ``torch.nn.utils.clip_grads_with_norm_`` does. DTensor gradients (tensor-parallel, FSDP) count and
-    scale the rank's local part. Returns the norm before clipping."""
+    ``torch.nn.utils.clip_grads_with_norm_`` does. DTensor gradients (tensor-parallel, FSDP) count the
+    rank's local part. Returns the norm before clipping."""
     skip = set(skip)
     grads = [
         _local(p.grad)
@@ -97,12 +97,11 @@ def clip_gradients(
         reduce(square)
     norm = float(square[0]) ** 0.5
     if max_norm:
-        coef = torch.clamp(torch.tensor(max_norm / (norm + 1e-6), dtype=torch.float64), max=1.0)
+        coef = min(max_norm / (norm + 1e-6), 1.0)
         with torch.no_grad():
             for p in params.values():
                 if p.grad is not None:
-                    g = _local(p.grad)
-                    g.mul_(coef.to(g.device))
+                    p.grad.mul_(coef)  # (a DTensor scales its own local part)
     return norm
 
 

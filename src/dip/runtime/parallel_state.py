@@ -101,6 +101,7 @@ class ParallelState:
         over the data-parallel replicas (FSDP: reduce-scattered into its shard)."""
         if self.fsdp is not None:
             self.fsdp.finish()
+            finish_tp_grads(runner.named_parameters())  # partial TP sums (sequence-parallel norms) resolved
             return
         params = runner.named_parameters()
         finish_tp_grads(params)
@@ -121,10 +122,12 @@ class ParallelState:
         the rank that holds it)."""
         coords = {"dp": self.layout.dp_index, "tp": self.layout.tp_rank}
         names = (grad.device_mesh.mesh_dim_names or ()) if isinstance(grad, DTensor) else ()
+        if isinstance(grad, DTensor) and any(p.is_partial() for p in grad.placements):
+            raise RuntimeError(f"a gradient is still a partial sum ({grad.placements}): synchronise gradients first")
         for dim, coord in coords.items():
             if coord == 0:
                 continue
-            if dim not in names or not grad.placements[names.index(dim)].is_shard():
+            if dim not in names or grad.placements[names.index(dim)].is_replicate():  # (FSDP x TP: _StridedShard)
                 return False
         return True
 
