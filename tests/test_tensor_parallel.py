@@ -341,12 +341,14 @@ def test_zero1_steps_like_adamw_on_half_the_state():
 
 
 def _checkpoint(rank: int, world: int, fsdp: bool, folder: str, phase: str) -> dict:
-    """Phase ``save``: one step on ``world`` data-parallel replicas (ZeRO-1 or FSDP), DCP save. Phase
-    ``load``: a fresh run of ``world`` replicas loads it. Both return the whole parameters and moments."""
+    """Phase ``save``: one step on ``world`` data-parallel replicas (ZeRO-1 or FSDP), the trainer's DCP
+    state saved. Phase ``load``: a fresh run of ``world`` replicas loads it. Both return the whole
+    parameters and moments."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
-    from dip.runtime.dcp_state import load_rank_state, rank_state
+    from dip.runtime.checkpoint import apply_train_state, optimizer_states, train_state
+    from dip.runtime.parallel import full_tensors
     from dip.runtime.parallel_state import ParallelOptions, ParallelState
     from dip.runtime.reference_check import make_optimizer
     from dip.runtime.step import StepRunner
@@ -360,21 +362,19 @@ def _checkpoint(rank: int, world: int, fsdp: bool, folder: str, phase: str) -> d
     runner = StepRunner(0, par.wrap(SpecModel(model, 0, "float64")))
     prepared = runner.prepare(plan, batch)
     opt = par.make_optimizer(runner, make_optimizer)
+    params = runner.named_parameters()
     if phase == "save":
         par.begin_step(runner)
         runner.run(prepared, step_seed=1, loss_scale=1e-3)
         par.sync_gradients(runner, 60.0)
         opt.step()
-        dcp.save(rank_state(runner, opt), checkpoint_id=folder)
+        dcp.save(train_state(params, optimizer_states(opt, params), None, rank), checkpoint_id=folder)
     else:
-        state = rank_state(runner, opt)
-        dcp.load(state, checkpoint_id=folder)
-        load_rank_state(runner, opt, state)
-    moments = rank_state(runner, opt)["optim"]["state"]
-    full = {f"{n}.exp_avg": s["exp_avg"] for n, s in moments.items()}
+        apply_train_state(folder, params, optimizer_states(opt, params), None, rank)
+        if hasattr(opt, "refresh"):
+            opt.refresh()
+    full = {f"{n}.exp_avg": s["exp_avg"] for n, s in optimizer_states(opt, params).items()}
     full.update(runner.named_parameters())
-    from dip.runtime.parallel import full_tensors
-
     return full_tensors(full, keep=rank == 0)
 
 
