@@ -521,12 +521,9 @@ class _Loop:
         extra: dict[str, Any] = {}
         # replica 0's first TP rank speaks for its stage (identical gradients after the all-reduce)
         mine = rt.layout.speaks
-        if cfg.check_reference:
-            got = _gather(rt.par.full_grads(runner), rt)
-            if self.coord:
-                checker = self.coord.checker
-                seeds = [(w.global_batch, step_seed(cfg.seed, i)) for w, i in zip(works, passes)]
-                extra.update(checker.step(seeds, loss, {k: v for d in got for k, v in d.items()}))
+        # the gradients before clipping, compared after the timed part (the reference's step on rank 0
+        # would otherwise be waited for in the gradient-norm all-reduce and counted as step time)
+        grads = _gather(rt.par.full_grads(runner), rt) if cfg.check_reference else None
         t1 = time.perf_counter()
         lr = rt.scheduler.get_last_lr()[0]
         grad_norm = clip_gradients(
@@ -547,6 +544,10 @@ class _Loop:
             dist.all_reduce, "the step-time all-reduce", rt.rank, cfg.timeout_s, times, op=dist.ReduceOp.MAX
         )
         if cfg.check_reference:
+            if self.coord:
+                checker = self.coord.checker
+                seeds = [(w.global_batch, step_seed(cfg.seed, i)) for w, i in zip(works, passes)]
+                extra.update(checker.step(seeds, loss, {k: v for d in grads for k, v in d.items()}))
             got = _gather(rt.par.full_params(runner), rt)
             if self.coord:
                 extra["param_rel_err"] = self.coord.checker.compare_params({k: v for d in got for k, v in d.items()})
