@@ -96,6 +96,23 @@ def test_sharded_optimizer_state_resumes_bit_for_bit(tmp_path, sharding):
 
 
 @pytest.mark.multiproc
+@pytest.mark.timeout(400)
+def test_a_tensor_parallel_checkpoint_resumes_without_tensor_parallelism(tmp_path):
+    """DCP reshards the TP 2 DTensors (parameters and AdamW moments) into whole tensors on one rank."""
+    full_dir, ckpt = tmp_path / "full", tmp_path / "ckpt"
+    common = dict(steps=3, check_reference=False, **LOOP)
+    full = launch(
+        train_cfg("tiny-vlm", "1f1b", 2, tp=2, pp=1, checkpoint_dir=str(full_dir), checkpoint_every=1, **common)
+    )
+    shutil.copytree(full_dir / "step-2", ckpt / "step-2")
+    resumed = launch(train_cfg("tiny-vlm", "1f1b", 1, pp=1, checkpoint_dir=str(ckpt), resume=True, **common))
+    assert resumed["resumed_from_step"] == 2 and resumed["tp"] == 1
+    want, got = full["steps"][2], resumed["steps"][0]
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-12)  # float64: TP sums in another order
+    assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-9)
+
+
+@pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(tmp_path):
     dip = os.path.join(os.path.dirname(sys.executable), "dip")
