@@ -12,11 +12,8 @@ import textwrap
 
 from dip.bench.paper.common import Context, Experiment, Settings, mean_images, mean_or_none, row
 from dip.bench.paper.plots import color, new_figure, save
-from dip.cost import CostModel
 from dip.data.workload import generate_batches
 from dip.planner.ablation import ablation
-from dip.spec import load_model
-from dip.spec.hardware import get_hardware
 
 __all__ = ["NAME", "TITLE", "draw", "run", "steps"]
 
@@ -38,9 +35,7 @@ def steps(settings: Settings) -> int:
 
 def run(ctx: Context) -> Experiment:
     s = ctx.settings
-    model = load_model(s.ablation_model)
-    hardware = get_hardware(s.hardware)
-    cost_model = CostModel(model, hardware)
+    model, hardware, cost_model = ctx.cost_setup(s.ablation_model)
     per_step: dict[str, list[float | None]] = {key: [] for key, _ in STEPS}
     fits: dict[str, list[bool]] = {key: [] for key, _ in STEPS}
     strategies: dict[str, list[str]] = {key: [] for key, _ in STEPS}

@@ -14,8 +14,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from dip.bench.paper.reference import paper_value
+from dip.cost import CostModel
 from dip.data.meta import BatchMeta
 from dip.planner import SearchOptions
+from dip.spec import ModelSpec, load_model
+from dip.spec.hardware import HardwareSpec, get_hardware
 
 __all__ = ["GIB", "Context", "Experiment", "Row", "Settings", "mean_images", "mean_or_none", "row"]
 
@@ -204,3 +207,9 @@ class Context:
 
     def figure_path(self, name: str) -> str:
         return os.path.join(self.out_dir, name)
+
+    def cost_setup(self, model_name: str) -> tuple[ModelSpec, HardwareSpec, CostModel]:
+        """The model preset, the settings' hardware and their cost model."""
+        model = load_model(model_name)
+        hardware = get_hardware(self.settings.hardware)
+        return model, hardware, CostModel(model, hardware)

@@ -13,12 +13,9 @@ import statistics
 
 from dip.bench.paper.common import Context, Experiment, Row, Settings, row
 from dip.bench.paper.plots import color, new_figure, save
-from dip.cost import CostModel
 from dip.data.workload import generate_dynamic_batches
 from dip.errors import BadInput
 from dip.planner import SearchOptions, check_schedule, plan_schedule
-from dip.spec import load_model
-from dip.spec.hardware import get_hardware
 
 __all__ = ["NAME", "TITLE", "draw", "run", "steps"]
 
@@ -44,9 +41,7 @@ def _search(name: str, ctx: Context, iteration: int) -> SearchOptions:
 
 def run(ctx: Context) -> Experiment:
     s = ctx.settings
-    model = load_model(s.dynamic_model)
-    hardware = get_hardware(s.hardware)
-    cost_model = CostModel(model, hardware)
+    model, hardware, cost_model = ctx.cost_setup(s.dynamic_model)
     batches = generate_dynamic_batches(model, s.seed, s.microbatches, iterations=ITERATIONS)
     wanted = set(s.dynamic_iterations or range(1, ITERATIONS + 1))
     timeline: dict[str, dict[int, float | None]] = {name: {} for name in SYSTEMS}

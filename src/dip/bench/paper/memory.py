@@ -15,7 +15,6 @@ import numpy as np
 
 from dip.bench.paper.common import GIB, Context, Experiment, Row, Settings, row
 from dip.bench.paper.plots import color, new_figure, save
-from dip.cost import CostModel
 from dip.data.workload import generate_batches
 from dip.errors import Infeasible
 from dip.planner import SearchOptions, default_partition, plan_schedule
@@ -24,8 +23,7 @@ from dip.planner.result import build_result
 from dip.planner.search import search_problem
 from dip.schedule.baselines.memory import UNIFORM_STRATEGIES
 from dip.sim import SimResult, SimulatedPlan
-from dip.spec import load_model
-from dip.spec.hardware import get_hardware, usable_memory_bytes
+from dip.spec.hardware import usable_memory_bytes
 
 __all__ = ["NAME", "TITLE", "draw", "fluctuation", "non_adaptive_plan", "run", "steps"]
 
@@ -70,9 +68,7 @@ def fluctuation(result: SimResult, rank: int = RANK) -> float:
 
 def run(ctx: Context) -> Experiment:
     s = ctx.settings
-    model = load_model(s.memory_model)
-    hardware = get_hardware(s.hardware)
-    cost_model = CostModel(model, hardware)
+    model, hardware, cost_model = ctx.cost_setup(s.memory_model)
     batch = generate_batches(model, 1, s.seed, microbatches=s.microbatches)[0]
     plans: dict[str, SimulatedPlan] = {}
     for name in SYSTEMS:

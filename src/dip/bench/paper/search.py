@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from dip.bench.paper.common import Context, Experiment, Row, Settings, row
 from dip.bench.paper.plots import color, new_figure, save
-from dip.cost import CostModel
 from dip.data.workload import generate_batches
 from dip.planner import SearchOptions, plan_batch
-from dip.spec import load_model
-from dip.spec.hardware import get_hardware
 
 __all__ = ["NAME", "TITLE", "draw", "run", "steps"]
 
@@ -29,9 +26,7 @@ def steps(settings: Settings) -> int:
 
 def run(ctx: Context) -> Experiment:
     s = ctx.settings
-    model = load_model(s.search_model)
-    hardware = get_hardware(s.hardware)
-    cost_model = CostModel(model, hardware)
+    model, hardware, cost_model = ctx.cost_setup(s.search_model)
     batch = generate_batches(model, 1, s.seed, microbatches=s.microbatches)[0]
     curves: dict[str, list[list[float]]] = {}
     rows: list[Row] = []

@@ -15,7 +15,6 @@ import numpy as np
 
 from dip.bench.paper.common import Context, Experiment, Row, Settings, mean_or_none, row
 from dip.bench.paper.plots import color, new_figure, save
-from dip.cost import CostModel
 from dip.data.workload import generate_batches
 from dip.planner import SearchOptions, partition_model, plan_batch
 from dip.planner.evaluate import PAPER_CONFIG, Evaluator, active_items
@@ -23,8 +22,6 @@ from dip.planner.mcts import MCTSSearch
 from dip.planner.problem import PlanProblem
 from dip.planner.result import CALIBRATION_SEED
 from dip.schedule.units import SPLITTABLE_KINDS
-from dip.spec import load_model
-from dip.spec.hardware import get_hardware
 
 __all__ = ["NAME", "TITLE", "draw", "run", "steps", "worst_makespan"]
 
@@ -74,9 +71,7 @@ def split_module(model) -> str:
 
 def run(ctx: Context) -> Experiment:
     s = ctx.settings
-    model = load_model(s.submb_model)
-    hardware = get_hardware(s.hardware)
-    cost_model = CostModel(model, hardware)
+    model, hardware, cost_model = ctx.cost_setup(s.submb_model)
     module = split_module(model)
     sample = generate_batches(model, 1, CALIBRATION_SEED)
     batches = generate_batches(model, s.submb_batches, s.seed, microbatches=s.microbatches)
