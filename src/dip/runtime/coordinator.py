@@ -21,7 +21,7 @@ from typing import Any
 
 from dip.data.meta import BatchMeta, lm_sequence_lens
 from dip.errors import BadInput
-from dip.planner import check_schedule, default_partition
+from dip.planner import SearchOptions, check_schedule, default_partition
 from dip.planner.warmup import warm_up
 from dip.runtime import planning
 from dip.runtime.batches import BatchStream
@@ -77,21 +77,8 @@ class InlinePlanner:
         c = self.coord
         t0 = time.perf_counter()
         try:
-            check_schedule(c.cfg.schedule, c.model)
-            work, sims = planning.plan_step(
-                index,
-                c.cfg.schedule,
-                c.model,
-                c.stream.replicas(index),
-                c.cost_model,
-                c.hardware,
-                c.cfg.seed,
-                c.predict_cost_model(),
-                self.partition,
-            )
+            work, sims = c.plan_pass(index, self.partition)
             self.partition = sims[0].partition or self.partition
-            check_replica_layouts(work, c.model.parallel.pp)
-            work = replace(work, fingerprint=c.stream.fingerprint(index))
         except Exception as exc:
             kind = "BadInput" if isinstance(exc, BadInput) else type(exc).__name__
             c.channel.publish(index, encode_error(kind, str(exc) if kind == "BadInput" else f"{kind}: {exc}"))
@@ -209,7 +196,14 @@ class Coordinator:
 
     def fallback(self, index: int) -> planning.StepWork:
         """Pass ``index``'s plan without search (the dual-queue interleaving of the default order)."""
-        work, _ = planning.plan_step(
+        return self.plan_pass(index, None, planning.FAST_SEARCH)[0]
+
+    def plan_pass(
+        self, index: int, partition=None, search: SearchOptions | None = None
+    ) -> tuple[planning.StepWork, list]:
+        """Pass ``index``'s plans (one per replica, checked to share the pipeline layout, carrying the
+        batch fingerprint) and their simulations, made here on rank 0."""
+        work, sims = planning.plan_step(
             index,
             self.cfg.schedule,
             self.model,
@@ -218,11 +212,11 @@ class Coordinator:
             self.hardware,
             self.cfg.seed,
             self.predict_cost_model(),
-            None,
-            planning.FAST_SEARCH,
+            partition,
+            search,
         )
         check_replica_layouts(work, self.model.parallel.pp)
-        return replace(work, fingerprint=self.stream.fingerprint(index))
+        return replace(work, fingerprint=self.stream.fingerprint(index)), sims
 
     def measured(self, work: planning.StepWork, rows: Sequence[Sequence[ActionTime]]) -> None:
         """Every rank's measured actions of replica 0 in one pass: calibration, trace, timeline."""
